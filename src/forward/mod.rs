@@ -1,0 +1,1 @@
+//! Forwarding to Scaleo: claim, rate-limit, POST, classify, settle (helper "relay").

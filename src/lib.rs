@@ -1,0 +1,21 @@
+//! postback-relay: advertiser postbacks in, Scaleo conversions out.
+//!
+//! How a postback flows through the modules:
+//!
+//! 1. [`ingest`] (hyper) accepts `GET|POST|HEAD /postback/{source}` and `/pixel/{source}`,
+//!    checks the source's token and IP allow list, and decodes the parameters.
+//! 2. [`rules`] maps them with the source's compiled rule file into Scaleo's body
+//!    (or a skip or a reject with a reason); pure, no I/O.
+//! 3. [`store`] commits the record (raw postback, body, state, dedupe key) durably with
+//!    group commit before ingest answers 200.
+//! 4. [`forward`] claims due records with a lease, waits for the rate limiter, POSTs them to
+//!    Scaleo, classifies the answer and settles the record (delivered, retry, paused, dead).
+//!
+//! Around them: [`config`] (service config), [`sandbox`] (a local stand-in for Scaleo),
+//! and [`cli`] (the `postback-relay` commands).
+
+pub mod config;
+pub mod forward;
+pub mod rules;
+pub mod sandbox;
+pub mod store;

@@ -1,0 +1,1 @@
+//! The durable store: records, states, attempts, dedupe keys and claims (helper "relay").
