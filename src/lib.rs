@@ -14,6 +14,7 @@
 //! Around them: [`config`] (service config), [`sandbox`] (a local stand-in for Scaleo),
 //! and [`cli`] (the `postback-relay` commands).
 
+pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod rules;

@@ -1,5 +1,102 @@
 //! Rule files: a serde mirror of the TOML (`raw`), a validating `compile` step that resolves
 //! every name and reports `file:line:col` problems, and a pure `apply` that maps a postback
-//! into Scaleo's body. Nothing here does I/O except `load_dir` reading the files.
+//! into Scaleo's body. Nothing here does I/O except [`RuleSet::load_dir`] reading the files.
 
+mod apply;
+mod compile;
+mod diag;
+mod model;
+mod raw;
+pub mod scaleo;
+pub mod testing;
 pub mod value;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use apply::{FieldTrace, Ignored, Input, Mapped, Origin, Outcome, Trace, decimal_json};
+pub use compile::{EnvMode, compile, valid_source_id};
+pub use diag::Diagnostic;
+pub use model::{Auth, Dedupe, Expectation, ForwardOverride, Rule, RuleTest};
+
+/// Every source's compiled rule, keyed by source id.
+#[derive(Debug, Default, Clone)]
+pub struct RuleSet {
+    rules: BTreeMap<String, Arc<Rule>>,
+}
+
+impl RuleSet {
+    /// Loads and compiles every `*.toml` in `dir`; all problems of all files, or the set.
+    pub fn load_dir(dir: &Path, env: EnvMode) -> Result<RuleSet, Vec<Diagnostic>> {
+        let problem = |file: String, message: String| Diagnostic {
+            file,
+            line: 1,
+            col: 1,
+            message,
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            vec![problem(
+                dir.display().to_string(),
+                format!("cannot read the rules directory: {e}"),
+            )]
+        })?;
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let mut rules = BTreeMap::new();
+        let mut problems = Vec::new();
+        for path in paths {
+            let file = path.display().to_string();
+            let source = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(problem(file, format!("cannot read: {e}")));
+                    continue;
+                }
+            };
+            match compile(&source, &file, &text, env) {
+                Ok(rule) => {
+                    rules.insert(source, Arc::new(rule));
+                }
+                Err(mut d) => problems.append(&mut d),
+            }
+        }
+        if problems.is_empty() {
+            Ok(RuleSet { rules })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The rule of one source.
+    pub fn get(&self, source: &str) -> Option<&Arc<Rule>> {
+        self.rules.get(source)
+    }
+
+    /// All rules in source order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.rules.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Decodes a query string or form body the way every rule expects: `+` is a space, names and
+/// values percent-decoded once, malformed `%` kept literally, invalid UTF-8 as U+FFFD.
+pub fn decode_form(bytes: &[u8]) -> Vec<(String, String)> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes).unwrap_or_default()
+}

@@ -1,0 +1,260 @@
+//! The `postback-relay` command line: `serve`, `sandbox`, `check`, `test`, `map` and the
+//! operator commands. Each subcommand returns the process exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use jiff::tz::TimeZone;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::rules::testing::{self, describe_outcome};
+use crate::rules::{EnvMode, Input, Outcome, RuleSet, decode_form};
+
+/// Exit code for usage and configuration errors (`map` promises 2).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "postback-relay",
+    version,
+    about = "Translate advertiser postbacks into Scaleo conversions and forward them durably"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the rule files (and the service config with --config).
+    Check(CheckArgs),
+    /// Run every rule file's [[tests]].
+    Test(TestArgs),
+    /// Dry-run the mapping of one postback (no store, no forward, no auth check).
+    Map(MapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesArg {
+    /// Directory of rule files (`{source}.toml`).
+    #[arg(long, default_value = "rules")]
+    pub rules: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// Also validate this service config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Do not read ${VAR} secrets from the environment.
+    #[arg(long)]
+    pub no_env: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// Service config whose scaleo.timezone the outputs use (default UTC).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// Service config whose scaleo.timezone the outputs use (default UTC).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object {"outcome", "body", "reason"}.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub client_ip: Option<String>,
+    #[arg(long)]
+    pub user_agent: Option<String>,
+    #[arg(long)]
+    pub referer: Option<String>,
+    /// RFC 3339 time for @received_at.
+    #[arg(long)]
+    pub received_at: Option<jiff::Timestamp>,
+    /// The source id (the rule file's stem).
+    pub source: String,
+    /// The query string as the advertiser sends it (a leading '?' is ignored).
+    pub query: String,
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check(a) => check(a),
+        Command::Test(a) => test(a),
+        Command::Map(a) => map(a),
+    }
+}
+
+fn load_rules(dir: &Path, env: EnvMode) -> Result<RuleSet, ExitCode> {
+    RuleSet::load_dir(dir, env).map_err(|problems| {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "{} problem(s) in the rules under {}",
+            problems.len(),
+            dir.display()
+        );
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn zone(config: Option<&Path>) -> Result<TimeZone, ExitCode> {
+    match config {
+        None => Ok(TimeZone::UTC),
+        Some(path) => Config::load(Some(path))
+            .map(|c| c.scaleo.timezone)
+            .map_err(|e| {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(EXIT_USAGE)
+            }),
+    }
+}
+
+fn check(a: CheckArgs) -> ExitCode {
+    let env = if a.no_env {
+        EnvMode::Ignore
+    } else {
+        EnvMode::Resolve
+    };
+    let mut failed = false;
+    match RuleSet::load_dir(&a.rules.rules, env) {
+        Ok(set) => println!(
+            "ok: {} rule file(s) in {}",
+            set.len(),
+            a.rules.rules.display()
+        ),
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            println!(
+                "{} problem(s) in the rules under {}",
+                problems.len(),
+                a.rules.rules.display()
+            );
+            failed = true;
+        }
+    }
+    if let Some(path) = &a.config {
+        match Config::load(Some(path)) {
+            Ok(_) => println!("ok: service config {}", path.display()),
+            Err(e) => {
+                println!("{}: {e}", path.display());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn test(a: TestArgs) -> ExitCode {
+    let (set, zone) = match (
+        load_rules(&a.rules.rules, EnvMode::Ignore),
+        zone(a.config.as_deref()),
+    ) {
+        (Ok(s), Ok(z)) => (s, z),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for rule in set.iter() {
+        for r in testing::run(rule, &zone) {
+            match &r.failure {
+                None => {
+                    passed += 1;
+                    println!("ok   {}: {}", r.source, r.name);
+                }
+                Some(why) => {
+                    failed += 1;
+                    println!(
+                        "FAIL {}: {} ({}/{}.toml:{})\n     {why}",
+                        r.source,
+                        r.name,
+                        a.rules.rules.display(),
+                        r.source,
+                        r.line
+                    );
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn map(a: MapArgs) -> ExitCode {
+    let (set, zone) = match (
+        load_rules(&a.rules.rules, EnvMode::Ignore),
+        zone(a.config.as_deref()),
+    ) {
+        (Ok(s), Ok(z)) => (s, z),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let Some(rule) = set.get(&a.source) else {
+        let known: Vec<&str> = set.iter().map(|r| r.source.as_str()).collect();
+        eprintln!(
+            "no rule file for source {:?} in {} (known: {})",
+            a.source,
+            a.rules.rules.display(),
+            known.join(", ")
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let params = decode_form(a.query.strip_prefix('?').unwrap_or(&a.query).as_bytes());
+    let input = Input {
+        params: &params,
+        client_ip: a.client_ip.as_deref(),
+        user_agent: a.user_agent.as_deref(),
+        referer: a.referer.as_deref(),
+        received_at: a.received_at,
+    };
+    let outcome = rule.apply(&input, &zone);
+    if a.json {
+        println!("{}", outcome_json(&outcome));
+    } else {
+        match &outcome {
+            Outcome::Forward(m) => {
+                println!("forward to Scaleo:");
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&m.body).unwrap_or_default()
+                );
+            }
+            other => println!("{}", describe_outcome(other)),
+        }
+    }
+    match outcome {
+        Outcome::Reject { .. } => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// `{"outcome", "body", "reason"}` as `map --json` prints it.
+pub fn outcome_json(o: &Outcome) -> serde_json::Value {
+    match o {
+        Outcome::Forward(m) => json!({"outcome": "forward", "body": m.body, "reason": null}),
+        Outcome::Skip { reason } => json!({"outcome": "skip", "body": null, "reason": reason}),
+        Outcome::Reject { reason } => json!({"outcome": "reject", "body": null, "reason": reason}),
+    }
+}

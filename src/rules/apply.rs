@@ -1,0 +1,509 @@
+//! Apply a compiled rule to one postback: skip rules, fields, `[[when]]` overrides, then
+//! validation. Pure and total: any input gives an [`Outcome`], never a panic or an I/O call.
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+
+use super::model::*;
+use super::scaleo::{self, FieldType};
+use super::value::{self, NoValue, TimeFormat};
+
+/// One postback as the rules see it: decoded parameters in order plus request attributes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Input<'a> {
+    /// Form-decoded (name, value) pairs in arrival order, values not yet trimmed.
+    pub params: &'a [(String, String)],
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub received_at: Option<Timestamp>,
+}
+
+/// What a rule made of a postback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Forward(Mapped),
+    Skip { reason: String },
+    Reject { reason: String },
+}
+
+/// A body ready for Scaleo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    pub body: Map<String, Value>,
+    pub click_id: String,
+    /// The dedupe identity (source and key fields), `None` when the rule turns dedupe off.
+    pub dedupe_key: Option<String>,
+}
+
+/// Where a field's value came from, for `explain`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    Param { name: String },
+    Template,
+    Constant,
+    Default,
+}
+
+/// A value that was present but counted as no value, for `explain`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Ignored {
+    pub param: String,
+    pub value: String,
+    pub why: &'static str,
+}
+
+/// One field's story, for `explain`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FieldTrace {
+    pub field: &'static str,
+    /// `None` for `[fields]`, the index of the `[[when]]` otherwise.
+    pub when: Option<usize>,
+    pub origin: Option<Origin>,
+    pub value: Option<Value>,
+    pub ignored: Vec<Ignored>,
+    pub error: Option<String>,
+}
+
+/// Everything `explain` shows about one postback.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct Trace {
+    pub skip_matched: Option<usize>,
+    pub when_matched: Vec<usize>,
+    pub fields: Vec<FieldTrace>,
+}
+
+type Slot = Result<Option<Out>, String>;
+
+struct Ctx<'a, 'r> {
+    rule: &'r Rule,
+    input: &'a Input<'a>,
+    zone: &'a TimeZone,
+    trace: Option<&'a mut Trace>,
+}
+
+impl Rule {
+    /// Maps one postback. `zone` is the network's time zone for `timestamp` outputs.
+    pub fn apply(&self, input: &Input<'_>, zone: &TimeZone) -> Outcome {
+        Ctx {
+            rule: self,
+            input,
+            zone,
+            trace: None,
+        }
+        .run()
+    }
+
+    /// Maps one postback and records how each field got its value.
+    pub fn explain(&self, input: &Input<'_>, zone: &TimeZone) -> (Outcome, Trace) {
+        let mut trace = Trace::default();
+        let outcome = Ctx {
+            rule: self,
+            input,
+            zone,
+            trace: Some(&mut trace),
+        }
+        .run();
+        (outcome, trace)
+    }
+
+    /// Whether `name` is a parameter name this rule reads (after `ignore_case`).
+    pub fn names_param(&self, name: &str) -> bool {
+        let n = if self.params.ignore_case {
+            name.to_ascii_lowercase()
+        } else {
+            name.to_string()
+        };
+        self.reads.binary_search(&n).is_ok()
+    }
+}
+
+impl Ctx<'_, '_> {
+    fn run(mut self) -> Outcome {
+        let rule = self.rule;
+        if let Some((i, skip)) = rule
+            .skips
+            .iter()
+            .enumerate()
+            .find(|(_, s)| self.matches(&s.conditions))
+        {
+            if let Some(t) = self.trace.as_deref_mut() {
+                t.skip_matched = Some(i);
+            }
+            return Outcome::Skip {
+                reason: skip.reason.clone(),
+            };
+        }
+        if rule.params.repeated == Repeated::Reject
+            && let Some((name, n)) = rule
+                .reads
+                .iter()
+                .map(|r| (r, self.count(r)))
+                .find(|(_, n)| *n > 1)
+        {
+            return reject(format!(
+                "parameter {name} occurs {n} times and params.repeated = \"reject\""
+            ));
+        }
+
+        let mut slots: Vec<(&'static str, Slot, bool)> = Vec::with_capacity(rule.fields.len() + 2);
+        for f in &rule.fields {
+            let v = self.eval(f, None);
+            slots.push((f.field, v, f.spec.required));
+        }
+        for (i, w) in rule.whens.iter().enumerate() {
+            if !self.matches(&w.conditions) {
+                continue;
+            }
+            if let Some(t) = self.trace.as_deref_mut() {
+                t.when_matched.push(i);
+            }
+            for f in &w.set {
+                let v = self.eval(f, Some(i));
+                let other = match f.field {
+                    "goal_id" => Some("goal_alias"),
+                    "goal_alias" => Some("goal_id"),
+                    _ => None,
+                };
+                slots.retain(|(name, _, _)| *name != f.field && Some(*name) != other);
+                slots.push((f.field, v, f.spec.required || f.field == "click_id"));
+            }
+        }
+
+        let mut body = Map::new();
+        for (field, slot, required) in slots {
+            match slot {
+                Err(reason) => return reject(reason),
+                Ok(None) if required => return reject(self.missing(field)),
+                Ok(None) => {}
+                Ok(Some(out)) => {
+                    body.insert(field.to_string(), out_json(out));
+                }
+            }
+        }
+        if body.contains_key("goal_id") && body.contains_key("goal_alias") {
+            return reject("goal_id and goal_alias: the body would carry both; Scaleo takes one (use a [[when]] to choose)".into());
+        }
+        let click_id = match body.get("click_id") {
+            Some(Value::String(c)) => c.clone(),
+            _ => return reject(self.missing("click_id")),
+        };
+        let dedupe_key = (!rule.dedupe.fields.is_empty()).then(|| {
+            let mut key = rule.source.clone();
+            for f in &rule.dedupe.fields {
+                key.push('\u{1f}');
+                key.push_str(f);
+                key.push('=');
+                if let Some(v) = body.get(*f) {
+                    key.push_str(&v.to_string());
+                }
+            }
+            key
+        });
+        Outcome::Forward(Mapped {
+            body,
+            click_id,
+            dedupe_key,
+        })
+    }
+
+    fn missing(&self, field: &str) -> String {
+        let names: Vec<String> = self
+            .rule
+            .fields
+            .iter()
+            .filter(|f| f.field == field)
+            .flat_map(|f| match &f.spec.source {
+                Source::Params(refs) => refs.iter().map(ref_name).collect(),
+                Source::Template(parts) => parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Param(p) => Some(p.clone()),
+                        Part::Lit(_) => None,
+                    })
+                    .collect(),
+                Source::Const(_) => Vec::new(),
+            })
+            .collect();
+        let seen: Vec<String> = names
+            .iter()
+            .filter_map(|n| {
+                let v = self.param(n)?;
+                let why = value::no_value(v, &self.rule.params.placeholders)
+                    .map_or("present", NoValue::describe);
+                Some(format!("{n}={v:?} ({why})"))
+            })
+            .collect();
+        if seen.is_empty() {
+            format!(
+                "{field}: required, but no value: none of {} is present",
+                names.join(", ")
+            )
+        } else {
+            format!("{field}: required, but no value: {}", seen.join(", "))
+        }
+    }
+
+    /// The decoded, trimmed value of a parameter per `[params]` (first or last occurrence).
+    fn param(&self, name: &str) -> Option<&str> {
+        let ic = self.rule.params.ignore_case;
+        let mut hits = self.input.params.iter().filter(|(n, _)| {
+            if ic {
+                n.eq_ignore_ascii_case(name)
+            } else {
+                n == name
+            }
+        });
+        let hit = match self.rule.params.repeated {
+            Repeated::Last => hits.next_back(),
+            Repeated::First | Repeated::Reject => hits.next(),
+        };
+        hit.map(|(_, v)| v.trim())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        let ic = self.rule.params.ignore_case;
+        self.input
+            .params
+            .iter()
+            .filter(|(n, _)| {
+                if ic {
+                    n.eq_ignore_ascii_case(name)
+                } else {
+                    n == name
+                }
+            })
+            .count()
+    }
+
+    fn matches(&self, conds: &[Condition]) -> bool {
+        conds.iter().all(|c| {
+            self.param(&c.param)
+                .is_some_and(|v| c.values.iter().any(|x| x == v))
+        })
+    }
+
+    fn special(&self, s: Special) -> Option<String> {
+        match s {
+            Special::ClientIp => self.input.client_ip.map(str::to_string),
+            Special::UserAgent => self.input.user_agent.map(str::to_string),
+            Special::Referer => self.input.referer.map(str::to_string),
+            Special::ReceivedAt => self.input.received_at.map(|t| t.to_string()),
+        }
+    }
+
+    /// Evaluates one field spec: `Ok(None)` for no value (after `default`).
+    fn eval(&mut self, f: &FieldRule, when: Option<usize>) -> Slot {
+        let mut ft = FieldTrace {
+            field: f.field,
+            when,
+            origin: None,
+            value: None,
+            ignored: Vec::new(),
+            error: None,
+        };
+        let spec = &f.spec;
+        let found: Option<(Origin, String, bool)> = match &spec.source {
+            Source::Const(out) => {
+                ft.origin = Some(Origin::Constant);
+                return self.finish(ft, Ok(Some(out.clone())));
+            }
+            Source::Params(refs) => refs.iter().find_map(|r| {
+                let (name, v, is_time) = match r {
+                    ParamRef::Param(p) => (p.clone(), self.param(p)?.to_string(), false),
+                    ParamRef::Special(s) => (
+                        s.name().to_string(),
+                        self.special(*s)?.trim().to_string(),
+                        *s == Special::ReceivedAt,
+                    ),
+                };
+                match value::no_value(&v, &self.rule.params.placeholders) {
+                    Some(why) => {
+                        ft.ignored.push(Ignored {
+                            param: name,
+                            value: v,
+                            why: why.describe(),
+                        });
+                        None
+                    }
+                    None => Some((Origin::Param { name }, v, is_time)),
+                }
+            }),
+            Source::Template(parts) => self
+                .template(parts, &mut ft)
+                .map(|s| (Origin::Template, s, false)),
+        };
+        let result = match found {
+            Some((origin, text, received_at)) => {
+                let label = match &origin {
+                    Origin::Param { name } => format!("parameter {name} = {text:?}"),
+                    _ => format!("template value {text:?}"),
+                };
+                ft.origin = Some(origin);
+                self.transform(f.field, spec, &text, received_at)
+                    .map_err(|e| format!("{}: {label}: {e}", f.field))
+            }
+            None => match &spec.default {
+                Some(d) => {
+                    ft.origin = Some(Origin::Default);
+                    Ok(Some(d.clone()))
+                }
+                None => Ok(None),
+            },
+        };
+        self.finish(ft, result)
+    }
+
+    fn finish(&mut self, mut ft: FieldTrace, result: Slot) -> Slot {
+        if let Some(t) = self.trace.as_deref_mut() {
+            match &result {
+                Ok(v) => ft.value = v.clone().map(out_json),
+                Err(e) => ft.error = Some(e.clone()),
+            }
+            t.fields.push(ft);
+        }
+        result
+    }
+
+    fn template(&self, parts: &[Part], ft: &mut FieldTrace) -> Option<String> {
+        let mut out = String::new();
+        for p in parts {
+            match p {
+                Part::Lit(l) => out.push_str(l),
+                Part::Param(name) => {
+                    let v = self.param(name)?;
+                    if let Some(why) = value::no_value(v, &self.rule.params.placeholders) {
+                        ft.ignored.push(Ignored {
+                            param: name.clone(),
+                            value: v.to_string(),
+                            why: why.describe(),
+                        });
+                        return None;
+                    }
+                    out.push_str(v);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// json, map, number or time, type, case, then Scaleo's value set. `Ok(None)` when a
+    /// JSON pointer finds an empty value.
+    fn transform(&self, field: &str, spec: &Spec, text: &str, received_at: bool) -> Slot {
+        let t = &spec.transform;
+        let extracted;
+        let mut text = text;
+        if let Some(ptr) = &t.json {
+            let doc: Value = serde_json::from_str(text)
+                .map_err(|_| format!("not JSON, but json = {ptr:?} expects a JSON document"))?;
+            let found = doc
+                .pointer(ptr)
+                .ok_or_else(|| format!("the JSON pointer {ptr:?} finds nothing"))?;
+            extracted = match found {
+                Value::String(s) => s.trim().to_string(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            if value::no_value(&extracted, &self.rule.params.placeholders).is_some() {
+                return Ok(spec.default.clone());
+            }
+            text = &extracted;
+        }
+        let mut out = if let Some(m) = &t.map {
+            let key = if m.ignore_case {
+                text.to_lowercase()
+            } else {
+                text.to_string()
+            };
+            match (m.entries.get(&key), &m.unmapped) {
+                (Some(o), _) => o.clone(),
+                (None, Unmapped::Value(o)) => o.clone(),
+                (None, Unmapped::Keep) => typed(spec.ty, text)?,
+                (None, Unmapped::Reject) => {
+                    let mut known: Vec<&str> = m.entries.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    return Err(format!(
+                        "not in the map (known: {}; set unmapped = \"keep\" or a value to accept others)",
+                        known.join(", ")
+                    ));
+                }
+            }
+        } else if let Some(n) = &t.number {
+            let mut d = value::parse_decimal(text, n.decimal)?;
+            if let Some(s) = n.scale {
+                d = value::scale_decimal(d, s)?;
+            }
+            match spec.ty {
+                FieldType::Number => Out::Num(d),
+                _ => Out::Str(d.to_string()),
+            }
+        } else if let Some(tr) = &t.time {
+            let format = if received_at {
+                &TimeFormat::Rfc3339
+            } else {
+                &tr.format
+            };
+            let at = value::parse_time(text, format, &tr.tz)?;
+            Out::Str(value::format_scaleo_time(at, self.zone))
+        } else {
+            typed(spec.ty, text)?
+        };
+        if let (Some(case), Out::Str(s)) = (t.case, &mut out) {
+            *s = match case {
+                Case::Upper => s.to_uppercase(),
+                Case::Lower => s.to_lowercase(),
+            };
+        }
+        if let (Some(allowed), Out::Str(s)) = (scaleo::allowed_values(field), &out)
+            && !allowed.contains(&s.as_str())
+        {
+            return Err(format!(
+                "{s:?} is not a value Scaleo accepts for {field} ({})",
+                allowed.join(", ")
+            ));
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A present value converted to the field's JSON type.
+fn typed(ty: FieldType, text: &str) -> Result<Out, String> {
+    match ty {
+        FieldType::Integer => text
+            .parse::<i64>()
+            .map(Out::Int)
+            .map_err(|_| "not an integer (goal_id is a JSON integer)".to_string()),
+        FieldType::Number => value::parse_decimal(text, value::DecimalMode::Auto).map(Out::Num),
+        FieldType::String | FieldType::Time => Ok(Out::Str(text.to_string())),
+    }
+}
+
+fn ref_name(r: &ParamRef) -> String {
+    match r {
+        ParamRef::Param(p) => p.clone(),
+        ParamRef::Special(s) => s.name().to_string(),
+    }
+}
+
+fn reject(reason: String) -> Outcome {
+    Outcome::Reject { reason }
+}
+
+fn out_json(out: Out) -> Value {
+    match out {
+        Out::Str(s) => Value::String(s),
+        Out::Int(i) => Value::from(i),
+        Out::Num(d) => decimal_json(d),
+    }
+}
+
+/// A decimal as an exact JSON number (`19.99`, never `19.990000000000002`).
+pub fn decimal_json(d: Decimal) -> Value {
+    let text = value::format_decimal(d);
+    text.parse::<serde_json::Number>()
+        .map(Value::Number)
+        .unwrap_or(Value::String(text))
+}

@@ -1,0 +1,79 @@
+//! Load-time problems of rule files, each printed as `file:line:col: message`.
+
+use std::fmt;
+use std::ops::Range;
+
+/// One problem in one rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+/// Collects the problems of one file, turning byte spans into 1-based lines and columns.
+pub struct Diagnostics<'a> {
+    file: &'a str,
+    text: &'a str,
+    pub list: Vec<Diagnostic>,
+}
+
+impl<'a> Diagnostics<'a> {
+    pub fn new(file: &'a str, text: &'a str) -> Self {
+        Self {
+            file,
+            text,
+            list: Vec::new(),
+        }
+    }
+
+    /// The file's text.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// Records `message` at the start of `span` (or at the top of the file).
+    pub fn at(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.map_or(0, |s| s.start));
+        self.list.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based line and column (in chars) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        let text = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        assert_eq!(line_col(text, 11), (2, 6));
+        assert_eq!(line_col(text, 999), (3, 1));
+    }
+}

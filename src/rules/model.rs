@@ -1,0 +1,243 @@
+//! The compiled form of a rule file: every name resolved, every value checked, ready to apply.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jiff::tz::TimeZone;
+use rust_decimal::Decimal;
+
+use super::scaleo::FieldType;
+use super::value::{DecimalMode, TimeFormat};
+
+/// One source's compiled rule file.
+#[derive(Debug)]
+pub struct Rule {
+    /// The file stem: the `{source}` of `/postback/{source}`.
+    pub source: String,
+    pub description: Option<String>,
+    pub auth: Auth,
+    pub dedupe: Dedupe,
+    pub forward: ForwardOverride,
+    pub tests: Vec<RuleTest>,
+    pub(crate) params: ParamPolicy,
+    pub(crate) fields: Vec<FieldRule>,
+    pub(crate) whens: Vec<When>,
+    pub(crate) skips: Vec<Skip>,
+    /// Every parameter name the rule reads (for `repeated = "reject"`), normalised.
+    pub(crate) reads: Vec<String>,
+}
+
+/// `[auth]`, with `${VAR}` already read from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// `None`: no token needed.
+    pub token: Option<String>,
+    pub token_param: String,
+    /// Empty: any caller.
+    pub allow_ips: Vec<IpNet>,
+}
+
+/// `[dedupe]`: the mapped fields that identify a conversion, and how long to remember them.
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    /// Empty: no dedupe for this source.
+    pub fields: Vec<&'static str>,
+    pub window: Duration,
+}
+
+/// `[forward]`: per-source overrides of the service's forwarding config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardOverride {
+    pub rate_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+}
+
+/// One `[[tests]]` case.
+#[derive(Debug, Clone)]
+pub struct RuleTest {
+    pub name: String,
+    pub query: String,
+    pub expect: Expectation,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    pub received_at: Option<jiff::Timestamp>,
+    /// 1-based line of the `[[tests]]` entry, for failure messages.
+    pub line: usize,
+}
+
+/// What a test expects.
+#[derive(Debug, Clone)]
+pub enum Expectation {
+    /// The whole body, exactly.
+    Body(serde_json::Map<String, serde_json::Value>),
+    /// A reject whose reason contains this text.
+    Reject(String),
+    /// A skip whose reason contains this text.
+    Skip(String),
+}
+
+/// `[params]`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ParamPolicy {
+    pub ignore_case: bool,
+    pub repeated: Repeated,
+    pub placeholders: Vec<String>,
+}
+
+/// `repeated = "first" | "last" | "reject"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Repeated {
+    #[default]
+    First,
+    Last,
+    Reject,
+}
+
+/// One output field and how it is produced.
+#[derive(Debug, Clone)]
+pub(crate) struct FieldRule {
+    pub field: &'static str,
+    pub spec: Spec,
+}
+
+/// How a field gets its value.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub ty: FieldType,
+    pub source: Source,
+    pub transform: Transform,
+    pub default: Option<Out>,
+    pub required: bool,
+}
+
+/// Where the raw text comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    Const(Out),
+    Params(Vec<ParamRef>),
+    Template(Vec<Part>),
+}
+
+/// A parameter name (normalised for `ignore_case`) or a request attribute.
+#[derive(Debug, Clone)]
+pub(crate) enum ParamRef {
+    Param(String),
+    Special(Special),
+}
+
+/// `@client_ip`, `@user_agent`, `@referer`, `@received_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Special {
+    ClientIp,
+    UserAgent,
+    Referer,
+    ReceivedAt,
+}
+
+impl Special {
+    pub fn parse(name: &str) -> Option<Special> {
+        Some(match name {
+            "@client_ip" => Special::ClientIp,
+            "@user_agent" => Special::UserAgent,
+            "@referer" => Special::Referer,
+            "@received_at" => Special::ReceivedAt,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Special::ClientIp => "@client_ip",
+            Special::UserAgent => "@user_agent",
+            Special::Referer => "@referer",
+            Special::ReceivedAt => "@received_at",
+        }
+    }
+}
+
+/// A piece of a template.
+#[derive(Debug, Clone)]
+pub(crate) enum Part {
+    Lit(String),
+    Param(String),
+}
+
+/// What happens to a present value, in this order: json, map, number or time, case.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Transform {
+    pub json: Option<String>,
+    pub map: Option<MapRule>,
+    pub number: Option<NumberRule>,
+    pub time: Option<TimeRule>,
+    pub case: Option<Case>,
+}
+
+/// `map = {...}` with `ignore_case` and `unmapped`.
+#[derive(Debug, Clone)]
+pub(crate) struct MapRule {
+    pub entries: HashMap<String, Out>,
+    pub ignore_case: bool,
+    pub unmapped: Unmapped,
+}
+
+/// What a present value that the map lacks becomes.
+#[derive(Debug, Clone)]
+pub(crate) enum Unmapped {
+    Reject,
+    Keep,
+    Value(Out),
+}
+
+/// `number = true`, `decimal`, `scale`.
+#[derive(Debug, Clone)]
+pub(crate) struct NumberRule {
+    pub decimal: DecimalMode,
+    pub scale: Option<Decimal>,
+}
+
+/// `time` and `tz`.
+#[derive(Debug, Clone)]
+pub(crate) struct TimeRule {
+    pub format: TimeFormat,
+    pub tz: TimeZone,
+}
+
+/// `case = "upper" | "lower"`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Case {
+    Upper,
+    Lower,
+}
+
+/// A typed output value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Out {
+    Str(String),
+    Num(Decimal),
+    Int(i64),
+}
+
+/// `[[when]]`: if every condition matches, the `set` fields replace the mapped ones.
+#[derive(Debug, Clone)]
+pub(crate) struct When {
+    pub conditions: Vec<Condition>,
+    pub set: Vec<FieldRule>,
+}
+
+/// `[[skip]]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Skip {
+    pub conditions: Vec<Condition>,
+    pub reason: String,
+}
+
+/// One `match` entry: the parameter's value must equal one of `values`.
+#[derive(Debug, Clone)]
+pub(crate) struct Condition {
+    pub param: String,
+    pub values: Vec<String>,
+}

@@ -1,0 +1,176 @@
+//! The serde mirror of a rule file: every key the format knows, unknown keys refused, spans
+//! kept where `compile` needs to point at a value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+/// A whole rule file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub description: Option<String>,
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub params: RawParams,
+    pub fields: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawField>>>>,
+    #[serde(default)]
+    pub when: Vec<Spanned<RawWhen>>,
+    #[serde(default)]
+    pub skip: Vec<Spanned<RawSkip>>,
+    pub dedupe: Option<RawDedupe>,
+    pub forward: Option<RawForward>,
+    #[serde(default)]
+    pub tests: Vec<Spanned<RawTest>>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub token: Option<Spanned<String>>,
+    pub token_param: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_ips: Vec<Spanned<String>>,
+}
+
+/// `[params]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawParams {
+    #[serde(default)]
+    pub ignore_case: bool,
+    pub repeated: Option<Spanned<String>>,
+    #[serde(default)]
+    pub placeholders: Vec<String>,
+}
+
+/// One `[fields]` entry: a parameter name, a fallback list, or a table.
+#[derive(Debug)]
+pub enum RawField {
+    Param(String),
+    List(Vec<String>),
+    Spec(Box<RawSpec>),
+}
+
+/// The table form of a field.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub from: Option<Spanned<Names>>,
+    pub value: Option<Spanned<toml::Value>>,
+    pub default: Option<Spanned<toml::Value>>,
+    pub required: Option<bool>,
+    pub template: Option<Spanned<String>>,
+    pub map: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub ignore_case: Option<bool>,
+    pub unmapped: Option<Spanned<String>>,
+    pub number: Option<bool>,
+    pub decimal: Option<Spanned<String>>,
+    pub scale: Option<Spanned<toml::Value>>,
+    pub time: Option<Spanned<String>>,
+    pub tz: Option<Spanned<String>>,
+    pub case: Option<Spanned<String>>,
+    pub json: Option<Spanned<String>>,
+}
+
+/// `from = "a"` or `from = ["a", "b"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Names {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Names::One(n) => vec![n],
+            Names::Many(v) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> Visitor<'de> for FieldVisitor {
+            type Value = RawField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a parameter name, a list of parameter names, or a table such as { from = \"amt\", number = true }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawField, E> {
+                Ok(RawField::Param(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawField, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(RawField::List(names))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawField, A::Error> {
+                RawSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|s| RawField::Spec(Box::new(s)))
+            }
+        }
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+/// A match table: parameter -> one value or a list of values.
+pub type RawMatch = BTreeMap<String, Names>;
+
+/// `[[when]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    #[serde(rename = "match")]
+    pub matches: RawMatch,
+    pub set: BTreeMap<Spanned<String>, Spanned<RawField>>,
+}
+
+/// `[[skip]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSkip {
+    #[serde(rename = "match")]
+    pub matches: RawMatch,
+    pub reason: Option<String>,
+}
+
+/// `[dedupe]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupe {
+    pub key: Option<Vec<Spanned<String>>>,
+    pub window: Option<Spanned<String>>,
+}
+
+/// `[forward]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub rate_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub base_url: Option<Spanned<String>>,
+    pub api_key: Option<Spanned<String>>,
+}
+
+/// `[[tests]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    pub name: String,
+    pub query: String,
+    pub expect: Option<toml::Table>,
+    pub expect_reject: Option<String>,
+    pub expect_skip: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    pub received_at: Option<String>,
+}

@@ -1,0 +1,159 @@
+//! Scaleo's conversion body fields (SCALEO.md): names, JSON types and known value sets.
+
+/// The JSON type Scaleo expects for a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// A JSON number (`revenue`, `payout`, `amount`), decimal-exact.
+    Number,
+    /// A JSON integer (`goal_id`).
+    Integer,
+    /// A JSON string; also for values that look numeric.
+    String,
+    /// A string in `Y-m-d H:i:s` (`timestamp`, `click_timestamp`); `time = "auto"` by default.
+    Time,
+}
+
+/// Every field Scaleo's `conv-click-id` accepts; anything else is an unknown parameter (400).
+pub const FIELDS: &[&str] = &[
+    "click_id",
+    "revenue",
+    "payout",
+    "amount",
+    "conv_status",
+    "goal_id",
+    "goal_alias",
+    "aff_click_id",
+    "adv_order_id",
+    "adv_user_id",
+    "adv_track_id",
+    "track_id",
+    "idfa",
+    "gaid",
+    "promo_code",
+    "aff_param1",
+    "aff_param2",
+    "aff_param3",
+    "aff_param4",
+    "aff_param5",
+    "sub_id1",
+    "sub_id2",
+    "sub_id3",
+    "sub_id4",
+    "sub_id5",
+    "adv_param1",
+    "adv_param2",
+    "adv_param3",
+    "adv_param4",
+    "adv_param5",
+    "email",
+    "firstname",
+    "lastname",
+    "address",
+    "city",
+    "region",
+    "country",
+    "postcode",
+    "phone",
+    "gender",
+    "birthday",
+    "vertical",
+    "ip",
+    "public_notes",
+    "private_notes",
+    "click_referer_url",
+    "conversion_referer_url",
+    "timestamp",
+    "click_timestamp",
+    "custom1",
+    "custom2",
+    "custom3",
+    "custom4",
+    "custom5",
+    "custom6",
+    "custom7",
+    "custom8",
+    "custom9",
+    "custom10",
+    "deliver_lead",
+];
+
+/// The canonical `&'static` name of a Scaleo field, or `None` for an unknown name.
+pub fn field(name: &str) -> Option<&'static str> {
+    FIELDS.iter().copied().find(|f| *f == name)
+}
+
+/// The JSON type of a known field.
+pub fn field_type(name: &str) -> FieldType {
+    match name {
+        "revenue" | "payout" | "amount" => FieldType::Number,
+        "goal_id" => FieldType::Integer,
+        "timestamp" | "click_timestamp" => FieldType::Time,
+        _ => FieldType::String,
+    }
+}
+
+/// The values Scaleo accepts for a field, where the set is known.
+pub fn allowed_values(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "conv_status" => Some(&["pending", "approved", "rejected", "hold"]),
+        "deliver_lead" => Some(&["yes", "no"]),
+        _ => None,
+    }
+}
+
+/// The closest name among `candidates` when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = (up + 1).min(row[j] + 1).min(diag + usize::from(ca != *cb));
+            diag = up;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_nearest_field_for_a_typo() {
+        assert_eq!(
+            did_you_mean("clikc_id", FIELDS.iter().copied()),
+            Some("click_id")
+        );
+        assert_eq!(
+            did_you_mean("revenu", FIELDS.iter().copied()),
+            Some("revenue")
+        );
+        assert_eq!(did_you_mean("zzzzzzzz", FIELDS.iter().copied()), None);
+    }
+
+    #[test]
+    fn types_follow_scaleo() {
+        assert_eq!(field_type("revenue"), FieldType::Number);
+        assert_eq!(field_type("goal_id"), FieldType::Integer);
+        assert_eq!(field_type("adv_order_id"), FieldType::String);
+        assert_eq!(field("custom10"), Some("custom10"));
+        assert_eq!(field("custom11"), None);
+    }
+}
