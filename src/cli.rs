@@ -14,6 +14,8 @@ use crate::rules::{EnvMode, Input, Outcome, RuleSet, decode_form};
 
 /// Exit code for usage and configuration errors (`map` promises 2).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code when `serve` cannot start because of its configuration (EX_CONFIG-like 64).
+pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +30,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the relay: ingest, store, forward.
+    Serve(ServeArgs),
+    /// Run only the local stand-in for Scaleo's conversion API.
+    Sandbox(SandboxArgs),
     /// Validate the rule files (and the service config with --config).
     Check(CheckArgs),
     /// Run every rule file's [[tests]].
@@ -35,6 +41,34 @@ pub enum Command {
     /// Dry-run the mapping of one postback (no store, no forward, no auth check).
     Map(MapArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Service config file (relay.toml); RELAY__... environment variables override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Forward to a built-in local Scaleo sandbox instead of scaleo.base_url (no account needed).
+    #[arg(long)]
+    pub sandbox: bool,
+    /// Listen address of the built-in sandbox (with --sandbox).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub sandbox_listen: std::net::SocketAddr,
+    /// Log JSON lines instead of human-readable ones.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: std::net::SocketAddr,
+    /// The API key the sandbox accepts.
+    #[arg(long, default_value = SANDBOX_KEY)]
+    pub api_key: String,
+}
+
+/// The API key of the built-in sandbox.
+pub const SANDBOX_KEY: &str = "sandbox-key";
 
 #[derive(Debug, Args)]
 pub struct RulesArg {
@@ -92,10 +126,107 @@ pub struct MapArgs {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Sandbox(a) => sandbox(a),
         Command::Check(a) => check(a),
         Command::Test(a) => test(a),
         Command::Map(a) => map(a),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Sets up `tracing`: human lines by default, JSON with `json`; `RUST_LOG` overrides `level`.
+pub fn init_logging(json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rt.block_on(async move {
+        let mut overrides = Vec::new();
+        let sandbox = if a.sandbox {
+            match crate::sandbox::Sandbox::start(a.sandbox_listen, crate::sandbox::SandboxConfig { api_key: SANDBOX_KEY.into() }).await {
+                Ok(s) => {
+                    overrides.push(("scaleo.base_url", s.base_url()));
+                    overrides.push(("scaleo.api_key", SANDBOX_KEY.to_string()));
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("cannot start the sandbox on {}: {e}", a.sandbox_listen);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        } else {
+            None
+        };
+        let cfg = match Config::load_with(a.config.as_deref(), &overrides) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("config: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        init_logging(a.log_json || cfg.log.json, &cfg.log.level);
+        let running = match crate::serve::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        if let Some(s) = &sandbox {
+            let source = running.rules.current().iter().next().map(|r| r.source.clone()).unwrap_or_else(|| "SOURCE".into());
+            eprintln!(
+                "\nrelay on http://{addr}, forwarding to the local Scaleo sandbox at {url}\n\
+                 try:  curl 'http://{addr}/postback/{source}?...'   (see rules/{source}.toml [[tests]] for queries)\n\
+                 then: curl {url}/sandbox/conversions\n",
+                addr = running.ingest_addr,
+                url = s.base_url()
+            );
+        }
+        match crate::serve::run_until_signal(running).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn sandbox(a: SandboxArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    init_logging(false, "info");
+    rt.block_on(async move {
+        match crate::sandbox::Sandbox::start(a.listen, crate::sandbox::SandboxConfig { api_key: a.api_key }).await {
+            Ok(s) => {
+                eprintln!("Scaleo sandbox on {}; accepted conversions at {}/sandbox/conversions", s.base_url(), s.base_url());
+                let _ = tokio::signal::ctrl_c().await;
+                s.shutdown();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot start the sandbox on {}: {e}", a.listen);
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
+    })
 }
 
 fn load_rules(dir: &Path, env: EnvMode) -> Result<RuleSet, ExitCode> {

@@ -261,11 +261,16 @@ pub struct LogConfig {
 impl Config {
     /// Reads `file` (if given) and the `RELAY__` environment, then validates.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(file, &[])
+    }
+
+    /// Like [`Config::load`], with `overrides` (dotted key, value) applied last.
+    pub fn load_with(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
         }
-        let raw: RawConfig = builder
+        builder = builder
             .add_source(
                 config::Environment::with_prefix("RELAY")
                     .prefix_separator("__")
@@ -274,7 +279,11 @@ impl Config {
                     .with_list_parse_key("forward.retry_schedule")
                     .with_list_parse_key("server.trusted_proxies")
                     .try_parsing(true),
-            )
+            );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.as_str())?;
+        }
+        let raw: RawConfig = builder
             .build()?
             .try_deserialize()?;
         raw.validate()

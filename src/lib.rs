@@ -17,6 +17,8 @@
 pub mod cli;
 pub mod config;
 pub mod forward;
+pub mod ingest;
 pub mod rules;
 pub mod sandbox;
+pub mod serve;
 pub mod store;

@@ -110,6 +110,11 @@ impl Rule {
         (outcome, trace)
     }
 
+    /// `[params].ignore_case`: parameter names (the token's too) match case-insensitively.
+    pub fn params_ignore_case(&self) -> bool {
+        self.params.ignore_case
+    }
+
     /// Whether `name` is a parameter name this rule reads (after `ignore_case`).
     pub fn names_param(&self, name: &str) -> bool {
         let n = if self.params.ignore_case {

@@ -100,3 +100,30 @@ impl RuleSet {
 pub fn decode_form(bytes: &[u8]) -> Vec<(String, String)> {
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes).unwrap_or_default()
 }
+
+/// The rule set in force, swapped whole on reload; a postback keeps the `Arc` it started with.
+#[derive(Debug, Default)]
+pub struct LiveRules(std::sync::RwLock<Arc<RuleSet>>);
+
+impl LiveRules {
+    pub fn new(set: RuleSet) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(set)))
+    }
+
+    /// The current set.
+    pub fn current(&self) -> Arc<RuleSet> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Installs a new, fully validated set.
+    pub fn replace(&self, set: RuleSet) {
+        let new = Arc::new(set);
+        match self.0.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! HTTP ingest: `GET|POST|HEAD /postback/{source}` and `/pixel/{source}`. Checks limits, the
+//! caller's IP and token, maps the parameters with the source's rule, stores the record
+//! durably (group commit) and only then answers 200.
+
+pub mod answer;
+pub mod request;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use crate::config::ServerConfig;
+use crate::rules::{Input, LiveRules, Outcome, Rule};
+use crate::store::{DedupeKey, Inserted, NewRecord, NewState, RawPostback, Store};
+use answer::{Answer, Style};
+use request::ParamsError;
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Ingest {
+    pub rules: Arc<LiveRules>,
+    pub store: Store,
+    /// The network's time zone for `timestamp` outputs.
+    pub zone: TimeZone,
+    pub limits: ServerConfig,
+}
+
+impl Ingest {
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let style = if req.uri().path().starts_with("/pixel/") { Style::Pixel } else { Style::Json };
+        let head = req.method() == Method::HEAD;
+        self.answer(req, peer).await.render(style, head)
+    }
+
+    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+        let received_at = Timestamp::now();
+        let path = req.uri().path().to_string();
+        if path == "/healthz" {
+            return Answer::new(StatusCode::OK, "ok", None);
+        }
+        let Some(source) = path.strip_prefix("/postback/").or_else(|| path.strip_prefix("/pixel/")) else {
+            return Answer::new(StatusCode::NOT_FOUND, "not_found", Some(format!("no endpoint {path:?}; use /postback/{{source}} or /pixel/{{source}}")));
+        };
+        let method = req.method().clone();
+        if !matches!(method, Method::GET | Method::HEAD | Method::POST) {
+            return Answer::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some(format!("method {method} is not accepted; use GET, HEAD or POST")));
+        }
+        let url_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if url_len > self.limits.max_url_bytes {
+            return Answer::new(StatusCode::URI_TOO_LONG, "uri_too_long", Some(format!("URL of {url_len} bytes; at most {} (server.max_url_bytes)", self.limits.max_url_bytes)));
+        }
+        let header_len = header_bytes(req.headers());
+        if header_len > self.limits.max_header_bytes {
+            return Answer::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", Some(format!("headers of {header_len} bytes; at most {}", self.limits.max_header_bytes)));
+        }
+        let rules = self.rules.current();
+        let Some(rule) = rules.get(source) else {
+            return Answer::new(StatusCode::NOT_FOUND, "unknown_source", Some(format!("no rule file for source {source:?}")));
+        };
+        let headers = req.headers().clone();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let ip = request::client_ip(peer.ip(), header("x-forwarded-for").as_deref(), &self.limits.trusted_proxies);
+        if !rule.auth.allow_ips.is_empty() && !rule.auth.allow_ips.iter().any(|n| n.contains(&ip)) {
+            tracing::warn!(source, client_ip = %ip, "postback refused: caller not in the allow list");
+            return Answer::new(StatusCode::FORBIDDEN, "forbidden", Some(format!("caller {ip} is not in the allow list of source {source}")));
+        }
+
+        let query = req.uri().query().unwrap_or("").to_string();
+        let body = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(a) => return a,
+        };
+        let params = match request::params(&query, &body, header("content-type").as_deref(), self.limits.max_params) {
+            Ok(p) => p,
+            Err(ParamsError::TooMany { count, max }) => {
+                let code = if body.is_empty() { StatusCode::URI_TOO_LONG } else { StatusCode::PAYLOAD_TOO_LARGE };
+                return Answer::new(code, "too_many_params", Some(format!("{count} parameters; at most {max} (server.max_params)")));
+            }
+            Err(e @ ParamsError::Body(_)) => return Answer::new(StatusCode::BAD_REQUEST, "bad_request", Some(e.to_string())),
+        };
+
+        let auth = &rule.auth;
+        let ic = rule.params_ignore_case();
+        let is_token = |n: &str| request::is_token_param(n, &auth.token_param, ic);
+        if let Some(expected) = &auth.token {
+            let given = params
+                .query
+                .iter()
+                .chain(&params.body)
+                .find(|(n, _)| is_token(n))
+                .map(|(_, v)| v.clone())
+                .or_else(|| header("x-postback-token"));
+            if !given.is_some_and(|g| request::token_matches(expected, &g)) {
+                tracing::warn!(source, client_ip = %ip, "postback refused: token missing or wrong");
+                return Answer::new(StatusCode::UNAUTHORIZED, "unauthorized", Some(format!("token missing or wrong (parameter {:?} or header X-Postback-Token)", auth.token_param)));
+            }
+        }
+        let body_params: Vec<(String, String)> = params.body.into_iter().filter(|(n, _)| !is_token(n)).collect();
+        let mut params: Vec<(String, String)> = params.query.into_iter().filter(|(n, _)| !is_token(n)).collect();
+        params.extend(body_params.iter().cloned());
+
+        let user_agent = header("user-agent");
+        let referer = header("referer");
+        let ip_text = ip.to_string();
+        let input = Input {
+            params: &params,
+            client_ip: Some(&ip_text),
+            user_agent: user_agent.as_deref(),
+            referer: referer.as_deref(),
+            received_at: Some(received_at),
+        };
+        let outcome = rule.apply(&input, &self.zone);
+        if method == Method::HEAD {
+            return match outcome {
+                Outcome::Reject { reason } => Answer::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", Some(reason)),
+                _ => Answer::new(StatusCode::OK, "ok", None),
+            };
+        }
+
+        let mut stored_query = request::redact_query(&query, &auth.token_param, ic);
+        if !body_params.is_empty() {
+            if !stored_query.is_empty() {
+                stored_query.push('&');
+            }
+            stored_query.push_str(&request::encode_pairs(&body_params));
+        }
+        let raw = RawPostback {
+            method: method.to_string(),
+            path: path.clone(),
+            query: stored_query,
+            client_ip: Some(ip_text.clone()),
+            user_agent,
+            referer,
+            received_at,
+        };
+        self.store_outcome(rule, raw, outcome).await
+    }
+
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Answer> {
+        if req.method() != Method::POST {
+            return Ok(Bytes::new());
+        }
+        let max = self.limits.max_body_bytes;
+        let too_large = || Answer::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", Some(format!("body over {max} bytes (server.max_body_bytes)")));
+        let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        match Limited::new(req.into_body(), max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(_) => Err(Answer::new(StatusCode::BAD_REQUEST, "bad_request", Some("the request body could not be read".to_string()))),
+        }
+    }
+
+    async fn store_outcome(&self, rule: &Rule, raw: RawPostback, outcome: Outcome) -> Answer {
+        let source = rule.source.clone();
+        let (state, label, reason, click_id) = match outcome {
+            Outcome::Forward(m) => {
+                let dedupe = m.dedupe_key.map(|key| DedupeKey { key, window: rule.dedupe.window });
+                let click = m.click_id.clone();
+                (NewState::Queued { body: m.body, click_id: m.click_id, dedupe }, "accepted", None, Some(click))
+            }
+            Outcome::Skip { reason } => (NewState::Skipped { reason: reason.clone() }, "skipped", Some(reason), None),
+            Outcome::Reject { reason } => (NewState::Rejected { reason: reason.clone(), click_id: None }, "rejected", Some(reason), None),
+        };
+        match self.store.insert(NewRecord { source: source.clone(), raw, state }).await {
+            Ok(Inserted::Stored { id }) => {
+                tracing::info!(source, id, click_id = click_id.as_deref(), outcome = label, reason = reason.as_deref(), "postback");
+                Answer::stored(label, id, reason)
+            }
+            Ok(Inserted::Duplicate { id, original }) => {
+                tracing::info!(source, id, original, click_id = click_id.as_deref(), outcome = "duplicate", "postback");
+                Answer::stored("duplicate", id, Some(format!("same dedupe key as record {original}; not forwarded again")))
+            }
+            Err(e) => {
+                tracing::error!(source, error = %e, "postback not stored; answering 503");
+                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some("the postback could not be stored; retry later".to_string()))
+            }
+        }
+    }
+}
+
+fn header_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+}

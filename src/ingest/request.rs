@@ -1,0 +1,173 @@
+//! What ingest reads off a request: the caller's address (behind trusted proxies), the
+//! parameters from the query and a form or flat JSON body, and the source token.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use crate::rules::decode_form;
+
+/// Why a request's parameters cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParamsError {
+    #[error("too many parameters: {count} (at most {max})")]
+    TooMany { count: usize, max: usize },
+    #[error("body: {0}")]
+    Body(String),
+}
+
+/// The caller: the peer, or, when the peer is a trusted proxy, the nearest untrusted address
+/// of `X-Forwarded-For` (read right to left, so a client cannot forge its way in).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = canonical(peer);
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let Some(xff) = forwarded_for else { return peer };
+    let mut chain = xff.split(',').filter_map(|s| s.trim().parse::<IpAddr>().ok()).map(canonical);
+    let mut leftmost = None;
+    while let Some(ip) = chain.next_back() {
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        leftmost = Some(ip);
+    }
+    leftmost.unwrap_or(peer)
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) as plain IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// How many `name=value` pieces a query or form holds, without decoding it.
+pub fn count_pairs(raw: &[u8]) -> usize {
+    raw.split(|b| *b == b'&').filter(|p| !p.is_empty()).count()
+}
+
+/// The parameters of a request, the query's and the body's.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    pub query: Vec<(String, String)>,
+    /// From a form or flat JSON object body (POST).
+    pub body: Vec<(String, String)>,
+}
+
+/// Reads the query's parameters, then the body's (form or flat JSON object).
+pub fn params(query: &str, body: &[u8], content_type: Option<&str>, max: usize) -> Result<Params, ParamsError> {
+    let mut count = count_pairs(query.as_bytes());
+    if count > max {
+        return Err(ParamsError::TooMany { count, max });
+    }
+    let query = decode_form(query.as_bytes());
+    let mut out = Vec::new();
+    if body.is_empty() {
+        return Ok(Params { query, body: out });
+    }
+    let ct = content_type.unwrap_or("").to_ascii_lowercase();
+    if ct.starts_with("application/json") {
+        let v: Value = serde_json::from_slice(body).map_err(|e| ParamsError::Body(format!("not JSON ({e}); expected a flat JSON object")))?;
+        let Value::Object(map) = v else {
+            return Err(ParamsError::Body("expected a flat JSON object of parameters".into()));
+        };
+        count += map.len();
+        if count > max {
+            return Err(ParamsError::TooMany { count, max });
+        }
+        out.extend(map.into_iter().map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s,
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (k, text)
+        }));
+    } else if ct.is_empty() || ct.starts_with("application/x-www-form-urlencoded") || ct.starts_with("text/plain") {
+        count += count_pairs(body);
+        if count > max {
+            return Err(ParamsError::TooMany { count, max });
+        }
+        out.extend(decode_form(body));
+    } else {
+        return Err(ParamsError::Body(format!(
+            "content type {ct:?} is not accepted; send application/x-www-form-urlencoded or a flat application/json object"
+        )));
+    }
+    Ok(Params { query, body: out })
+}
+
+/// Constant-time token comparison (only the length can leak).
+pub fn token_matches(expected: &str, given: &str) -> bool {
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
+}
+
+/// Whether a decoded parameter name is the source's token parameter.
+pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool {
+    if ignore_case { name.eq_ignore_ascii_case(token_param) } else { name == token_param }
+}
+
+/// The raw query with every token parameter's value replaced by `***`, the rest untouched.
+pub fn redact_query(raw: &str, token_param: &str, ignore_case: bool) -> String {
+    raw.split('&')
+        .map(|piece| {
+            let name = piece.split('=').next().unwrap_or("");
+            let decoded = decode_form(name.as_bytes()).into_iter().next().map(|(n, _)| n).unwrap_or_default();
+            if is_token_param(&decoded, token_param, ignore_case) { format!("{name}=***") } else { piece.to_string() }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Form-encodes pairs (for storing a POST body's parameters with the raw postback).
+pub fn encode_pairs(pairs: &[(String, String)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_forwards() {
+        let ip = client_ip("198.51.100.7".parse().unwrap(), Some("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        assert_eq!(ip.to_string(), "198.51.100.7");
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_read_right_to_left() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let ip = client_ip("10.0.0.2".parse().unwrap(), Some("6.6.6.6, 203.0.113.9, 10.0.0.5"), &trusted);
+        assert_eq!(ip.to_string(), "203.0.113.9");
+    }
+
+    #[test]
+    fn token_is_redacted_in_the_stored_query_only() {
+        let q = redact_query("cid=1&token=s3cret&TOKEN=x&amt=2", "token", false);
+        assert_eq!(q, "cid=1&token=***&TOKEN=x&amt=2");
+        let q = redact_query("cid=1&TOKEN=s3cret", "token", true);
+        assert_eq!(q, "cid=1&TOKEN=***");
+    }
+
+    #[test]
+    fn json_body_is_flattened_into_parameters() {
+        let p = params("a=1", br#"{"cid":"x","amt":12.5,"n":null}"#, Some("application/json"), 10).unwrap();
+        assert_eq!(p.query, vec![("a".into(), "1".into())]);
+        assert_eq!(p.body, vec![("amt".into(), "12.5".into()), ("cid".into(), "x".into()), ("n".into(), String::new())]);
+    }
+
+    #[test]
+    fn too_many_parameters_are_refused_before_decoding() {
+        let q = "a=1&".repeat(11);
+        assert_eq!(params(&q, b"", None, 10), Err(ParamsError::TooMany { count: 11, max: 10 }));
+    }
+}

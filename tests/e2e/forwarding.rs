@@ -1,0 +1,117 @@
+//! Forwarding outcomes through the real relay: retries, Retry-After, dead, duplicates,
+//! pause on 401, and the rate limit.
+
+use std::time::Duration;
+
+use postback_relay::sandbox::Step;
+
+use crate::support::{Env, SHOP, eventually};
+
+async fn state_of(env: &Env, id: i64) -> String {
+    let rec = env.relay().store.get(id).await.unwrap().expect("record");
+    rec.summary.state.as_str().to_string()
+}
+
+async fn wait_state(env: &Env, id: i64, want: &str) -> bool {
+    for _ in 0..250 {
+        if state_of(env, id).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn accept(env: &Env, query: &str) -> i64 {
+    let (status, body) = env.get(&format!("/postback/shop?{query}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["id"].as_i64().expect("id")
+}
+
+#[tokio::test]
+async fn retries_on_500_twice_then_delivers() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    env.sandbox.script([Step::status(500), Step::status(503)]);
+    let id = accept(&env, "cid=r500&amt=100").await;
+    assert!(wait_state(&env, id, "delivered").await);
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    let codes: Vec<Option<u16>> = rec.attempts.iter().map(|a| a.status).collect();
+    assert_eq!(codes, vec![Some(500), Some(503), Some(200)]);
+    assert!(rec.transaction_id.is_some(), "Scaleo's transaction_id is kept");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn honours_retry_after_on_429() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    env.sandbox.script([Step::too_many(1)]);
+    let id = accept(&env, "cid=r429&amt=100").await;
+    assert!(wait_state(&env, id, "delivered").await);
+    let calls = env.sandbox.received();
+    assert_eq!(calls.len(), 2);
+    let gap = calls[1].at.duration_since(calls[0].at);
+    assert!(gap >= jiff::SignedDuration::from_millis(950), "retried after {gap:?}, Retry-After said 1s");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn dead_on_404_is_not_retried_and_keeps_the_answer() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    env.sandbox.script([Step::status(404)]);
+    let id = accept(&env, "cid=r404&amt=100").await;
+    assert!(wait_state(&env, id, "dead").await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.sandbox.received().len(), 1);
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.attempts.len(), 1);
+    assert_eq!(rec.attempts[0].status, Some(404));
+    assert!(!rec.attempts[0].answer.is_empty());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_answer_after_a_timeout_counts_as_delivered() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    // The first call lands but answers after the relay's 500 ms timeout; the retry meets
+    // "Multiple Conversions are not Allowed" and must stop there.
+    env.sandbox.script([Step::Hang(Duration::from_secs(2))]);
+    let id = accept(&env, "cid=rhang&amt=100").await;
+    assert!(wait_state(&env, id, "duplicate_upstream").await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.sandbox.received().len(), 2);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn unauthorized_pauses_keeps_the_queue_and_a_probe_resumes() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    env.sandbox.script([Step::Unauthorized]);
+    let a = accept(&env, "cid=p1&amt=1").await;
+    assert!(eventually(Duration::from_secs(5), || !env.sandbox.received().is_empty()).await);
+    let b = accept(&env, "cid=p2&amt=1").await;
+    // The probe (every 200 ms in tests) succeeds against the now healthy sandbox: both arrive.
+    assert!(wait_state(&env, a, "delivered").await);
+    assert!(wait_state(&env, b, "delivered").await);
+    let statuses: Vec<u16> = env.sandbox.received().iter().map(|r| r.status).collect();
+    assert_eq!(statuses[0], 401);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_is_held() {
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        c.forward.rate_per_second = 20;
+        c.forward.burst = 1;
+    })
+    .await;
+    for i in 0..21 {
+        accept(&env, &format!("cid=rl{i}&amt=1")).await;
+    }
+    assert!(env.sandbox.wait_for_accepted(21, Duration::from_secs(15)).await);
+    let calls = env.sandbox.received();
+    let span = calls[20].at.duration_since(calls[0].at);
+    // 21 calls at 20/s with a burst of 1 need at least 20 intervals of 50 ms.
+    assert!(span >= jiff::SignedDuration::from_millis(950), "21 forwards took only {span:?}");
+    env.stop().await;
+}
