@@ -36,6 +36,7 @@ impl Env {
     /// Starts the sandbox and a relay with `rules` (source, text), config tweaked by `tweak`.
     pub async fn start(rules: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> Env {
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir_all(&rules_dir).expect("rules dir");
