@@ -1,1 +1,3 @@
-//! Forwarding to Scaleo: claim, rate-limit, POST, classify, settle (helper "relay").
+//! Forwarding to Scaleo: claim, rate-limit, POST, classify, settle.
+
+pub mod retry;

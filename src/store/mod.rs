@@ -1,1 +1,302 @@
-//! The durable store: records, states, attempts, dedupe keys and claims (helper "relay").
+//! The durable store: records, states, attempts, dedupe keys, pauses and claims.
+//!
+//! [`Store`] is a cheap handle over one SQLite file (`{store.path}/relay.db`, WAL,
+//! `synchronous=FULL`). Every write goes through one writer thread that does **group commit**:
+//! it takes every operation waiting on a bounded channel (up to `store.commit_batch`), runs
+//! them in one transaction (each inside its own savepoint, so one bad operation fails alone),
+//! commits, and only then answers each caller. `Ok` therefore always means "committed".
+//! Reads ([`Store::get`], [`Store::list`], ...) use their own connections.
+//!
+//! Forwarding takes work with [`Store::claim`]: each [`Claimed`] carries a lease and is
+//! settled exactly once by a method that consumes it. Nothing of the queue is kept in memory:
+//! due work is found through the `(state, next_attempt_at)` index.
+
+mod claim;
+mod read;
+mod schema;
+mod sqlite;
+mod types;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::config::StoreConfig;
+
+pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, Claimed, excerpt, redact_api_key};
+pub use read::{AttemptView, Cursor, Filter, RecordView, Summary};
+pub use types::{
+    DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused, RawPostback,
+    Requeued, State,
+};
+
+use sqlite::{Op, ReadPool, Writer};
+
+/// Errors of the store. Any of them means "not persisted": ingest answers 503.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation (disk full, I/O error, corruption, ...).
+    #[error("database error: {0}")]
+    Db(Arc<rusqlite::Error>),
+    /// The data directory could not be created.
+    #[error("cannot create store directory {path}: {message}")]
+    Dir { path: PathBuf, message: String },
+    /// The writer thread is gone (the store is shutting down or it crashed).
+    #[error("the store writer has stopped")]
+    Closed,
+    /// `store.url` is set, but only the embedded SQLite backend exists so far.
+    #[error("store.url is not supported yet: only the embedded SQLite store (store.path)")]
+    Unsupported,
+    /// A settle came after the lease ran out and another claim took the record; the attempt
+    /// itself was still recorded.
+    #[error("record {0}: lease lost before settling (the attempt was recorded)")]
+    LeaseLost(i64),
+    /// No record with this id.
+    #[error("record {0} not found")]
+    NotFound(i64),
+    /// Only `rejected` and `dead` records can be replayed.
+    #[error("record {id} is {state}: only rejected or dead records can be replayed")]
+    NotReplayable { id: i64, state: State },
+    /// A stored value could not be read back (a corrupt row or a bug).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(Arc::new(e))
+    }
+}
+
+/// A cheap, clonable handle on the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Op>,
+    notify: Arc<Notify>,
+    reader: ReadPool,
+    /// Random per process, so claims by a previous process (crashed) never match ours.
+    instance: u64,
+    claim_seq: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating the directory, the file and the schema if needed) the store.
+    pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        if cfg.url.is_some() {
+            return Err(StoreError::Unsupported);
+        }
+        std::fs::create_dir_all(&cfg.path).map_err(|e| StoreError::Dir {
+            path: cfg.path.clone(),
+            message: e.to_string(),
+        })?;
+        let file = cfg.path.join("relay.db");
+        let notify = Arc::new(Notify::new());
+        let batch = cfg.commit_batch.max(1);
+        let (tx, rx) = mpsc::channel(batch * 4);
+        let writer = Writer::open(&file, batch, notify.clone())?;
+        // Detached: when the last handle drops, the channel closes and the writer ends after
+        // committing what is pending; an unanswered caller was never acknowledged.
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Dir {
+                path: file.clone(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                tx,
+                notify,
+                reader: ReadPool::new(file),
+                instance: fastrand::u64(..),
+                claim_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Stores a new record durably; `Ok` only after COMMIT returned.
+    pub async fn insert(&self, rec: NewRecord) -> Result<Inserted, StoreError> {
+        self.call(|reply| Op::Insert(rec, reply)).await
+    }
+
+    /// A notifier signalled after each commit that made work due (new queued records,
+    /// requeues, releases, resumes). Uses `notify_one`, so a wake-up is never lost.
+    pub fn subscribe(&self) -> Arc<Notify> {
+        self.inner.notify.clone()
+    }
+
+    /// Claims up to `limit` due records for `lease`.
+    ///
+    /// Due: state `queued`, `paused` (given back by an upstream pause) or `retrying`, with
+    /// `next_attempt_at <= now`, no live lease, and no pause covering its source; `exclude`
+    /// lists further sources to skip (for example ones waiting on their rate limit).
+    ///
+    /// Fairness: a quarter of the limit (rounded up, at least 1) is offered to due retries
+    /// first; the rest goes to fresh records (`queued`, then `paused`), oldest first; any room
+    /// left is filled with more retries. So fresh postbacks get most of every claim and retries
+    /// are never starved. With `limit == 1` every fourth claim prefers a retry.
+    pub async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        exclude: &[String],
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.claim_inner(limit, lease, exclude.to_vec(), None).await
+    }
+
+    /// Claims one due record of `scope` ignoring the upstream-auth pause of that scope (the
+    /// probe sent while paused by a 401/403). Operator pauses still hold.
+    pub async fn claim_probe(
+        &self,
+        scope: PauseScope,
+        lease: Duration,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let mut v = self.claim_inner(1, lease, Vec::new(), Some(scope)).await?;
+        Ok(v.pop())
+    }
+
+    async fn claim_inner(
+        &self,
+        limit: usize,
+        lease: Duration,
+        exclude: Vec<String>,
+        probe: Option<PauseScope>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let seq = self.inner.claim_seq.fetch_add(1, Ordering::Relaxed);
+        let owner = format!("{:016x}-{seq}", self.inner.instance);
+        let req = sqlite::ClaimRequest {
+            limit,
+            lease,
+            owner: owner.clone(),
+            exclude,
+            probe,
+            prefer_retry: seq % 4 == 3,
+        };
+        let rows = self.call(|reply| Op::Claim(req, reply)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Claimed::new(self.clone(), owner.clone(), row))
+            .collect())
+    }
+
+    /// Persists a pause of `scope` for `reason` (idempotent).
+    pub async fn pause(&self, scope: PauseScope, reason: PauseReason) -> Result<(), StoreError> {
+        self.call(|reply| Op::Pause(scope, reason, reply)).await
+    }
+
+    /// Removes every pause of `scope` (an operator's resume). Returns how many were removed.
+    pub async fn resume(&self, scope: PauseScope) -> Result<u64, StoreError> {
+        self.call(|reply| Op::Resume(scope, None, reply)).await
+    }
+
+    /// Removes only the pause of `scope` with `reason` (a successful probe, a config reload).
+    pub async fn resume_reason(
+        &self,
+        scope: PauseScope,
+        reason: PauseReason,
+    ) -> Result<u64, StoreError> {
+        self.call(|reply| Op::Resume(scope, Some(reason), reply))
+            .await
+    }
+
+    /// The persisted pauses.
+    pub async fn paused(&self) -> Result<Vec<Paused>, StoreError> {
+        self.read(read::paused).await
+    }
+
+    /// Deletes `delivered`, `duplicate`, `duplicate_upstream` and `skipped` records received
+    /// more than `older_than` ago (with their attempts), and expired dedupe keys. Works in
+    /// chunks so the writer never stalls ingest for long. Returns the records deleted.
+    pub async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = ts_minus(Timestamp::now(), older_than);
+        let mut total = 0;
+        loop {
+            let n = self.call(|reply| Op::Purge(cutoff, reply)).await?;
+            total += n;
+            if n < sqlite::PURGE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Replays record `id` (`rejected` or `dead`) with a freshly mapped state: queued again
+    /// (dedupe applies; the age bound and the retry schedule restart), rejected again, or
+    /// skipped. The attempt history is kept.
+    pub async fn requeue(&self, id: i64, state: NewState) -> Result<Requeued, StoreError> {
+        self.call(|reply| Op::Requeue(id, state, reply)).await
+    }
+
+    /// One record with its attempts.
+    pub async fn get(&self, id: i64) -> Result<Option<RecordView>, StoreError> {
+        self.read(move |c| read::get(c, id)).await
+    }
+
+    /// Summaries matching `filter`, newest first, at most `limit`, continuing after `cursor`;
+    /// the second value is the cursor of the next page (None at the end).
+    pub async fn list(
+        &self,
+        filter: Filter,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<(Vec<Summary>, Option<Cursor>), StoreError> {
+        self.read(move |c| read::list(c, &filter, limit, cursor))
+            .await
+    }
+
+    /// How many records are in each state (states with none are left out).
+    pub async fn counts_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.read(read::counts_by_state).await
+    }
+
+    /// The receive time of the oldest record waiting to be forwarded
+    /// (`queued`, `retrying` or `paused`).
+    pub async fn oldest_queued(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(read::oldest_queued).await
+    }
+
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.reader.with(f))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// `t - d`, saturating at the smallest timestamp.
+pub(crate) fn ts_minus(t: Timestamp, d: Duration) -> Timestamp {
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    Timestamp::from_millisecond(t.as_millisecond().saturating_sub(ms)).unwrap_or(Timestamp::MIN)
+}
+
+/// `t + d`, saturating at the largest timestamp.
+pub(crate) fn ts_plus(t: Timestamp, d: Duration) -> Timestamp {
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    Timestamp::from_millisecond(t.as_millisecond().saturating_add(ms)).unwrap_or(Timestamp::MAX)
+}

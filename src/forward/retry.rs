@@ -1,0 +1,221 @@
+//! What an answer from Scaleo means, and when to try again: pure functions, no I/O.
+//!
+//! [`classify`] follows PRODUCT.md section 3 and SCALEO.md, in this order:
+//! 1. "Multiple Conversions are not Allowed" (any case) in `message`, `info.message` or
+//!    anywhere in `info.errors` -> [`Verdict::DuplicateUpstream`], whatever the status. When
+//!    the body is not JSON the whole text is searched instead.
+//! 2. No answer (connect error, timeout, reset) -> retry.
+//! 3. 2xx: `status = "success"` with no inner `info.status` other than success ->
+//!    delivered with `info.transaction_id`. Any other 2xx (`status = "error"`, an inner
+//!    failure, a body that is not Scaleo's envelope) -> **dead**, answer kept: the request was
+//!    received and processed, so repeating it could pay twice; an operator can replay it.
+//! 4. 3xx -> **paused**: redirects are not followed (a POST would turn into a GET), and a
+//!    redirect means `base_url` is wrong for every postback, like a bad key.
+//! 5. 401, 403 -> paused. 408, 425, 429 -> retry. Other 4xx -> dead.
+//! 6. 5xx and anything else -> retry.
+//!
+//! A `Retry-After` (seconds or an HTTP date) on a retry verdict is honoured: the next try is
+//! never earlier than it says.
+//!
+//! The schedule ([`next_delay`], [`plan_retry`]) is data: `forward.retry_schedule`, with the
+//! last delay repeated past its end, plus up to [`JITTER_MAX`] (20 %) random extra so
+//! failed postbacks do not come back in lock step. The only bound is the age: a record
+//! queued more than `forward.max_age` ago is given up ("max age exceeded"); the last try
+//! is scheduled no later than that deadline.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+/// The phrase Scaleo answers when the conversion already exists.
+pub const DUPLICATE_PHRASE: &str = "multiple conversions are not allowed";
+
+/// The largest jitter, as a fraction of the scheduled delay.
+pub const JITTER_MAX: f64 = 0.2;
+
+/// What to do with a record after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Scaleo recorded the conversion.
+    Delivered { transaction_id: Option<String> },
+    /// Scaleo already had it: done, never retried.
+    DuplicateUpstream,
+    /// Try again later, not before `after` when Scaleo said so.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// Stop sending anything (bad key, wrong role, wrong base URL); keep everything queued.
+    Paused { reason: String },
+    /// Retrying cannot help.
+    Dead { reason: String },
+}
+
+/// Classifies one answer; `status` is `None` when none came. `now` resolves an HTTP-date
+/// `Retry-After`.
+pub fn classify(
+    status: Option<u16>,
+    retry_after: Option<&str>,
+    body: &str,
+    now: Timestamp,
+) -> Verdict {
+    let json: Option<Value> = serde_json::from_str(body).ok();
+    if says_duplicate(json.as_ref(), body) {
+        return Verdict::DuplicateUpstream;
+    }
+    let Some(code) = status else {
+        return Verdict::Retry {
+            after: None,
+            reason: "no answer".into(),
+        };
+    };
+    let message = json.as_ref().map(describe).unwrap_or_default();
+    let retry = |what: &str| Verdict::Retry {
+        after: retry_after.and_then(|v| parse_retry_after(v, now)),
+        reason: format!("HTTP {code}{what}{message}"),
+    };
+    match code {
+        200..=299 => success(code, json.as_ref(), &message),
+        300..=399 => Verdict::Paused {
+            reason: format!("HTTP {code}: redirected, check scaleo.base_url"),
+        },
+        401 | 403 => Verdict::Paused {
+            reason: format!("HTTP {code}: API key refused{message}"),
+        },
+        408 | 425 | 429 => retry(""),
+        400..=499 => Verdict::Dead {
+            reason: format!("HTTP {code}{message}"),
+        },
+        _ => retry(""),
+    }
+}
+
+fn success(code: u16, json: Option<&Value>, message: &str) -> Verdict {
+    let Some(json) = json else {
+        return Verdict::Dead {
+            reason: format!("HTTP {code} with an answer that is not Scaleo's JSON"),
+        };
+    };
+    let status = json.get("status").and_then(Value::as_str);
+    let info = json.get("info");
+    let inner = info.and_then(|i| i.get("status")).and_then(Value::as_str);
+    let ok = |s: Option<&str>| s.is_some_and(|s| s.eq_ignore_ascii_case("success"));
+    if ok(status) && (inner.is_none() || ok(inner)) {
+        let transaction_id = info
+            .and_then(|i| i.get("transaction_id"))
+            .and_then(|t| match t {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        return Verdict::Delivered { transaction_id };
+    }
+    let what = match (status, inner) {
+        (Some(s), _) if !ok(Some(s)) => format!("status {s:?}"),
+        (_, Some(i)) => format!("inner status {i:?}"),
+        _ => "no status".to_string(),
+    };
+    Verdict::Dead {
+        reason: format!("HTTP {code} with {what}{message}"),
+    }
+}
+
+/// `: message` (and the inner message) of Scaleo's envelope, or nothing.
+fn describe(json: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = json.get("message").and_then(Value::as_str) {
+        parts.push(m.to_string());
+    }
+    if let Some(m) = json.pointer("/info/message").and_then(Value::as_str) {
+        parts.push(m.to_string());
+    }
+    if let Some(e) = json.pointer("/info/errors") {
+        parts.push(e.to_string());
+    }
+    parts.retain(|p| !p.is_empty());
+    if parts.is_empty() {
+        String::new()
+    } else {
+        let mut text = format!(": {}", parts.join("; "));
+        if text.len() > 500 {
+            text.truncate(crate::store::excerpt(&text, 500).len());
+        }
+        text
+    }
+}
+
+fn says_duplicate(json: Option<&Value>, body: &str) -> bool {
+    fn has(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.to_lowercase().contains(DUPLICATE_PHRASE),
+            Value::Array(a) => a.iter().any(has),
+            Value::Object(o) => o.values().any(has),
+            _ => false,
+        }
+    }
+    match json {
+        Some(j) => ["/message", "/info/message", "/info/errors"]
+            .iter()
+            .filter_map(|p| j.pointer(p))
+            .any(has),
+        None => body.to_lowercase().contains(DUPLICATE_PHRASE),
+    }
+}
+
+/// Reads `Retry-After`: whole seconds, or an HTTP date (a date in the past is zero).
+pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(value)
+        .ok()?;
+    let ms = at.as_millisecond().saturating_sub(now.as_millisecond());
+    Some(Duration::from_millis(ms.max(0).unsigned_abs()))
+}
+
+/// The delay before try number `failures + 1`, after `failures` (>= 1) failed ones:
+/// `schedule[failures - 1]` (the last entry past the end) times `1 + JITTER_MAX * jitter`,
+/// where `jitter` is a sample in `[0, 1)` (clamped).
+pub fn next_delay(failures: u32, schedule: &[Duration], jitter: f64) -> Duration {
+    let Some(last) = schedule.last() else {
+        return Duration::ZERO;
+    };
+    let i = usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX);
+    let base = schedule.get(i).unwrap_or(last);
+    base.mul_f64(1.0 + JITTER_MAX * jitter.clamp(0.0, 1.0))
+}
+
+/// The plan after a failed try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Try again at this time.
+    At(Timestamp),
+    /// Older than `max_age`: give up ("max age exceeded").
+    GiveUp,
+}
+
+/// When to try again: `failures` counts the failed tries including this one; the record
+/// entered the queue at `queued_at`; `retry_after` is Scaleo's wish. See the module docs.
+pub fn plan_retry(
+    now: Timestamp,
+    queued_at: Timestamp,
+    failures: u32,
+    schedule: &[Duration],
+    max_age: Duration,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Next {
+    let deadline = crate::store::ts_plus(queued_at, max_age);
+    if now >= deadline {
+        return Next::GiveUp;
+    }
+    let delay = next_delay(failures, schedule, jitter).max(retry_after.unwrap_or_default());
+    Next::At(crate::store::ts_plus(now, delay).min(deadline))
+}
+
+#[cfg(test)]
+#[path = "retry_tests.rs"]
+mod tests;

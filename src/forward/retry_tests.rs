@@ -1,0 +1,198 @@
+//! Unit and property tests of the classification and the schedule.
+
+use super::*;
+use proptest::prelude::*;
+
+fn now() -> Timestamp {
+    "2026-01-01T00:00:00Z".parse().unwrap()
+}
+
+fn c(status: Option<u16>, body: &str) -> Verdict {
+    classify(status, None, body, now())
+}
+
+const SUCCESS: &str = r#"{"status":"success","code":200,"name":"","message":"",
+  "info":{"status":"success","message":"Conversion created","transaction_id":"9f1c-uuid"}}"#;
+
+#[test]
+fn success_is_delivered_with_transaction_id() {
+    assert_eq!(
+        c(Some(200), SUCCESS),
+        Verdict::Delivered {
+            transaction_id: Some("9f1c-uuid".into())
+        }
+    );
+    assert_eq!(
+        c(Some(201), r#"{"status":"success"}"#),
+        Verdict::Delivered {
+            transaction_id: None
+        }
+    );
+}
+
+#[test]
+fn duplicate_phrase_wins_over_any_status() {
+    let bodies = [
+        r#"{"status":"error","message":"Multiple Conversions are not Allowed"}"#,
+        r#"{"status":"error","info":{"message":"MULTIPLE conversions are NOT allowed"}}"#,
+        r#"{"status":"error","info":{"errors":{"click_id":["Multiple Conversions are not Allowed"]}}}"#,
+        "Multiple Conversions are not Allowed",
+    ];
+    for body in bodies {
+        for status in [200, 400, 403, 422, 500] {
+            assert_eq!(
+                c(Some(status), body),
+                Verdict::DuplicateUpstream,
+                "{status} {body}"
+            );
+        }
+    }
+}
+
+#[test]
+fn error_inside_2xx_is_dead_not_retried() {
+    for body in [
+        r#"{"status":"error","message":"tracking failed"}"#,
+        r#"{"status":"success","info":{"status":"error","message":"click not found"}}"#,
+        "<html>ok</html>",
+        "{}",
+    ] {
+        assert!(matches!(c(Some(200), body), Verdict::Dead { .. }), "{body}");
+    }
+}
+
+#[test]
+fn retryable_statuses_and_no_answer() {
+    for status in [
+        Some(408),
+        Some(425),
+        Some(429),
+        Some(500),
+        Some(502),
+        Some(503),
+        None,
+    ] {
+        assert!(
+            matches!(c(status, ""), Verdict::Retry { after: None, .. }),
+            "{status:?}"
+        );
+    }
+}
+
+#[test]
+fn auth_and_redirect_pause() {
+    for status in [401, 403, 301, 302, 307] {
+        assert!(
+            matches!(c(Some(status), "{}"), Verdict::Paused { .. }),
+            "{status}"
+        );
+    }
+}
+
+#[test]
+fn other_4xx_are_dead_with_the_errors_kept() {
+    let body = r#"{"status":"error","code":422,"message":"Validation failed",
+      "info":{"errors":{"goal_id":["Goal not found"]}}}"#;
+    match c(Some(422), body) {
+        Verdict::Dead { reason } => {
+            assert!(
+                reason.contains("422") && reason.contains("Goal not found"),
+                "{reason}"
+            )
+        }
+        v => panic!("{v:?}"),
+    }
+    for status in [400, 404, 410] {
+        assert!(matches!(c(Some(status), ""), Verdict::Dead { .. }));
+    }
+}
+
+#[test]
+fn retry_after_seconds_and_http_date() {
+    let v = classify(Some(429), Some("7"), "", now());
+    assert!(matches!(v, Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(7)));
+    let v = classify(Some(503), Some("Thu, 01 Jan 2026 00:00:30 GMT"), "", now());
+    assert!(matches!(v, Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(30)));
+    assert_eq!(
+        parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now()),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(parse_retry_after("soon", now()), None);
+}
+
+#[test]
+fn schedule_repeats_the_last_delay() {
+    let s = [Duration::from_secs(10), Duration::from_secs(30)];
+    assert_eq!(next_delay(1, &s, 0.0), Duration::from_secs(10));
+    assert_eq!(next_delay(2, &s, 0.0), Duration::from_secs(30));
+    assert_eq!(next_delay(99, &s, 0.0), Duration::from_secs(30));
+    assert_eq!(next_delay(1, &s, 1.0), Duration::from_secs(12));
+}
+
+#[test]
+fn plan_gives_up_after_max_age_and_caps_at_deadline() {
+    let s = [Duration::from_secs(3600)];
+    let day = Duration::from_secs(86_400);
+    let queued = crate::store::ts_minus(now(), day);
+    assert_eq!(
+        plan_retry(now(), queued, 3, &s, day, None, 0.0),
+        Next::GiveUp
+    );
+    let queued = crate::store::ts_minus(now(), day - Duration::from_secs(60));
+    assert_eq!(
+        plan_retry(now(), queued, 3, &s, day, None, 0.0),
+        Next::At(crate::store::ts_plus(now(), Duration::from_secs(60)))
+    );
+    // Retry-After longer than the schedule wins.
+    assert_eq!(
+        plan_retry(
+            now(),
+            now(),
+            1,
+            &s,
+            day,
+            Some(Duration::from_secs(7200)),
+            0.0
+        ),
+        Next::At(crate::store::ts_plus(now(), Duration::from_secs(7200)))
+    );
+}
+
+fn schedule() -> impl Strategy<Value = Vec<Duration>> {
+    prop::collection::vec(1u64..100_000, 1..10).prop_map(|mut v| {
+        v.sort_unstable();
+        v.into_iter().map(Duration::from_millis).collect()
+    })
+}
+
+proptest! {
+    #[test]
+    fn delay_within_jitter_bounds(s in schedule(), n in 1u32..50, j in 0.0f64..1.0) {
+        let base = s[usize::try_from(n - 1).unwrap().min(s.len() - 1)];
+        let d = next_delay(n, &s, j);
+        prop_assert!(d >= base);
+        prop_assert!(d <= base.mul_f64(1.0 + JITTER_MAX) + Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn delay_monotone_for_a_sorted_schedule(s in schedule(), n in 1u32..50, j in 0.0f64..1.0) {
+        prop_assert!(next_delay(n + 1, &s, j) >= next_delay(n, &s, j));
+    }
+
+    #[test]
+    fn plan_never_past_deadline(
+        s in schedule(), n in 1u32..50, j in 0.0f64..1.0,
+        age_s in 0u64..10_000, max_s in 1u64..10_000, ra in proptest::option::of(0u64..100_000),
+    ) {
+        let queued = crate::store::ts_minus(now(), Duration::from_secs(age_s));
+        let max_age = Duration::from_secs(max_s);
+        match plan_retry(now(), queued, n, &s, max_age, ra.map(Duration::from_secs), j) {
+            Next::GiveUp => prop_assert!(age_s >= max_s),
+            Next::At(at) => {
+                prop_assert!(age_s < max_s);
+                prop_assert!(at > now() || at == now());
+                prop_assert!(at <= crate::store::ts_plus(queued, max_age));
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The SQLite schema and its migrations (tracked with `PRAGMA user_version`).
+//!
+//! Times are integer unix milliseconds (`datetime(received_at/1000, 'unixepoch')` in the
+//! `sqlite3` shell), states and reasons are text, bodies are the mapped JSON text.
+
+use rusqlite::Connection;
+
+/// Each entry migrates from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE records (
+    id              INTEGER PRIMARY KEY,
+    source          TEXT    NOT NULL,
+    state           TEXT    NOT NULL,
+    received_at     INTEGER NOT NULL,   -- first receive time of the postback
+    queued_at       INTEGER,            -- start of the age bound (insert or replay)
+    updated_at      INTEGER NOT NULL,
+    method          TEXT    NOT NULL,
+    path            TEXT    NOT NULL,
+    query           TEXT    NOT NULL,   -- token already redacted
+    client_ip       TEXT,
+    user_agent      TEXT,
+    referer         TEXT,
+    body            TEXT,               -- mapped JSON, exactly as it is sent
+    click_id        TEXT,
+    reason          TEXT,               -- reject / skip / dead reason
+    dedupe_key      TEXT,
+    original_id     INTEGER,            -- for state duplicate: the record it repeats
+    transaction_id  TEXT,               -- Scaleo's info.transaction_id
+    attempts        INTEGER NOT NULL DEFAULT 0,  -- attempts counted by the retry schedule
+    next_attempt_at INTEGER,
+    claimed_until   INTEGER,
+    claim_owner     TEXT,
+    last_error      TEXT
+);
+CREATE INDEX records_due ON records (state, next_attempt_at);
+CREATE INDEX records_state_received ON records (state, received_at);
+CREATE INDEX records_click ON records (click_id);
+
+CREATE TABLE attempts (
+    id          INTEGER PRIMARY KEY,
+    record_id   INTEGER NOT NULL REFERENCES records (id) ON DELETE CASCADE,
+    at          INTEGER NOT NULL,
+    status      INTEGER,                -- HTTP status, NULL when no answer
+    answer      TEXT    NOT NULL,       -- first 2 KB, api key redacted
+    duration_ms INTEGER NOT NULL,
+    outcome     TEXT    NOT NULL
+);
+CREATE INDEX attempts_record ON attempts (record_id);
+
+CREATE TABLE dedupe (
+    key        TEXT PRIMARY KEY,
+    record_id  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX dedupe_expires ON dedupe (expires_at);
+
+CREATE TABLE paused (
+    scope  TEXT    NOT NULL,            -- '*' = all, else a source id
+    reason TEXT    NOT NULL,            -- operator | upstream_auth
+    since  INTEGER NOT NULL,
+    PRIMARY KEY (scope, reason)
+) WITHOUT ROWID;
+"#];
+
+/// Settings every connection gets.
+pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Sets the writer's durability settings and brings the schema up to date.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL required"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let done = usize::try_from(version).unwrap_or(0);
+    for (i, sql) in (0_i64..).zip(MIGRATIONS.iter()).skip(done) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
