@@ -135,18 +135,27 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
-        eprintln!("cannot start the async runtime: {e}");
-        ExitCode::FAILURE
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 /// Sets up `tracing`: human lines by default, JSON with `json`; `RUST_LOG` overrides `level`.
 pub fn init_logging(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn serve(a: ServeArgs) -> ExitCode {
@@ -214,9 +223,18 @@ fn sandbox(a: SandboxArgs) -> ExitCode {
     };
     init_logging(false, "info");
     rt.block_on(async move {
-        match crate::sandbox::Sandbox::start(a.listen, crate::sandbox::SandboxConfig { api_key: a.api_key }).await {
+        match crate::sandbox::Sandbox::start(
+            a.listen,
+            crate::sandbox::SandboxConfig { api_key: a.api_key },
+        )
+        .await
+        {
             Ok(s) => {
-                eprintln!("Scaleo sandbox on {}; accepted conversions at {}/sandbox/conversions", s.base_url(), s.base_url());
+                eprintln!(
+                    "Scaleo sandbox on {}; accepted conversions at {}/sandbox/conversions",
+                    s.base_url(),
+                    s.base_url()
+                );
                 let _ = tokio::signal::ctrl_c().await;
                 s.shutdown();
                 ExitCode::SUCCESS

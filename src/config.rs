@@ -265,27 +265,27 @@ impl Config {
     }
 
     /// Like [`Config::load`], with `overrides` (dotted key, value) applied last.
-    pub fn load_with(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
         }
-        builder = builder
-            .add_source(
-                config::Environment::with_prefix("RELAY")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("forward.retry_schedule")
-                    .with_list_parse_key("server.trusted_proxies")
-                    .try_parsing(true),
-            );
+        builder = builder.add_source(
+            config::Environment::with_prefix("RELAY")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("forward.retry_schedule")
+                .with_list_parse_key("server.trusted_proxies")
+                .try_parsing(true),
+        );
         for (key, value) in overrides {
             builder = builder.set_override(*key, value.as_str())?;
         }
-        let raw: RawConfig = builder
-            .build()?
-            .try_deserialize()?;
+        let raw: RawConfig = builder.build()?.try_deserialize()?;
         raw.validate()
     }
 

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::forward::{Forwarder, Routes, SourceForward};
+use crate::forward_shim::{Forwarder, Routes, SourceForward};
 use crate::ingest::{Ingest, server};
 use crate::rules::{EnvMode, LiveRules, RuleSet};
 use crate::store::Store;
@@ -66,23 +66,56 @@ pub fn routes_of(set: &RuleSet) -> HashMap<String, SourceForward> {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let set = RuleSet::load_dir(&cfg.rules_dir, EnvMode::Resolve).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("the rules in {} do not load:\n{}", cfg.rules_dir.display(), list.join("\n"))
+        anyhow::anyhow!(
+            "the rules in {} do not load:\n{}",
+            cfg.rules_dir.display(),
+            list.join("\n")
+        )
     })?;
     if let Some(url) = &cfg.store.url {
-        anyhow::bail!("store.url = {url:?}: the PostgreSQL store is not available in this version; remove store.url to use the embedded SQLite store");
+        anyhow::bail!(
+            "store.url = {url:?}: the PostgreSQL store is not available in this version; remove store.url to use the embedded SQLite store"
+        );
     }
-    let store = Store::open(&cfg.store).with_context(|| format!("opening the store in {}", cfg.store.path.display()))?;
+    let store = Store::open(&cfg.store)
+        .with_context(|| format!("opening the store in {}", cfg.store.path.display()))?;
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
     let shutdown = CancellationToken::new();
 
-    let listener = server::bind(cfg.server.listen).await.with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
+    let listener = server::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
     let ingest_addr = listener.local_addr()?;
-    let ingest = Arc::new(Ingest { rules: rules.clone(), store: store.clone(), zone: cfg.scaleo.timezone.clone(), limits: cfg.server.clone() });
-    let mut tasks = vec![tokio::spawn(server::serve(listener, ingest, shutdown.clone(), cfg.forward.grace))];
-    tasks.push(Forwarder::spawn(store.clone(), cfg.scaleo.clone(), cfg.forward.clone(), routes.clone(), shutdown.clone()));
+    let ingest = Arc::new(Ingest {
+        rules: rules.clone(),
+        store: store.clone(),
+        zone: cfg.scaleo.timezone.clone(),
+        limits: cfg.server.clone(),
+    });
+    let mut tasks = vec![tokio::spawn(server::serve(
+        listener,
+        ingest,
+        shutdown.clone(),
+        cfg.forward.grace,
+    ))];
+    tasks.push(Forwarder::spawn(
+        store.clone(),
+        cfg.scaleo.clone(),
+        cfg.forward.clone(),
+        routes.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(%ingest_addr, rules = rules.current().len(), scaleo = %cfg.scaleo.base_url, "relay started");
-    Ok(Running { ingest_addr, store, rules, routes, shutdown, tasks, rules_dir: cfg.rules_dir.clone() })
+    Ok(Running {
+        ingest_addr,
+        store,
+        rules,
+        routes,
+        shutdown,
+        tasks,
+        rules_dir: cfg.rules_dir.clone(),
+    })
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the rules.

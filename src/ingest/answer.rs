@@ -9,9 +9,9 @@ use serde_json::json;
 
 /// A transparent 1x1 GIF (43 bytes).
 pub const PIXEL_GIF: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
-    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
-    0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// Which endpoint answers: JSON for `/postback`, the GIF for `/pixel`.
@@ -33,19 +33,34 @@ pub struct Answer {
 
 impl Answer {
     pub fn new(code: StatusCode, status: &'static str, reason: impl Into<Option<String>>) -> Self {
-        Self { code, status, id: None, reason: reason.into() }
+        Self {
+            code,
+            status,
+            id: None,
+            reason: reason.into(),
+        }
     }
 
     pub fn stored(status: &'static str, id: i64, reason: Option<String>) -> Self {
-        let code = if status == "rejected" { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
-        Self { code, status, id: Some(id), reason }
+        let code = if status == "rejected" {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        Self {
+            code,
+            status,
+            id: Some(id),
+            reason,
+        }
     }
 
     /// Renders the answer; `head` drops the body but keeps the headers.
     pub fn render(&self, style: Style, head: bool) -> Response<Full<Bytes>> {
         let (ctype, body) = match style {
             Style::Json => {
-                let body = json!({"status": self.status, "id": self.id, "reason": self.reason}).to_string();
+                let body = json!({"status": self.status, "id": self.id, "reason": self.reason})
+                    .to_string();
                 ("application/json", Bytes::from(body))
             }
             Style::Pixel => ("image/gif", Bytes::from_static(PIXEL_GIF)),
@@ -56,7 +71,10 @@ impl Answer {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+        );
         if style == Style::Pixel {
             h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             h.insert(header::EXPIRES, HeaderValue::from_static("0"));

@@ -34,7 +34,11 @@ pub struct Ingest {
 impl Ingest {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        let style = if req.uri().path().starts_with("/pixel/") { Style::Pixel } else { Style::Json };
+        let style = if req.uri().path().starts_with("/pixel/") {
+            Style::Pixel
+        } else {
+            Style::Json
+        };
         let head = req.method() == Method::HEAD;
         self.answer(req, peer).await.render(style, head)
     }
@@ -45,31 +49,79 @@ impl Ingest {
         if path == "/healthz" {
             return Answer::new(StatusCode::OK, "ok", None);
         }
-        let Some(source) = path.strip_prefix("/postback/").or_else(|| path.strip_prefix("/pixel/")) else {
-            return Answer::new(StatusCode::NOT_FOUND, "not_found", Some(format!("no endpoint {path:?}; use /postback/{{source}} or /pixel/{{source}}")));
+        let Some(source) = path
+            .strip_prefix("/postback/")
+            .or_else(|| path.strip_prefix("/pixel/"))
+        else {
+            return Answer::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                Some(format!(
+                    "no endpoint {path:?}; use /postback/{{source}} or /pixel/{{source}}"
+                )),
+            );
         };
         let method = req.method().clone();
         if !matches!(method, Method::GET | Method::HEAD | Method::POST) {
-            return Answer::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Some(format!("method {method} is not accepted; use GET, HEAD or POST")));
+            return Answer::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                Some(format!(
+                    "method {method} is not accepted; use GET, HEAD or POST"
+                )),
+            );
         }
         let url_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if url_len > self.limits.max_url_bytes {
-            return Answer::new(StatusCode::URI_TOO_LONG, "uri_too_long", Some(format!("URL of {url_len} bytes; at most {} (server.max_url_bytes)", self.limits.max_url_bytes)));
+            return Answer::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                Some(format!(
+                    "URL of {url_len} bytes; at most {} (server.max_url_bytes)",
+                    self.limits.max_url_bytes
+                )),
+            );
         }
         let header_len = header_bytes(req.headers());
         if header_len > self.limits.max_header_bytes {
-            return Answer::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", Some(format!("headers of {header_len} bytes; at most {}", self.limits.max_header_bytes)));
+            return Answer::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                Some(format!(
+                    "headers of {header_len} bytes; at most {}",
+                    self.limits.max_header_bytes
+                )),
+            );
         }
         let rules = self.rules.current();
         let Some(rule) = rules.get(source) else {
-            return Answer::new(StatusCode::NOT_FOUND, "unknown_source", Some(format!("no rule file for source {source:?}")));
+            return Answer::new(
+                StatusCode::NOT_FOUND,
+                "unknown_source",
+                Some(format!("no rule file for source {source:?}")),
+            );
         };
         let headers = req.headers().clone();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let ip = request::client_ip(peer.ip(), header("x-forwarded-for").as_deref(), &self.limits.trusted_proxies);
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let ip = request::client_ip(
+            peer.ip(),
+            header("x-forwarded-for").as_deref(),
+            &self.limits.trusted_proxies,
+        );
         if !rule.auth.allow_ips.is_empty() && !rule.auth.allow_ips.iter().any(|n| n.contains(&ip)) {
             tracing::warn!(source, client_ip = %ip, "postback refused: caller not in the allow list");
-            return Answer::new(StatusCode::FORBIDDEN, "forbidden", Some(format!("caller {ip} is not in the allow list of source {source}")));
+            return Answer::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                Some(format!(
+                    "caller {ip} is not in the allow list of source {source}"
+                )),
+            );
         }
 
         let query = req.uri().query().unwrap_or("").to_string();
@@ -77,13 +129,30 @@ impl Ingest {
             Ok(b) => b,
             Err(a) => return a,
         };
-        let params = match request::params(&query, &body, header("content-type").as_deref(), self.limits.max_params) {
+        let params = match request::params(
+            &query,
+            &body,
+            header("content-type").as_deref(),
+            self.limits.max_params,
+        ) {
             Ok(p) => p,
             Err(ParamsError::TooMany { count, max }) => {
-                let code = if body.is_empty() { StatusCode::URI_TOO_LONG } else { StatusCode::PAYLOAD_TOO_LARGE };
-                return Answer::new(code, "too_many_params", Some(format!("{count} parameters; at most {max} (server.max_params)")));
+                let code = if body.is_empty() {
+                    StatusCode::URI_TOO_LONG
+                } else {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                };
+                return Answer::new(
+                    code,
+                    "too_many_params",
+                    Some(format!(
+                        "{count} parameters; at most {max} (server.max_params)"
+                    )),
+                );
             }
-            Err(e @ ParamsError::Body(_)) => return Answer::new(StatusCode::BAD_REQUEST, "bad_request", Some(e.to_string())),
+            Err(e @ ParamsError::Body(_)) => {
+                return Answer::new(StatusCode::BAD_REQUEST, "bad_request", Some(e.to_string()));
+            }
         };
 
         let auth = &rule.auth;
@@ -99,11 +168,26 @@ impl Ingest {
                 .or_else(|| header("x-postback-token"));
             if !given.is_some_and(|g| request::token_matches(expected, &g)) {
                 tracing::warn!(source, client_ip = %ip, "postback refused: token missing or wrong");
-                return Answer::new(StatusCode::UNAUTHORIZED, "unauthorized", Some(format!("token missing or wrong (parameter {:?} or header X-Postback-Token)", auth.token_param)));
+                return Answer::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    Some(format!(
+                        "token missing or wrong (parameter {:?} or header X-Postback-Token)",
+                        auth.token_param
+                    )),
+                );
             }
         }
-        let body_params: Vec<(String, String)> = params.body.into_iter().filter(|(n, _)| !is_token(n)).collect();
-        let mut params: Vec<(String, String)> = params.query.into_iter().filter(|(n, _)| !is_token(n)).collect();
+        let body_params: Vec<(String, String)> = params
+            .body
+            .into_iter()
+            .filter(|(n, _)| !is_token(n))
+            .collect();
+        let mut params: Vec<(String, String)> = params
+            .query
+            .into_iter()
+            .filter(|(n, _)| !is_token(n))
+            .collect();
         params.extend(body_params.iter().cloned());
 
         let user_agent = header("user-agent");
@@ -119,7 +203,9 @@ impl Ingest {
         let outcome = rule.apply(&input, &self.zone);
         if method == Method::HEAD {
             return match outcome {
-                Outcome::Reject { reason } => Answer::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", Some(reason)),
+                Outcome::Reject { reason } => {
+                    Answer::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", Some(reason))
+                }
                 _ => Answer::new(StatusCode::OK, "ok", None),
             };
         }
@@ -148,15 +234,28 @@ impl Ingest {
             return Ok(Bytes::new());
         }
         let max = self.limits.max_body_bytes;
-        let too_large = || Answer::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", Some(format!("body over {max} bytes (server.max_body_bytes)")));
-        let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let too_large = || {
+            Answer::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                Some(format!("body over {max} bytes (server.max_body_bytes)")),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
         match Limited::new(req.into_body(), max).collect().await {
             Ok(c) => Ok(c.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(_) => Err(Answer::new(StatusCode::BAD_REQUEST, "bad_request", Some("the request body could not be read".to_string()))),
+            Err(_) => Err(Answer::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                Some("the request body could not be read".to_string()),
+            )),
         }
     }
 
@@ -164,25 +263,84 @@ impl Ingest {
         let source = rule.source.clone();
         let (state, label, reason, click_id) = match outcome {
             Outcome::Forward(m) => {
-                let dedupe = m.dedupe_key.map(|key| DedupeKey { key, window: rule.dedupe.window });
+                let dedupe = m.dedupe_key.map(|key| DedupeKey {
+                    key,
+                    window: rule.dedupe.window,
+                });
                 let click = m.click_id.clone();
-                (NewState::Queued { body: m.body, click_id: m.click_id, dedupe }, "accepted", None, Some(click))
+                (
+                    NewState::Queued {
+                        body: m.body,
+                        click_id: m.click_id,
+                        dedupe,
+                    },
+                    "accepted",
+                    None,
+                    Some(click),
+                )
             }
-            Outcome::Skip { reason } => (NewState::Skipped { reason: reason.clone() }, "skipped", Some(reason), None),
-            Outcome::Reject { reason } => (NewState::Rejected { reason: reason.clone(), click_id: None }, "rejected", Some(reason), None),
+            Outcome::Skip { reason } => (
+                NewState::Skipped {
+                    reason: reason.clone(),
+                },
+                "skipped",
+                Some(reason),
+                None,
+            ),
+            Outcome::Reject { reason } => (
+                NewState::Rejected {
+                    reason: reason.clone(),
+                    click_id: None,
+                },
+                "rejected",
+                Some(reason),
+                None,
+            ),
         };
-        match self.store.insert(NewRecord { source: source.clone(), raw, state }).await {
+        match self
+            .store
+            .insert(NewRecord {
+                source: source.clone(),
+                raw,
+                state,
+            })
+            .await
+        {
             Ok(Inserted::Stored { id }) => {
-                tracing::info!(source, id, click_id = click_id.as_deref(), outcome = label, reason = reason.as_deref(), "postback");
+                tracing::info!(
+                    source,
+                    id,
+                    click_id = click_id.as_deref(),
+                    outcome = label,
+                    reason = reason.as_deref(),
+                    "postback"
+                );
                 Answer::stored(label, id, reason)
             }
             Ok(Inserted::Duplicate { id, original }) => {
-                tracing::info!(source, id, original, click_id = click_id.as_deref(), outcome = "duplicate", "postback");
-                Answer::stored("duplicate", id, Some(format!("same dedupe key as record {original}; not forwarded again")))
+                tracing::info!(
+                    source,
+                    id,
+                    original,
+                    click_id = click_id.as_deref(),
+                    outcome = "duplicate",
+                    "postback"
+                );
+                Answer::stored(
+                    "duplicate",
+                    id,
+                    Some(format!(
+                        "same dedupe key as record {original}; not forwarded again"
+                    )),
+                )
             }
             Err(e) => {
                 tracing::error!(source, error = %e, "postback not stored; answering 503");
-                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some("the postback could not be stored; retry later".to_string()))
+                Answer::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    Some("the postback could not be stored; retry later".to_string()),
+                )
             }
         }
     }

@@ -26,8 +26,13 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
     if !is_trusted(&peer) {
         return peer;
     }
-    let Some(xff) = forwarded_for else { return peer };
-    let mut chain = xff.split(',').filter_map(|s| s.trim().parse::<IpAddr>().ok()).map(canonical);
+    let Some(xff) = forwarded_for else {
+        return peer;
+    };
+    let mut chain = xff
+        .split(',')
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(canonical);
     let mut leftmost = None;
     while let Some(ip) = chain.next_back() {
         if !is_trusted(&ip) {
@@ -60,7 +65,12 @@ pub struct Params {
 }
 
 /// Reads the query's parameters, then the body's (form or flat JSON object).
-pub fn params(query: &str, body: &[u8], content_type: Option<&str>, max: usize) -> Result<Params, ParamsError> {
+pub fn params(
+    query: &str,
+    body: &[u8],
+    content_type: Option<&str>,
+    max: usize,
+) -> Result<Params, ParamsError> {
     let mut count = count_pairs(query.as_bytes());
     if count > max {
         return Err(ParamsError::TooMany { count, max });
@@ -72,9 +82,13 @@ pub fn params(query: &str, body: &[u8], content_type: Option<&str>, max: usize) 
     }
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     if ct.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(body).map_err(|e| ParamsError::Body(format!("not JSON ({e}); expected a flat JSON object")))?;
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ParamsError::Body(format!("not JSON ({e}); expected a flat JSON object"))
+        })?;
         let Value::Object(map) = v else {
-            return Err(ParamsError::Body("expected a flat JSON object of parameters".into()));
+            return Err(ParamsError::Body(
+                "expected a flat JSON object of parameters".into(),
+            ));
         };
         count += map.len();
         if count > max {
@@ -88,7 +102,10 @@ pub fn params(query: &str, body: &[u8], content_type: Option<&str>, max: usize) 
             };
             (k, text)
         }));
-    } else if ct.is_empty() || ct.starts_with("application/x-www-form-urlencoded") || ct.starts_with("text/plain") {
+    } else if ct.is_empty()
+        || ct.starts_with("application/x-www-form-urlencoded")
+        || ct.starts_with("text/plain")
+    {
         count += count_pairs(body);
         if count > max {
             return Err(ParamsError::TooMany { count, max });
@@ -109,7 +126,11 @@ pub fn token_matches(expected: &str, given: &str) -> bool {
 
 /// Whether a decoded parameter name is the source's token parameter.
 pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool {
-    if ignore_case { name.eq_ignore_ascii_case(token_param) } else { name == token_param }
+    if ignore_case {
+        name.eq_ignore_ascii_case(token_param)
+    } else {
+        name == token_param
+    }
 }
 
 /// The raw query with every token parameter's value replaced by `***`, the rest untouched.
@@ -117,8 +138,16 @@ pub fn redact_query(raw: &str, token_param: &str, ignore_case: bool) -> String {
     raw.split('&')
         .map(|piece| {
             let name = piece.split('=').next().unwrap_or("");
-            let decoded = decode_form(name.as_bytes()).into_iter().next().map(|(n, _)| n).unwrap_or_default();
-            if is_token_param(&decoded, token_param, ignore_case) { format!("{name}=***") } else { piece.to_string() }
+            let decoded = decode_form(name.as_bytes())
+                .into_iter()
+                .next()
+                .map(|(n, _)| n)
+                .unwrap_or_default();
+            if is_token_param(&decoded, token_param, ignore_case) {
+                format!("{name}=***")
+            } else {
+                piece.to_string()
+            }
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -139,14 +168,22 @@ mod tests {
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_forwards() {
-        let ip = client_ip("198.51.100.7".parse().unwrap(), Some("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        let ip = client_ip(
+            "198.51.100.7".parse().unwrap(),
+            Some("1.2.3.4"),
+            &nets(&["10.0.0.0/8"]),
+        );
         assert_eq!(ip.to_string(), "198.51.100.7");
     }
 
     #[test]
     fn trusted_proxy_chain_is_read_right_to_left() {
         let trusted = nets(&["10.0.0.0/8"]);
-        let ip = client_ip("10.0.0.2".parse().unwrap(), Some("6.6.6.6, 203.0.113.9, 10.0.0.5"), &trusted);
+        let ip = client_ip(
+            "10.0.0.2".parse().unwrap(),
+            Some("6.6.6.6, 203.0.113.9, 10.0.0.5"),
+            &trusted,
+        );
         assert_eq!(ip.to_string(), "203.0.113.9");
     }
 
@@ -160,14 +197,30 @@ mod tests {
 
     #[test]
     fn json_body_is_flattened_into_parameters() {
-        let p = params("a=1", br#"{"cid":"x","amt":12.5,"n":null}"#, Some("application/json"), 10).unwrap();
+        let p = params(
+            "a=1",
+            br#"{"cid":"x","amt":12.5,"n":null}"#,
+            Some("application/json"),
+            10,
+        )
+        .unwrap();
         assert_eq!(p.query, vec![("a".into(), "1".into())]);
-        assert_eq!(p.body, vec![("amt".into(), "12.5".into()), ("cid".into(), "x".into()), ("n".into(), String::new())]);
+        assert_eq!(
+            p.body,
+            vec![
+                ("amt".into(), "12.5".into()),
+                ("cid".into(), "x".into()),
+                ("n".into(), String::new())
+            ]
+        );
     }
 
     #[test]
     fn too_many_parameters_are_refused_before_decoding() {
         let q = "a=1&".repeat(11);
-        assert_eq!(params(&q, b"", None, 10), Err(ParamsError::TooMany { count: 11, max: 10 }));
+        assert_eq!(
+            params(&q, b"", None, 10),
+            Err(ParamsError::TooMany { count: 11, max: 10 })
+        );
     }
 }

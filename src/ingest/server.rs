@@ -17,13 +17,22 @@ use super::Ingest;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves ingest on `listener` until `shutdown`, then lets open requests finish within `grace`.
-pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Arc<Ingest>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let limits = &ingest.limits;
     // Heads between the configured limits and this buffer get our own 414/431 with a reason;
     // beyond it hyper answers 431 itself.
-    let max_buf = (limits.max_url_bytes + limits.max_header_bytes).saturating_mul(4).max(8192);
+    let max_buf = (limits.max_url_bytes + limits.max_header_bytes)
+        .saturating_mul(4)
+        .max(8192);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(max_buf);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(max_buf);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -51,8 +60,14 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "ingest connections still open after the grace period");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "ingest connections still open after the grace period"
+        );
     }
 }
 

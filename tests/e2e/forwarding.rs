@@ -37,7 +37,10 @@ async fn retries_on_500_twice_then_delivers() {
     let rec = env.relay().store.get(id).await.unwrap().unwrap();
     let codes: Vec<Option<u16>> = rec.attempts.iter().map(|a| a.status).collect();
     assert_eq!(codes, vec![Some(500), Some(503), Some(200)]);
-    assert!(rec.transaction_id.is_some(), "Scaleo's transaction_id is kept");
+    assert!(
+        rec.transaction_id.is_some(),
+        "Scaleo's transaction_id is kept"
+    );
     env.stop().await;
 }
 
@@ -50,7 +53,10 @@ async fn honours_retry_after_on_429() {
     let calls = env.sandbox.received();
     assert_eq!(calls.len(), 2);
     let gap = calls[1].at.duration_since(calls[0].at);
-    assert!(gap >= jiff::SignedDuration::from_millis(950), "retried after {gap:?}, Retry-After said 1s");
+    assert!(
+        gap >= jiff::SignedDuration::from_millis(950),
+        "retried after {gap:?}, Retry-After said 1s"
+    );
     env.stop().await;
 }
 
@@ -87,14 +93,24 @@ async fn unauthorized_pauses_keeps_the_queue_and_a_probe_resumes() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     env.sandbox.script([Step::Unauthorized]);
     let a = accept(&env, "cid=p1&amt=1").await;
-    assert!(eventually(Duration::from_secs(5), || !env.sandbox.received().is_empty()).await);
+    assert!(
+        eventually(Duration::from_secs(5), || !env
+            .sandbox
+            .received()
+            .is_empty())
+        .await
+    );
     let b = accept(&env, "cid=p2&amt=1").await;
     // The probe (every 200 ms in tests) succeeds against the now healthy sandbox: both arrive.
     assert!(wait_state(&env, a, "delivered").await);
     assert!(wait_state(&env, b, "delivered").await);
     let statuses: Vec<u16> = env.sandbox.received().iter().map(|r| r.status).collect();
     assert_eq!(statuses[0], 401);
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
     env.stop().await;
 }
 
@@ -108,10 +124,17 @@ async fn rate_limit_is_held() {
     for i in 0..21 {
         accept(&env, &format!("cid=rl{i}&amt=1")).await;
     }
-    assert!(env.sandbox.wait_for_accepted(21, Duration::from_secs(15)).await);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(21, Duration::from_secs(15))
+            .await
+    );
     let calls = env.sandbox.received();
     let span = calls[20].at.duration_since(calls[0].at);
     // 21 calls at 20/s with a burst of 1 need at least 20 intervals of 50 ms.
-    assert!(span >= jiff::SignedDuration::from_millis(950), "21 forwards took only {span:?}");
+    assert!(
+        span >= jiff::SignedDuration::from_millis(950),
+        "21 forwards took only {span:?}"
+    );
     env.stop().await;
 }

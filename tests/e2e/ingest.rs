@@ -9,13 +9,22 @@ use crate::support::{Env, SHOP};
 #[tokio::test]
 async fn accepted_postback_reaches_scaleo_with_the_exact_body() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
-    let (status, body) = env.get("/postback/shop?cid=abc123&amt=1999&st=1&oid=A-9").await;
+    let (status, body) = env
+        .get("/postback/shop?cid=abc123&amt=1999&st=1&oid=A-9")
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "accepted");
     assert!(body["id"].as_i64().is_some());
-    assert!(env.sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
     let got = &env.sandbox.accepted()[0];
-    assert_eq!(got.to_string(), r#"{"adv_order_id":"A-9","click_id":"abc123","conv_status":"approved","goal_id":7,"revenue":19.99}"#);
+    assert_eq!(
+        got.to_string(),
+        r#"{"adv_order_id":"A-9","click_id":"abc123","conv_status":"approved","goal_id":7,"revenue":19.99}"#
+    );
     let calls = env.sandbox.received();
     assert!(calls[0].query_redacted.contains("api-key=***"));
     env.stop().await;
@@ -27,7 +36,10 @@ async fn rejected_postback_answers_422_naming_the_field_and_is_stored_raw() {
     let (status, body) = env.get("/postback/shop?cid=%7Bclickid%7D&amt=100").await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["status"], "rejected");
-    assert!(body["reason"].as_str().unwrap().contains("click_id"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("click_id"),
+        "{body}"
+    );
     let id = body["id"].as_i64().expect("a rejected postback is stored");
     let rec = env.relay().store.get(id).await.unwrap().expect("record");
     assert_eq!(rec.summary.state.as_str(), "rejected");
@@ -43,9 +55,17 @@ async fn skip_rule_answers_skipped_and_forwards_nothing() {
     assert_eq!(body["reason"], "test postback");
     let (status, _) = env.get("/postback/shop?cid=y&amt=1").await;
     assert_eq!(status, 200);
-    assert!(env.sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(env.sandbox.received().len(), 1, "the skipped postback must never be sent");
+    assert_eq!(
+        env.sandbox.received().len(),
+        1,
+        "the skipped postback must never be sent"
+    );
     env.stop().await;
 }
 
@@ -57,7 +77,11 @@ async fn repeated_postback_is_a_duplicate_and_forwarded_once() {
     let (s2, b2) = env.get(q).await;
     assert_eq!((s1, b1["status"].as_str()), (200, Some("accepted")));
     assert_eq!((s2, b2["status"].as_str()), (200, Some("duplicate")));
-    assert!(env.sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(env.sandbox.received().len(), 1);
     // A different order id on the same click is a different conversion.
@@ -71,10 +95,15 @@ async fn token_is_required_checked_and_never_stored_in_clear() {
     let rule = format!("[auth]\ntoken = \"s3cret-token\"\n{SHOP}");
     let env = Env::start(&[("shop", &rule)], |_| {}).await;
     let (status, body) = env.get("/postback/shop?cid=a&amt=1").await;
-    assert_eq!((status, body["status"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let (status, _) = env.get("/postback/shop?cid=a&amt=1&token=wrong").await;
     assert_eq!(status, 401);
-    let (status, body) = env.get("/postback/shop?cid=a&amt=1&token=s3cret-token").await;
+    let (status, body) = env
+        .get("/postback/shop?cid=a&amt=1&token=s3cret-token")
+        .await;
     assert_eq!(status, 200, "{body}");
     let id = body["id"].as_i64().unwrap();
     let rec = env.relay().store.get(id).await.unwrap().unwrap();
@@ -87,9 +116,16 @@ async fn token_is_required_checked_and_never_stored_in_clear() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    assert!(env.sandbox.wait_for_accepted(2, Duration::from_secs(10)).await);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(2, Duration::from_secs(10))
+            .await
+    );
     for call in env.sandbox.received() {
-        assert!(!call.raw_body.contains("s3cret-token"), "the token must not be forwarded");
+        assert!(
+            !call.raw_body.contains("s3cret-token"),
+            "the token must not be forwarded"
+        );
     }
     env.stop().await;
 }
@@ -106,7 +142,10 @@ async fn caller_outside_the_allow_list_gets_403() {
 #[tokio::test]
 async fn trusted_proxy_forwarded_for_is_believed() {
     let rule = format!("[auth]\nallow_ips = [\"203.0.113.0/24\"]\n{SHOP}");
-    let env = Env::start(&[("shop", &rule)], |c| c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let env = Env::start(&[("shop", &rule)], |c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]
+    })
+    .await;
     let resp = env
         .client
         .get(env.url("/postback/shop?cid=a&amt=1"))
@@ -122,14 +161,31 @@ async fn trusted_proxy_forwarded_for_is_believed() {
 async fn unknown_source_is_404_and_pixel_is_a_gif() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     let (status, body) = env.get("/postback/nope?cid=a").await;
-    assert_eq!((status, body["status"].as_str()), (404, Some("unknown_source")));
-    let resp = env.client.get(env.url("/pixel/shop?cid=px1&amt=100")).send().await.unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (404, Some("unknown_source"))
+    );
+    let resp = env
+        .client
+        .get(env.url("/pixel/shop?cid=px1&amt=100"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["content-type"], "image/gif");
-    assert!(resp.headers()["cache-control"].to_str().unwrap().contains("no-cache"));
+    assert!(
+        resp.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("no-cache")
+    );
     let gif = resp.bytes().await.unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
-    assert!(env.sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
     assert_eq!(env.sandbox.accepted()[0]["click_id"], "px1");
     env.stop().await;
 }
@@ -137,14 +193,27 @@ async fn unknown_source_is_404_and_pixel_is_a_gif() {
 #[tokio::test]
 async fn head_answers_like_get_without_storing() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
-    let resp = env.client.head(env.url("/postback/shop?cid=h1&amt=1")).send().await.unwrap();
+    let resp = env
+        .client
+        .head(env.url("/postback/shop?cid=h1&amt=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let resp = env.client.head(env.url("/postback/shop?amt=1")).send().await.unwrap();
+    let resp = env
+        .client
+        .head(env.url("/postback/shop?amt=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 422);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(env.sandbox.received().is_empty());
     let (_, body) = env.get("/postback/shop?cid=h1&amt=1").await;
-    assert_eq!(body["status"], "accepted", "HEAD must not have registered a dedupe key");
+    assert_eq!(
+        body["status"], "accepted",
+        "HEAD must not have registered a dedupe key"
+    );
     env.stop().await;
 }
 
@@ -160,10 +229,25 @@ async fn post_form_and_json_bodies_are_mapped_like_queries() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let resp = env.client.post(env.url("/postback/shop?cid=json1")).json(&json!({"amt": 1999, "oid": "J-1"})).send().await.unwrap();
+    let resp = env
+        .client
+        .post(env.url("/postback/shop?cid=json1"))
+        .json(&json!({"amt": 1999, "oid": "J-1"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    assert!(env.sandbox.wait_for_accepted(2, Duration::from_secs(10)).await);
-    let mut got: Vec<String> = env.sandbox.accepted().iter().map(|b| b.to_string()).collect();
+    assert!(
+        env.sandbox
+            .wait_for_accepted(2, Duration::from_secs(10))
+            .await
+    );
+    let mut got: Vec<String> = env
+        .sandbox
+        .accepted()
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
     got.sort();
     assert_eq!(
         got,

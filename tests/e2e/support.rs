@@ -35,7 +35,10 @@ pub struct Env {
 impl Env {
     /// Starts the sandbox and a relay with `rules` (source, text), config tweaked by `tweak`.
     pub async fn start(rules: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> Env {
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let rules_dir = dir.path().join("rules");
@@ -43,11 +46,26 @@ impl Env {
         for (source, text) in rules {
             std::fs::write(rules_dir.join(format!("{source}.toml")), text).expect("write rule");
         }
-        let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), SandboxConfig { api_key: KEY.into() }).await.expect("sandbox");
+        let sandbox = Sandbox::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SandboxConfig {
+                api_key: KEY.into(),
+            },
+        )
+        .await
+        .expect("sandbox");
         let cfg = config(&sandbox, dir.path().to_path_buf(), tweak);
         let relay = serve::start(cfg).await.expect("relay starts");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        Env { dir, sandbox, relay: Some(relay), client }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Env {
+            dir,
+            sandbox,
+            relay: Some(relay),
+            client,
+        }
     }
 
     pub fn relay(&self) -> &Running {
@@ -60,10 +78,18 @@ impl Env {
 
     /// GET and return (status, JSON body).
     pub async fn get(&self, path_and_query: &str) -> (u16, serde_json::Value) {
-        let resp = self.client.get(self.url(path_and_query)).send().await.expect("request");
+        let resp = self
+            .client
+            .get(self.url(path_and_query))
+            .send()
+            .await
+            .expect("request");
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
     }
 
     /// Stops the relay (graceful) and starts a new one on the same data and rules.
