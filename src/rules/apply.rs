@@ -1,6 +1,8 @@
 //! Apply a compiled rule to one postback: skip rules, fields, `[[when]]` overrides, then
 //! validation. Pure and total: any input gives an [`Outcome`], never a panic or an I/O call.
 
+use std::borrow::Cow;
+
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use rust_decimal::Decimal;
@@ -126,7 +128,7 @@ impl Rule {
     }
 }
 
-impl Ctx<'_, '_> {
+impl<'a> Ctx<'a, '_> {
     fn run(mut self) -> Outcome {
         let rule = self.rule;
         if let Some((i, skip)) = rule
@@ -253,7 +255,7 @@ impl Ctx<'_, '_> {
     }
 
     /// The decoded, trimmed value of a parameter per `[params]` (first or last occurrence).
-    fn param(&self, name: &str) -> Option<&str> {
+    fn param(&self, name: &str) -> Option<&'a str> {
         let ic = self.rule.params.ignore_case;
         let mut hits = self.input.params.iter().filter(|(n, _)| {
             if ic {
@@ -311,45 +313,60 @@ impl Ctx<'_, '_> {
             error: None,
         };
         let spec = &f.spec;
-        let found: Option<(Origin, String, bool)> = match &spec.source {
+        let tracing = self.trace.is_some();
+        let found: Option<(Option<&ParamRef>, Cow<'a, str>, bool)> = match &spec.source {
             Source::Const(out) => {
                 ft.origin = Some(Origin::Constant);
                 return self.finish(ft, Ok(Some(out.clone())));
             }
-            Source::Params(refs) => refs.iter().find_map(|r| {
-                let (name, v, is_time) = match r {
-                    ParamRef::Param(p) => (p.clone(), self.param(p)?.to_string(), false),
-                    ParamRef::Special(s) => (
-                        s.name().to_string(),
-                        self.special(*s)?.trim().to_string(),
-                        *s == Special::ReceivedAt,
-                    ),
-                };
-                match value::no_value(&v, &self.rule.params.placeholders) {
-                    Some(why) => {
-                        ft.ignored.push(Ignored {
-                            param: name,
-                            value: v,
+            Source::Params(refs) => {
+                let mut found = None;
+                for r in refs {
+                    let (v, received_at) = match r {
+                        ParamRef::Param(p) => match self.param(p) {
+                            Some(v) => (Cow::Borrowed(v), false),
+                            None => continue,
+                        },
+                        ParamRef::Special(s) => match self.special(*s) {
+                            Some(v) => {
+                                (Cow::Owned(v.trim().to_string()), *s == Special::ReceivedAt)
+                            }
+                            None => continue,
+                        },
+                    };
+                    match value::no_value(&v, &self.rule.params.placeholders) {
+                        Some(why) if tracing => ft.ignored.push(Ignored {
+                            param: ref_name(r),
+                            value: v.into_owned(),
                             why: why.describe(),
-                        });
-                        None
+                        }),
+                        Some(_) => {}
+                        None => {
+                            found = Some((Some(r), v, received_at));
+                            break;
+                        }
                     }
-                    None => Some((Origin::Param { name }, v, is_time)),
                 }
-            }),
+                found
+            }
             Source::Template(parts) => self
                 .template(parts, &mut ft)
-                .map(|s| (Origin::Template, s, false)),
+                .map(|s| (None, Cow::Owned(s), false)),
         };
         let result = match found {
-            Some((origin, text, received_at)) => {
-                let label = match &origin {
-                    Origin::Param { name } => format!("parameter {name} = {text:?}"),
-                    _ => format!("template value {text:?}"),
-                };
-                ft.origin = Some(origin);
+            Some((r, text, received_at)) => {
+                if tracing {
+                    ft.origin =
+                        Some(r.map_or(Origin::Template, |r| Origin::Param { name: ref_name(r) }));
+                }
                 self.transform(f.field, spec, &text, received_at)
-                    .map_err(|e| format!("{}: {label}: {e}", f.field))
+                    .map_err(|e| {
+                        let what = r.map_or_else(
+                            || "template value".to_string(),
+                            |r| format!("parameter {}", ref_name(r)),
+                        );
+                        format!("{}: {what} = {text:?}: {e}", f.field)
+                    })
             }
             None => match &spec.default {
                 Some(d) => {
