@@ -146,7 +146,7 @@ async fn api_key_never_stored_or_logged() {
         echoed.attempts[0].answer.contains("api-key=[redacted]"),
         "{echoed:?}"
     );
-    drop(store);
+    // Scanned while the store is open: the WAL still holds the latest commits.
     for file in std::fs::read_dir(dir.path()).unwrap() {
         let path = file.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
@@ -155,6 +155,7 @@ async fn api_key_never_stored_or_logged() {
             assert!(!found, "{key} found in {}", path.display());
         }
     }
+    drop(store);
     let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(logs.contains("forwarding paused"), "the pause is logged");
     // HTTP library logs at trace level are captured too (so their URLs were checked).
