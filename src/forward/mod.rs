@@ -1,3 +1,123 @@
 //! Forwarding to Scaleo: claim, rate-limit, POST, classify, settle.
+//!
+//! [`Forwarder::spawn`] starts one worker loop (see [`worker`]): it waits for the store's
+//! notify (or a short tick), claims as many due records as it has free concurrency slots,
+//! and runs each in its own task: wait for the source's and the global rate limit
+//! ([`ratelimit`]), POST ([`client`]), classify ([`retry`]) and settle the record, which
+//! commits the outcome before the slot is freed. Settles from concurrent tasks share group
+//! commits in the store's writer, so each outcome is durable as soon as it is known without
+//! one fsync per record.
+//!
+//! A 401/403 (or a redirect) persists a pause `upstream_auth` (of all forwarding, or of the
+//! source when it has its own `base_url`/`api_key`), gives the record back uncounted, and
+//! stops sending; while paused one queued record is tried every `forward.pause_probe`, and
+//! an answer that shows the key works (delivered, duplicate, or another 4xx) resumes.
+//! On shutdown nothing new is claimed, waits on the rate limit end with the record released,
+//! requests in flight get `forward.grace` to finish, then the rest is released.
 
+pub mod client;
+pub mod ratelimit;
 pub mod retry;
+mod routes;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+use jiff::Timestamp;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ForwardConfig, ScaleoConfig};
+use crate::store::Store;
+
+pub use routes::{Routes, SourceForward};
+
+/// Errors of starting the forwarder.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+}
+
+/// Live counters of the forwarder, cheap to read from health checks.
+#[derive(Debug, Default)]
+pub struct ForwardStatus {
+    paused_all: AtomicBool,
+    upstream_auth: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Unix ms of the last settled attempt; 0 = none yet.
+    last_progress_ms: AtomicI64,
+}
+
+/// A snapshot of [`ForwardStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    /// A pause (operator or upstream) covers all forwarding.
+    pub paused_all: bool,
+    /// Some scope is paused because Scaleo refused the API key.
+    pub upstream_auth: bool,
+    /// Records being forwarded right now (including rate-limit waits).
+    pub in_flight: usize,
+    /// When an attempt was last settled.
+    pub last_progress: Option<Timestamp>,
+}
+
+impl ForwardStatus {
+    /// The current values.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let ms = self.last_progress_ms.load(Ordering::Relaxed);
+        StatusSnapshot {
+            paused_all: self.paused_all.load(Ordering::Relaxed),
+            upstream_auth: self.upstream_auth.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            last_progress: (ms != 0)
+                .then(|| Timestamp::from_millisecond(ms).ok())
+                .flatten(),
+        }
+    }
+
+    fn progressed(&self) {
+        self.last_progress_ms
+            .store(Timestamp::now().as_millisecond(), Ordering::Relaxed);
+    }
+}
+
+/// The running forwarder.
+pub struct Forwarder {
+    handle: JoinHandle<()>,
+    status: Arc<ForwardStatus>,
+}
+
+impl Forwarder {
+    /// Starts forwarding on the current tokio runtime until `shutdown` is cancelled.
+    pub fn spawn(
+        store: Store,
+        scaleo: ScaleoConfig,
+        fwd: ForwardConfig,
+        routes: Routes,
+        shutdown: CancellationToken,
+    ) -> Result<Forwarder, ForwardError> {
+        let status = Arc::new(ForwardStatus::default());
+        let worker = worker::Worker::new(store, scaleo, fwd, routes, status.clone())?;
+        let handle = tokio::spawn(worker.run(shutdown));
+        Ok(Forwarder { handle, status })
+    }
+
+    /// A snapshot of the status (paused, in flight, last progress).
+    pub fn status(&self) -> StatusSnapshot {
+        self.status.snapshot()
+    }
+
+    /// A shared handle on the live status, for the admin API.
+    pub fn status_handle(&self) -> Arc<ForwardStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the forwarder has stopped (after `shutdown` and the grace period).
+    pub async fn join(self) {
+        if let Err(e) = self.handle.await {
+            tracing::error!(error = %e, "forwarder task failed");
+        }
+    }
+}

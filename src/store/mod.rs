@@ -12,6 +12,7 @@
 //! due work is found through the `(state, next_attempt_at)` index.
 
 mod claim;
+mod ops;
 mod read;
 mod schema;
 mod sqlite;
@@ -175,7 +176,7 @@ impl Store {
         }
         let seq = self.inner.claim_seq.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{:016x}-{seq}", self.inner.instance);
-        let req = sqlite::ClaimRequest {
+        let req = ops::ClaimRequest {
             limit,
             lease,
             owner: owner.clone(),
@@ -224,10 +225,34 @@ impl Store {
         loop {
             let n = self.call(|reply| Op::Purge(cutoff, reply)).await?;
             total += n;
-            if n < sqlite::PURGE_CHUNK {
+            if n < ops::PURGE_CHUNK {
                 return Ok(total);
             }
         }
+    }
+
+    /// Runs [`Store::purge_delivered`] with `retention` now and then every `every` until
+    /// `shutdown`; failures are logged and tried again at the next round.
+    pub fn spawn_retention(
+        &self,
+        retention: Duration,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.purge_delivered(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "retention: old records deleted"),
+                    Err(e) => tracing::error!(error = %e, "retention purge failed"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        })
     }
 
     /// Replays record `id` (`rejected` or `dead`) with a freshly mapped state: queued again

@@ -5,23 +5,19 @@
 //! single `BEGIN IMMEDIATE` transaction, commits, and answers every caller after COMMIT
 //! returned: with its own result, or with the commit error if the commit failed. No timer is
 //! involved: batches form from whatever arrived while the previous commit was syncing.
+//! The SQL of each operation is in [`super::ops`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::claim::{ClaimRow, SettleRequest};
-use super::types::{
-    DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued, State,
-};
-use super::{StoreError, schema, ts_plus};
-
-/// How many rows one purge operation deletes at most (keeps each commit short).
-pub(crate) const PURGE_CHUNK: u64 = 5_000;
+use super::ops::{self, ClaimRequest};
+use super::types::{Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued};
+use super::{StoreError, schema};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -34,16 +30,6 @@ pub(crate) enum Op {
     Resume(PauseScope, Option<PauseReason>, Reply<u64>),
     Purge(Timestamp, Reply<u64>),
     Requeue(i64, NewState, Reply<Requeued>),
-}
-
-/// What [`Op::Claim`] asks for (see `Store::claim` for the policy).
-pub(crate) struct ClaimRequest {
-    pub limit: usize,
-    pub lease: Duration,
-    pub owner: String,
-    pub exclude: Vec<String>,
-    pub probe: Option<PauseScope>,
-    pub prefer_retry: bool,
 }
 
 /// A result waiting for the commit before it may be sent.
@@ -157,8 +143,8 @@ fn apply(
     wakes: &mut bool,
 ) -> Box<dyn Finish> {
     match op {
-        Op::Insert(rec, reply) => pending(reply, in_savepoint(tx, |c| insert(c, &rec, wakes))),
-        Op::Claim(req, reply) => pending(reply, in_savepoint(tx, |c| claim(c, &req, now))),
+        Op::Insert(rec, reply) => pending(reply, in_savepoint(tx, |c| ops::insert(c, &rec, wakes))),
+        Op::Claim(req, reply) => pending(reply, in_savepoint(tx, |c| ops::claim(c, &req, now))),
         Op::Settle(req, reply) => pending(reply, in_savepoint(tx, |c| req.apply(c, now, wakes))),
         Op::Pause(scope, reason, reply) => pending(
             reply,
@@ -188,10 +174,12 @@ fn apply(
                 Ok(n as u64)
             }),
         ),
-        Op::Purge(cutoff, reply) => pending(reply, in_savepoint(tx, |c| purge(c, cutoff, now))),
+        Op::Purge(cutoff, reply) => {
+            pending(reply, in_savepoint(tx, |c| ops::purge(c, cutoff, now)))
+        }
         Op::Requeue(id, state, reply) => pending(
             reply,
-            in_savepoint(tx, |c| requeue(c, id, &state, now, wakes)),
+            in_savepoint(tx, |c| ops::requeue(c, id, &state, now, wakes)),
         ),
     }
 }
@@ -206,333 +194,6 @@ fn apply_failed(op: Op, err: StoreError) -> Box<dyn Finish> {
         Op::Purge(_, r) => pending(r, Err(err)),
         Op::Requeue(_, _, r) => pending(r, Err(err)),
     }
-}
-
-fn body_text(body: &serde_json::Map<String, serde_json::Value>) -> Result<String, StoreError> {
-    serde_json::to_string(body).map_err(|e| StoreError::Corrupt(format!("body: {e}")))
-}
-
-fn insert(c: &Connection, rec: &NewRecord, wakes: &mut bool) -> Result<Inserted, StoreError> {
-    let recv = rec.raw.received_at.as_millisecond();
-    let (state, body, click_id, reason, key, original) = match &rec.state {
-        NewState::Queued {
-            body,
-            click_id,
-            dedupe,
-        } => {
-            let body = Some(body_text(body)?);
-            let key = dedupe.as_ref().map(|d| d.key.as_str());
-            let original = match key {
-                Some(k) => live_original(c, k, recv, None)?,
-                None => None,
-            };
-            let state = if original.is_some() {
-                State::Duplicate
-            } else {
-                State::Queued
-            };
-            (state, body, Some(click_id.as_str()), None, key, original)
-        }
-        NewState::Rejected { reason, click_id } => (
-            State::Rejected,
-            None,
-            click_id.as_deref(),
-            Some(reason.as_str()),
-            None,
-            None,
-        ),
-        NewState::Skipped { reason } => (
-            State::Skipped,
-            None,
-            None,
-            Some(reason.as_str()),
-            None,
-            None,
-        ),
-    };
-    let queued = state == State::Queued;
-    let raw = &rec.raw;
-    let id: i64 = c
-        .prepare_cached(
-            "INSERT INTO records (source, state, received_at, queued_at, updated_at, method, path,
-                 query, client_ip, user_agent, referer, body, click_id, reason, dedupe_key,
-                 original_id, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?4)
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                rec.source,
-                state.as_str(),
-                recv,
-                queued.then_some(recv),
-                raw.method,
-                raw.path,
-                raw.query,
-                raw.client_ip,
-                raw.user_agent,
-                raw.referer,
-                body,
-                click_id,
-                reason,
-                key,
-                original,
-            ],
-            |r| r.get(0),
-        )?;
-    if let Some(original) = original {
-        return Ok(Inserted::Duplicate { id, original });
-    }
-    if let (
-        NewState::Queued {
-            dedupe: Some(d), ..
-        },
-        true,
-    ) = (&rec.state, queued)
-    {
-        remember(c, &d.key, id, ts_plus(raw.received_at, d.window))?;
-    }
-    *wakes |= queued;
-    Ok(Inserted::Stored { id })
-}
-
-/// The live record holding dedupe `key` at `at_ms`: the key has not expired and its record
-/// is neither rejected nor dead (a purged original still counts while the key lives).
-fn live_original(
-    c: &Connection,
-    key: &str,
-    at_ms: i64,
-    this: Option<i64>,
-) -> Result<Option<i64>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT d.record_id, d.expires_at, r.state FROM dedupe d
-         LEFT JOIN records r ON r.id = d.record_id WHERE d.key = ?1",
-    )?;
-    let mut rows = stmt.query([key])?;
-    let Some(row) = rows.next()? else {
-        return Ok(None);
-    };
-    let (id, expires, state): (i64, i64, Option<String>) = (row.get(0)?, row.get(1)?, row.get(2)?);
-    let dead = matches!(state.as_deref(), Some("rejected" | "dead"));
-    Ok((expires > at_ms && !dead && Some(id) != this).then_some(id))
-}
-
-fn remember(c: &Connection, key: &str, id: i64, expires: Timestamp) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "INSERT INTO dedupe (key, record_id, expires_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET record_id = excluded.record_id,
-                                         expires_at = excluded.expires_at",
-    )?
-    .execute(params![key, id, expires.as_millisecond()])?;
-    Ok(())
-}
-
-fn claim(c: &Connection, req: &ClaimRequest, now: Timestamp) -> Result<Vec<ClaimRow>, StoreError> {
-    let mut exclude = req.exclude.clone();
-    {
-        let mut stmt = c.prepare_cached("SELECT scope, reason FROM paused")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let (scope, reason): (String, String) = (row.get(0)?, row.get(1)?);
-            let probed = reason == PauseReason::UpstreamAuth.as_str()
-                && req.probe.as_ref().is_some_and(|p| p.key() == scope);
-            if probed {
-                continue;
-            }
-            if scope == PauseScope::All.key() {
-                return Ok(Vec::new());
-            }
-            exclude.push(scope);
-        }
-    }
-    let only = match &req.probe {
-        Some(PauseScope::Source(s)) => Some(s.as_str()),
-        _ => None,
-    };
-    let q = ClaimQuery {
-        now: now.as_millisecond(),
-        until: ts_plus(now, req.lease).as_millisecond(),
-        owner: &req.owner,
-        exclude: &exclude,
-        only,
-    };
-    let limit = req.limit;
-    let retry_share = match limit {
-        1 => usize::from(req.prefer_retry),
-        n => n.div_ceil(4),
-    };
-    let mut rows = q.run(c, State::Retrying, retry_share)?;
-    for state in [State::Queued, State::Paused, State::Retrying] {
-        let room = limit - rows.len();
-        if room == 0 {
-            break;
-        }
-        rows.extend(q.run(c, state, room)?);
-    }
-    Ok(rows)
-}
-
-struct ClaimQuery<'a> {
-    now: i64,
-    until: i64,
-    owner: &'a str,
-    exclude: &'a [String],
-    only: Option<&'a str>,
-}
-
-impl ClaimQuery<'_> {
-    fn run(&self, c: &Connection, state: State, limit: usize) -> Result<Vec<ClaimRow>, StoreError> {
-        use rusqlite::types::Value;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut sql = String::from(
-            "UPDATE records SET claimed_until = ?1, claim_owner = ?2 WHERE id IN (
-               SELECT id FROM records WHERE state = ?3 AND next_attempt_at <= ?4
-                 AND (claimed_until IS NULL OR claimed_until <= ?4)",
-        );
-        let mut args: Vec<Value> = vec![
-            self.until.into(),
-            self.owner.to_string().into(),
-            state.as_str().to_string().into(),
-            self.now.into(),
-            i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        ];
-        if let Some(s) = self.only {
-            args.push(s.to_string().into());
-            sql.push_str(&format!(" AND source = ?{}", args.len()));
-        }
-        if !self.exclude.is_empty() {
-            sql.push_str(" AND source NOT IN (");
-            for (i, s) in self.exclude.iter().enumerate() {
-                args.push(s.clone().into());
-                let sep = if i == 0 { "" } else { ", " };
-                sql.push_str(&format!("{sep}?{}", args.len()));
-            }
-            sql.push(')');
-        }
-        sql.push_str(
-            " ORDER BY next_attempt_at LIMIT ?5)
-             RETURNING id, source, click_id, body, attempts, queued_at, received_at, state",
-        );
-        let mut stmt = c.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), ClaimRow::from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-}
-
-fn purge(c: &Connection, cutoff: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
-    let records = c
-        .prepare_cached(
-            "DELETE FROM records WHERE id IN (SELECT id FROM records
-               WHERE state IN ('delivered', 'duplicate', 'duplicate_upstream', 'skipped')
-                 AND received_at < ?1 LIMIT ?2)",
-        )?
-        .execute(params![cutoff.as_millisecond(), PURGE_CHUNK as i64])?;
-    let keys = c
-        .prepare_cached(
-            "DELETE FROM dedupe WHERE key IN
-               (SELECT key FROM dedupe WHERE expires_at <= ?1 LIMIT ?2)",
-        )?
-        .execute(params![now.as_millisecond(), PURGE_CHUNK as i64])?;
-    // The caller loops while a chunk came back full, whichever table filled it.
-    Ok(records.max(keys) as u64)
-}
-
-fn requeue(
-    c: &Connection,
-    id: i64,
-    new: &NewState,
-    now: Timestamp,
-    wakes: &mut bool,
-) -> Result<Requeued, StoreError> {
-    let current: Option<String> = c
-        .prepare_cached("SELECT state FROM records WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    let current = current.ok_or(StoreError::NotFound(id))?;
-    let state = State::parse(&current).ok_or_else(|| StoreError::Corrupt(current.clone()))?;
-    if !matches!(state, State::Rejected | State::Dead) {
-        return Err(StoreError::NotReplayable { id, state });
-    }
-    let (state, reason, click_id) = match new {
-        NewState::Queued {
-            body,
-            click_id,
-            dedupe,
-        } => return requeue_queued(c, id, body, click_id, dedupe.as_ref(), now, wakes),
-        NewState::Rejected { reason, click_id } => (State::Rejected, reason, click_id.as_deref()),
-        NewState::Skipped { reason } => (State::Skipped, reason, None),
-    };
-    c.execute(
-        &format!(
-            "UPDATE records SET state = ?2, body = NULL, reason = ?3,
-               click_id = COALESCE(?4, click_id), next_attempt_at = NULL, {REPLAY_RESET}
-             WHERE id = ?5"
-        ),
-        params![now.as_millisecond(), state.as_str(), reason, click_id, id],
-    )?;
-    Ok(match state {
-        State::Rejected => Requeued::Rejected {
-            reason: reason.clone(),
-        },
-        _ => Requeued::Skipped,
-    })
-}
-
-/// The columns a replay starts afresh (`?1` is now).
-const REPLAY_RESET: &str = "attempts = 0, claimed_until = NULL, claim_owner = NULL,
-    last_error = NULL, transaction_id = NULL, updated_at = ?1";
-
-fn requeue_queued(
-    c: &Connection,
-    id: i64,
-    body: &serde_json::Map<String, serde_json::Value>,
-    click_id: &str,
-    dedupe: Option<&DedupeKey>,
-    now: Timestamp,
-    wakes: &mut bool,
-) -> Result<Requeued, StoreError> {
-    let now_ms = now.as_millisecond();
-    let body = body_text(body)?;
-    let key = dedupe.map(|d| d.key.as_str());
-    let original = match key {
-        Some(k) => live_original(c, k, now_ms, Some(id))?,
-        None => None,
-    };
-    let (state, next) = match original {
-        Some(_) => (State::Duplicate, None),
-        None => (State::Queued, Some(now_ms)),
-    };
-    c.execute(
-        &format!(
-            "UPDATE records SET state = ?2, body = ?3, click_id = ?4, reason = NULL,
-               dedupe_key = ?5, original_id = ?6, next_attempt_at = ?7, queued_at = ?7,
-               {REPLAY_RESET} WHERE id = ?8"
-        ),
-        params![
-            now_ms,
-            state.as_str(),
-            body,
-            click_id,
-            key,
-            original,
-            next,
-            id
-        ],
-    )?;
-    if let Some(original) = original {
-        return Ok(Requeued::Duplicate { original });
-    }
-    if let Some(d) = dedupe {
-        remember(c, &d.key, id, ts_plus(now, d.window))?;
-    }
-    *wakes = true;
-    Ok(Requeued::Queued)
 }
 
 /// Read connections, opened on demand and kept (a few) for reuse.

@@ -1,0 +1,208 @@
+//! The HTTP call to Scaleo's `conv-click-id` endpoint.
+//!
+//! The API key travels in the query string, so it is kept out of everything this module
+//! returns: reqwest errors are stripped of their URL (`without_url`) and every text that
+//! leaves (error text, answer body) has the key replaced by `[redacted]`. Redirects are not
+//! followed (a redirected POST becomes a GET); they come back as a 3xx answer.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+
+/// The path of the conversion endpoint under `base_url`.
+pub const CONV_PATH: &str = "/api/v2/network/tracking/conv-click-id";
+
+/// Most answer bytes read (Scaleo's answers are far smaller).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Errors of building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// reqwest could not build its client (TLS setup).
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// Where one postback goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub base_url: &'a str,
+    pub api_key: &'a str,
+}
+
+/// The answer to one attempt, with the key already redacted.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// When the request started.
+    pub at: Timestamp,
+    /// `None` when no answer came (connect error, timeout, reset).
+    pub status: Option<u16>,
+    pub retry_after: Option<String>,
+    /// The answer body, or the error text when none came.
+    pub body: String,
+    pub duration: Duration,
+}
+
+/// A pooled HTTP client for Scaleo.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client whose whole request (connect, send, read) is bounded by `timeout`.
+    pub fn new(timeout: Duration, pool: usize) -> Result<Client, ClientError> {
+        // reqwest is built without a default crypto provider; main installs ring. Installing
+        // it here too (when nothing is installed yet) keeps library users and tests working.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .user_agent(concat!("postback-relay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Build(e.without_url().to_string()))?;
+        Ok(Client { http })
+    }
+
+    /// POSTs `body` (JSON text, sent byte for byte) to `target`. Never fails: a request
+    /// that got no answer comes back with `status: None` and the (redacted) error as body.
+    pub async fn post(&self, target: Target<'_>, body: &str) -> Answer {
+        let at = Timestamp::now();
+        let start = std::time::Instant::now();
+        let result = self.send(target, body).await;
+        let duration = start.elapsed();
+        match result {
+            Ok((status, retry_after, text)) => Answer {
+                at,
+                status: Some(status),
+                retry_after,
+                body: redact(&text, target.api_key),
+                duration,
+            },
+            Err(e) => Answer {
+                at,
+                status: None,
+                retry_after: None,
+                body: redact(&e, target.api_key),
+                duration,
+            },
+        }
+    }
+
+    async fn send(
+        &self,
+        target: Target<'_>,
+        body: &str,
+    ) -> Result<(u16, Option<String>, String), String> {
+        let url = endpoint(target)?;
+        let mut resp = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(describe)? {
+            let room = MAX_ANSWER_BYTES.saturating_sub(bytes.len());
+            bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if room <= chunk.len() {
+                break;
+            }
+        }
+        Ok((
+            status,
+            retry_after,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
+    }
+}
+
+/// `{base_url}/api/v2/network/tracking/conv-click-id?api-key=KEY` (the key percent-encoded).
+fn endpoint(target: Target<'_>) -> Result<reqwest::Url, String> {
+    let base = target.base_url.trim_end_matches('/');
+    let mut url = reqwest::Url::parse(&format!("{base}{CONV_PATH}"))
+        .map_err(|e| format!("invalid base_url {base:?}: {e}"))?;
+    url.query_pairs_mut().append_pair("api-key", target.api_key);
+    Ok(url)
+}
+
+/// A short, URL-free description of a failed request.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect error"
+    } else if e.is_body() || e.is_decode() {
+        "error reading the answer"
+    } else {
+        "request error"
+    };
+    let mut text = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Replaces every occurrence of `key` (and any `api-key=` value) in `text`.
+pub fn redact(text: &str, key: &str) -> String {
+    let text = if key.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(key, "[redacted]")
+    };
+    crate::store::redact_api_key(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_encodes_the_key_and_trims_the_slash() {
+        let url = endpoint(Target {
+            base_url: "http://127.0.0.1:9/",
+            api_key: "a b&c",
+        })
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9/api/v2/network/tracking/conv-click-id?api-key=a+b%26c"
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_error_carries_no_key() {
+        let client = Client::new(Duration::from_secs(2), 1).unwrap();
+        // Port 9 (discard) is closed on loopback here: a connect error.
+        let a = client
+            .post(
+                Target {
+                    base_url: "http://127.0.0.1:9",
+                    api_key: "SECRET-KEY-123",
+                },
+                "{}",
+            )
+            .await;
+        assert_eq!(a.status, None);
+        assert!(!a.body.contains("SECRET-KEY-123"), "{}", a.body);
+        assert!(!a.body.is_empty());
+    }
+}

@@ -1,0 +1,229 @@
+//! The forward rate limits: one global GCRA limiter plus optional per-source ones (governor).
+//!
+//! Generic over governor's clock so tests can drive it with `FakeRelativeClock` through the
+//! non-blocking [`Limiter::check`]; the forwarder uses [`Limiter::acquire`], which sleeps on
+//! the tokio timer. A rate of 0 turns a limit off. Waiting is not a retry and drops nothing.
+//! A source's limit is taken first (its wait never holds a global cell), then the global one.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A rate in requests per second with a burst; `rate == 0` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    fn quota(self) -> Option<Quota> {
+        let rate = NonZeroU32::new(self.per_second)?;
+        let burst = NonZeroU32::new(self.burst).unwrap_or(rate);
+        Some(Quota::per_second(rate).allow_burst(burst))
+    }
+}
+
+struct SourceLimit<C: Clock> {
+    rate: Rate,
+    limiter: Arc<Direct<C>>,
+    /// When the last refused check said a cell frees up (for [`Limiter::busy_sources`]).
+    ready_at: Option<C::Instant>,
+}
+
+/// The global limiter and the per-source ones, created as sources show up.
+pub struct Limiter<C: Clock = DefaultClock> {
+    clock: C,
+    global: Option<Direct<C>>,
+    sources: Mutex<HashMap<String, SourceLimit<C>>>,
+}
+
+impl Limiter<DefaultClock> {
+    /// A limiter on the real clock with the global `rate`.
+    pub fn new(global: Rate) -> Self {
+        Self::with_clock(global, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Limiter<C> {
+    /// A limiter on `clock` (a fake one in tests).
+    pub fn with_clock(global: Rate, clock: C) -> Self {
+        Limiter {
+            global: global
+                .quota()
+                .map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
+            clock,
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one cell of `source`'s limit (`rate` from its route; `None` or 0 = none) and
+    /// then one global cell. `Err(wait)` takes nothing and says how long to wait.
+    pub fn check(&self, source: &str, rate: Option<Rate>) -> Result<(), Duration> {
+        self.check_source(source, rate)?;
+        self.check_global()
+    }
+
+    /// Takes one cell of `source`'s own limit.
+    pub fn check_source(&self, source: &str, rate: Option<Rate>) -> Result<(), Duration> {
+        let Some(rate) = rate.filter(|r| r.per_second > 0) else {
+            return Ok(());
+        };
+        let Ok(mut map) = self.sources.lock() else {
+            return Ok(());
+        };
+        let entry = match map.get_mut(source) {
+            Some(e) if e.rate == rate => e,
+            _ => {
+                let Some(q) = rate.quota() else {
+                    return Ok(());
+                };
+                let limiter = Arc::new(RateLimiter::direct_with_clock(q, self.clock.clone()));
+                map.insert(
+                    source.to_string(),
+                    SourceLimit {
+                        rate,
+                        limiter,
+                        ready_at: None,
+                    },
+                );
+                map.get_mut(source).ok_or(Duration::ZERO)?
+            }
+        };
+        match entry.limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                entry.ready_at = Some(not_until.earliest_possible());
+                Err(not_until.wait_time_from(self.clock.now()))
+            }
+        }
+    }
+
+    /// Takes one global cell.
+    pub fn check_global(&self) -> Result<(), Duration> {
+        match &self.global {
+            None => Ok(()),
+            Some(l) => l.check().map_err(|nu| nu.wait_time_from(self.clock.now())),
+        }
+    }
+
+    /// Sources whose own limit refused a cell that has not freed up yet: claiming more of
+    /// their records now would only make them wait holding a lease.
+    pub fn busy_sources(&self) -> Vec<String> {
+        let now = self.clock.now();
+        let Ok(map) = self.sources.lock() else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(_, s)| s.ready_at.is_some_and(|t| t.duration_since(now) > 0.into()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Waits (tokio timer) until both limits grant a cell; returns the time spent waiting.
+    pub async fn acquire(&self, source: &str, rate: Option<Rate>) -> Duration {
+        let mut waited = Duration::ZERO;
+        while let Err(d) = self.check_source(source, rate) {
+            tokio::time::sleep(d).await;
+            waited += d;
+        }
+        while let Err(d) = self.check_global() {
+            tokio::time::sleep(d).await;
+            waited += d;
+        }
+        waited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn rate(per_second: u32, burst: u32) -> Rate {
+        Rate { per_second, burst }
+    }
+
+    /// How many cells are granted while the fake clock runs `total` in `step`s.
+    fn granted(
+        l: &Limiter<FakeRelativeClock>,
+        clock: &FakeRelativeClock,
+        src: Option<Rate>,
+        total: Duration,
+        step: Duration,
+    ) -> usize {
+        let mut n = 0;
+        let mut t = Duration::ZERO;
+        loop {
+            while l.check("s", src).is_ok() {
+                n += 1;
+            }
+            if t >= total {
+                return n;
+            }
+            clock.advance(step);
+            t += step;
+        }
+    }
+
+    #[test]
+    fn global_rate_is_exact_with_a_fake_clock() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(rate(20, 5), clock.clone());
+        // Burst of 5 at once, then 20 per second: 5 + 20 * 10 over ten seconds.
+        let n = granted(
+            &l,
+            &clock,
+            None,
+            Duration::from_secs(10),
+            Duration::from_millis(7),
+        );
+        assert_eq!(n, 5 + 200);
+    }
+
+    #[test]
+    fn per_source_limit_holds_inside_the_global_one() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(rate(100, 100), clock.clone());
+        let n = granted(
+            &l,
+            &clock,
+            Some(rate(2, 1)),
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+        );
+        assert_eq!(n, 1 + 20);
+        assert!(l.busy_sources().contains(&"s".to_string()));
+    }
+
+    #[test]
+    fn refused_check_reports_the_wait_and_zero_is_off() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(rate(4, 1), clock.clone());
+        assert!(l.check("s", None).is_ok());
+        assert_eq!(l.check("s", None), Err(Duration::from_millis(250)));
+        let off = Limiter::with_clock(rate(0, 0), clock);
+        for _ in 0..10_000 {
+            assert!(off.check("s", Some(rate(0, 0))).is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn acquire_waits_instead_of_dropping() {
+        let l = Limiter::new(rate(50, 1));
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            l.acquire("s", None).await;
+        }
+        // Two waits of 20 ms: a lower bound only, a slow machine cannot make it fail.
+        assert!(start.elapsed() >= Duration::from_millis(38));
+    }
+}

@@ -1,0 +1,75 @@
+//! Per-source forward overrides (a rule file's `[forward]`), replaceable at runtime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use super::ratelimit::Rate;
+
+/// A source's `[forward]` overrides of the service config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceForward {
+    /// Requests per second for this source alone (0 or absent = only the global limit).
+    pub rate_per_second: Option<u32>,
+    /// Burst of this source's limit (default: its rate).
+    pub burst: Option<u32>,
+    /// Another Scaleo network's tracking domain.
+    pub base_url: Option<String>,
+    /// That network's API key.
+    pub api_key: Option<String>,
+}
+
+impl SourceForward {
+    /// The source's own rate limit, if any.
+    pub fn rate(&self) -> Option<Rate> {
+        let per_second = self.rate_per_second.filter(|r| *r > 0)?;
+        Some(Rate {
+            per_second,
+            burst: self.burst.unwrap_or(per_second),
+        })
+    }
+
+    /// Whether the source talks to Scaleo with its own credentials (so a 401 pauses only it).
+    pub fn own_credentials(&self) -> bool {
+        self.base_url.is_some() || self.api_key.is_some()
+    }
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
+    }
+}
+
+/// A cheap, clonable handle on the current per-source overrides; the rules loader replaces
+/// the whole set on reload, the forwarder reads it for every postback.
+#[derive(Clone, Default)]
+pub struct Routes {
+    current: Arc<RwLock<Arc<HashMap<String, SourceForward>>>>,
+}
+
+impl Routes {
+    /// Routes holding `map`.
+    pub fn new(map: HashMap<String, SourceForward>) -> Routes {
+        Routes {
+            current: Arc::new(RwLock::new(Arc::new(map))),
+        }
+    }
+
+    /// Replaces every override at once (postbacks already sending finish with the old ones).
+    pub fn replace(&self, map: HashMap<String, SourceForward>) {
+        let map = Arc::new(map);
+        match self.current.write() {
+            Ok(mut g) => *g = map,
+            Err(poisoned) => *poisoned.into_inner() = map,
+        }
+    }
+
+    /// The overrides of `source` (all `None` when it has none).
+    pub fn get(&self, source: &str) -> SourceForward {
+        let map = match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        map.get(source).cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,402 @@
+//! The forward loop and the life of one forwarded record.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Answer, Client, Target};
+use super::ratelimit::{Limiter, Rate};
+use super::retry::{Next, Verdict, classify, plan_retry};
+use super::routes::{Routes, SourceForward};
+use super::{ForwardError, ForwardStatus};
+use crate::config::{ForwardConfig, ScaleoConfig};
+use crate::store::{Attempt, Claimed, PauseReason, PauseScope, Store, StoreError};
+
+/// How long the loop sleeps when there is nothing due (a notify wakes it sooner); also how
+/// often persisted pauses are re-read.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+/// After the grace period, how long released records may take to commit.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Worker {
+    store: Store,
+    client: Client,
+    limiter: Limiter,
+    routes: Routes,
+    scaleo: ScaleoConfig,
+    fwd: ForwardConfig,
+    status: Arc<ForwardStatus>,
+    /// Scopes paused by 401/403, as last read or just set by a task.
+    upstream_paused: RwLock<HashSet<PauseScope>>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        store: Store,
+        scaleo: ScaleoConfig,
+        fwd: ForwardConfig,
+        routes: Routes,
+        status: Arc<ForwardStatus>,
+    ) -> Result<Arc<Worker>, ForwardError> {
+        let client = Client::new(scaleo.timeout, fwd.concurrency)?;
+        let limiter = Limiter::new(Rate {
+            per_second: fwd.rate_per_second,
+            burst: fwd.burst,
+        });
+        Ok(Arc::new(Worker {
+            store,
+            client,
+            limiter,
+            routes,
+            scaleo,
+            fwd,
+            status,
+            upstream_paused: RwLock::new(HashSet::new()),
+        }))
+    }
+
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.fwd.concurrency.max(1)));
+        let hard_stop = CancellationToken::new();
+        let notify = self.store.subscribe();
+        let mut tasks = JoinSet::new();
+        let mut next_probe: HashMap<PauseScope, Instant> = HashMap::new();
+        let mut pauses_read = Instant::now() - IDLE_TICK;
+        tracing::info!(
+            concurrency = self.fwd.concurrency,
+            rate = self.fwd.rate_per_second,
+            "forwarder started"
+        );
+        loop {
+            while tasks.try_join_next().is_some() {}
+            if pauses_read.elapsed() >= IDLE_TICK {
+                pauses_read = Instant::now();
+                for (c, scope, permit) in self.due_probes(&mut next_probe, &slots).await {
+                    let (sd, hs) = (shutdown.clone(), hard_stop.clone());
+                    tasks.spawn(self.clone().forward(c, permit, Some(scope), sd, hs));
+                }
+            }
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let exclude = self.limiter.busy_sources();
+            match self
+                .store
+                .claim(permits.len(), self.fwd.lease, &exclude)
+                .await
+            {
+                Ok(claimed) if !claimed.is_empty() => {
+                    for (c, permit) in claimed.into_iter().zip(permits) {
+                        let (sd, hs) = (shutdown.clone(), hard_stop.clone());
+                        tasks.spawn(self.clone().forward(c, permit, None, sd, hs));
+                    }
+                }
+                Ok(_) => {
+                    drop(permits);
+                    idle(&notify, &shutdown, IDLE_TICK).await;
+                }
+                Err(e) => {
+                    drop(permits);
+                    tracing::error!(error = %e, "claiming work failed");
+                    idle(&notify, &shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "forwarder stopping");
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.fwd.grace, drain).await.is_err() {
+            hard_stop.cancel();
+            let release = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(RELEASE_WAIT, release).await.is_err() {
+                tracing::warn!(
+                    "forwards still running after the grace period: left to their leases"
+                );
+            }
+        }
+        tracing::info!("forwarder stopped");
+    }
+
+    /// Re-reads the persisted pauses and claims a probe for each upstream-auth scope due one.
+    async fn due_probes(
+        &self,
+        next_probe: &mut HashMap<PauseScope, Instant>,
+        slots: &Arc<Semaphore>,
+    ) -> Vec<(Claimed, PauseScope, OwnedSemaphorePermit)> {
+        let paused = match self.store.paused().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "reading pauses failed");
+                return Vec::new();
+            }
+        };
+        let upstream: HashSet<PauseScope> = paused
+            .iter()
+            .filter(|p| p.reason == PauseReason::UpstreamAuth)
+            .map(|p| p.scope.clone())
+            .collect();
+        self.status.paused_all.store(
+            paused.iter().any(|p| p.scope == PauseScope::All),
+            Ordering::Relaxed,
+        );
+        self.status
+            .upstream_auth
+            .store(!upstream.is_empty(), Ordering::Relaxed);
+        next_probe.retain(|s, _| upstream.contains(s));
+        let mut probes = Vec::new();
+        for scope in &upstream {
+            let due = next_probe
+                .entry(scope.clone())
+                .or_insert_with(|| Instant::now() + self.fwd.pause_probe);
+            if *due > Instant::now() {
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            *due = Instant::now() + self.fwd.pause_probe;
+            match self.store.claim_probe(scope.clone(), self.fwd.lease).await {
+                Ok(Some(c)) => {
+                    tracing::info!(scope = %scope, record = c.id(), "probing the paused upstream");
+                    probes.push((c, scope.clone(), permit));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "claiming a probe failed"),
+            }
+        }
+        if let Ok(mut set) = self.upstream_paused.write() {
+            *set = upstream;
+        }
+        probes
+    }
+
+    fn is_paused(&self, source: &str) -> bool {
+        self.upstream_paused.read().is_ok_and(|set| {
+            set.contains(&PauseScope::All) || set.contains(&PauseScope::Source(source.into()))
+        })
+    }
+
+    async fn forward(
+        self: Arc<Self>,
+        c: Claimed,
+        _slot: OwnedSemaphorePermit,
+        probe: Option<PauseScope>,
+        shutdown: CancellationToken,
+        hard_stop: CancellationToken,
+    ) {
+        let _in_flight = InFlight::enter(self.status.clone());
+        let claimed_at = Instant::now();
+        let route = self.routes.get(c.source());
+        let rate = route.rate();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return give_back(c, "shutdown").await,
+            _ = self.limiter.acquire(c.source(), rate) => {}
+        }
+        if probe.is_none() && self.is_paused(c.source()) {
+            return give_back(c, "paused").await;
+        }
+        // A request that could outlive the lease might run twice: give the record back instead.
+        if claimed_at.elapsed() + self.scaleo.timeout >= self.fwd.lease {
+            return give_back(c, "rate-limit wait outlasted the lease").await;
+        }
+        let target = Target {
+            base_url: route.base_url.as_deref().unwrap_or(&self.scaleo.base_url),
+            api_key: route.api_key.as_deref().unwrap_or(&self.scaleo.api_key),
+        };
+        let answer = tokio::select! {
+            biased;
+            a = self.client.post(target, c.body()) => a,
+            _ = hard_stop.cancelled() => return give_back(c, "grace period over").await,
+        };
+        let verdict = classify(
+            answer.status,
+            answer.retry_after.as_deref(),
+            &answer.body,
+            Timestamp::now(),
+        );
+        self.settle(c, &route, answer, verdict, probe).await;
+    }
+
+    async fn settle(
+        &self,
+        c: Claimed,
+        route: &SourceForward,
+        answer: Answer,
+        verdict: Verdict,
+        probe: Option<PauseScope>,
+    ) {
+        let (id, source) = (c.id(), c.source().to_string());
+        let click_id = c.click_id().unwrap_or_default().to_string();
+        let status = answer.status;
+        let attempt = Attempt {
+            at: answer.at,
+            status: answer.status,
+            answer: answer.body,
+            duration: answer.duration,
+        };
+        let key_works = matches!(
+            verdict,
+            Verdict::Delivered { .. } | Verdict::DuplicateUpstream | Verdict::Dead { .. }
+        );
+        let (outcome, result) = match verdict {
+            Verdict::Delivered { transaction_id } => {
+                ("delivered", c.delivered(attempt, transaction_id).await)
+            }
+            Verdict::DuplicateUpstream => {
+                ("duplicate_upstream", c.duplicate_upstream(attempt).await)
+            }
+            Verdict::Dead { reason } => {
+                tracing::warn!(
+                    source,
+                    record = id,
+                    click_id,
+                    status,
+                    reason,
+                    "dead: not retried"
+                );
+                ("dead", c.dead(attempt, reason).await)
+            }
+            Verdict::Retry { after, reason } => {
+                let fwd = &self.fwd;
+                let failures = c.attempts().saturating_add(1);
+                let now = Timestamp::now();
+                let jitter = fastrand::f64();
+                match plan_retry(
+                    now,
+                    c.queued_at(),
+                    failures,
+                    &fwd.retry_schedule,
+                    fwd.max_age,
+                    after,
+                    jitter,
+                ) {
+                    Next::At(at) => {
+                        tracing::info!(source, record = id, click_id, status, reason, retry_at = %at, "retry scheduled");
+                        ("retry", c.retry(attempt, at, reason).await)
+                    }
+                    Next::GiveUp => {
+                        tracing::warn!(
+                            source,
+                            record = id,
+                            click_id,
+                            status,
+                            reason,
+                            "dead: max age exceeded"
+                        );
+                        ("dead", c.dead(attempt, "max age exceeded".into()).await)
+                    }
+                }
+            }
+            Verdict::Paused { reason } => {
+                let scope = if route.own_credentials() {
+                    PauseScope::Source(source.clone())
+                } else {
+                    PauseScope::All
+                };
+                self.pause_upstream(&scope, &reason, id, status).await;
+                ("paused", c.paused(attempt, reason).await)
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.status.progressed();
+                tracing::debug!(source, record = id, click_id, status, outcome, "settled");
+            }
+            Err(StoreError::LeaseLost(_)) => tracing::warn!(
+                source,
+                record = id,
+                click_id,
+                outcome,
+                "lease ran out before the outcome was stored; another claim owns the record"
+            ),
+            Err(e) => tracing::error!(
+                source, record = id, click_id, outcome, error = %e,
+                "storing the outcome failed; the record will be retried after its lease"
+            ),
+        }
+        if let (Some(scope), true) = (probe, key_works) {
+            match self
+                .store
+                .resume_reason(scope.clone(), PauseReason::UpstreamAuth)
+                .await
+            {
+                Ok(_) => {
+                    if let Ok(mut set) = self.upstream_paused.write() {
+                        set.remove(&scope);
+                    }
+                    tracing::info!(scope = %scope, "probe accepted: forwarding resumed");
+                }
+                Err(e) => tracing::error!(error = %e, "resuming after the probe failed"),
+            }
+        }
+    }
+
+    async fn pause_upstream(&self, scope: &PauseScope, reason: &str, id: i64, status: Option<u16>) {
+        let first = self
+            .upstream_paused
+            .write()
+            .is_ok_and(|mut set| set.insert(scope.clone()));
+        self.status.upstream_auth.store(true, Ordering::Relaxed);
+        if *scope == PauseScope::All {
+            self.status.paused_all.store(true, Ordering::Relaxed);
+        }
+        if first {
+            tracing::error!(
+                scope = %scope, record = id, status, reason,
+                "Scaleo refused the API key: forwarding paused, everything stays queued"
+            );
+        }
+        if let Err(e) = self
+            .store
+            .pause(scope.clone(), PauseReason::UpstreamAuth)
+            .await
+        {
+            tracing::error!(error = %e, "persisting the pause failed");
+        }
+    }
+}
+
+/// Counts a record as in flight while it lives.
+struct InFlight(Arc<ForwardStatus>);
+
+impl InFlight {
+    fn enter(status: Arc<ForwardStatus>) -> InFlight {
+        status.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(status)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Releases a claim unsettled (not counted as an attempt).
+async fn give_back(c: Claimed, why: &'static str) {
+    let id = c.id();
+    if let Err(e) = c.release().await {
+        tracing::warn!(record = id, why, error = %e, "releasing a claim failed; its lease will expire");
+    }
+}
+
+async fn idle(notify: &Notify, shutdown: &CancellationToken, tick: Duration) {
+    tokio::select! {
+        _ = notify.notified() => {}
+        _ = tokio::time::sleep(tick) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
