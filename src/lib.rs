@@ -17,7 +17,6 @@
 pub mod cli;
 pub mod config;
 pub mod forward;
-pub mod forward_shim;
 pub mod ingest;
 pub mod rules;
 pub mod sandbox;

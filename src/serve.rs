@@ -11,10 +11,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::forward_shim::{Forwarder, Routes, SourceForward};
+use crate::forward::{ForwardStatus, Forwarder, Routes, SourceForward};
 use crate::ingest::{Ingest, server};
 use crate::rules::{EnvMode, LiveRules, RuleSet};
 use crate::store::Store;
+
+/// How often delivered records past `store.retention` are purged.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A running relay: its addresses and the handles to stop it.
 pub struct Running {
@@ -22,7 +25,9 @@ pub struct Running {
     pub store: Store,
     pub rules: Arc<LiveRules>,
     pub routes: Routes,
+    pub forward_status: Arc<ForwardStatus>,
     pub shutdown: CancellationToken,
+    forwarder: Forwarder,
     tasks: Vec<JoinHandle<()>>,
     rules_dir: PathBuf,
 }
@@ -43,6 +48,7 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.forwarder.join().await;
     }
 }
 
@@ -99,20 +105,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
         cfg.forward.grace,
     ))];
-    tasks.push(Forwarder::spawn(
+    tasks.push(store.spawn_retention(cfg.store.retention, RETENTION_EVERY, shutdown.clone()));
+    let forwarder = Forwarder::spawn(
         store.clone(),
         cfg.scaleo.clone(),
         cfg.forward.clone(),
         routes.clone(),
         shutdown.clone(),
-    ));
+    )
+    .context("starting the forwarder")?;
+    let forward_status = forwarder.status_handle();
     tracing::info!(%ingest_addr, rules = rules.current().len(), scaleo = %cfg.scaleo.base_url, "relay started");
     Ok(Running {
         ingest_addr,
         store,
         rules,
         routes,
+        forward_status,
         shutdown,
+        forwarder,
         tasks,
         rules_dir: cfg.rules_dir.clone(),
     })
