@@ -432,13 +432,12 @@ impl Ctx<'_, '_> {
                 }
             }
         } else if let Some(n) = &t.number {
-            let mut d = value::parse_decimal(text, n.decimal)?;
-            if let Some(s) = n.scale {
-                d = value::scale_decimal(d, s)?;
-            }
-            match spec.ty {
-                FieldType::Number => Out::Num(d),
-                _ => Out::Str(d.to_string()),
+            let parsed = value::parse_decimal(text, n.decimal)?;
+            match (spec.ty, n.scale) {
+                (FieldType::Number, None) => Out::Num(parsed),
+                (FieldType::Number, Some(s)) => Out::Num(value::scale_decimal(parsed, s)?),
+                (_, None) => Out::Str(written_decimals(text, parsed)),
+                (_, Some(s)) => Out::Str(value::format_decimal(value::scale_decimal(parsed, s)?)),
             }
         } else if let Some(tr) = &t.time {
             let format = if received_at {
@@ -478,6 +477,28 @@ fn typed(ty: FieldType, text: &str) -> Result<Out, String> {
             .map_err(|_| "not an integer (goal_id is a JSON integer)".to_string()),
         FieldType::Number => value::parse_decimal(text, value::DecimalMode::Auto).map(Out::Num),
         FieldType::String | FieldType::Time => Ok(Out::Str(text.to_string())),
+    }
+}
+
+/// `number = true` on a text field: the canonical text of `parsed`, keeping the decimal
+/// places as written (`"12,50"` -> `"12.50"`), which `parse_decimal` normalises away.
+fn written_decimals(text: &str, parsed: Decimal) -> String {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    let places = text.rfind(['.', ',']).map_or(0, |i| {
+        text[i..].chars().filter(char::is_ascii_digit).count()
+    });
+    let as_written = u32::try_from(places)
+        .ok()
+        .filter(|p| (1..=Decimal::MAX_SCALE).contains(p))
+        .and_then(|p| Decimal::try_from_i128_with_scale(digits.parse().ok()?, p).ok());
+    match as_written {
+        // The last separator was the decimal one (not a thousands separator).
+        Some(w) if w == parsed.abs() && parsed.scale() <= w.scale() => {
+            let mut out = parsed;
+            out.rescale(w.scale());
+            out.to_string()
+        }
+        _ => value::format_decimal(parsed),
     }
 }
 
