@@ -149,10 +149,10 @@ impl Ctx<'_, '_> {
             ));
         }
 
-        let mut slots: Vec<(&'static str, Slot, bool)> = Vec::with_capacity(rule.fields.len() + 2);
+        let mut slots: Vec<(&FieldRule, Slot)> = Vec::with_capacity(rule.fields.len() + 2);
         for f in &rule.fields {
             let v = self.eval(f, None);
-            slots.push((f.field, v, f.spec.required));
+            slots.push((f, v));
         }
         for (i, w) in rule.whens.iter().enumerate() {
             if !self.matches(&w.conditions) {
@@ -168,19 +168,21 @@ impl Ctx<'_, '_> {
                     "goal_alias" => Some("goal_id"),
                     _ => None,
                 };
-                slots.retain(|(name, _, _)| *name != f.field && Some(*name) != other);
-                slots.push((f.field, v, f.spec.required || f.field == "click_id"));
+                slots.retain(|(s, _)| s.field != f.field && Some(s.field) != other);
+                slots.push((f, v));
             }
         }
 
         let mut body = Map::new();
-        for (field, slot, required) in slots {
+        for (f, slot) in slots {
             match slot {
                 Err(reason) => return reject(reason),
-                Ok(None) if required => return reject(self.missing(field)),
+                Ok(None) if f.spec.required || f.field == "click_id" => {
+                    return reject(self.missing(f.field, &f.spec.source));
+                }
                 Ok(None) => {}
                 Ok(Some(out)) => {
-                    body.insert(field.to_string(), out_json(out));
+                    body.insert(f.field.to_string(), out_json(out));
                 }
             }
         }
@@ -189,7 +191,7 @@ impl Ctx<'_, '_> {
         }
         let click_id = match body.get("click_id") {
             Some(Value::String(c)) => c.clone(),
-            _ => return reject(self.missing("click_id")),
+            _ => return reject("click_id: required, but the rule gives it no value".into()),
         };
         let dedupe_key = (!rule.dedupe.fields.is_empty()).then(|| {
             let mut key = rule.source.clone();
@@ -210,24 +212,20 @@ impl Ctx<'_, '_> {
         })
     }
 
-    fn missing(&self, field: &str) -> String {
-        let names: Vec<String> = self
-            .rule
-            .fields
-            .iter()
-            .filter(|f| f.field == field)
-            .flat_map(|f| match &f.spec.source {
-                Source::Params(refs) => refs.iter().map(ref_name).collect(),
-                Source::Template(parts) => parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::Param(p) => Some(p.clone()),
-                        Part::Lit(_) => None,
-                    })
-                    .collect(),
-                Source::Const(_) => Vec::new(),
-            })
-            .collect();
+    /// Why a required field has no value, naming the parameters of the spec that was used
+    /// (the `[fields]` one or a matched `[[when]]`'s).
+    fn missing(&self, field: &str, source: &Source) -> String {
+        let names: Vec<String> = match source {
+            Source::Params(refs) => refs.iter().map(ref_name).collect(),
+            Source::Template(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Param(p) => Some(p.clone()),
+                    Part::Lit(_) => None,
+                })
+                .collect(),
+            Source::Const(_) => Vec::new(),
+        };
         let seen: Vec<String> = names
             .iter()
             .filter_map(|n| {

@@ -123,7 +123,8 @@ impl<'a> Compiler<'_, 'a> {
         if fields_at.is_some() && !fields.iter().any(|f| f.field == "click_id") {
             self.err(fields_at, "[fields] has no click_id: Scaleo needs it on every conversion (e.g. click_id = [\"clickid\", \"cid\"])");
         }
-        self.goal_exclusivity(&fields);
+        let at = self.key_spans.get("goal_alias").cloned();
+        self.goal_exclusivity("[fields]", &fields, at);
 
         let whens = raw
             .when
@@ -135,6 +136,7 @@ impl<'a> Compiler<'_, 'a> {
                 let conditions =
                     self.conditions(&format!("when[{i}].match"), w.matches, at.clone());
                 let set = self.fields(&format!("when[{i}].set"), w.set);
+                self.goal_exclusivity(&format!("[[when]] {}", i + 1), &set, Some(at));
                 When { conditions, set }
             })
             .collect();
@@ -211,15 +213,14 @@ impl<'a> Compiler<'_, 'a> {
         out
     }
 
-    fn goal_exclusivity(&mut self, fields: &[FieldRule]) {
+    fn goal_exclusivity(&mut self, section: &str, fields: &[FieldRule], at: Option<Range<usize>>) {
         let is_const = |name: &str| {
             fields
                 .iter()
                 .any(|f| f.field == name && matches!(f.spec.source, Source::Const(_)))
         };
         if is_const("goal_id") && is_const("goal_alias") {
-            let at = self.key_spans.get("goal_alias").cloned();
-            self.err(at, "[fields] sets both goal_id and goal_alias as constants: Scaleo takes one or the other, never both (keep one, or set the other in a [[when]])");
+            self.err(at, format!("{section} sets both goal_id and goal_alias as constants: Scaleo takes one or the other, never both (keep one, or set the other in a [[when]])"));
         }
     }
 
@@ -382,7 +383,7 @@ impl<'a> Compiler<'_, 'a> {
             let ignore_case = raw.ignore_case.unwrap_or(false);
             let mut entries = HashMap::new();
             for (k, v) in m.get_ref() {
-                let out = self.typed(&format!("{key}.map.{k:?}"), ty, field, v.get_ref(), span(v));
+                let out = self.constant(&format!("{key}.map"), &format!("{k:?}"), ty, field, v);
                 if let Some(out) = out {
                     entries.insert(
                         if ignore_case {

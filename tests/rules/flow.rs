@@ -229,3 +229,16 @@ fn empty_dedupe_key_turns_dedupe_off() {
     let r = rule("[fields]\nclick_id = \"cid\"\n[dedupe]\nkey = []\n");
     assert_eq!(mapped(&r, "cid=a").dedupe_key, None);
 }
+
+#[test]
+fn regression_missing_click_id_from_a_when_names_the_when_parameters() {
+    let r = rule(
+        "[fields]\nclick_id = \"cid\"\n[[when]]\nmatch = { kind = \"s2s\" }\nset = { click_id = \"tid\" }\n",
+    );
+    let reason = rejected(&r, "kind=s2s&cid=b&tid={tid}");
+    assert!(
+        reason.contains("tid=\"{tid}\" (unresolved macro)"),
+        "{reason}"
+    );
+    assert!(!reason.contains("cid"), "{reason}");
+}

@@ -265,3 +265,48 @@ fn bad_source_id_is_an_error() {
         &["\"Acme Shop\"", "[a-z0-9][a-z0-9_-]*"],
     );
 }
+
+#[test]
+fn regression_map_values_may_be_toml_numbers() {
+    let rule = super::rule(
+        "[fields]\nclick_id = \"cid\"\ngoal_id = { from = \"event_id\", map = { \"7\" = 12, \"8\" = \"13\" } }\nrevenue = { from = \"tier\", map = { \"gold\" = 10.5 } }\n",
+    );
+    assert_eq!(
+        super::body(&rule, "cid=a&event_id=7&tier=gold"),
+        r#"{"click_id":"a","goal_id":12,"revenue":10.5}"#
+    );
+    assert_eq!(
+        super::body(&rule, "cid=a&event_id=8"),
+        r#"{"click_id":"a","goal_id":13}"#
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ngoal_id = { from = \"e\", map = { \"7\" = \"seven\" } }\n",
+        3,
+        39,
+    );
+    says(&m, &["goal_id.map.\"7\"", "\"seven\"", "JSON integer"]);
+}
+
+#[test]
+fn regression_when_setting_both_goal_constants_is_a_load_error() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n\n[[when]]\nmatch = { ev = \"x\" }\nset = { goal_id = { value = 1 }, goal_alias = { value = \"x\" } }\n",
+        4,
+        1,
+    );
+    says(&m, &["[[when]] 1", "goal_id", "goal_alias", "both"]);
+}
+
+#[test]
+fn regression_hidden_files_in_the_rules_directory_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acme.toml"),
+        "[fields]\nclick_id = \"cid\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("._acme.toml"), [0u8, 5, 22, 7, 0xff]).unwrap();
+    std::fs::write(dir.path().join(".#acme.toml"), "lock").unwrap();
+    let set = postback_relay::rules::RuleSet::load_dir(dir.path(), EnvMode::Ignore).unwrap();
+    assert_eq!(set.len(), 1);
+}
