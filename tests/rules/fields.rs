@@ -267,6 +267,9 @@ fn pinned_decimal_separator_resolves_the_ambiguity() {
     assert_eq!(body(&dot, "cid=a&amt=1.234"), want("1.234"));
     assert_eq!(body(&comma, "cid=a&amt=1.234"), want("1234"));
     assert_eq!(body(&comma, "cid=a&amt=1,5"), want("1.5"));
+    // A pinned separator never reads the other one as a decimal point by mistake.
+    assert!(rejected(&comma, "cid=a&amt=12.50").starts_with("amount"));
+    assert!(rejected(&dot, "cid=a&amt=12,50").starts_with("amount"));
 }
 
 #[test]

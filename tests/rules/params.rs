@@ -150,3 +150,25 @@ fn json_objects_and_bracketed_text_with_other_characters_are_values() {
         );
     }
 }
+
+#[test]
+fn parameter_names_are_percent_decoded_and_may_start_with_dollar_or_tilde() {
+    let r = rule("[fields]\nclick_id = \"$clickid\"\nadv_param1 = \"~sub\"\nadv_param2 = \"o\"\n");
+    assert_eq!(
+        body(&r, "%24clickid=a&~sub=x+y&%6F=1"),
+        json!({"click_id": "a", "adv_param1": "x y", "adv_param2": "1"}).to_string()
+    );
+}
+
+#[test]
+fn malformed_percent_sequences_stay_literal_and_invalid_utf8_is_replaced() {
+    let r = rule("[fields]\nclick_id = \"cid\"\nadv_param1 = \"x\"\n");
+    assert_eq!(
+        body(&r, "cid=a&x=100%zz"),
+        json!({"click_id": "a", "adv_param1": "100%zz"}).to_string()
+    );
+    assert_eq!(
+        body(&r, "cid=a&x=%FFok"),
+        json!({"click_id": "a", "adv_param1": "\u{FFFD}ok"}).to_string()
+    );
+}
