@@ -156,10 +156,10 @@ impl<'a> Ctx<'a, '_> {
             ));
         }
 
-        let mut slots: Vec<(&'static str, Slot, bool)> = Vec::with_capacity(rule.fields.len() + 2);
+        let mut slots: Vec<(&FieldRule, Slot)> = Vec::with_capacity(rule.fields.len() + 2);
         for f in &rule.fields {
             let v = self.eval(f, None);
-            slots.push((f.field, v, f.spec.required));
+            slots.push((f, v));
         }
         for (i, w) in rule.whens.iter().enumerate() {
             if !self.matches(&w.conditions) {
@@ -175,19 +175,21 @@ impl<'a> Ctx<'a, '_> {
                     "goal_alias" => Some("goal_id"),
                     _ => None,
                 };
-                slots.retain(|(name, _, _)| *name != f.field && Some(*name) != other);
-                slots.push((f.field, v, f.spec.required || f.field == "click_id"));
+                slots.retain(|(s, _)| s.field != f.field && Some(s.field) != other);
+                slots.push((f, v));
             }
         }
 
         let mut body = Map::new();
-        for (field, slot, required) in slots {
+        for (f, slot) in slots {
             match slot {
                 Err(reason) => return reject(reason),
-                Ok(None) if required => return reject(self.missing(field)),
+                Ok(None) if f.spec.required || f.field == "click_id" => {
+                    return reject(self.missing(f.field, &f.spec.source));
+                }
                 Ok(None) => {}
                 Ok(Some(out)) => {
-                    body.insert(field.to_string(), out_json(out));
+                    body.insert(f.field.to_string(), out_json(out));
                 }
             }
         }
@@ -196,7 +198,7 @@ impl<'a> Ctx<'a, '_> {
         }
         let click_id = match body.get("click_id") {
             Some(Value::String(c)) => c.clone(),
-            _ => return reject(self.missing("click_id")),
+            _ => return reject("click_id: required, but the rule gives it no value".into()),
         };
         let dedupe_key = (!rule.dedupe.fields.is_empty()).then(|| {
             let mut key = rule.source.clone();
@@ -217,24 +219,20 @@ impl<'a> Ctx<'a, '_> {
         })
     }
 
-    fn missing(&self, field: &str) -> String {
-        let names: Vec<String> = self
-            .rule
-            .fields
-            .iter()
-            .filter(|f| f.field == field)
-            .flat_map(|f| match &f.spec.source {
-                Source::Params(refs) => refs.iter().map(ref_name).collect(),
-                Source::Template(parts) => parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::Param(p) => Some(p.clone()),
-                        Part::Lit(_) => None,
-                    })
-                    .collect(),
-                Source::Const(_) => Vec::new(),
-            })
-            .collect();
+    /// Why a required field has no value, naming the parameters of the spec that was used
+    /// (the `[fields]` one or a matched `[[when]]`'s).
+    fn missing(&self, field: &str, source: &Source) -> String {
+        let names: Vec<String> = match source {
+            Source::Params(refs) => refs.iter().map(ref_name).collect(),
+            Source::Template(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Param(p) => Some(p.clone()),
+                    Part::Lit(_) => None,
+                })
+                .collect(),
+            Source::Const(_) => Vec::new(),
+        };
         let seen: Vec<String> = names
             .iter()
             .filter_map(|n| {
@@ -454,13 +452,12 @@ impl<'a> Ctx<'a, '_> {
                 }
             }
         } else if let Some(n) = &t.number {
-            let mut d = value::parse_decimal(text, n.decimal)?;
-            if let Some(s) = n.scale {
-                d = value::scale_decimal(d, s)?;
-            }
-            match spec.ty {
-                FieldType::Number => Out::Num(d),
-                _ => Out::Str(d.to_string()),
+            let parsed = value::parse_decimal(text, n.decimal)?;
+            match (spec.ty, n.scale) {
+                (FieldType::Number, None) => Out::Num(parsed),
+                (FieldType::Number, Some(s)) => Out::Num(value::scale_decimal(parsed, s)?),
+                (_, None) => Out::Str(written_decimals(text, parsed)),
+                (_, Some(s)) => Out::Str(value::format_decimal(value::scale_decimal(parsed, s)?)),
             }
         } else if let Some(tr) = &t.time {
             let format = if received_at {
@@ -500,6 +497,28 @@ fn typed(ty: FieldType, text: &str) -> Result<Out, String> {
             .map_err(|_| "not an integer (goal_id is a JSON integer)".to_string()),
         FieldType::Number => value::parse_decimal(text, value::DecimalMode::Auto).map(Out::Num),
         FieldType::String | FieldType::Time => Ok(Out::Str(text.to_string())),
+    }
+}
+
+/// `number = true` on a text field: the canonical text of `parsed`, keeping the decimal
+/// places as written (`"12,50"` -> `"12.50"`), which `parse_decimal` normalises away.
+fn written_decimals(text: &str, parsed: Decimal) -> String {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    let places = text.rfind(['.', ',']).map_or(0, |i| {
+        text[i..].chars().filter(char::is_ascii_digit).count()
+    });
+    let as_written = u32::try_from(places)
+        .ok()
+        .filter(|p| (1..=Decimal::MAX_SCALE).contains(p))
+        .and_then(|p| Decimal::try_from_i128_with_scale(digits.parse().ok()?, p).ok());
+    match as_written {
+        // The last separator was the decimal one (not a thousands separator).
+        Some(w) if w == parsed.abs() && parsed.scale() <= w.scale() => {
+            let mut out = parsed;
+            out.rescale(w.scale());
+            out.to_string()
+        }
+        _ => value::format_decimal(parsed),
     }
 }
 

@@ -52,8 +52,11 @@ pub fn compile(
     let rule = Compiler {
         diags: &mut diags,
         params: Default::default(),
+        key_spans: HashMap::new(),
     }
     .rule(source, raw, env);
+    // Report in file order, whatever order the checks ran in.
+    diags.list.sort_by_key(|d| (d.line, d.col));
     if diags.list.is_empty() {
         Ok(rule)
     } else {
@@ -73,6 +76,8 @@ pub fn valid_source_id(id: &str) -> bool {
 struct Compiler<'d, 'a> {
     diags: &'d mut Diagnostics<'a>,
     params: ParamPolicy,
+    /// Where each `[fields]` key is written, for problems about a field as a whole.
+    key_spans: HashMap<&'static str, Range<usize>>,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -104,6 +109,7 @@ impl<'a> Compiler<'_, 'a> {
             placeholders: raw.params.placeholders,
         };
 
+        let fields_at = raw.fields.as_ref().map(|f| f.span());
         let fields = match raw.fields {
             Some(f) => self.fields("fields", f.into_inner()),
             None => {
@@ -114,10 +120,11 @@ impl<'a> Compiler<'_, 'a> {
                 Vec::new()
             }
         };
-        if !fields.iter().any(|f| f.field == "click_id") {
-            self.err(None, "[fields] has no click_id: Scaleo needs it on every conversion (e.g. click_id = [\"clickid\", \"cid\"])");
+        if fields_at.is_some() && !fields.iter().any(|f| f.field == "click_id") {
+            self.err(fields_at, "[fields] has no click_id: Scaleo needs it on every conversion (e.g. click_id = [\"clickid\", \"cid\"])");
         }
-        self.goal_exclusivity(&fields);
+        let at = self.key_spans.get("goal_alias").cloned();
+        self.goal_exclusivity("[fields]", &fields, at);
 
         let whens = raw
             .when
@@ -129,6 +136,7 @@ impl<'a> Compiler<'_, 'a> {
                 let conditions =
                     self.conditions(&format!("when[{i}].match"), w.matches, at.clone());
                 let set = self.fields(&format!("when[{i}].set"), w.set);
+                self.goal_exclusivity(&format!("[[when]] {}", i + 1), &set, Some(at));
                 When { conditions, set }
             })
             .collect();
@@ -194,6 +202,9 @@ impl<'a> Compiler<'_, 'a> {
                 );
                 continue;
             };
+            if section == "fields" {
+                self.key_spans.insert(field, at);
+            }
             let spec_at = spec.span();
             if let Some(spec) = self.spec(section, field, spec.into_inner(), spec_at) {
                 out.push(FieldRule { field, spec });
@@ -202,14 +213,14 @@ impl<'a> Compiler<'_, 'a> {
         out
     }
 
-    fn goal_exclusivity(&mut self, fields: &[FieldRule]) {
+    fn goal_exclusivity(&mut self, section: &str, fields: &[FieldRule], at: Option<Range<usize>>) {
         let is_const = |name: &str| {
             fields
                 .iter()
                 .any(|f| f.field == name && matches!(f.spec.source, Source::Const(_)))
         };
         if is_const("goal_id") && is_const("goal_alias") {
-            self.err(None, "[fields] sets both goal_id and goal_alias as constants: Scaleo takes one or the other, never both (keep one, or set the other in a [[when]])");
+            self.err(at, format!("{section} sets both goal_id and goal_alias as constants: Scaleo takes one or the other, never both (keep one, or set the other in a [[when]])"));
         }
     }
 
@@ -312,7 +323,7 @@ impl<'a> Compiler<'_, 'a> {
                 format!("{key}: `json` reads from a parameter; it cannot follow a template"),
             );
         }
-        let transform = self.transform(&key, field, ty, &raw);
+        let transform = self.transform(&key, field, ty, &raw, at.clone());
         let required = required || raw.required.unwrap_or(false);
         if required && default.is_some() && field == "click_id" {
             self.err(Some(at.clone()), format!("{key}: a default click id would send conversions to a made-up click; remove `default`"));
@@ -332,6 +343,7 @@ impl<'a> Compiler<'_, 'a> {
         field: &'static str,
         ty: FieldType,
         raw: &RawSpec,
+        at: Range<usize>,
     ) -> Transform {
         let mut t = Transform {
             json: None,
@@ -348,13 +360,17 @@ impl<'a> Compiler<'_, 'a> {
             t.json = Some(ptr.clone());
         }
         if raw.map.is_none() {
-            for (set, opt) in [
-                (raw.ignore_case.is_some(), "ignore_case"),
-                (raw.unmapped.is_some(), "unmapped"),
+            for (set, opt, opt_at) in [
+                (raw.ignore_case.is_some(), "ignore_case", None),
+                (
+                    raw.unmapped.is_some(),
+                    "unmapped",
+                    raw.unmapped.as_ref().map(|u| u.span()),
+                ),
             ] {
                 if set {
                     self.err(
-                        None,
+                        opt_at.or(Some(at.clone())),
                         format!("{key}: `{opt}` only applies together with `map`"),
                     );
                 }
@@ -367,7 +383,7 @@ impl<'a> Compiler<'_, 'a> {
             let ignore_case = raw.ignore_case.unwrap_or(false);
             let mut entries = HashMap::new();
             for (k, v) in m.get_ref() {
-                let out = self.typed(&format!("{key}.map.{k:?}"), ty, field, v.get_ref(), span(v));
+                let out = self.constant(&format!("{key}.map"), &format!("{k:?}"), ty, field, v);
                 if let Some(out) = out {
                     entries.insert(
                         if ignore_case {
@@ -403,7 +419,7 @@ impl<'a> Compiler<'_, 'a> {
             raw.number == Some(true) || (ty == FieldType::Number && raw.map.is_none());
         if raw.number == Some(true) && matches!(ty, FieldType::Integer | FieldType::Time) {
             self.err(
-                None,
+                Some(at.clone()),
                 format!("{key}: `number` does not apply to {field} (an integer or a time)"),
             );
         }
@@ -438,12 +454,12 @@ impl<'a> Compiler<'_, 'a> {
             });
             t.number = Some(NumberRule { decimal, scale });
         } else {
-            for (set, opt) in [
-                (raw.decimal.is_some(), "decimal"),
-                (raw.scale.is_some(), "scale"),
+            for (opt_at, opt) in [
+                (raw.decimal.as_ref().map(|d| d.span()), "decimal"),
+                (raw.scale.as_ref().map(|s| s.span()), "scale"),
             ] {
-                if set {
-                    self.err(None, format!("{key}: `{opt}` needs `number = true`"));
+                if opt_at.is_some() {
+                    self.err(opt_at, format!("{key}: `{opt}` needs `number = true`"));
                 }
             }
         }
@@ -465,7 +481,7 @@ impl<'a> Compiler<'_, 'a> {
             };
             if wants_number {
                 self.err(
-                    None,
+                    Some(at.clone()),
                     format!("{key}: a field is either a `number` or a `time`, not both"),
                 );
             }

@@ -45,6 +45,11 @@ impl RuleSet {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            // Hidden files are editor locks (`.#x.toml`) or macOS metadata (`._x.toml`).
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         paths.sort();
         let mut rules = BTreeMap::new();

@@ -65,7 +65,8 @@ pub struct RawSpec {
     pub default: Option<Spanned<toml::Value>>,
     pub required: Option<bool>,
     pub template: Option<Spanned<String>>,
-    pub map: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// Values are strings or numbers (`goal_id` maps read best as `{ "7" = 12 }`).
+    pub map: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     pub ignore_case: Option<bool>,
     pub unmapped: Option<Spanned<String>>,
     pub number: Option<bool>,

@@ -1,0 +1,312 @@
+//! Load-time problems: each is reported as `file:line:col: message`, pointing at the culprit,
+//! naming the key and the bad value, and saying what is accepted.
+
+use postback_relay::rules::{EnvMode, compile};
+
+use super::problems;
+
+/// The one problem of a file, checked to start at `line:col`.
+fn one_problem_at(text: &str, line: usize, col: usize) -> String {
+    let list = problems(text);
+    assert_eq!(list.len(), 1, "expected one problem, got {list:#?}");
+    let prefix = format!("acme.toml:{line}:{col}: ");
+    assert!(
+        list[0].starts_with(&prefix),
+        "expected {prefix:?}: {}",
+        list[0]
+    );
+    list[0].clone()
+}
+
+fn says(message: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(message.contains(p), "{p:?} missing from: {message}");
+    }
+}
+
+#[test]
+fn unknown_top_level_key_is_an_error_listing_the_known_keys() {
+    let m = one_problem_at("[fields]\nclick_id = \"cid\"\n\n[dedup]\nkey = []\n", 4, 2);
+    says(&m, &["dedup", "dedupe", "fields", "skip"]);
+}
+
+#[test]
+fn unknown_key_in_a_field_table_is_an_error_listing_the_options() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nrevenue = { from = \"amt\", scal = \"0.01\" }\n",
+        3,
+        27,
+    );
+    says(&m, &["`scal`", "`scale`", "`from`", "`decimal`"]);
+}
+
+#[test]
+fn unknown_key_in_a_test_is_an_error() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[tests]]\nname = \"x\"\nquery = \"cid=a\"\nexpect_rejct = \"click_id\"\n",
+        6,
+        1,
+    );
+    says(&m, &["expect_rejct", "expect_reject"]);
+}
+
+#[test]
+fn unknown_scaleo_field_suggests_the_closest_name() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_order = \"oid\"\nrevenue = \"amt\"\n",
+        3,
+        1,
+    );
+    says(
+        &m,
+        &[
+            "\"adv_order\"",
+            "not a Scaleo",
+            "did you mean \"adv_order_id\"?",
+        ],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[when]]\nmatch = { a = \"1\" }\nset = { revnue = { value = \"1\" } }\n",
+        5,
+        9,
+    );
+    says(
+        &m,
+        &["when[0].set", "\"revnue\"", "did you mean \"revenue\"?"],
+    );
+}
+
+#[test]
+fn bad_conv_status_constant_names_the_value_and_scaleos_set() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { value = \"aproved\" }\n",
+        3,
+        25,
+    );
+    says(
+        &m,
+        &[
+            "conv_status",
+            "\"aproved\"",
+            "pending, approved, rejected, hold",
+        ],
+    );
+}
+
+#[test]
+fn bad_conv_status_in_a_map_or_unmapped_is_an_error() {
+    let list = problems(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"st\", map = { \"1\" = \"ok\" }, unmapped = \"maybe\" }\n",
+    );
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(list[0].starts_with("acme.toml:3:44: "), "{}", list[0]);
+    says(&list[0], &["\"ok\"", "pending, approved, rejected, hold"]);
+    assert!(list[1].starts_with("acme.toml:3:63: "), "{}", list[1]);
+    says(&list[1], &["unmapped", "\"maybe\"", "pending, approved"]);
+}
+
+#[test]
+fn bad_deliver_lead_constant_is_an_error() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ndeliver_lead = { value = \"true\" }\n",
+        3,
+        26,
+    );
+    says(&m, &["deliver_lead", "\"true\"", "yes, no"]);
+}
+
+#[test]
+fn bad_time_zone_names_the_zone_and_what_is_accepted() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ntimestamp = { from = \"ts\", tz = \"Mars/Olympus\" }\n",
+        3,
+        33,
+    );
+    says(&m, &["timestamp.tz", "\"Mars/Olympus\"", "+08:00", "IANA"]);
+}
+
+#[test]
+fn bad_strftime_pattern_names_the_pattern_and_what_is_accepted() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ntimestamp = { from = \"ts\", time = \"%H:%M\" }\n",
+        3,
+        35,
+    );
+    says(
+        &m,
+        &["timestamp.time", "\"%H:%M\"", "unix", "rfc3339", "strftime"],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ntimestamp = { from = \"ts\", time = \"%Y-%m-%d %J\" }\n",
+        3,
+        35,
+    );
+    says(&m, &["\"%Y-%m-%d %J\"", "unrecognized", "strftime pattern"]);
+}
+
+#[test]
+fn bad_template_parameter_name_is_an_error() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_param1 = { template = \"{event}:{a b}\" }\n",
+        3,
+        27,
+    );
+    says(
+        &m,
+        &["adv_param1.template", "{a b}", "plain parameter name"],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_param1 = { template = \"{event\" }\n",
+        3,
+        27,
+    );
+    says(&m, &["unclosed"]);
+}
+
+#[test]
+fn regression_both_goal_constants_point_at_goal_alias_not_line_one() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ngoal_id = { value = 12 }\ngoal_alias = { value = \"sale\" }\n",
+        4,
+        1,
+    );
+    says(&m, &["goal_id", "goal_alias", "both"]);
+}
+
+#[test]
+fn regression_missing_click_id_points_at_the_fields_table() {
+    let m = one_problem_at("description = \"x\"\n\n[fields]\nrevenue = \"amt\"\n", 3, 1);
+    says(&m, &["click_id", "[fields]"]);
+    let m = one_problem_at("description = \"x\"\n", 1, 1);
+    says(&m, &["missing [fields]"]);
+}
+
+#[test]
+fn bad_scale_decimal_and_repeated_values_are_errors() {
+    let list = problems(
+        "[params]\nrepeated = \"all\"\n[fields]\nclick_id = \"cid\"\nrevenue = { from = \"a\", scale = \"cents\", decimal = \"point\" }\n",
+    );
+    assert_eq!(list.len(), 3, "{list:#?}");
+    assert!(list[0].starts_with("acme.toml:2:12: "), "{}", list[0]);
+    says(&list[0], &["\"all\"", "\"first\", \"last\" or \"reject\""]);
+    assert!(list[1].starts_with("acme.toml:5:33: "), "{}", list[1]);
+    says(&list[1], &["scale", "cents", "decimal such as \"0.01\""]);
+    assert!(list[2].starts_with("acme.toml:5:52: "), "{}", list[2]);
+    says(
+        &list[2],
+        &["decimal", "\"point\"", "\"auto\", \"dot\" or \"comma\""],
+    );
+}
+
+#[test]
+fn regression_option_problems_point_at_the_field_not_line_one() {
+    let list = problems(
+        "[fields]\nclick_id = \"cid\"\nrevenue = { from = \"amt\", unmapped = \"keep\" }\ngoal_id = { from = \"g\", number = true }\nadv_param1 = { from = \"x\", decimal = \"dot\" }\npayout = { from = \"p\", ignore_case = true }\n",
+    );
+    assert_eq!(list.len(), 4, "{list:#?}");
+    assert!(list[0].starts_with("acme.toml:3:38: "), "{}", list[0]);
+    assert!(list[1].starts_with("acme.toml:4:11: "), "{}", list[1]);
+    assert!(list[2].starts_with("acme.toml:5:38: "), "{}", list[2]);
+    assert!(list[3].starts_with("acme.toml:6:10: "), "{}", list[3]);
+}
+
+#[test]
+fn regression_every_problem_of_a_file_is_reported_in_file_order() {
+    let list = problems(
+        r#"[fields]
+clik_id = "cid"
+conv_status = { value = "aproved" }
+timestamp = { from = "ts", tz = "Nowhere/City" }
+adv_param1 = { template = "{}" }
+"#,
+    );
+    let lines: Vec<&str> = list.iter().map(|l| l.split(':').nth(1).unwrap()).collect();
+    assert_eq!(lines, ["1", "2", "3", "4", "5"], "{list:#?}");
+}
+
+#[test]
+fn unset_environment_secret_is_reported_when_resolving_and_ignored_otherwise() {
+    let var = "POSTBACK_RELAY_TEST_SURELY_UNSET_TOKEN";
+    let text = format!("[auth]\ntoken = \"${{{var}}}\"\n[fields]\nclick_id = \"cid\"\n");
+    let list = compile("acme", "acme.toml", &text, EnvMode::Resolve).unwrap_err();
+    assert_eq!(list.len(), 1);
+    let m = list[0].to_string();
+    assert!(m.starts_with("acme.toml:2:9: "), "{m}");
+    says(&m, &[var, "not set"]);
+    let rule = compile("acme", "acme.toml", &text, EnvMode::Ignore).unwrap();
+    assert_eq!(rule.auth.token, None);
+}
+
+#[test]
+fn literal_token_and_token_param_are_kept() {
+    let rule = compile(
+        "acme",
+        "acme.toml",
+        "[auth]\ntoken = \"s3cr3t\"\ntoken_param = \"secure\"\nallow_ips = [\"203.0.113.0/24\"]\n[fields]\nclick_id = \"cid\"\n",
+        EnvMode::Resolve,
+    )
+    .unwrap();
+    assert_eq!(rule.auth.token.as_deref(), Some("s3cr3t"));
+    assert_eq!(rule.auth.token_param, "secure");
+    assert_eq!(rule.auth.allow_ips.len(), 1);
+}
+
+#[test]
+fn bad_source_id_is_an_error() {
+    let list = compile(
+        "Acme Shop",
+        "Acme Shop.toml",
+        "[fields]\nclick_id = \"cid\"\n",
+        EnvMode::Ignore,
+    )
+    .unwrap_err();
+    says(
+        &list[0].to_string(),
+        &["\"Acme Shop\"", "[a-z0-9][a-z0-9_-]*"],
+    );
+}
+
+#[test]
+fn regression_map_values_may_be_toml_numbers() {
+    let rule = super::rule(
+        "[fields]\nclick_id = \"cid\"\ngoal_id = { from = \"event_id\", map = { \"7\" = 12, \"8\" = \"13\" } }\nrevenue = { from = \"tier\", map = { \"gold\" = 10.5 } }\n",
+    );
+    assert_eq!(
+        super::body(&rule, "cid=a&event_id=7&tier=gold"),
+        r#"{"click_id":"a","goal_id":12,"revenue":10.5}"#
+    );
+    assert_eq!(
+        super::body(&rule, "cid=a&event_id=8"),
+        r#"{"click_id":"a","goal_id":13}"#
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ngoal_id = { from = \"e\", map = { \"7\" = \"seven\" } }\n",
+        3,
+        39,
+    );
+    says(&m, &["goal_id.map.\"7\"", "\"seven\"", "JSON integer"]);
+}
+
+#[test]
+fn regression_when_setting_both_goal_constants_is_a_load_error() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n\n[[when]]\nmatch = { ev = \"x\" }\nset = { goal_id = { value = 1 }, goal_alias = { value = \"x\" } }\n",
+        4,
+        1,
+    );
+    says(&m, &["[[when]] 1", "goal_id", "goal_alias", "both"]);
+}
+
+#[test]
+fn regression_hidden_files_in_the_rules_directory_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acme.toml"),
+        "[fields]\nclick_id = \"cid\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("._acme.toml"), [0u8, 5, 22, 7, 0xff]).unwrap();
+    std::fs::write(dir.path().join(".#acme.toml"), "lock").unwrap();
+    let set = postback_relay::rules::RuleSet::load_dir(dir.path(), EnvMode::Ignore).unwrap();
+    assert_eq!(set.len(), 1);
+}
