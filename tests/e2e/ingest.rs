@@ -258,3 +258,20 @@ async fn post_form_and_json_bodies_are_mapped_like_queries() {
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn dedupe_survives_a_restart() {
+    let mut env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let q = "/postback/shop?cid=rs1&amt=500&oid=R-1";
+    assert_eq!(env.get(q).await.1["status"], "accepted");
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
+    env.restart(|_| {}).await;
+    assert_eq!(env.get(q).await.1["status"], "duplicate");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.sandbox.received().len(), 1);
+    env.stop().await;
+}
