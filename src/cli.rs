@@ -167,7 +167,14 @@ fn serve(a: ServeArgs) -> ExitCode {
     rt.block_on(async move {
         let mut overrides = Vec::new();
         let sandbox = if a.sandbox {
-            match crate::sandbox::Sandbox::start(a.sandbox_listen, crate::sandbox::SandboxConfig { api_key: SANDBOX_KEY.into() }).await {
+            match crate::sandbox::Sandbox::start(
+                a.sandbox_listen,
+                crate::sandbox::SandboxConfig {
+                    api_key: SANDBOX_KEY.into(),
+                },
+            )
+            .await
+            {
                 Ok(s) => {
                     overrides.push(("scaleo.base_url", s.base_url()));
                     overrides.push(("scaleo.api_key", SANDBOX_KEY.to_string()));
@@ -197,12 +204,18 @@ fn serve(a: ServeArgs) -> ExitCode {
             }
         };
         if let Some(s) = &sandbox {
-            let source = running.rules.current().iter().next().map(|r| r.source.clone()).unwrap_or_else(|| "SOURCE".into());
+            let rules = running.rules.current();
+            let example = rules
+                .iter()
+                .flat_map(|r| r.tests.iter().map(move |t| (r, t)))
+                .find(|(_, t)| matches!(t.expect, crate::rules::Expectation::Body(_)))
+                .map(|(r, t)| format!("/postback/{}?{}", r.source, t.query))
+                .unwrap_or_else(|| "/postback/SOURCE?clickid=abc".into());
+            let port = running.ingest_addr.port();
             eprintln!(
-                "\nrelay on http://{addr}, forwarding to the local Scaleo sandbox at {url}\n\
-                 try:  curl 'http://{addr}/postback/{source}?...'   (see rules/{source}.toml [[tests]] for queries)\n\
-                 then: curl {url}/sandbox/conversions\n",
-                addr = running.ingest_addr,
+                "\nrelay on port {port}, forwarding to the built-in Scaleo sandbox at {url}\n\
+                 send a postback:   curl 'http://127.0.0.1:{port}{example}'\n\
+                 see what arrived:  curl {url}/sandbox/conversions\n",
                 url = s.base_url()
             );
         }

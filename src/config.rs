@@ -27,6 +27,9 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+    /// A `${VAR}` reference to an environment variable that is not set.
+    #[error("{key} = \"${{{var}}}\": environment variable {var} is not set (or empty)")]
+    UnsetVariable { key: &'static str, var: String },
     /// A key has no value and no default.
     #[error("{key} is required: {hint}")]
     Missing {
@@ -361,11 +364,11 @@ impl RawConfig {
         };
         let admin = AdminConfig {
             listen: addr("admin.listen", &self.admin.listen)?,
-            token: self.admin.token.filter(|t| !t.is_empty()),
+            token: expand("admin.token", self.admin.token)?.filter(|t| !t.is_empty()),
         };
 
         let sc = self.scaleo;
-        let base_url = sc.base_url.ok_or(ConfigError::Missing {
+        let base_url = expand("scaleo.base_url", sc.base_url)?.ok_or(ConfigError::Missing {
             key: "scaleo.base_url",
             hint: "your network's tracking domain, e.g. https://track.example-network.com (or RELAY__SCALEO__BASE_URL)",
         })?;
@@ -377,8 +380,7 @@ impl RawConfig {
                 "an http:// or https:// URL",
             ));
         }
-        let api_key = sc
-            .api_key
+        let api_key = expand("scaleo.api_key", sc.api_key)?
             .filter(|k| !k.is_empty())
             .ok_or(ConfigError::Missing {
                 key: "scaleo.api_key",
@@ -442,7 +444,7 @@ impl RawConfig {
         }
         let store = StoreConfig {
             path: PathBuf::from(st.path),
-            url: st.url,
+            url: expand("store.url", st.url)?,
             retention: duration("store.retention", &st.retention)?,
             commit_batch: st.commit_batch,
         };
@@ -466,6 +468,22 @@ impl RawConfig {
                 level,
             },
         })
+    }
+}
+
+/// Reads `${VAR}` from the environment; other values pass through. An unset variable is an
+/// error naming it (the value is a secret reference, so the error never shows a value).
+fn expand(key: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let Some(var) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
+        return Ok(Some(v));
+    };
+    match std::env::var(var) {
+        Ok(val) if !val.is_empty() => Ok(Some(val)),
+        _ => Err(ConfigError::UnsetVariable {
+            key,
+            var: var.to_string(),
+        }),
     }
 }
 

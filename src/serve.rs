@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::forward::{ForwardStatus, Forwarder, Routes, SourceForward};
 use crate::ingest::{Ingest, server};
 use crate::rules::{EnvMode, LiveRules, RuleSet};
-use crate::store::Store;
+use crate::store::{PauseReason, Store};
 
 /// How often delivered records past `store.retention` are purged.
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -40,6 +40,28 @@ impl Running {
         self.routes.replace(routes_of(&set));
         self.rules.replace(set);
         Ok(n)
+    }
+
+    /// After a reload (new keys or URLs may be in force), lifts every pause that Scaleo's
+    /// 401/403 caused; an operator's pauses stay.
+    pub async fn resume_upstream_auth(&self) {
+        let paused = match self.store.paused().await {
+            Ok(p) => p,
+            Err(e) => return tracing::error!(error = %e, "cannot read the pauses"),
+        };
+        for p in paused
+            .into_iter()
+            .filter(|p| p.reason == PauseReason::UpstreamAuth)
+        {
+            match self
+                .store
+                .resume_reason(p.scope.clone(), PauseReason::UpstreamAuth)
+                .await
+            {
+                Ok(_) => tracing::info!(scope = %p.scope, "forwarding resumed after a reload"),
+                Err(e) => tracing::error!(scope = %p.scope, error = %e, "cannot resume forwarding"),
+            }
+        }
     }
 
     /// Stops accepting, drains, and waits for every task.
@@ -139,7 +161,10 @@ pub async fn run_until_signal(running: Running) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = hup.recv() => match running.reload() {
-                Ok(n) => tracing::info!(rules = n, "rules reloaded"),
+                Ok(n) => {
+                    tracing::info!(rules = n, "rules reloaded");
+                    running.resume_upstream_auth().await;
+                }
                 Err(problems) => {
                     for p in &problems {
                         tracing::error!(problem = %p, "rules reload refused; the previous rules stay in force");
