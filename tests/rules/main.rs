@@ -8,6 +8,7 @@ mod fields;
 mod flow;
 mod load_errors;
 mod params;
+mod props;
 mod shipped;
 
 use jiff::Timestamp;
