@@ -1,0 +1,360 @@
+//! Times and zones: unix, RFC 3339, `Y-m-d H:i:s`, strftime patterns, offsets and IANA zones.
+
+use jiff::Timestamp;
+use jiff::ZonedDateTime;
+use jiff::civil::DateTime;
+use jiff::fmt::strtime;
+use jiff::tz::{Offset, TimeZone};
+
+// Times and zones
+// ---------------------------------------------------------------------------------------------
+
+/// How a time parameter is written (`time = ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// Whole or decimal seconds since 1970 (`1700000000`, `1716198088.000000`).
+    Unix,
+    /// Whole (or decimal) milliseconds since 1970.
+    UnixMs,
+    /// `2024-05-20T10:00:00Z`, `+08:00` / `+0800` / `+08` offsets, a space for `T`; without an
+    /// offset the time is read in the rule's `tz`.
+    Rfc3339,
+    /// A number (seconds, or milliseconds from 1e11), else RFC 3339, else `Y-m-d H:i:s`, else
+    /// `Y-m-d` (midnight in `tz`).
+    Auto,
+    /// A strftime pattern, validated at load time.
+    Pattern(String),
+}
+
+const TIME_SPEC_ACCEPTED: &str = "expected \"unix\", \"unix_ms\", \"rfc3339\", \"auto\" or a \
+     strftime pattern that names a date, such as \"%d/%m/%Y %H:%M\" or \"%s\"";
+
+impl TimeFormat {
+    /// Parses the rule text; a pattern must be valid strftime and name at least a date.
+    ///
+    /// A pattern is validated by formatting a sample time with it and parsing the result back:
+    /// what cannot be parsed back (e.g. `%Z` abbreviations) is refused at load time instead of
+    /// rejecting every postback later.
+    pub fn parse_spec(spec: &str) -> Result<TimeFormat, String> {
+        match spec {
+            "unix" => Ok(TimeFormat::Unix),
+            "unix_ms" => Ok(TimeFormat::UnixMs),
+            "rfc3339" => Ok(TimeFormat::Rfc3339),
+            "auto" => Ok(TimeFormat::Auto),
+            _ if spec.contains('%') => {
+                validate_pattern(spec)?;
+                Ok(TimeFormat::Pattern(spec.to_owned()))
+            }
+            _ => Err(format!("unknown time format: {TIME_SPEC_ACCEPTED}")),
+        }
+    }
+}
+
+fn validate_pattern(pattern: &str) -> Result<(), String> {
+    // 2024-07-15 16:24:59 UTC: every field differs, so day and month cannot be mixed up.
+    let sample: ZonedDateTime =
+        Timestamp::constant(1_721_060_699, 0).to_zoned_datetime(TimeZone::UTC);
+    let text = strtime::format(pattern, &sample)
+        .map_err(|e| format!("invalid strftime pattern ({e}): {TIME_SPEC_ACCEPTED}"))?;
+    let parsed = strtime::parse(pattern, &text).map_err(|e| {
+        format!("strftime pattern cannot be used to parse ({e}): {TIME_SPEC_ACCEPTED}")
+    })?;
+    if parsed.timestamp().is_some() || parsed.to_datetime().is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "strftime pattern names no date (it needs %Y, %m and %d, or %s): {TIME_SPEC_ACCEPTED}"
+        ))
+    }
+}
+
+const ZONE_ACCEPTED: &str = "expected UTC, an offset such as +08:00, +0800, +08 or -05:30, \
+     or an IANA time zone name such as Asia/Kolkata or America/New_York";
+
+/// Parses a zone: "UTC", an offset such as "+08:00" / "-0530", or an IANA name.
+///
+/// `UTC` is accepted in any case, `Z` too; offsets go up to ±23:59.
+pub fn parse_zone(text: &str) -> Result<TimeZone, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("utc") || text.eq_ignore_ascii_case("z") {
+        return Ok(TimeZone::UTC);
+    }
+    if text.starts_with(['+', '-']) {
+        return parse_offset(text)
+            .map(TimeZone::fixed)
+            .ok_or_else(|| format!("invalid offset: {ZONE_ACCEPTED}"));
+    }
+    if text.is_empty() {
+        return Err(format!("empty time zone: {ZONE_ACCEPTED}"));
+    }
+    TimeZone::get(text).map_err(|_| format!("unknown time zone: {ZONE_ACCEPTED}"))
+}
+
+/// In `auto`, a number from 1e11 on is milliseconds (1e11 seconds would be the year 5138).
+const AUTO_MILLIS_FROM: i64 = 100_000_000_000;
+
+/// The upper bound is jiff's last instant, 9999-12-30 22:00 UTC (so that it exists in every
+/// offset): a time from the year 9999 at the latest.
+const OUT_OF_RANGE: &str = "out of range: times before 1970 or after 9999 are not accepted";
+
+/// Parses a time value; a time without an offset is read in `tz` (DST-correct).
+///
+/// Fractions of a second are truncated. A local time that falls in a DST gap or fold is
+/// resolved the "compatible" way (as RFC 5545 and JavaScript do): a time skipped by a
+/// spring-forward gap is moved forward by the gap (02:30 in New York on 2024-03-10 is 03:30
+/// EDT), and a repeated time in a fall-back fold is its first occurrence (01:30 on 2024-11-03
+/// is 01:30 EDT).
+pub fn parse_time(text: &str, format: &TimeFormat, tz: &TimeZone) -> Result<Timestamp, String> {
+    let text = text.trim();
+    let at = match format {
+        TimeFormat::Unix => parse_unix(text, false)?,
+        TimeFormat::UnixMs => parse_unix(text, true)?,
+        TimeFormat::Rfc3339 => parse_iso(text)
+            .filter(|iso| iso.has_time)
+            .ok_or_else(|| format!("not an RFC 3339 time: {RFC3339_ACCEPTED}"))?
+            .resolve(tz)?,
+        TimeFormat::Auto => parse_auto(text, tz)?,
+        TimeFormat::Pattern(pattern) => parse_with_pattern(text, pattern, tz)?,
+    };
+    truncate_within_range(at)
+}
+
+const UNIX_ACCEPTED: &str =
+    "expected whole or decimal seconds since 1970-01-01 UTC (e.g. 1700000000 or 1716198088.5)";
+const UNIX_MS_ACCEPTED: &str = "expected milliseconds since 1970-01-01 UTC (e.g. 1700000000000)";
+const RFC3339_ACCEPTED: &str = "expected e.g. 2024-05-20T10:00:00Z, 2024-05-20T10:00:00+08:00 \
+     or 2024-05-20 10:00:00 (read in the rule's tz)";
+const AUTO_ACCEPTED: &str = "expected unix seconds or milliseconds (1700000000, \
+     1700000000000), RFC 3339 (2024-05-20T10:00:00Z), Y-m-d H:i:s (2024-05-20 10:00:00) or \
+     Y-m-d (2024-05-20)";
+
+fn parse_auto(text: &str, tz: &TimeZone) -> Result<Timestamp, String> {
+    if let Some(unix) = parse_unix_auto(text) {
+        return unix;
+    }
+    parse_iso(text)
+        .ok_or_else(|| format!("not a time: {AUTO_ACCEPTED}"))?
+        .resolve(tz)
+}
+
+/// Seconds or milliseconds, as the rule says.
+fn parse_unix(text: &str, millis: bool) -> Result<Timestamp, String> {
+    match split_unix_number(text) {
+        Some((negative, whole)) => unix_to_timestamp(negative, whole, millis),
+        None if millis => Err(format!(
+            "not a unix time in milliseconds: {UNIX_MS_ACCEPTED}"
+        )),
+        None => Err(format!("not a unix time: {UNIX_ACCEPTED}")),
+    }
+}
+
+/// `None` when the text is not a number; otherwise the instant or an out-of-range error.
+fn parse_unix_auto(text: &str) -> Option<Result<Timestamp, String>> {
+    let (negative, whole) = split_unix_number(text)?;
+    // A number too large for i64 is out of range in either unit.
+    let millis = !whole.parse::<i64>().is_ok_and(|n| n < AUTO_MILLIS_FROM);
+    Some(unix_to_timestamp(negative, whole, millis))
+}
+
+/// `-?digits(.digits)?` -> (negative, whole digits); the fraction is dropped (truncation).
+fn split_unix_number(text: &str) -> Option<(bool, &str)> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (all_digits(whole) && all_digits(fraction)).then_some((negative, whole))
+}
+
+fn unix_to_timestamp(negative: bool, whole: &str, millis: bool) -> Result<Timestamp, String> {
+    if negative {
+        return Err(OUT_OF_RANGE.to_owned());
+    }
+    let number: i64 = whole.parse().map_err(|_| OUT_OF_RANGE)?;
+    let at = if millis {
+        Timestamp::from_millisecond(number)
+    } else {
+        Timestamp::from_second(number)
+    };
+    at.map_err(|_| OUT_OF_RANGE.to_owned())
+}
+
+fn parse_with_pattern(text: &str, pattern: &str, tz: &TimeZone) -> Result<Timestamp, String> {
+    let fail = |e: jiff::Error| format!("does not match the time pattern \"{pattern}\" ({e})");
+    let parsed = strtime::parse(pattern, text).map_err(fail)?;
+    if let Some(at) = parsed.timestamp() {
+        return Ok(at);
+    }
+    if parsed.iana_time_zone().is_some() {
+        return parsed
+            .to_zoned_datetime()
+            .map(|zdt| zdt.timestamp())
+            .map_err(fail);
+    }
+    if parsed.offset().is_some() {
+        return parsed.to_timestamp().map_err(fail);
+    }
+    let datetime = parsed.to_datetime().map_err(fail)?;
+    tz.to_timestamp(datetime)
+        .map_err(|_| OUT_OF_RANGE.to_owned())
+}
+
+/// Refuses times before 1970 (later than 9999 never gets this far) and drops the fraction of
+/// a second.
+fn truncate_within_range(at: Timestamp) -> Result<Timestamp, String> {
+    if at < Timestamp::UNIX_EPOCH {
+        return Err(OUT_OF_RANGE.to_owned());
+    }
+    Timestamp::from_second(at.as_second()).map_err(|_| OUT_OF_RANGE.to_owned())
+}
+
+/// A civil date-time read from ISO-like text, with the offset it carried, if any.
+struct IsoTime {
+    datetime: DateTime,
+    offset: Option<Offset>,
+    has_time: bool,
+}
+
+impl IsoTime {
+    fn resolve(&self, tz: &TimeZone) -> Result<Timestamp, String> {
+        let at = match self.offset {
+            Some(offset) => offset.to_timestamp(self.datetime),
+            None => tz.to_timestamp(self.datetime),
+        };
+        at.map_err(|_| OUT_OF_RANGE.to_owned())
+    }
+}
+
+/// `YYYY-MM-DD[(T|t| )HH:MM[:SS[(.|,)fraction]][offset]]`; a leap second `:60` reads as `:59`.
+fn parse_iso(text: &str) -> Option<IsoTime> {
+    let mut cursor = Cursor(text);
+    let year = i16::try_from(cursor.digits(4)?).ok()?;
+    let month = cursor.eat('-')?.two_digits()?;
+    let day = cursor.eat('-')?.two_digits()?;
+    if cursor.0.is_empty() {
+        let datetime = DateTime::new(year, month, day, 0, 0, 0, 0).ok()?;
+        return Some(IsoTime {
+            datetime,
+            offset: None,
+            has_time: false,
+        });
+    }
+    cursor.0 = cursor.0.strip_prefix(['T', 't', ' '])?;
+    let hour = cursor.two_digits()?;
+    let minute = cursor.eat(':')?.two_digits()?;
+    let second = if cursor.0.starts_with(':') {
+        cursor.eat(':')?.two_digits()?
+    } else {
+        0
+    };
+    cursor.skip_fraction()?;
+    let offset = parse_offset_suffix(cursor.0)?;
+    let datetime = DateTime::new(year, month, day, hour, minute, second.min(59), 0).ok()?;
+    Some(IsoTime {
+        datetime,
+        offset,
+        has_time: true,
+    })
+}
+
+/// What follows the time: nothing, `Z`, `UTC`, a signed offset (optionally after a space), or
+/// a space and an unsigned offset: FORMATS quirk 5, a `+` sent unencoded arrives as a space
+/// (`2024-05-20T10:00:00 08:00` means `+08:00`). `None` when malformed, `Some(None)` when empty.
+fn parse_offset_suffix(rest: &str) -> Option<Option<Offset>> {
+    if rest.is_empty() {
+        return Some(None);
+    }
+    let (spaced, suffix) = match rest.strip_prefix(' ') {
+        Some(suffix) => (true, suffix),
+        None => (false, rest),
+    };
+    if matches!(suffix, "Z" | "z" | "UTC") {
+        return Some(Some(Offset::UTC));
+    }
+    if suffix.starts_with(['+', '-']) {
+        return parse_offset(suffix).map(Some);
+    }
+    if spaced {
+        return unsigned_offset(suffix, 1).map(Some);
+    }
+    None
+}
+
+/// `+08:00`, `+0800`, `+08`, `-05:30`, up to ±23:59.
+fn parse_offset(text: &str) -> Option<Offset> {
+    if let Some(rest) = text.strip_prefix('+') {
+        unsigned_offset(rest, 1)
+    } else {
+        unsigned_offset(text.strip_prefix('-')?, -1)
+    }
+}
+
+fn unsigned_offset(text: &str, sign: i32) -> Option<Offset> {
+    let mut cursor = Cursor(text);
+    let hours = i32::from(cursor.two_digits()?);
+    let minutes = if cursor.0.is_empty() {
+        0
+    } else {
+        cursor.0 = cursor.0.strip_prefix(':').unwrap_or(cursor.0);
+        i32::from(cursor.two_digits()?)
+    };
+    if !cursor.0.is_empty() || hours > 23 || minutes > 59 {
+        return None;
+    }
+    Offset::from_seconds(sign * (hours * 3600 + minutes * 60)).ok()
+}
+
+/// A tiny reader over the rest of a time text.
+struct Cursor<'a>(&'a str);
+
+impl Cursor<'_> {
+    /// Exactly `count` ASCII digits.
+    fn digits(&mut self, count: usize) -> Option<u16> {
+        let (head, tail) = self.0.split_at_checked(count)?;
+        if !head.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        self.0 = tail;
+        head.parse().ok()
+    }
+
+    fn two_digits(&mut self) -> Option<i8> {
+        i8::try_from(self.digits(2)?).ok()
+    }
+
+    /// Consumes `c`, or fails.
+    fn eat(&mut self, c: char) -> Option<&mut Self> {
+        self.0 = self.0.strip_prefix(c)?;
+        Some(self)
+    }
+
+    /// Skips `.digits` or `,digits` (at least one digit): fractions are truncated anyway.
+    fn skip_fraction(&mut self) -> Option<()> {
+        let Some(rest) = self.0.strip_prefix(['.', ',']) else {
+            return Some(());
+        };
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        self.0 = &rest[digits..];
+        Some(())
+    }
+}
+
+/// Scaleo's `Y-m-d H:i:s` in `zone`, seconds truncated.
+pub fn format_scaleo_time(at: Timestamp, zone: &TimeZone) -> String {
+    let local = zone.to_datetime(at);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        local.year(),
+        local.month(),
+        local.day(),
+        local.hour(),
+        local.minute(),
+        local.second()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
