@@ -18,7 +18,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_relay(root: &Path, port: u16, base_url: &str) -> Child {
+fn write_config(root: &Path, port: u16, base_url: &str) -> std::path::PathBuf {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[scaleo]\nbase_url = \"{base_url}\"\napi_key = \"{KEY}\"\ntimeout = \"2s\"\n\
          [forward]\nrate_per_second = 200\nburst = 10\nconcurrency = 4\nretry_schedule = [\"100ms\"]\nlease = \"3s\"\n\
@@ -26,10 +26,16 @@ fn spawn_relay(root: &Path, port: u16, base_url: &str) -> Child {
         data = root.join("data").display(),
         rules = root.join("rules").display(),
     );
-    std::fs::write(root.join("relay.toml"), config).unwrap();
+    let path = root.join("relay.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn spawn_relay(root: &Path, port: u16, base_url: &str) -> Child {
+    let config = write_config(root, port, base_url);
     Command::new(env!("CARGO_BIN_EXE_postback-relay"))
         .args(["serve", "--config"])
-        .arg(root.join("relay.toml"))
+        .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -134,5 +140,114 @@ async fn kill_9_loses_no_acknowledged_postback() {
     assert!(
         calls <= total + 4,
         "{calls} calls for {total} postbacks: more duplicates than in-flight forwards"
+    );
+}
+
+/// Starts the relay with a file-size limit (SIGXFSZ ignored), so that SQLite's writes fail
+/// once the database reaches it: a real "store cannot persist" condition.
+fn spawn_relay_with_file_limit(root: &Path, port: u16, base_url: &str, kib: u32) -> Child {
+    let config = write_config(root, port, base_url);
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" serve --config \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_postback-relay"))
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the relay under ulimit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_that_cannot_persist_answers_503_and_never_200() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("rules")).unwrap();
+    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    // Scaleo answers 500 for a while: records stay in the store and it keeps growing.
+    sandbox.script((0..100_000).map(|_| postback_relay::sandbox::Step::status(500)));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let port = free_port();
+    let mut relay = spawn_relay_with_file_limit(root.path(), port, &sandbox.base_url(), 256);
+    wait_healthy(&client, port).await;
+
+    let mut acked = Vec::new();
+    let mut unavailable = 0;
+    let pad = "p".repeat(2000);
+    for i in 0..3000 {
+        let url = format!("http://127.0.0.1:{port}/postback/shop?cid=full{i}&amt=1&oid={pad}");
+        let status = client
+            .get(url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        match status {
+            200 => acked.push(format!("full{i}")),
+            503 => {
+                unavailable += 1;
+                if unavailable >= 20 {
+                    break;
+                }
+            }
+            other => panic!("unexpected answer {other} for postback {i}"),
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "the store never filled up ({} accepted)",
+        acked.len()
+    );
+    let health = client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        health.status().is_success(),
+        "the process keeps serving while the store is full"
+    );
+    relay.kill().ok();
+    let _ = relay.wait();
+
+    // Without the limit, every postback that was answered 200 is still there and delivered.
+    sandbox.set_script([]);
+    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
+    wait_healthy(&client, port).await;
+    let acked: HashSet<String> = acked.into_iter().collect();
+    let mut delivered = HashSet::new();
+    for _ in 0..1500 {
+        delivered = sandbox
+            .accepted()
+            .iter()
+            .filter_map(|b| b["click_id"].as_str().map(str::to_string))
+            .collect();
+        if acked.is_subset(&delivered) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.kill().ok();
+    let _ = relay.wait();
+    let missing = acked.difference(&delivered).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged postbacks were lost",
+        acked.len()
     );
 }
