@@ -93,6 +93,22 @@ proptest! {
     }
 
     #[test]
+    fn compile_never_panics_on_mangled_rule_files(cut in 0usize..1200, junk in "\\PC{0,12}", keep in 0usize..1200) {
+        // Splice junk into a valid file at a random place and drop a random tail.
+        let text = EVERYTHING;
+        let at = text.char_indices().map(|(i, _)| i).nth(cut % text.chars().count()).unwrap_or(0);
+        let mut mangled = format!("{}{}{}", &text[..at], junk, &text[at..]);
+        let end = mangled.char_indices().map(|(i, _)| i).nth(keep).unwrap_or(mangled.len());
+        mangled.truncate(end.max(at));
+        if let Err(problems) = postback_relay::rules::compile("acme", "acme.toml", &mangled, EnvMode::Ignore) {
+            for p in problems {
+                prop_assert!(p.line >= 1 && p.col >= 1);
+                prop_assert!(p.to_string().starts_with("acme.toml:"));
+            }
+        }
+    }
+
+    #[test]
     fn cents_scale_to_exact_units_in_the_json(cents in 0i64..10_000_000_000) {
         let r = rule("[fields]\nclick_id = \"cid\"\nrevenue = { from = \"amt\", scale = \"0.01\" }\n");
         let params = decode_form(format!("cid=c&amt={cents}").as_bytes());
