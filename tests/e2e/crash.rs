@@ -251,3 +251,81 @@ async fn store_that_cannot_persist_answers_503_and_never_200() {
         acked.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("rules")).unwrap();
+    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    // The forward is in flight (Scaleo answers after 1 s) when SIGTERM arrives.
+    sandbox.script([postback_relay::sandbox::Step::Hang(Duration::from_millis(
+        1000,
+    ))]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let port = free_port();
+    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
+    wait_healthy(&client, port).await;
+    let r = client
+        .get(format!(
+            "http://127.0.0.1:{port}/postback/shop?cid=term1&amt=1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    for _ in 0..250 {
+        if !sandbox.received().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut exited = None;
+    for _ in 0..500 {
+        if let Some(status) = relay.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = exited.unwrap_or_else(|| {
+        relay.kill().ok();
+        panic!("the relay did not exit within 10 s of SIGTERM")
+    });
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+    // The in-flight forward finished inside the grace period: a restart sends nothing again.
+    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
+    wait_healthy(&client, port).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.kill().ok();
+    let _ = relay.wait();
+    assert_eq!(
+        sandbox.received().len(),
+        1,
+        "the delivered postback was not sent again"
+    );
+}
