@@ -1,61 +1,15 @@
 //! Checks a conversion body the way Scaleo's conv-click-id endpoint does.
 //!
-//! Pure: bytes in, a [`Conversion`] or a [`Rejection`] out. The field list and the JSON
-//! types come from SCALEO.md: `revenue`, `payout`, `amount` are numbers, `goal_id` is an
+//! Pure: bytes in, a [`Conversion`] or a [`Rejection`] out. The field list, the JSON types
+//! and the restricted value sets are SCALEO.md's, shared with the rules through
+//! [`crate::rules::scaleo`]: `revenue`, `payout`, `amount` are numbers, `goal_id` is an
 //! integer and every other field is a string.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-/// The allowed values of `conv_status`.
-const CONV_STATUSES: [&str; 4] = ["pending", "approved", "rejected", "hold"];
-
-/// The allowed values of `deliver_lead`.
-const DELIVER_LEAD: [&str; 2] = ["yes", "no"];
-
-/// Every string field whose name carries no number.
-const TEXT_FIELDS: &[&str] = &[
-    "click_id",
-    "conv_status",
-    "goal_alias",
-    "aff_click_id",
-    "adv_order_id",
-    "adv_user_id",
-    "adv_track_id",
-    "track_id",
-    "idfa",
-    "gaid",
-    "promo_code",
-    "email",
-    "firstname",
-    "lastname",
-    "address",
-    "city",
-    "region",
-    "country",
-    "postcode",
-    "phone",
-    "gender",
-    "birthday",
-    "vertical",
-    "ip",
-    "public_notes",
-    "private_notes",
-    "click_referer_url",
-    "conversion_referer_url",
-    "timestamp",
-    "click_timestamp",
-    "deliver_lead",
-];
-
-/// Numbered string fields: the prefix and the highest number (`aff_param1` .. `aff_param5`).
-const NUMBERED_FIELDS: &[(&str, u8)] = &[
-    ("aff_param", 5),
-    ("sub_id", 5),
-    ("adv_param", 5),
-    ("custom", 10),
-];
+use crate::rules::scaleo::{self, FieldType};
 
 /// The JSON type Scaleo expects for a body field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,28 +124,11 @@ pub(crate) fn duplicate_key(body: &Map<String, Value>) -> Option<DuplicateKey> {
 
 /// The JSON type of a field of Scaleo's list, or `None` for an unknown parameter.
 pub(crate) fn field_kind(name: &str) -> Option<FieldKind> {
-    match name {
-        "revenue" | "payout" | "amount" => Some(FieldKind::Number),
-        "goal_id" => Some(FieldKind::Integer),
-        _ if TEXT_FIELDS.contains(&name) || is_numbered_field(name) => Some(FieldKind::Text),
-        _ => None,
-    }
-}
-
-fn is_numbered_field(name: &str) -> bool {
-    NUMBERED_FIELDS.iter().any(|&(prefix, max)| {
-        name.strip_prefix(prefix)
-            .and_then(small_positive)
-            .is_some_and(|n| n <= max)
+    scaleo::field(name).map(|f| match scaleo::field_type(f) {
+        FieldType::Number => FieldKind::Number,
+        FieldType::Integer => FieldKind::Integer,
+        FieldType::String | FieldType::Time => FieldKind::Text,
     })
-}
-
-/// `"1"` .. `"99"` without sign or leading zero.
-fn small_positive(digits: &str) -> Option<u8> {
-    let plain = (1..=2).contains(&digits.len())
-        && !digits.starts_with('0')
-        && digits.bytes().all(|b| b.is_ascii_digit());
-    plain.then(|| digits.parse().ok()).flatten()
 }
 
 /// Every type and value problem of a body whose fields are all known.
@@ -239,15 +176,11 @@ fn field_problem(name: &str, value: &Value) -> Option<String> {
 
 /// Value checks of the string fields whose values Scaleo restricts.
 fn text_problem(name: &str, text: &str) -> Option<String> {
-    let allowed: &[&str] = match name {
-        "conv_status" => &CONV_STATUSES,
-        "deliver_lead" => &DELIVER_LEAD,
-        "timestamp" | "click_timestamp" => {
-            return (!is_scaleo_datetime(text))
-                .then(|| format!("{name} must match the format Y-m-d H:i:s."));
-        }
-        _ => return None,
-    };
+    if matches!(name, "timestamp" | "click_timestamp") {
+        return (!is_scaleo_datetime(text))
+            .then(|| format!("{name} must match the format Y-m-d H:i:s."));
+    }
+    let allowed = scaleo::allowed_values(name)?;
     (!allowed.contains(&text)).then(|| format!("{name} must be one of: {}.", allowed.join(", ")))
 }
 
