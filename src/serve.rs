@@ -1,40 +1,43 @@
-//! `postback-relay serve`: wires config, rules, store, forwarder and the listeners together,
-//! and runs them until SIGTERM/SIGINT (SIGHUP reloads the rules).
+//! `postback-relay serve`: wires config, rules, store, forwarder, the rules watcher and the
+//! ingest and admin listeners together, and runs them until SIGTERM/SIGINT (SIGHUP reloads
+//! the rules).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Admin, health::Probes};
 use crate::config::Config;
 use crate::forward_shim::{Forwarder, Routes, SourceForward};
 use crate::ingest::{Ingest, server};
+use crate::reload::{Reloader, Trigger};
+use crate::replay::Replayer;
 use crate::rules::{EnvMode, LiveRules, RuleSet};
 use crate::store::Store;
 
 /// A running relay: its addresses and the handles to stop it.
 pub struct Running {
     pub ingest_addr: SocketAddr,
+    /// The admin listener (`admin.listen`): `/admin/...`, `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: SocketAddr,
     pub store: Store,
     pub rules: Arc<LiveRules>,
     pub routes: Routes,
+    pub reloader: Arc<Reloader>,
     pub shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    rules_dir: PathBuf,
 }
 
 impl Running {
-    /// Reloads the rules directory: the whole new set or nothing.
+    /// Reloads the rules directory: the whole new set or nothing (logged, counted, and kept
+    /// for `/readyz` by the [`Reloader`]).
     pub fn reload(&self) -> Result<usize, Vec<crate::rules::Diagnostic>> {
-        let set = RuleSet::load_dir(&self.rules_dir, EnvMode::Resolve)?;
-        let n = set.len();
-        self.routes.replace(routes_of(&set));
-        self.rules.replace(set);
-        Ok(n)
+        self.reloader.reload(Trigger::Signal)
     }
 
     /// Stops accepting, drains, and waits for every task.
@@ -82,6 +85,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
     let shutdown = CancellationToken::new();
+    let reloader = {
+        let routes = routes.clone();
+        Reloader::new(cfg.rules_dir.clone(), rules.clone(), move |set| {
+            routes.replace(routes_of(set));
+        })
+    };
 
     let listener = server::bind(cfg.server.listen)
         .await
@@ -106,15 +115,51 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         routes.clone(),
         shutdown.clone(),
     ));
-    tracing::info!(%ingest_addr, rules = rules.current().len(), scaleo = %cfg.scaleo.base_url, "relay started");
+    tasks.push(
+        reloader
+            .watch(shutdown.clone())
+            .context("watching the rules directory")?,
+    );
+
+    let admin_listener = server::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    if cfg.admin.token.is_none() {
+        tracing::warn!(%admin_addr, "admin.token is not set: every /admin/ endpoint answers 401");
+    }
+    let admin = Arc::new(Admin {
+        token: cfg.admin.token.clone(),
+        store: store.clone(),
+        replayer: Replayer {
+            store: store.clone(),
+            rules: rules.clone(),
+            zone: cfg.scaleo.timezone.clone(),
+        },
+        probes: Probes {
+            store: store.clone(),
+            reloader: reloader.clone(),
+            // TODO(forwarder): Some(Arc::new(forwarder.status_handle())) once it lands.
+            forwarder: None,
+            stall_after: stall_after(&cfg),
+        },
+    });
+    tasks.push(tokio::spawn(admin::server::serve(
+        admin_listener,
+        admin,
+        shutdown.clone(),
+    )));
+
+    tracing::info!(%ingest_addr, %admin_addr, rules = rules.current().len(), scaleo = %cfg.scaleo.base_url, "relay started");
     Ok(Running {
         ingest_addr,
+        admin_addr,
         store,
         rules,
         routes,
+        reloader,
         shutdown,
         tasks,
-        rules_dir: cfg.rules_dir.clone(),
     })
 }
 
@@ -127,18 +172,17 @@ pub async fn run_until_signal(running: Running) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => match running.reload() {
-                Ok(n) => tracing::info!(rules = n, "rules reloaded"),
-                Err(problems) => {
-                    for p in &problems {
-                        tracing::error!(problem = %p, "rules reload refused; the previous rules stay in force");
-                    }
-                }
-            },
+            // The reloader logs the outcome (each problem with file:line:col).
+            _ = hup.recv() => { let _ = running.reload(); }
         }
     }
     tracing::info!("shutting down: no new postbacks, finishing in-flight work");
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With records queued, how long without a settled attempt counts as a stall for `/readyz`.
+fn stall_after(cfg: &Config) -> Duration {
+    (cfg.scaleo.timeout * 3 + cfg.forward.lease).max(Duration::from_secs(120))
 }
