@@ -65,6 +65,14 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Delivered,
+        AttemptOutcome::DuplicateUpstream,
+        AttemptOutcome::Retry,
+        AttemptOutcome::Paused,
+        AttemptOutcome::Dead,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Delivered => "delivered",
@@ -211,6 +219,15 @@ fn metrics() -> &'static Metrics {
             "1 for each persisted pause of forwarding, by scope (all or a source) and reason (operator, upstream_auth)",
             m.paused.clone(),
         );
+        // Fixed label values start at 0 so that rate() and alerts see them from the start.
+        for outcome in AttemptOutcome::ALL {
+            let _ = m.forward_attempts.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
+        for result in ["ok", "error"] {
+            let _ = m.rule_reloads.get_or_create(&ResultLabel { result });
+        }
         Metrics { registry, ..m }
     })
 }
