@@ -59,11 +59,13 @@ pub struct StoreArgs {
 pub struct RecordsArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Only records of this source.
     #[arg(long)]
     pub source: Option<String>,
     /// rejected, skipped, queued, delivered, duplicate, duplicate_upstream, retrying, paused, dead.
     #[arg(long)]
     pub state: Option<String>,
+    /// Only records with this click id.
     #[arg(long)]
     pub click_id: Option<String>,
     /// Received at or after this RFC 3339 time.
@@ -97,13 +99,16 @@ pub struct ReplayArgs {
     /// Replay these records (repeat the flag); or select with the filter flags.
     #[arg(long = "id", conflicts_with_all = ["source", "state", "since", "until"])]
     pub ids: Vec<i64>,
+    /// Only records of this source.
     #[arg(long)]
     pub source: Option<String>,
     /// rejected or dead (default: both).
     #[arg(long)]
     pub state: Option<String>,
+    /// Received at or after this RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
+    /// Received before this RFC 3339 time.
     #[arg(long)]
     pub until: Option<String>,
 }

@@ -96,18 +96,28 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
     let ingest_addr = listener.local_addr()?;
+    let admin_listener = server::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    // The watcher is the last step that can fail: nothing is spawned before it.
+    let watcher = reloader
+        .watch(shutdown.clone())
+        .context("watching the rules directory")?;
+
     let ingest = Arc::new(Ingest {
         rules: rules.clone(),
         store: store.clone(),
         zone: cfg.scaleo.timezone.clone(),
         limits: cfg.server.clone(),
     });
-    let mut tasks = vec![tokio::spawn(server::serve(
+    let mut tasks = vec![watcher];
+    tasks.push(tokio::spawn(server::serve(
         listener,
         ingest,
         shutdown.clone(),
         cfg.forward.grace,
-    ))];
+    )));
     tasks.push(Forwarder::spawn(
         store.clone(),
         cfg.scaleo.clone(),
@@ -115,16 +125,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         routes.clone(),
         shutdown.clone(),
     ));
-    tasks.push(
-        reloader
-            .watch(shutdown.clone())
-            .context("watching the rules directory")?,
-    );
-
-    let admin_listener = server::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
-    let admin_addr = admin_listener.local_addr()?;
     if cfg.admin.token.is_none() {
         tracing::warn!(%admin_addr, "admin.token is not set: every /admin/ endpoint answers 401");
     }
