@@ -9,6 +9,7 @@ use jiff::tz::TimeZone;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::ops;
 use crate::rules::testing::{self, describe_outcome};
 use crate::rules::{EnvMode, Input, Outcome, RuleSet, decode_form};
 
@@ -40,6 +41,18 @@ pub enum Command {
     Test(TestArgs),
     /// Dry-run the mapping of one postback (no store, no forward, no auth check).
     Map(MapArgs),
+    /// List stored records, newest first (on the store directly; the relay may be running).
+    Records(ops::RecordsArgs),
+    /// Show one stored record: raw postback, body, state, reason, every attempt.
+    Record(ops::RecordArgs),
+    /// Re-map rejected or dead records with the current rules and queue them again.
+    Replay(ops::ReplayArgs),
+    /// Pause forwarding (all, or one source with --source); survives restarts.
+    Pause(ops::PauseArgs),
+    /// Resume forwarding (all, or one source with --source).
+    Resume(ops::PauseArgs),
+    /// Explain how a rule maps one query: each field's origin, ignored values, matched rules.
+    Explain(ops::ExplainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +144,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(a) => check(a),
         Command::Test(a) => test(a),
         Command::Map(a) => map(a),
+        Command::Records(a) => ops::exit(ops::records(a)),
+        Command::Record(a) => ops::exit(ops::record(a)),
+        Command::Replay(a) => ops::exit(ops::replay(a)),
+        Command::Pause(a) => ops::exit(ops::pause(a, true)),
+        Command::Resume(a) => ops::exit(ops::pause(a, false)),
+        Command::Explain(a) => ops::exit(ops::explain(a)),
     }
 }
 

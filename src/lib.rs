@@ -11,13 +11,20 @@
 //! 4. [`forward`] claims due records with a lease, waits for the rate limiter, POSTs them to
 //!    Scaleo, classifies the answer and settles the record (delivered, retry, paused, dead).
 //!
-//! Around them: [`config`] (service config), [`sandbox`] (a local stand-in for Scaleo),
-//! and [`cli`] (the `postback-relay` commands).
+//! Around them: [`config`] (service config), [`reload`] (hot rule reload), [`admin`] (the
+//! operator API, `/readyz`, `/metrics`), [`replay`] (re-map and requeue stored records),
+//! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo), and
+//! [`cli`] with [`ops`] (the `postback-relay` commands).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod metrics;
+pub mod ops;
+pub mod reload;
+pub mod replay;
 pub mod rules;
 pub mod sandbox;
 pub mod serve;

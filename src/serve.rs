@@ -1,18 +1,22 @@
-//! `postback-relay serve`: wires config, rules, store, forwarder and the listeners together,
-//! and runs them until SIGTERM/SIGINT (SIGHUP reloads the rules).
+//! `postback-relay serve`: wires config, rules, store, forwarder, the rules watcher and the
+//! ingest and admin listeners together, and runs them until SIGTERM/SIGINT (SIGHUP reloads
+//! the rules).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Admin, health::Probes};
 use crate::config::Config;
 use crate::forward::{ForwardStatus, Forwarder, Routes, SourceForward};
 use crate::ingest::{Ingest, server};
+use crate::reload::{Reloader, Trigger};
+use crate::replay::Replayer;
 use crate::rules::{EnvMode, LiveRules, RuleSet};
 use crate::store::{PauseReason, Store};
 
@@ -22,24 +26,23 @@ const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600
 /// A running relay: its addresses and the handles to stop it.
 pub struct Running {
     pub ingest_addr: SocketAddr,
+    /// The admin listener (`admin.listen`): `/admin/...`, `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: SocketAddr,
     pub store: Store,
     pub rules: Arc<LiveRules>,
     pub routes: Routes,
     pub forward_status: Arc<ForwardStatus>,
+    pub reloader: Arc<Reloader>,
     pub shutdown: CancellationToken,
     forwarder: Forwarder,
     tasks: Vec<JoinHandle<()>>,
-    rules_dir: PathBuf,
 }
 
 impl Running {
-    /// Reloads the rules directory: the whole new set or nothing.
+    /// Reloads the rules directory: the whole new set or nothing (logged, counted, and kept
+    /// for `/readyz` by the [`Reloader`]).
     pub fn reload(&self) -> Result<usize, Vec<crate::rules::Diagnostic>> {
-        let set = RuleSet::load_dir(&self.rules_dir, EnvMode::Resolve)?;
-        let n = set.len();
-        self.routes.replace(routes_of(&set));
-        self.rules.replace(set);
-        Ok(n)
+        self.reloader.reload(Trigger::Signal)
     }
 
     /// After a reload (new keys or URLs may be in force), lifts every pause that Scaleo's
@@ -110,23 +113,39 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
     let shutdown = CancellationToken::new();
+    let reloader = {
+        let routes = routes.clone();
+        Reloader::new(cfg.rules_dir.clone(), rules.clone(), move |set| {
+            routes.replace(routes_of(set));
+        })
+    };
 
     let listener = server::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
     let ingest_addr = listener.local_addr()?;
+    let admin_listener = server::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    // The watcher is the last step that can fail: nothing is spawned before it.
+    let watcher = reloader
+        .watch(shutdown.clone())
+        .context("watching the rules directory")?;
+
     let ingest = Arc::new(Ingest {
         rules: rules.clone(),
         store: store.clone(),
         zone: cfg.scaleo.timezone.clone(),
         limits: cfg.server.clone(),
     });
-    let mut tasks = vec![tokio::spawn(server::serve(
+    let mut tasks = vec![watcher];
+    tasks.push(tokio::spawn(server::serve(
         listener,
         ingest,
         shutdown.clone(),
         cfg.forward.grace,
-    ))];
+    )));
     tasks.push(store.spawn_retention(cfg.store.retention, RETENTION_EVERY, shutdown.clone()));
     let forwarder = Forwarder::spawn(
         store.clone(),
@@ -137,17 +156,42 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     )
     .context("starting the forwarder")?;
     let forward_status = forwarder.status_handle();
-    tracing::info!(%ingest_addr, rules = rules.current().len(), scaleo = %cfg.scaleo.base_url, "relay started");
+    if cfg.admin.token.is_none() {
+        tracing::warn!(%admin_addr, "admin.token is not set: every /admin/ endpoint answers 401");
+    }
+    let admin = Arc::new(Admin {
+        token: cfg.admin.token.clone(),
+        store: store.clone(),
+        replayer: Replayer {
+            store: store.clone(),
+            rules: rules.clone(),
+            zone: cfg.scaleo.timezone.clone(),
+        },
+        probes: Probes {
+            store: store.clone(),
+            reloader: reloader.clone(),
+            forwarder: Some(forward_status.clone()),
+            stall_after: stall_after(&cfg),
+        },
+    });
+    tasks.push(tokio::spawn(admin::server::serve(
+        admin_listener,
+        admin,
+        shutdown.clone(),
+    )));
+
+    tracing::info!(%ingest_addr, %admin_addr, rules = rules.current().len(), scaleo = %cfg.scaleo.base_url, "relay started");
     Ok(Running {
         ingest_addr,
+        admin_addr,
         store,
         rules,
         routes,
         forward_status,
+        reloader,
         shutdown,
         forwarder,
         tasks,
-        rules_dir: cfg.rules_dir.clone(),
     })
 }
 
@@ -160,21 +204,22 @@ pub async fn run_until_signal(running: Running) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => match running.reload() {
-                Ok(n) => {
-                    tracing::info!(rules = n, "rules reloaded");
+            // The reloader logs the outcome (each problem with file:line:col); a good reload
+            // may carry a fixed key or URL, so Scaleo's 401/403 pauses are lifted.
+            _ = hup.recv() => {
+                if running.reload().is_ok() {
                     running.resume_upstream_auth().await;
                 }
-                Err(problems) => {
-                    for p in &problems {
-                        tracing::error!(problem = %p, "rules reload refused; the previous rules stay in force");
-                    }
-                }
-            },
+            }
         }
     }
     tracing::info!("shutting down: no new postbacks, finishing in-flight work");
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With records queued, how long without a settled attempt counts as a stall for `/readyz`.
+fn stall_after(cfg: &Config) -> Duration {
+    (cfg.scaleo.timeout * 3 + cfg.forward.lease).max(Duration::from_secs(120))
 }

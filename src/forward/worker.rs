@@ -19,6 +19,9 @@ use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
 use crate::store::{Attempt, Claimed, PauseReason, PauseScope, Store, StoreError};
 
+/// A rate-limiter wait at least this long counts in the `rate_limit_waits` metric.
+const RATE_WAIT_COUNTED: Duration = Duration::from_millis(1);
+
 /// How long the loop sleeps when there is nothing due (a notify wakes it sooner); also how
 /// often persisted pauses are re-read.
 const IDLE_TICK: Duration = Duration::from_millis(100);
@@ -205,6 +208,9 @@ impl Worker {
             _ = shutdown.cancelled() => return give_back(c, "shutdown").await,
             _ = self.limiter.acquire(c.source(), rate) => {}
         }
+        if claimed_at.elapsed() >= RATE_WAIT_COUNTED {
+            crate::metrics::rate_limit_wait();
+        }
         if probe.is_none() && self.is_paused(c.source()) {
             return give_back(c, "paused").await;
         }
@@ -247,6 +253,11 @@ impl Worker {
             answer: answer.body,
             duration: answer.duration,
         };
+        crate::metrics::forward_attempt((&verdict).into());
+        if matches!(verdict, Verdict::Delivered { .. }) {
+            let waited = Timestamp::now().duration_since(c.received_at());
+            crate::metrics::delivered_latency(waited.as_secs_f64());
+        }
         let key_works = matches!(
             verdict,
             Verdict::Delivered { .. } | Verdict::DuplicateUpstream | Verdict::Dead { .. }
@@ -313,7 +324,7 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.status.progressed();
-                tracing::debug!(source, record = id, click_id, status, outcome, "settled");
+                tracing::info!(source, record = id, click_id, status, outcome, "forwarded");
             }
             Err(StoreError::LeaseLost(_)) => tracing::warn!(
                 source,

@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::config::ServerConfig;
+use crate::metrics::{self, PostbackOutcome};
 use crate::rules::{Input, LiveRules, Outcome, Rule};
 use crate::store::{DedupeKey, Inserted, NewRecord, NewState, RawPostback, Store};
 use answer::{Answer, Style};
@@ -115,6 +116,7 @@ impl Ingest {
         );
         if !rule.auth.allow_ips.is_empty() && !rule.auth.allow_ips.iter().any(|n| n.contains(&ip)) {
             tracing::warn!(source, client_ip = %ip, "postback refused: caller not in the allow list");
+            metrics::postback(source, PostbackOutcome::Forbidden);
             return Answer::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -168,6 +170,7 @@ impl Ingest {
                 .or_else(|| header("x-postback-token"));
             if !given.is_some_and(|g| request::token_matches(expected, &g)) {
                 tracing::warn!(source, client_ip = %ip, "postback refused: token missing or wrong");
+                metrics::postback(source, PostbackOutcome::Unauthorized);
                 return Answer::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
@@ -274,7 +277,7 @@ impl Ingest {
                         click_id: m.click_id,
                         dedupe,
                     },
-                    "accepted",
+                    PostbackOutcome::Accepted,
                     None,
                     Some(click),
                 )
@@ -283,7 +286,7 @@ impl Ingest {
                 NewState::Skipped {
                     reason: reason.clone(),
                 },
-                "skipped",
+                PostbackOutcome::Skipped,
                 Some(reason),
                 None,
             ),
@@ -292,7 +295,7 @@ impl Ingest {
                     reason: reason.clone(),
                     click_id: None,
                 },
-                "rejected",
+                PostbackOutcome::Rejected,
                 Some(reason),
                 None,
             ),
@@ -307,17 +310,19 @@ impl Ingest {
             .await
         {
             Ok(Inserted::Stored { id }) => {
+                metrics::postback(&source, label);
                 tracing::info!(
                     source,
                     id,
                     click_id = click_id.as_deref(),
-                    outcome = label,
+                    outcome = label.as_str(),
                     reason = reason.as_deref(),
                     "postback"
                 );
-                Answer::stored(label, id, reason)
+                Answer::stored(label.as_str(), id, reason)
             }
             Ok(Inserted::Duplicate { id, original }) => {
+                metrics::postback(&source, PostbackOutcome::Duplicate);
                 tracing::info!(
                     source,
                     id,
@@ -335,6 +340,7 @@ impl Ingest {
                 )
             }
             Err(e) => {
+                metrics::postback(&source, PostbackOutcome::Unavailable);
                 tracing::error!(source, error = %e, "postback not stored; answering 503");
                 Answer::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -1,8 +1,13 @@
 //! End-to-end tests: the real relay over loopback HTTP, a real SQLite store in a temp dir, and
 //! the scripted Scaleo sandbox.
 
+mod admin;
+mod admin_client;
 mod bad_input;
 mod crash;
 mod forwarding;
 mod ingest;
+mod metrics;
+mod ops_cli;
+mod reload;
 mod support;

@@ -1,0 +1,490 @@
+//! The operator commands of the CLI, working on the store directly (SQLite WAL lets them
+//! run next to a live relay): `records`, `record ID`, `replay`, `pause`, `resume`, and
+//! `explain` (which needs only the rules). Each prints a human form by default and the
+//! admin API's JSON with `--json`, and returns the exit code: 0 done, 1 not found or a
+//! store failure, 2 usage or configuration errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use crate::admin::view::{self, ExplainJson, ListJson, PauseJson, RecordJson};
+use crate::cli::EXIT_USAGE;
+use crate::config::Config;
+use crate::replay::{Replayer, Report, Selection};
+use crate::rules::{EnvMode, LiveRules, Origin, RuleSet};
+use crate::store::{PauseReason, Store, StoreError};
+
+/// Errors of an operator command.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Bad arguments or configuration (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The record does not exist (exit 1).
+    #[error("no record {0}")]
+    NotFound(i64),
+    /// The store failed (exit 1).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
+}
+
+impl From<view::BadParam> for OpsError {
+    fn from(e: view::BadParam) -> Self {
+        OpsError::Usage(e.to_string())
+    }
+}
+
+/// Where the store and the rules are: a service config, and overrides.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Service config file (relay.toml) giving store.path, rules.dir and scaleo.timezone.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The store directory (overrides store.path).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Print the admin API's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only records of this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// rejected, skipped, queued, delivered, duplicate, duplicate_upstream, retrying, paused, dead.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only records with this click id.
+    #[arg(long)]
+    pub click_id: Option<String>,
+    /// Received at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Received before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Page size (1 to 1000).
+    #[arg(long, default_value_t = view::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// The "next" value printed by the previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    pub id: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Rules directory (overrides rules.dir).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Replay these records (repeat the flag); or select with the filter flags.
+    #[arg(long = "id", conflicts_with_all = ["source", "state", "since", "until"])]
+    pub ids: Vec<i64>,
+    /// Only records of this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// rejected or dead (default: both).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Received at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Received before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only this source (default: all forwarding).
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Service config whose rules.dir and scaleo.timezone are used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Rules directory (overrides rules.dir).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    /// The source id (the rule file's stem).
+    pub source: String,
+    /// The query string as the advertiser sends it (a leading '?' is ignored).
+    pub query: String,
+}
+
+/// Turns a command's result into its exit code, printing the error.
+pub fn exit(result: Result<(), OpsError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            match e {
+                OpsError::Usage(_) => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn config(file: Option<&std::path::Path>) -> Result<Config, OpsError> {
+    // The operator commands never talk to Scaleo: placeholders keep a config without the
+    // Scaleo keys usable here.
+    let unused = [
+        ("scaleo.base_url", "http://127.0.0.1:9".to_string()),
+        ("scaleo.api_key", "unused".to_string()),
+    ];
+    Config::load_with(file, &unused).map_err(|e| {
+        let name = file.map_or_else(|| "config".to_string(), |p| p.display().to_string());
+        OpsError::Usage(format!("{name}: {e}"))
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, OpsError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OpsError::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+/// Opens the store of an existing data directory (never creates one).
+fn open_store(args: &StoreArgs, cfg: &Config) -> Result<Store, OpsError> {
+    let mut sc = cfg.store.clone();
+    if let Some(dir) = &args.data {
+        sc.path = dir.clone();
+    }
+    if !sc.path.is_dir() {
+        return Err(OpsError::Usage(format!(
+            "no store directory {} (store.path); give --data DIR or --config FILE",
+            sc.path.display()
+        )));
+    }
+    Ok(Store::open(&sc)?)
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// `postback-relay records`.
+pub fn records(a: RecordsArgs) -> Result<(), OpsError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut put = |name: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            pairs.push((name.to_string(), v.clone()));
+        }
+    };
+    put("source", &a.source);
+    put("state", &a.state);
+    put("click_id", &a.click_id);
+    put("since", &a.since);
+    put("until", &a.until);
+    put("cursor", &a.cursor);
+    put("limit", &Some(a.limit.to_string()));
+    let q = view::list_query(&pairs)?;
+    let cfg = config(a.store.config.as_deref())?;
+    let store = open_store(&a.store, &cfg)?;
+    let (page, next) = runtime()?.block_on(store.list(q.filter, q.limit, q.cursor))?;
+    let list = ListJson::new(&page, next);
+    if a.store.json {
+        print_json(&list);
+        return Ok(());
+    }
+    println!(
+        "{:>10}  {:<30}  {:<20}  {:<18}  CLICK_ID",
+        "ID", "RECEIVED_AT", "SOURCE", "STATE"
+    );
+    for r in &list.records {
+        println!(
+            "{:>10}  {:<30}  {:<20}  {:<18}  {}",
+            r.id,
+            r.received_at,
+            r.source,
+            r.state,
+            r.click_id.as_deref().unwrap_or("-")
+        );
+    }
+    match &list.next {
+        Some(c) => println!("more: --cursor {c}"),
+        None => println!("({} record(s), end)", list.records.len()),
+    }
+    Ok(())
+}
+
+/// `postback-relay record ID`.
+pub fn record(a: RecordArgs) -> Result<(), OpsError> {
+    let cfg = config(a.store.config.as_deref())?;
+    let store = open_store(&a.store, &cfg)?;
+    let rec = runtime()?
+        .block_on(store.get(a.id))?
+        .ok_or(OpsError::NotFound(a.id))?;
+    let r = RecordJson::from(&rec);
+    if a.store.json {
+        print_json(&r);
+        return Ok(());
+    }
+    let s = &r.summary;
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("record {} ({}): {}", s.id, s.source, s.state);
+    println!("received_at:    {}", s.received_at);
+    println!("click_id:       {}", or_dash(&s.click_id));
+    println!(
+        "request:        {} {}?{}",
+        r.raw.method, r.raw.path, r.raw.query
+    );
+    println!("client_ip:      {}", or_dash(&r.raw.client_ip));
+    println!("user_agent:     {}", or_dash(&r.raw.user_agent));
+    println!("referer:        {}", or_dash(&r.raw.referer));
+    println!("reason:         {}", or_dash(&r.reason));
+    println!("transaction_id: {}", or_dash(&r.transaction_id));
+    if let Some(o) = r.original_id {
+        println!("duplicate of:   {o}");
+    }
+    if let Some(next) = &r.next_attempt_at {
+        println!("next attempt:   {next}");
+    }
+    if let Some(e) = &r.last_error {
+        println!("last error:     {e}");
+    }
+    if let Some(body) = &r.body {
+        println!(
+            "body:\n{}",
+            serde_json::to_string_pretty(body).unwrap_or_default()
+        );
+    }
+    println!("attempts ({} counted):", r.attempt_count);
+    for at in &r.attempts {
+        let status = at.status.map_or_else(|| "-".to_string(), |c| c.to_string());
+        println!(
+            "  {}  {:>3}  {:<18} {:>6} ms  {}",
+            at.at, status, at.outcome, at.duration_ms, at.answer
+        );
+    }
+    Ok(())
+}
+
+/// `postback-relay replay`.
+pub fn replay(a: ReplayArgs) -> Result<(), OpsError> {
+    let selection = if a.ids.is_empty() {
+        if a.source.is_none() && a.state.is_none() && a.since.is_none() && a.until.is_none() {
+            return Err(OpsError::Usage(
+                "give --id N (repeatable) or a filter: --source, --state, --since, --until".into(),
+            ));
+        }
+        let state = a
+            .state
+            .as_deref()
+            .map(|s| view::state("--state", s))
+            .transpose()?;
+        Selection::Filter {
+            source: a
+                .source
+                .as_deref()
+                .map(|s| view::source_id("--source", s))
+                .transpose()?,
+            state,
+            since: a
+                .since
+                .as_deref()
+                .map(|t| view::time("--since", t))
+                .transpose()?,
+            until: a
+                .until
+                .as_deref()
+                .map(|t| view::time("--until", t))
+                .transpose()?,
+        }
+    } else {
+        Selection::Ids(a.ids.clone())
+    };
+    let cfg = config(a.store.config.as_deref())?;
+    let dir = a.rules.clone().unwrap_or_else(|| cfg.rules_dir.clone());
+    let set = load_rules(&dir)?;
+    let store = open_store(&a.store, &cfg)?;
+    let replayer = Replayer {
+        store,
+        rules: Arc::new(LiveRules::new(set)),
+        zone: cfg.scaleo.timezone.clone(),
+    };
+    let report = runtime()?.block_on(replayer.run(selection))?;
+    if a.store.json {
+        print_json(&report);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "queued {}, duplicate {}, rejected {}, skipped {}, not replayed {}",
+        r.queued, r.duplicate, r.rejected, r.skipped, r.not_replayed
+    );
+    for g in &r.reasons {
+        let ids: Vec<String> = g.ids.iter().map(ToString::to_string).collect();
+        println!(
+            "  {} x{}: {} (ids {})",
+            g.outcome,
+            g.count,
+            g.reason,
+            ids.join(", ")
+        );
+    }
+    if r.reasons_omitted > 0 {
+        println!("  ... and {} more distinct reason(s)", r.reasons_omitted);
+    }
+}
+
+fn load_rules(dir: &std::path::Path) -> Result<RuleSet, OpsError> {
+    RuleSet::load_dir(dir, EnvMode::Ignore).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        OpsError::Usage(format!(
+            "the rules in {} do not load:\n{}",
+            dir.display(),
+            list.join("\n")
+        ))
+    })
+}
+
+/// `postback-relay pause` (`pause == true`) and `resume`.
+pub fn pause(a: PauseArgs, pause: bool) -> Result<(), OpsError> {
+    let scope = view::pause_scope(a.source.as_deref())?;
+    let cfg = config(a.store.config.as_deref())?;
+    let store = open_store(&a.store, &cfg)?;
+    let rt = runtime()?;
+    let scope_text = view::scope_name(&scope);
+    let removed = rt.block_on(async {
+        if pause {
+            store.pause(scope, PauseReason::Operator).await.map(|()| 0)
+        } else {
+            store.resume(scope).await
+        }
+    })?;
+    let pauses: Vec<PauseJson> = rt
+        .block_on(store.paused())?
+        .iter()
+        .map(PauseJson::from)
+        .collect();
+    if a.store.json {
+        let answer = if pause {
+            serde_json::json!({"paused": scope_text, "pauses": pauses})
+        } else {
+            serde_json::json!({"resumed": scope_text, "removed": removed, "pauses": pauses})
+        };
+        print_json(&answer);
+        return Ok(());
+    }
+    if pause {
+        println!("paused: {scope_text}");
+    } else {
+        println!("resumed: {scope_text} ({removed} pause(s) removed)");
+    }
+    if pauses.is_empty() {
+        println!("no pauses in force");
+    }
+    for p in &pauses {
+        println!("in force: {} ({}) since {}", p.scope, p.reason, p.since);
+    }
+    Ok(())
+}
+
+/// `postback-relay explain`.
+pub fn explain(a: ExplainArgs) -> Result<(), OpsError> {
+    let (dir, zone) = match &a.config {
+        Some(path) => {
+            let cfg = config(Some(path))?;
+            (cfg.rules_dir, cfg.scaleo.timezone)
+        }
+        None => (PathBuf::from("rules"), TimeZone::UTC),
+    };
+    let dir = a.rules.clone().unwrap_or(dir);
+    let set = load_rules(&dir)?;
+    let Some(rule) = set.get(&a.source) else {
+        let known: Vec<&str> = set.iter().map(|r| r.source.as_str()).collect();
+        return Err(OpsError::Usage(format!(
+            "no rule file for source {:?} in {} (known: {})",
+            a.source,
+            dir.display(),
+            known.join(", ")
+        )));
+    };
+    let e = view::explain(rule, &a.query, &zone, Timestamp::now());
+    if a.json {
+        print_json(&e);
+    } else {
+        print_explain(&e);
+    }
+    Ok(())
+}
+
+fn print_explain(e: &ExplainJson) {
+    println!("source {}: {}", e.source, e.outcome);
+    if let Some(i) = e.skip_matched {
+        println!("matched [[skip]] #{}", i + 1);
+    }
+    for i in &e.when_matched {
+        println!("matched [[when]] #{}", i + 1);
+    }
+    for f in &e.fields {
+        let from = match &f.origin {
+            Some(Origin::Param { name }) => format!("parameter {name:?}"),
+            Some(Origin::Template) => "template".into(),
+            Some(Origin::Constant) => "constant".into(),
+            Some(Origin::Default) => "default".into(),
+            None => "no value".into(),
+        };
+        let at = f
+            .when
+            .map_or_else(String::new, |i| format!(" ([[when]] #{})", i + 1));
+        let value = f
+            .value
+            .as_ref()
+            .map_or_else(|| "-".to_string(), ToString::to_string);
+        println!("  {:<16} = {value:<24} <- {from}{at}", f.field);
+        for ig in &f.ignored {
+            println!(
+                "  {:<16}   ignored {}={:?}: {}",
+                "", ig.param, ig.value, ig.why
+            );
+        }
+        if let Some(err) = &f.error {
+            println!("  {:<16}   error: {err}", "");
+        }
+    }
+    match (&e.body, &e.reason) {
+        (Some(body), _) => println!(
+            "body:\n{}",
+            serde_json::to_string_pretty(body).unwrap_or_default()
+        ),
+        (None, Some(reason)) => println!("reason: {reason}"),
+        (None, None) => {}
+    }
+}

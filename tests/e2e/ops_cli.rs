@@ -1,0 +1,176 @@
+//! The operator CLI (the built binary) against the store of a running relay: SQLite WAL
+//! lets both work on it at once.
+
+use std::path::Path;
+use std::process::Command;
+
+use postback_relay::store::PauseScope;
+use serde_json::Value;
+
+use crate::admin_client::write_rule;
+use crate::support::{Env, SHOP};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `postback-relay ARGS` off the async runtime.
+async fn cli(args: Vec<String>) -> Run {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run the binary");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str], data: &Path) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    v.push("--data".into());
+    v.push(data.display().to_string());
+    v
+}
+
+fn json(run: &Run) -> Value {
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+#[tokio::test]
+async fn cli_lists_and_shows_the_records_of_a_live_store() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let data = env.dir.path().join("data");
+    let (_, ok) = env.get("/postback/shop?cid=cli1&amt=1999").await;
+    let (_, rej) = env.get("/postback/shop?amt=5").await;
+    let (ok, rej) = (ok["id"].as_i64().unwrap(), rej["id"].as_i64().unwrap());
+
+    let list = json(&cli(args(&["records", "--json"], &data)).await);
+    let ids: Vec<i64> = list["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![rej, ok]);
+
+    let text = cli(args(&["records", "--state", "rejected"], &data)).await;
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains("rejected") && !text.stdout.contains("cli1"),
+        "{}",
+        text.stdout
+    );
+
+    let rec = json(&cli(args(&["record", &ok.to_string(), "--json"], &data)).await);
+    assert_eq!(rec["raw"]["query"], "cid=cli1&amt=1999");
+    assert_eq!(rec["body"]["revenue"], serde_json::json!(19.99));
+    let text = cli(args(&["record", &rej.to_string()], &data)).await;
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.contains("click_id"), "{}", text.stdout);
+
+    let missing = cli(args(&["record", "987654"], &data)).await;
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(missing.stderr.contains("no record 987654"));
+    let bad = cli(args(&["records", "--since", "yesterday"], &data)).await;
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("since") && bad.stderr.contains("RFC 3339"),
+        "{}",
+        bad.stderr
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn cli_pause_and_resume_are_seen_by_the_running_relay() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let data = env.dir.path().join("data");
+    let run = cli(args(&["pause", "--source", "shop"], &data)).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let paused = env.relay().store.paused().await.unwrap();
+    assert_eq!(paused.len(), 1);
+    assert_eq!(paused[0].scope, PauseScope::Source("shop".into()));
+
+    let answer = json(&cli(args(&["resume", "--source", "shop", "--json"], &data)).await);
+    assert_eq!(answer["removed"], 1);
+    assert!(env.relay().store.paused().await.unwrap().is_empty());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn cli_replay_requeues_a_rejected_record_with_the_fixed_rules() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let data = env.dir.path().join("data");
+    let rules = env.dir.path().join("rules");
+    let (status, body) = env.get("/postback/shop?click=k9&amt=300").await;
+    assert_eq!(status, 422);
+    let id = body["id"].as_i64().unwrap();
+
+    let fixed = SHOP.replace(r#"["clickid", "cid"]"#, r#"["clickid", "cid", "click"]"#);
+    write_rule(&rules, "shop", &fixed);
+    let rules_arg = rules.display().to_string();
+    let id_arg = id.to_string();
+    let a = args(
+        &["replay", "--json", "--id", &id_arg, "--rules", &rules_arg],
+        &data,
+    );
+    let report = json(&cli(a).await);
+    assert_eq!(report["queued"], 1, "{report}");
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert!(matches!(rec.summary.state.as_str(), "queued" | "delivered"));
+    assert_eq!(rec.body.unwrap()["click_id"], "k9");
+
+    let usage = cli(args(&["replay"], &data)).await;
+    assert_eq!(usage.code, 2, "a replay needs ids or a filter");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn cli_explain_prints_each_field_and_its_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop.toml"), SHOP).unwrap();
+    let rules = dir.path().display().to_string();
+    let run = cli([
+        "explain",
+        "--rules",
+        &rules,
+        "--json",
+        "shop",
+        "?cid=abc&amt=1999&st=1",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    let e = json(&run);
+    assert_eq!(e["outcome"], "forward");
+    assert_eq!(e["body"]["conv_status"], "approved");
+    let text = cli(["explain", "--rules", &rules, "shop", "cid=abc&amt=1999"]
+        .map(String::from)
+        .to_vec())
+    .await;
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(text.stdout.contains("parameter \"cid\""), "{}", text.stdout);
+}
+
+#[tokio::test]
+async fn cli_refuses_a_store_directory_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = cli(args(&["records"], &dir.path().join("nope"))).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("no store directory"), "{}", run.stderr);
+    assert!(!dir.path().join("nope").exists(), "nothing is created");
+}

@@ -1,0 +1,190 @@
+//! Hot rule reload through the real watcher: new, edited, broken and removed rule files,
+//! and postbacks that keep flowing while the rules change under them.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postback_relay::reload::Trigger;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::admin_client::{admin_call, metric, poll, scrape, with_admin, write_rule};
+use crate::support::{Env, SHOP};
+
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
+fn shop_with_goal(goal: u32) -> String {
+    SHOP.replace(
+        "goal_id      = { value = 7 }",
+        &format!("goal_id      = {{ value = {goal} }}"),
+    )
+}
+
+async fn status_of(env: &Env, path: &str) -> u16 {
+    env.get(path).await.0
+}
+
+#[tokio::test]
+async fn a_new_rule_file_starts_working_without_restart() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    assert_eq!(status_of(&env, "/postback/fresh?cid=a&amt=1").await, 404);
+    write_rule(&env.dir.path().join("rules"), "fresh", SHOP);
+    let mut n = 0;
+    let live = poll(RELOAD_WAIT, || {
+        n += 1;
+        let path = format!("/postback/fresh?cid=a{n}&amt=1");
+        let env = &env;
+        async move { status_of(env, &path).await == 200 }
+    })
+    .await;
+    assert!(live, "the new source never answered 200");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn an_edited_rule_takes_effect_without_restart() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    write_rule(&env.dir.path().join("rules"), "shop", &shop_with_goal(9));
+    let mut n = 0;
+    let edited = poll(RELOAD_WAIT, || {
+        n += 1;
+        let path = format!("/postback/shop?cid=e{n}&amt=1");
+        let env = &env;
+        async move {
+            let (_, body) = env.get(&path).await;
+            let Some(id) = body["id"].as_i64() else {
+                return false;
+            };
+            let rec = env.relay().store.get(id).await.unwrap().unwrap();
+            rec.body.is_some_and(|b| b["goal_id"] == 9)
+        }
+    })
+    .await;
+    assert!(edited, "the edited goal_id never showed up");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_rule_file_is_refused_the_old_rules_keep_working_and_readyz_says_where() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    let failures_before = metric(
+        &scrape(&env).await,
+        r#"postback_relay_rule_reloads_total{result="error"}"#,
+    );
+    let rules = env.dir.path().join("rules");
+    // Line 3 names a field Scaleo does not have.
+    write_rule(
+        &rules,
+        "broken",
+        "[fields]\nclick_id = \"cid\"\nno_such_field = \"x\"\n",
+    );
+    let seen = RefCell::new(Value::Null);
+    let unready = poll(RELOAD_WAIT, || {
+        let (env, seen) = (&env, &seen);
+        async move {
+            let (status, body) = admin_call(env, Method::GET, "/readyz", None, None).await;
+            *seen.borrow_mut() = body;
+            status == 503
+        }
+    })
+    .await;
+    let last = seen.into_inner();
+    assert!(unready, "readyz never reported the broken file: {last}");
+    assert_eq!(last["rules"]["ok"], false, "{last}");
+    let problem = last["rules"]["problems"][0].as_str().unwrap();
+    assert!(problem.contains("broken.toml:3:"), "file:line in {problem}");
+    assert_eq!(last["store"]["ok"], true, "{last}");
+
+    let (status, body) = env.get("/postback/shop?cid=still&amt=1").await;
+    assert_eq!(status, 200, "the old rules keep working: {body}");
+    assert_eq!(
+        status_of(&env, "/postback/broken?cid=x").await,
+        404,
+        "nothing of the broken set is in force"
+    );
+    let text = scrape(&env).await;
+    assert!(
+        metric(
+            &text,
+            r#"postback_relay_rule_reloads_total{result="error"}"#
+        ) > failures_before,
+        "the failure is counted"
+    );
+
+    std::fs::remove_file(rules.join("broken.toml")).unwrap();
+    let ready = poll(RELOAD_WAIT, || {
+        let env = &env;
+        async move { admin_call(env, Method::GET, "/readyz", None, None).await.0 == 200 }
+    })
+    .await;
+    assert!(ready, "readyz recovers once the directory loads again");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_rule_file_makes_its_source_404_and_keeps_its_records() {
+    let env = Env::start(&[("shop", SHOP), ("gone", SHOP)], with_admin).await;
+    let (status, body) = env.get("/postback/gone?cid=kept&amt=1").await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["id"].as_i64().unwrap();
+    std::fs::remove_file(env.dir.path().join("rules/gone.toml")).unwrap();
+    let removed = poll(RELOAD_WAIT, || {
+        let env = &env;
+        async move { status_of(env, "/postback/gone?cid=x&amt=1").await == 404 }
+    })
+    .await;
+    assert!(removed, "the removed source still answers");
+    let rec = env
+        .relay()
+        .store
+        .get(id)
+        .await
+        .unwrap()
+        .expect("record kept");
+    assert_eq!(rec.summary.source, "gone");
+    assert!(rec.body.is_some());
+    assert_eq!(status_of(&env, "/postback/shop?cid=y&amt=1").await, 200);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn postbacks_during_reloads_all_succeed() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    let rules = env.dir.path().join("rules");
+    let reloader = env.relay().reloader.clone();
+    let churn = tokio::spawn(async move {
+        for i in 0..30u32 {
+            write_rule(&rules, "shop", &shop_with_goal(7 + i % 2));
+            let r = reloader.clone();
+            let result = tokio::task::spawn_blocking(move || r.reload(Trigger::Signal))
+                .await
+                .unwrap();
+            assert!(result.is_ok(), "{result:?}");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    let env = Arc::new(env);
+    let gate = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let env = env.clone();
+        let permit = gate.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let answer = env.get(&format!("/postback/shop?cid=c{i}&amt=1")).await;
+            drop(permit);
+            answer
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "accepted", "{body}");
+    }
+    churn.await.unwrap();
+    match Arc::try_unwrap(env) {
+        Ok(env) => env.stop().await,
+        Err(_) => panic!("every task has ended"),
+    }
+}
