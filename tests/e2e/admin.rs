@@ -2,6 +2,7 @@
 //! fix, pause/resume persistence, explain, readiness.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use postback_relay::store::{PauseReason, PauseScope};
 use reqwest::Method;
@@ -266,13 +267,25 @@ async fn replay_after_a_rule_fix_queues_the_rejected_record_with_the_new_body() 
         (&json!(1), &json!(0), &json!(0)),
         "{report}"
     );
-    let rec = env.relay().store.get(id).await.unwrap().unwrap();
-    // Delivered as soon as the forwarder runs; queued until then.
+    // The replayed record goes all the way to Scaleo with the new body.
     assert!(
-        matches!(rec.summary.state.as_str(), "queued" | "delivered"),
-        "{:?}",
-        rec.summary.state
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
     );
+    assert_eq!(
+        env.sandbox.accepted()[0].to_string(),
+        r#"{"adv_order_id":"R-1","click_id":"zz9","goal_id":7,"revenue":2.5}"#
+    );
+    let mut rec = env.relay().store.get(id).await.unwrap().unwrap();
+    for _ in 0..100 {
+        if rec.summary.state.as_str() == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rec = env.relay().store.get(id).await.unwrap().unwrap();
+    }
+    assert_eq!(rec.summary.state.as_str(), "delivered");
     assert_eq!(rec.summary.click_id.as_deref(), Some("zz9"));
     assert_eq!(
         Value::Object(rec.body.unwrap()).to_string(),
@@ -338,6 +351,32 @@ async fn replay_of_a_source_whose_rule_file_is_gone_says_so() {
         reason.contains("gone") && reason.contains("rule file"),
         "{reason}"
     );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn pause_stops_sending_and_resume_restarts_it() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    let (status, _) = admin_post(&env, "/admin/pause", json!({})).await;
+    assert_eq!(status, 200);
+    let (status, _) = postback(&env, "shop", "cid=held1&amt=1").await;
+    assert_eq!(
+        status, 200,
+        "ingest keeps accepting while forwarding is paused"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.sandbox.received().is_empty(),
+        "nothing is sent while paused"
+    );
+    let (status, _) = admin_post(&env, "/admin/resume", json!({})).await;
+    assert_eq!(status, 200);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(env.sandbox.accepted()[0]["click_id"], "held1");
     env.stop().await;
 }
 
