@@ -59,6 +59,7 @@ struct RawServer {
     max_params: usize,
     max_header_bytes: usize,
     trusted_proxies: Vec<String>,
+    read_timeout: String,
 }
 
 impl Default for RawServer {
@@ -70,6 +71,7 @@ impl Default for RawServer {
             max_params: 1000,
             max_header_bytes: 16384,
             trusted_proxies: Vec::new(),
+            read_timeout: "10s".into(),
         }
     }
 }
@@ -200,6 +202,8 @@ pub struct ServerConfig {
     pub max_params: usize,
     pub max_header_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// How long a client may take to send its request head, and then its body (408).
+    pub read_timeout: Duration,
 }
 
 /// `[admin]`: the admin listener; without a token every `/admin/` path answers 401.
@@ -361,6 +365,7 @@ impl RawConfig {
             max_params: s.max_params,
             max_header_bytes: s.max_header_bytes,
             trusted_proxies,
+            read_timeout: duration("server.read_timeout", &s.read_timeout)?,
         };
         let admin = AdminConfig {
             listen: addr("admin.listen", &self.admin.listen)?,

@@ -109,9 +109,17 @@ impl Ingest {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        // Every X-Forwarded-For line in order: a proxy may add its own line instead of
+        // appending, and the client's forged first line must not win.
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
         let ip = request::client_ip(
             peer.ip(),
-            header("x-forwarded-for").as_deref(),
+            forwarded.as_deref(),
             &self.limits.trusted_proxies,
         );
         if !rule.auth.allow_ips.is_empty() && !rule.auth.allow_ips.iter().any(|n| n.contains(&ip)) {
@@ -251,7 +259,18 @@ impl Ingest {
         if declared.is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
-        match Limited::new(req.into_body(), max).collect().await {
+        let collect = Limited::new(req.into_body(), max).collect();
+        let Ok(collected) = tokio::time::timeout(self.limits.read_timeout, collect).await else {
+            return Err(Answer::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                Some(format!(
+                    "the body did not arrive within {:?} (server.read_timeout)",
+                    self.limits.read_timeout
+                )),
+            ));
+        };
+        match collected {
             Ok(c) => Ok(c.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
             Err(_) => Err(Answer::new(

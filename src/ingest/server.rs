@@ -13,9 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ingest;
 
-/// How long a client may take to send its request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves ingest on `listener` until `shutdown`, then lets open requests finish within `grace`.
 pub async fn serve(
     listener: TcpListener,
@@ -31,7 +28,7 @@ pub async fn serve(
         .max(8192);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.read_timeout)
         .max_buf_size(max_buf);
     let graceful = GracefulShutdown::new();
     loop {

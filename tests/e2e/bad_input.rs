@@ -129,3 +129,19 @@ async fn garbage_and_slow_clients_do_not_stop_the_server() {
     drop(slow);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn slow_post_body_gets_408() {
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        c.server.read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let code = raw(
+        &env,
+        b"POST /postback/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ncid=",
+    )
+    .await;
+    assert_eq!(code, 408);
+    still_serving(&env).await;
+    env.stop().await;
+}

@@ -158,6 +158,26 @@ async fn trusted_proxy_forwarded_for_is_believed() {
 }
 
 #[tokio::test]
+async fn a_forged_forwarded_for_line_cannot_pass_the_allow_list() {
+    let rule = format!("[auth]\nallow_ips = [\"203.0.113.0/24\"]\n{SHOP}");
+    let env = Env::start(&[("shop", &rule)], |c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]
+    })
+    .await;
+    // The client forges the first line; the proxy adds its own line with the real caller.
+    let resp = env
+        .client
+        .get(env.url("/postback/shop?cid=forged&amt=1"))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header("X-Forwarded-For", "198.51.100.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_source_is_404_and_pixel_is_a_gif() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     let (status, body) = env.get("/postback/nope?cid=a").await;
