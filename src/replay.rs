@@ -18,10 +18,9 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::rules::{Input, LiveRules, Outcome, Rule, decode_form};
-use crate::store::{
-    Cursor, DedupeKey, Filter, NewState, RecordView, Requeued, State, Store, StoreError,
-};
+use crate::mapping;
+use crate::rules::{Input, LiveRules, Rule, decode_form};
+use crate::store::{Cursor, Filter, NewState, RecordView, Requeued, State, Store, StoreError};
 
 /// Records read and replayed per page of a filtered replay.
 pub const BATCH: usize = 500;
@@ -268,18 +267,7 @@ impl Replayer {
 /// Maps a stored record's raw postback with `rule` into the state a replay stores.
 pub fn remap(rule: &Rule, rec: &RecordView, zone: &TimeZone) -> NewState {
     let raw = &rec.raw;
-    let ic = rule.params_ignore_case();
-    let token = rule.auth.token_param.as_str();
-    let params: Vec<(String, String)> = decode_form(raw.query.as_bytes())
-        .into_iter()
-        .filter(|(n, _)| {
-            if ic {
-                !n.eq_ignore_ascii_case(token)
-            } else {
-                n != token
-            }
-        })
-        .collect();
+    let params = mapping::without_token(rule, decode_form(raw.query.as_bytes()));
     let input = Input {
         params: &params,
         client_ip: raw.client_ip.as_deref(),
@@ -287,19 +275,6 @@ pub fn remap(rule: &Rule, rec: &RecordView, zone: &TimeZone) -> NewState {
         referer: raw.referer.as_deref(),
         received_at: Some(raw.received_at),
     };
-    match rule.apply(&input, zone) {
-        Outcome::Forward(m) => NewState::Queued {
-            dedupe: m.dedupe_key.map(|key| DedupeKey {
-                key,
-                window: rule.dedupe.window,
-            }),
-            body: m.body,
-            click_id: m.click_id,
-        },
-        Outcome::Skip { reason } => NewState::Skipped { reason },
-        Outcome::Reject { reason } => NewState::Rejected {
-            reason,
-            click_id: None,
-        },
-    }
+    let outcome = rule.apply(&input, zone);
+    mapping::new_state(rule, &input, outcome)
 }

@@ -17,9 +17,10 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::config::ServerConfig;
+use crate::mapping;
 use crate::metrics::{self, PostbackOutcome};
 use crate::rules::{Input, LiveRules, Outcome, Rule};
-use crate::store::{DedupeKey, Inserted, NewRecord, NewState, RawPostback, Store};
+use crate::store::{Inserted, NewRecord, NewState, RawPostback, Store};
 use answer::{Answer, Style};
 use request::ParamsError;
 
@@ -167,7 +168,7 @@ impl Ingest {
 
         let auth = &rule.auth;
         let ic = rule.params_ignore_case();
-        let is_token = |n: &str| request::is_token_param(n, &auth.token_param, ic);
+        let is_token = |n: &str| mapping::is_token_param(n, &auth.token_param, ic);
         if let Some(expected) = &auth.token {
             let given = params
                 .query
@@ -189,16 +190,8 @@ impl Ingest {
                 );
             }
         }
-        let body_params: Vec<(String, String)> = params
-            .body
-            .into_iter()
-            .filter(|(n, _)| !is_token(n))
-            .collect();
-        let mut params: Vec<(String, String)> = params
-            .query
-            .into_iter()
-            .filter(|(n, _)| !is_token(n))
-            .collect();
+        let body_params = mapping::without_token(rule, params.body);
+        let mut params = mapping::without_token(rule, params.query);
         params.extend(body_params.iter().cloned());
 
         let user_agent = header("user-agent");
@@ -221,6 +214,7 @@ impl Ingest {
             };
         }
 
+        let state = mapping::new_state(rule, &input, outcome);
         let mut stored_query = request::redact_query(&query, &auth.token_param, ic);
         if !body_params.is_empty() {
             if !stored_query.is_empty() {
@@ -237,7 +231,7 @@ impl Ingest {
             referer,
             received_at,
         };
-        self.store_outcome(rule, raw, outcome).await
+        self.store_record(rule, raw, state).await
     }
 
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Answer> {
@@ -281,42 +275,17 @@ impl Ingest {
         }
     }
 
-    async fn store_outcome(&self, rule: &Rule, raw: RawPostback, outcome: Outcome) -> Answer {
+    async fn store_record(&self, rule: &Rule, raw: RawPostback, state: NewState) -> Answer {
         let source = rule.source.clone();
-        let (state, label, reason, click_id) = match outcome {
-            Outcome::Forward(m) => {
-                let dedupe = m.dedupe_key.map(|key| DedupeKey {
-                    key,
-                    window: rule.dedupe.window,
-                });
-                let click = m.click_id.clone();
-                (
-                    NewState::Queued {
-                        body: m.body,
-                        click_id: m.click_id,
-                        dedupe,
-                    },
-                    PostbackOutcome::Accepted,
-                    None,
-                    Some(click),
-                )
+        let (label, reason, click_id) = match &state {
+            NewState::Queued { click_id, .. } => {
+                (PostbackOutcome::Accepted, None, Some(click_id.clone()))
             }
-            Outcome::Skip { reason } => (
-                NewState::Skipped {
-                    reason: reason.clone(),
-                },
-                PostbackOutcome::Skipped,
-                Some(reason),
-                None,
-            ),
-            Outcome::Reject { reason } => (
-                NewState::Rejected {
-                    reason: reason.clone(),
-                    click_id: None,
-                },
+            NewState::Skipped { reason } => (PostbackOutcome::Skipped, Some(reason.clone()), None),
+            NewState::Rejected { reason, click_id } => (
                 PostbackOutcome::Rejected,
-                Some(reason),
-                None,
+                Some(reason.clone()),
+                click_id.clone(),
             ),
         };
         match self

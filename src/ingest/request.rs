@@ -143,7 +143,7 @@ pub fn redact_query(raw: &str, token_param: &str, ignore_case: bool) -> String {
                 .next()
                 .map(|(n, _)| n)
                 .unwrap_or_default();
-            if is_token_param(&decoded, token_param, ignore_case) {
+            if crate::mapping::is_token_param(&decoded, token_param, ignore_case) {
                 format!("{name}=***")
             } else {
                 piece.to_string()

@@ -112,6 +112,27 @@ impl Rule {
         (outcome, trace)
     }
 
+    /// The click id the rule resolves for this postback, whatever the outcome (a rejected
+    /// postback is still findable by its click id).
+    pub fn resolve_click_id(&self, input: &Input<'_>) -> Option<String> {
+        let mut ctx = Ctx {
+            rule: self,
+            input,
+            zone: &TimeZone::UTC,
+            trace: None,
+        };
+        let mut spec = self.fields.iter().find(|f| f.field == "click_id");
+        for w in self.whens.iter().filter(|w| ctx.matches(&w.conditions)) {
+            if let Some(f) = w.set.iter().find(|f| f.field == "click_id") {
+                spec = Some(f);
+            }
+        }
+        match ctx.eval(spec?, None) {
+            Ok(Some(Out::Str(s))) => Some(s),
+            _ => None,
+        }
+    }
+
     /// `[params].ignore_case`: parameter names (the token's too) match case-insensitively.
     pub fn params_ignore_case(&self) -> bool {
         self.params.ignore_case

@@ -295,3 +295,23 @@ async fn dedupe_survives_a_restart() {
     assert_eq!(env.sandbox.received().len(), 1);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_rejected_postback_keeps_its_click_id_for_lookups() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let (status, body) = env.get("/postback/shop?cid=look1&amt=12abc").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().starts_with("revenue"),
+        "{body}"
+    );
+    let filter = postback_relay::store::Filter {
+        click_id: Some("look1".into()),
+        ..Default::default()
+    };
+    let (found, _) = env.relay().store.list(filter, 10, None).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].state.as_str(), "rejected");
+    assert_eq!(found[0].click_id.as_deref(), Some("look1"));
+    env.stop().await;
+}

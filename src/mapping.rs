@@ -1,0 +1,48 @@
+//! From a rule's outcome to a store record state, shared by ingest and replay so a replayed
+//! postback is stored exactly as a fresh one would be.
+
+use crate::rules::{Input, Outcome, Rule};
+use crate::store::{DedupeKey, NewState};
+
+/// The parameters a rule may see: everything except the source's token parameter, which is
+/// never mapped (names follow `[params].ignore_case`).
+pub fn without_token(
+    rule: &Rule,
+    pairs: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let token = rule.auth.token_param.as_str();
+    let ic = rule.params_ignore_case();
+    pairs
+        .into_iter()
+        .filter(|(n, _)| !is_token_param(n, token, ic))
+        .collect()
+}
+
+/// Whether a decoded parameter name is the source's token parameter.
+pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool {
+    if ignore_case {
+        name.eq_ignore_ascii_case(token_param)
+    } else {
+        name == token_param
+    }
+}
+
+/// The record state for `outcome`; a rejected postback keeps the click id the rule resolved
+/// (so it can be found by click id), a forwarded one its dedupe key and window.
+pub fn new_state(rule: &Rule, input: &Input<'_>, outcome: Outcome) -> NewState {
+    match outcome {
+        Outcome::Forward(m) => NewState::Queued {
+            dedupe: m.dedupe_key.map(|key| DedupeKey {
+                key,
+                window: rule.dedupe.window,
+            }),
+            body: m.body,
+            click_id: m.click_id,
+        },
+        Outcome::Skip { reason } => NewState::Skipped { reason },
+        Outcome::Reject { reason } => NewState::Rejected {
+            reason,
+            click_id: rule.resolve_click_id(input),
+        },
+    }
+}
