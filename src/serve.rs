@@ -18,7 +18,7 @@ use crate::ingest::{Ingest, server};
 use crate::reload::{Reloader, Trigger};
 use crate::replay::Replayer;
 use crate::rules::{EnvMode, LiveRules, RuleSet};
-use crate::store::{PauseReason, Store};
+use crate::store::{PauseReason, PauseScope, Store};
 
 /// How often delivered records past `store.retention` are purged.
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -43,28 +43,6 @@ impl Running {
     /// for `/readyz` by the [`Reloader`]).
     pub fn reload(&self) -> Result<usize, Vec<crate::rules::Diagnostic>> {
         self.reloader.reload(Trigger::Signal)
-    }
-
-    /// After a reload (new keys or URLs may be in force), lifts every pause that Scaleo's
-    /// 401/403 caused; an operator's pauses stay.
-    pub async fn resume_upstream_auth(&self) {
-        let paused = match self.store.paused().await {
-            Ok(p) => p,
-            Err(e) => return tracing::error!(error = %e, "cannot read the pauses"),
-        };
-        for p in paused
-            .into_iter()
-            .filter(|p| p.reason == PauseReason::UpstreamAuth)
-        {
-            match self
-                .store
-                .resume_reason(p.scope.clone(), PauseReason::UpstreamAuth)
-                .await
-            {
-                Ok(_) => tracing::info!(scope = %p.scope, "forwarding resumed after a reload"),
-                Err(e) => tracing::error!(scope = %p.scope, error = %e, "cannot resume forwarding"),
-            }
-        }
     }
 
     /// Stops accepting, drains, and waits for every task.
@@ -93,6 +71,57 @@ pub fn routes_of(set: &RuleSet) -> HashMap<String, SourceForward> {
         .collect()
 }
 
+fn sources_of(set: &RuleSet) -> Vec<String> {
+    set.iter().map(|r| r.source.clone()).collect()
+}
+
+/// Brings the persisted pauses in line with the rules in force, at start and after every
+/// good reload:
+/// - at start, a source with waiting records but no rule file is paused (`missing_rule`): its
+///   `[forward]` target is unknown, and sending its records to the global network could pay
+///   the wrong network; (after a reload a removed source keeps its last route instead);
+/// - a source whose rule file is back loses its `missing_rule` pause;
+/// - pauses caused by Scaleo's 401/403 are lifted: the key or URL may have been fixed (a
+///   still-wrong key pauses again on the first answer).
+async fn settle_pauses(store: &Store, sources: &[String], at_start: bool) {
+    let known = |s: &str| sources.iter().any(|k| k == s);
+    if at_start {
+        match store.pending_sources().await {
+            Ok(pending) => {
+                for s in pending.into_iter().filter(|s| !known(s)) {
+                    tracing::error!(source = %s, "records wait for a source without a rule file: its forwarding is paused until the file returns or an operator resumes it");
+                    if let Err(e) = store
+                        .pause(PauseScope::Source(s.clone()), PauseReason::MissingRule)
+                        .await
+                    {
+                        tracing::error!(source = %s, error = %e, "cannot pause the source");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot list the sources with waiting records"),
+        }
+    }
+    let pauses = match store.paused().await {
+        Ok(p) => p,
+        Err(e) => return tracing::error!(error = %e, "cannot read the pauses"),
+    };
+    for p in pauses {
+        let lift = match (&p.reason, &p.scope) {
+            (PauseReason::UpstreamAuth, _) => true,
+            (PauseReason::MissingRule, PauseScope::Source(s)) => known(s),
+            _ => false,
+        };
+        if lift {
+            match store.resume_reason(p.scope.clone(), p.reason).await {
+                Ok(_) => {
+                    tracing::info!(scope = %p.scope, reason = p.reason.as_str(), "forwarding resumed")
+                }
+                Err(e) => tracing::error!(scope = %p.scope, error = %e, "cannot resume forwarding"),
+            }
+        }
+    }
+}
+
 /// Starts everything on the current runtime; the listeners are bound before this returns.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let set = RuleSet::load_dir(&cfg.rules_dir, EnvMode::Resolve).map_err(|problems| {
@@ -110,13 +139,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     let store = Store::open(&cfg.store)
         .with_context(|| format!("opening the store in {}", cfg.store.path.display()))?;
+    settle_pauses(&store, &sources_of(&set), true).await;
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
     let shutdown = CancellationToken::new();
     let reloader = {
         let routes = routes.clone();
+        let store = store.clone();
         Reloader::new(cfg.rules_dir.clone(), rules.clone(), move |set| {
             routes.replace(routes_of(set));
+            let (store, sources) = (store.clone(), sources_of(set));
+            tokio::spawn(async move { settle_pauses(&store, &sources, false).await });
         })
     };
 
@@ -204,13 +237,8 @@ pub async fn run_until_signal(running: Running) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            // The reloader logs the outcome (each problem with file:line:col); a good reload
-            // may carry a fixed key or URL, so Scaleo's 401/403 pauses are lifted.
-            _ = hup.recv() => {
-                if running.reload().is_ok() {
-                    running.resume_upstream_auth().await;
-                }
-            }
+            // The reloader logs the outcome (each problem with file:line:col).
+            _ = hup.recv() => { let _ = running.reload(); }
         }
     }
     tracing::info!("shutting down: no new postbacks, finishing in-flight work");

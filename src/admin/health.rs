@@ -138,7 +138,7 @@ impl Probes {
         };
         let blocking: Vec<String> = pauses
             .iter()
-            .filter(|p| p.scope == PauseScope::All || p.reason == PauseReason::UpstreamAuth)
+            .filter(|p| p.scope == PauseScope::All || p.reason != PauseReason::Operator)
             .map(|p| {
                 let what = match &p.scope {
                     PauseScope::All => "all forwarding".to_string(),
@@ -150,6 +150,10 @@ impl Probes {
                     }
                     PauseReason::UpstreamAuth => format!(
                         "{what} paused since {}: Scaleo refused the API key (401/403)",
+                        p.since
+                    ),
+                    PauseReason::MissingRule => format!(
+                        "{what} paused since {}: its rule file is missing, so where its records go is unknown (restore the file, or resume the source to send them with the global [scaleo] config)",
                         p.since
                     ),
                 }

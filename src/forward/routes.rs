@@ -55,13 +55,18 @@ impl Routes {
         }
     }
 
-    /// Replaces every override at once (postbacks already sending finish with the old ones).
-    pub fn replace(&self, map: HashMap<String, SourceForward>) {
-        let map = Arc::new(map);
-        match self.current.write() {
-            Ok(mut g) => *g = map,
-            Err(poisoned) => *poisoned.into_inner() = map,
+    /// Installs a reloaded set of overrides at once (postbacks already sending finish with the
+    /// old ones). A source missing from `map` keeps its last overrides: its rule file was
+    /// removed, but its stored records must still go to its own network with its own key.
+    pub fn replace(&self, mut map: HashMap<String, SourceForward>) {
+        let mut guard = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (source, old) in guard.iter() {
+            map.entry(source.clone()).or_insert_with(|| old.clone());
         }
+        *guard = Arc::new(map);
     }
 
     /// The overrides of `source` (all `None` when it has none).

@@ -284,6 +284,11 @@ impl Store {
         self.read(read::counts_by_state).await
     }
 
+    /// The sources that have records waiting to be forwarded.
+    pub async fn pending_sources(&self) -> Result<Vec<String>, StoreError> {
+        self.read(read::pending_sources).await
+    }
+
     /// The receive time of the oldest record waiting to be forwarded
     /// (`queued`, `retrying` or `paused`).
     pub async fn oldest_queued(&self) -> Result<Option<Timestamp>, StoreError> {

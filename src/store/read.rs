@@ -228,6 +228,19 @@ pub(crate) fn counts_by_state(c: &Connection) -> Result<Vec<(State, u64)>, Store
     Ok(out)
 }
 
+pub(crate) fn pending_sources(c: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT DISTINCT source FROM records WHERE state = ?1")?;
+    let mut out = Vec::new();
+    for s in [State::Queued, State::Retrying, State::Paused] {
+        for source in stmt.query_map([s.as_str()], |r| r.get::<_, String>(0))? {
+            out.push(source?);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 pub(crate) fn oldest_queued(c: &Connection) -> Result<Option<Timestamp>, StoreError> {
     let mut oldest: Option<i64> = None;
     let mut stmt = c.prepare_cached("SELECT MIN(received_at) FROM records WHERE state = ?1")?;

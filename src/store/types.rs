@@ -175,6 +175,9 @@ pub enum PauseReason {
     Operator,
     /// Scaleo answered 401/403 (or redirected): the API key or the base URL is wrong.
     UpstreamAuth,
+    /// Records of a source whose rule file was missing at start: its `[forward]` target is
+    /// unknown, so nothing is sent until the file returns or an operator resumes it.
+    MissingRule,
 }
 
 impl PauseReason {
@@ -183,6 +186,7 @@ impl PauseReason {
         match self {
             PauseReason::Operator => "operator",
             PauseReason::UpstreamAuth => "upstream_auth",
+            PauseReason::MissingRule => "missing_rule",
         }
     }
 
@@ -190,6 +194,7 @@ impl PauseReason {
         match name {
             "operator" => Some(PauseReason::Operator),
             "upstream_auth" => Some(PauseReason::UpstreamAuth),
+            "missing_rule" => Some(PauseReason::MissingRule),
             _ => None,
         }
     }

@@ -188,3 +188,113 @@ async fn postbacks_during_reloads_all_succeed() {
         Err(_) => panic!("every task has ended"),
     }
 }
+
+/// A source of another network: its own base URL (a second sandbox) and key.
+fn other_network_rule(base_url: &str) -> String {
+    format!(
+        "[forward]\nbase_url = \"{base_url}\"\napi_key = \"{}\"\n{SHOP}",
+        crate::support::KEY
+    )
+}
+
+#[tokio::test]
+async fn records_of_a_removed_rule_still_go_to_their_own_network() {
+    use postback_relay::sandbox::{Sandbox, SandboxConfig};
+    use postback_relay::store::PauseScope;
+    let other = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: crate::support::KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut env = Env::start(
+        &[("other", &other_network_rule(&other.base_url()))],
+        with_admin,
+    )
+    .await;
+    let store = env.relay().store.clone();
+    store
+        .pause(
+            PauseScope::Source("other".into()),
+            postback_relay::store::PauseReason::Operator,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status_of(&env, "/postback/other?cid=o1&amt=1").await, 200);
+
+    // Removed while its record waits: the source answers 404, the record keeps its route.
+    std::fs::remove_file(env.dir.path().join("rules/other.toml")).unwrap();
+    env.relay()
+        .reload()
+        .expect("an empty rule set is a valid set");
+    assert_eq!(status_of(&env, "/postback/other?cid=o2&amt=1").await, 404);
+    store
+        .resume(PauseScope::Source("other".into()))
+        .await
+        .unwrap();
+    assert!(
+        other.wait_for_accepted(1, Duration::from_secs(10)).await,
+        "sent to its own network"
+    );
+    assert!(
+        env.sandbox.received().is_empty(),
+        "never to the global network"
+    );
+
+    // Restarted without the file, a waiting record is held, not sent to the global network.
+    store
+        .pause(
+            PauseScope::Source("other".into()),
+            postback_relay::store::PauseReason::Operator,
+        )
+        .await
+        .unwrap();
+    write_rule(
+        &env.dir.path().join("rules"),
+        "other",
+        &other_network_rule(&other.base_url()),
+    );
+    env.relay().reload().unwrap();
+    assert_eq!(status_of(&env, "/postback/other?cid=o3&amt=1").await, 200);
+    std::fs::remove_file(env.dir.path().join("rules/other.toml")).unwrap();
+    env.restart(with_admin).await;
+    let store = env.relay().store.clone();
+    store
+        .resume_reason(
+            PauseScope::Source("other".into()),
+            postback_relay::store::PauseReason::Operator,
+        )
+        .await
+        .unwrap();
+    let paused = store.paused().await.unwrap();
+    assert!(
+        paused
+            .iter()
+            .any(|p| p.reason == postback_relay::store::PauseReason::MissingRule),
+        "{paused:?}"
+    );
+    let (status, ready) = admin_call(&env, Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready.to_string().contains("rule file is missing"),
+        "{ready}"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        env.sandbox.received().is_empty(),
+        "held while its destination is unknown"
+    );
+
+    // The file returns: the hold lifts and the record goes to its own network.
+    write_rule(
+        &env.dir.path().join("rules"),
+        "other",
+        &other_network_rule(&other.base_url()),
+    );
+    env.relay().reload().unwrap();
+    assert!(other.wait_for_accepted(2, Duration::from_secs(10)).await);
+    assert!(env.sandbox.received().is_empty());
+    env.stop().await;
+}
