@@ -109,6 +109,7 @@ struct RawForward {
     concurrency: usize,
     retry_schedule: Vec<String>,
     max_age: String,
+    max_attempts: u32,
     lease: String,
     pause_probe: String,
     grace: String,
@@ -124,6 +125,7 @@ impl Default for RawForward {
                 .map(String::from)
                 .to_vec(),
             max_age: "3d".into(),
+            max_attempts: 20,
             lease: "30s".into(),
             pause_probe: "60s".into(),
             grace: "10s".into(),
@@ -242,6 +244,8 @@ pub struct ForwardConfig {
     pub concurrency: usize,
     pub retry_schedule: Vec<Duration>,
     pub max_age: Duration,
+    /// Attempts in all before a record goes dead (with `max_age`, whichever comes first).
+    pub max_attempts: u32,
     pub lease: Duration,
     pub pause_probe: Duration,
     /// How long in-flight forwards may run on shutdown.
@@ -402,6 +406,9 @@ impl RawConfig {
         };
 
         let f = self.forward;
+        if f.max_attempts == 0 {
+            return Err(invalid("forward.max_attempts", "0", "at least 1"));
+        }
         if f.concurrency == 0 {
             return Err(invalid("forward.concurrency", "0", "at least 1"));
         }
@@ -438,6 +445,7 @@ impl RawConfig {
             concurrency: f.concurrency,
             retry_schedule,
             max_age: duration("forward.max_age", &f.max_age)?,
+            max_attempts: f.max_attempts,
             lease,
             pause_probe: duration("forward.pause_probe", &f.pause_probe)?,
             grace: duration("forward.grace", &f.grace)?,

@@ -19,9 +19,9 @@
 //!
 //! The schedule ([`next_delay`], [`plan_retry`]) is data: `forward.retry_schedule`, with the
 //! last delay repeated past its end, plus up to [`JITTER_MAX`] (20 %) random extra so
-//! failed postbacks do not come back in lock step. The only bound is the age: a record
-//! queued more than `forward.max_age` ago is given up ("max age exceeded"); the last try
-//! is scheduled no later than that deadline.
+//! failed postbacks do not come back in lock step. Two bounds, whichever comes first: the
+//! count (`forward.max_attempts` attempts in all) and the age (a record queued more than
+//! `forward.max_age` ago is given up; the last try is scheduled no later than that deadline).
 
 use std::time::Duration;
 
@@ -188,13 +188,23 @@ pub fn next_delay(failures: u32, schedule: &[Duration], jitter: f64) -> Duration
     base.mul_f64(1.0 + JITTER_MAX * jitter.clamp(0.0, 1.0))
 }
 
-/// The plan after a failed try.
+/// The retry bounds: the schedule (data), the oldest a record may get, and the most
+/// attempts it may take, whichever is reached first.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy<'a> {
+    pub schedule: &'a [Duration],
+    pub max_age: Duration,
+    /// Attempts in all (the first one included); `u32::MAX` for no count bound.
+    pub max_attempts: u32,
+}
+
+/// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     /// Try again at this time.
     At(Timestamp),
-    /// Older than `max_age`: give up ("max age exceeded").
-    GiveUp,
+    /// Give up: the record goes dead with this reason.
+    GiveUp(&'static str),
 }
 
 /// When to try again: `failures` counts the failed tries including this one; the record
@@ -203,16 +213,18 @@ pub fn plan_retry(
     now: Timestamp,
     queued_at: Timestamp,
     failures: u32,
-    schedule: &[Duration],
-    max_age: Duration,
+    policy: &RetryPolicy<'_>,
     retry_after: Option<Duration>,
     jitter: f64,
 ) -> Next {
-    let deadline = crate::store::ts_plus(queued_at, max_age);
-    if now >= deadline {
-        return Next::GiveUp;
+    if failures >= policy.max_attempts {
+        return Next::GiveUp("retry limit reached (forward.max_attempts)");
     }
-    let delay = next_delay(failures, schedule, jitter).max(retry_after.unwrap_or_default());
+    let deadline = crate::store::ts_plus(queued_at, policy.max_age);
+    if now >= deadline {
+        return Next::GiveUp("max age exceeded (forward.max_age)");
+    }
+    let delay = next_delay(failures, policy.schedule, jitter).max(retry_after.unwrap_or_default());
     Next::At(crate::store::ts_plus(now, delay).min(deadline))
 }
 

@@ -135,12 +135,12 @@ fn plan_gives_up_after_max_age_and_caps_at_deadline() {
     let day = Duration::from_secs(86_400);
     let queued = crate::store::ts_minus(now(), day);
     assert_eq!(
-        plan_retry(now(), queued, 3, &s, day, None, 0.0),
-        Next::GiveUp
+        plan_retry(now(), queued, 3, &policy(&s, day), None, 0.0),
+        Next::GiveUp("max age exceeded (forward.max_age)")
     );
     let queued = crate::store::ts_minus(now(), day - Duration::from_secs(60));
     assert_eq!(
-        plan_retry(now(), queued, 3, &s, day, None, 0.0),
+        plan_retry(now(), queued, 3, &policy(&s, day), None, 0.0),
         Next::At(crate::store::ts_plus(now(), Duration::from_secs(60)))
     );
     // Retry-After longer than the schedule wins.
@@ -149,12 +149,37 @@ fn plan_gives_up_after_max_age_and_caps_at_deadline() {
             now(),
             now(),
             1,
-            &s,
-            day,
+            &policy(&s, day),
             Some(Duration::from_secs(7200)),
             0.0
         ),
         Next::At(crate::store::ts_plus(now(), Duration::from_secs(7200)))
+    );
+}
+
+fn policy(schedule: &[Duration], max_age: Duration) -> RetryPolicy<'_> {
+    RetryPolicy {
+        schedule,
+        max_age,
+        max_attempts: u32::MAX,
+    }
+}
+
+#[test]
+fn plan_gives_up_after_max_attempts_before_max_age() {
+    let s = [Duration::from_secs(10)];
+    let p = RetryPolicy {
+        schedule: &s,
+        max_age: Duration::from_secs(86_400),
+        max_attempts: 3,
+    };
+    assert!(matches!(
+        plan_retry(now(), now(), 2, &p, None, 0.0),
+        Next::At(_)
+    ));
+    assert_eq!(
+        plan_retry(now(), now(), 3, &p, None, 0.0),
+        Next::GiveUp("retry limit reached (forward.max_attempts)")
     );
 }
 
@@ -186,8 +211,8 @@ proptest! {
     ) {
         let queued = crate::store::ts_minus(now(), Duration::from_secs(age_s));
         let max_age = Duration::from_secs(max_s);
-        match plan_retry(now(), queued, n, &s, max_age, ra.map(Duration::from_secs), j) {
-            Next::GiveUp => prop_assert!(age_s >= max_s),
+        match plan_retry(now(), queued, n, &policy(&s, max_age), ra.map(Duration::from_secs), j) {
+            Next::GiveUp(_) => prop_assert!(age_s >= max_s),
             Next::At(at) => {
                 prop_assert!(age_s < max_s);
                 prop_assert!(at > now() || at == now());

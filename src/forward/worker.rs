@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{Answer, Client, Target};
 use super::ratelimit::{Limiter, Rate};
-use super::retry::{Next, Verdict, classify, plan_retry};
+use super::retry::{Next, RetryPolicy, Verdict, classify, plan_retry};
 use super::routes::{Routes, SourceForward};
 use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
@@ -285,29 +285,27 @@ impl Worker {
                 let failures = c.attempts().saturating_add(1);
                 let now = Timestamp::now();
                 let jitter = fastrand::f64();
-                match plan_retry(
-                    now,
-                    c.queued_at(),
-                    failures,
-                    &fwd.retry_schedule,
-                    fwd.max_age,
-                    after,
-                    jitter,
-                ) {
+                let policy = RetryPolicy {
+                    schedule: &fwd.retry_schedule,
+                    max_age: fwd.max_age,
+                    max_attempts: fwd.max_attempts,
+                };
+                match plan_retry(now, c.queued_at(), failures, &policy, after, jitter) {
                     Next::At(at) => {
                         tracing::info!(source, record = id, click_id, status, reason, retry_at = %at, "retry scheduled");
                         ("retry", c.retry(attempt, at, reason).await)
                     }
-                    Next::GiveUp => {
+                    Next::GiveUp(why) => {
                         tracing::warn!(
                             source,
                             record = id,
                             click_id,
                             status,
                             reason,
-                            "dead: max age exceeded"
+                            why,
+                            "dead: not retried again"
                         );
-                        ("dead", c.dead(attempt, "max age exceeded".into()).await)
+                        ("dead", c.dead(attempt, why.into()).await)
                     }
                 }
             }

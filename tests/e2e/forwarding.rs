@@ -106,6 +106,9 @@ async fn unauthorized_pauses_keeps_the_queue_and_a_probe_resumes() {
     assert!(wait_state(&env, b, "delivered").await);
     let statuses: Vec<u16> = env.sandbox.received().iter().map(|r| r.status).collect();
     assert_eq!(statuses[0], 401);
+    // The 401 paused forwarding (not a retry): the attempt says so, and it was not counted.
+    let rec = env.relay().store.get(a).await.unwrap().unwrap();
+    assert_eq!(rec.attempts[0].outcome, "paused", "{:?}", rec.attempts);
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         2,
@@ -136,5 +139,30 @@ async fn rate_limit_is_held() {
         span >= jiff::SignedDuration::from_millis(950),
         "21 forwards took only {span:?}"
     );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn retries_stop_at_max_attempts_and_the_record_goes_dead() {
+    let env = Env::start(&[("shop", SHOP)], |c| c.forward.max_attempts = 3).await;
+    env.sandbox.script((0..10).map(|_| Step::status(503)));
+    let id = accept(&env, "cid=rmax&amt=100").await;
+    assert!(wait_state(&env, id, "dead").await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.attempts.len(), 3);
+    assert!(
+        rec.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("max_attempts")
+            || rec
+                .last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("max_attempts"),
+        "{rec:?}"
+    );
+    assert_eq!(env.sandbox.received().len(), 3);
     env.stop().await;
 }
