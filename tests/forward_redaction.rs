@@ -100,6 +100,7 @@ async fn api_key_never_stored_or_logged() {
         concurrency: 4,
         retry_schedule: vec![Duration::from_millis(50)],
         max_age: Duration::from_secs(3600),
+        max_attempts: 100,
         lease: Duration::from_secs(3),
         pause_probe: Duration::from_secs(3600),
         grace: Duration::from_secs(2),
