@@ -215,7 +215,8 @@ impl Worker {
             return give_back(c, "paused").await;
         }
         // A request that could outlive the lease might run twice: give the record back instead.
-        if claimed_at.elapsed() + self.scaleo.timeout >= self.fwd.lease {
+        // The margin leaves time to settle before the lease runs out.
+        if claimed_at.elapsed() + self.scaleo.timeout + self.fwd.lease / 10 >= self.fwd.lease {
             return give_back(c, "rate-limit wait outlasted the lease").await;
         }
         let target = Target {

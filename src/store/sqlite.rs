@@ -102,9 +102,19 @@ impl Writer {
         {
             Ok(mut tx) => {
                 for op in ops.drain(..) {
-                    done.push(apply(&mut tx, op, now, &mut wakes));
+                    // After SQLITE_FULL or an I/O error SQLite may roll back the whole
+                    // transaction: the rest of the group must fail, not commit piecemeal.
+                    if tx.is_autocommit() {
+                        done.push(apply_failed(op, rolled_back()));
+                    } else {
+                        done.push(apply(&mut tx, op, now, &mut wakes));
+                    }
                 }
-                tx.commit().map_err(StoreError::from)
+                if tx.is_autocommit() {
+                    Err(rolled_back())
+                } else {
+                    tx.commit().map_err(StoreError::from)
+                }
             }
             Err(e) => {
                 let err = StoreError::from(e);
@@ -123,6 +133,14 @@ impl Writer {
             d.finish(&commit);
         }
     }
+}
+
+/// The error of a group whose transaction SQLite rolled back on its own.
+fn rolled_back() -> StoreError {
+    StoreError::Db(std::sync::Arc::new(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some("the transaction was rolled back after an earlier error in the group".into()),
+    )))
 }
 
 /// Runs `f` inside a savepoint: its writes stay only if it succeeds.
