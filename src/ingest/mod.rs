@@ -103,7 +103,7 @@ impl Ingest {
                 Some(format!("no rule file for source {source:?}")),
             );
         };
-        let headers = req.headers().clone();
+        let headers = req.headers();
         let header = |name: &str| {
             headers
                 .get(name)
@@ -118,6 +118,8 @@ impl Ingest {
             .filter_map(|v| v.to_str().ok())
             .collect();
         let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+        let (content_type, header_token) = (header("content-type"), header("x-postback-token"));
+        let (user_agent, referer) = (header("user-agent"), header("referer"));
         let ip = request::client_ip(
             peer.ip(),
             forwarded.as_deref(),
@@ -143,7 +145,7 @@ impl Ingest {
         let params = match request::params(
             &query,
             &body,
-            header("content-type").as_deref(),
+            content_type.as_deref(),
             self.limits.max_params,
         ) {
             Ok(p) => p,
@@ -176,7 +178,7 @@ impl Ingest {
                 .chain(&params.body)
                 .find(|(n, _)| is_token(n))
                 .map(|(_, v)| v.clone())
-                .or_else(|| header("x-postback-token"));
+                .or(header_token);
             if !given.is_some_and(|g| request::token_matches(expected, &g)) {
                 tracing::warn!(source, client_ip = %ip, "postback refused: token missing or wrong");
                 metrics::postback(source, PostbackOutcome::Unauthorized);
@@ -190,12 +192,11 @@ impl Ingest {
                 );
             }
         }
+        let query_had_token = params.query.iter().any(|(n, _)| is_token(n));
         let body_params = mapping::without_token(rule, params.body);
         let mut params = mapping::without_token(rule, params.query);
         params.extend(body_params.iter().cloned());
 
-        let user_agent = header("user-agent");
-        let referer = header("referer");
         let ip_text = ip.to_string();
         let input = Input {
             params: &params,
@@ -215,7 +216,11 @@ impl Ingest {
         }
 
         let state = mapping::new_state(rule, &input, outcome);
-        let mut stored_query = request::redact_query(&query, &auth.token_param, ic);
+        let mut stored_query = if query_had_token {
+            request::redact_query(&query, &auth.token_param, ic)
+        } else {
+            query
+        };
         if !body_params.is_empty() {
             if !stored_query.is_empty() {
                 stored_query.push('&');

@@ -81,6 +81,8 @@ pub struct Store {
 
 struct Inner {
     tx: mpsc::Sender<Op>,
+    /// Dropped with the last handle: the checkpoint thread then ends.
+    _checkpointer: std::sync::mpsc::Sender<()>,
     notify: Arc<Notify>,
     reader: ReadPool,
     /// Random per process, so claims by a previous process (crashed) never match ours.
@@ -112,9 +114,15 @@ impl Store {
                 path: file.clone(),
                 message: format!("cannot start the writer thread: {e}"),
             })?;
+        let checkpointer =
+            sqlite::spawn_checkpointer(file.clone()).map_err(|e| StoreError::Dir {
+                path: file.clone(),
+                message: format!("cannot start the checkpoint thread: {e}"),
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 tx,
+                _checkpointer: checkpointer,
                 notify,
                 reader: ReadPool::new(file),
                 instance: fastrand::u64(..),
