@@ -81,8 +81,6 @@ pub struct Store {
 
 struct Inner {
     tx: mpsc::Sender<Op>,
-    /// Dropped with the last handle: the checkpoint thread then ends.
-    _checkpointer: std::sync::mpsc::Sender<()>,
     notify: Arc<Notify>,
     reader: ReadPool,
     /// Random per process, so claims by a previous process (crashed) never match ours.
@@ -122,7 +120,6 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 tx,
-                _checkpointer: checkpointer,
                 notify,
                 reader: ReadPool::new(file),
                 instance: fastrand::u64(..),

@@ -79,9 +79,6 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         )));
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Checkpoints run on their own thread (`spawn_checkpointer`); the writer's automatic
-    // checkpoint stays only as a safety net far above what that thread lets build up.
-    conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let done = usize::try_from(version).unwrap_or(0);
     for (i, sql) in (0_i64..).zip(MIGRATIONS.iter()).skip(done) {

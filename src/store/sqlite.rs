@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
@@ -56,28 +55,6 @@ impl<T: Send> Finish for Pending<T> {
 
 fn pending<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Box<dyn Finish> {
     Box::new(Pending { reply, result })
-}
-
-/// How often the checkpoint thread copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// Starts the thread that checkpoints the WAL on its own connection, so that the fsyncs of
-/// the database file never land inside a group commit that callers wait for. It ends when
-/// the returned sender is dropped.
-pub(crate) fn spawn_checkpointer(file: PathBuf) -> std::io::Result<std::sync::mpsc::Sender<()>> {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
-        let conn = match Connection::open(&file).and_then(|c| schema::configure(&c).map(|()| c)) {
-            Ok(c) => c,
-            Err(e) => return tracing::error!(error = %e, "the checkpoint thread cannot open the store"),
-        };
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint failed; the next one tries again");
-            }
-        }
-    })?;
-    Ok(stop)
 }
 
 /// The writer thread's state.
