@@ -112,11 +112,6 @@ impl Store {
                 path: file.clone(),
                 message: format!("cannot start the writer thread: {e}"),
             })?;
-        let checkpointer =
-            sqlite::spawn_checkpointer(file.clone()).map_err(|e| StoreError::Dir {
-                path: file.clone(),
-                message: format!("cannot start the checkpoint thread: {e}"),
-            })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 tx,
