@@ -17,6 +17,10 @@
 //!
 //! Every server stops by itself after SECS; nothing listens beyond loopback.
 
+/// The same allocator as the `postback-relay` binary, for the in-process relay sections.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
