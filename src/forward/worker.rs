@@ -1,6 +1,6 @@
 //! The forward loop and the life of one forwarded record.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -72,6 +72,7 @@ impl Worker {
         let mut tasks = JoinSet::new();
         let mut next_probe: HashMap<PauseScope, Instant> = HashMap::new();
         let mut pauses_read = Instant::now() - IDLE_TICK;
+        let mut buffer: VecDeque<(Claimed, Instant)> = VecDeque::new();
         tracing::info!(
             concurrency = self.fwd.concurrency,
             rate = self.fwd.rate_per_second,
@@ -83,7 +84,14 @@ impl Worker {
                 pauses_read = Instant::now();
                 for (c, scope, permit) in self.due_probes(&mut next_probe, &slots).await {
                     let (sd, hs) = (shutdown.clone(), hard_stop.clone());
-                    tasks.spawn(self.clone().forward(c, permit, Some(scope), sd, hs));
+                    tasks.spawn(self.clone().forward(
+                        c,
+                        Instant::now(),
+                        permit,
+                        Some(scope),
+                        sd,
+                        hs,
+                    ));
                 }
             }
             let first = tokio::select! {
@@ -95,28 +103,40 @@ impl Worker {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let exclude = self.limiter.busy_sources();
-            match self
-                .store
-                .claim(permits.len(), self.fwd.lease, &exclude)
-                .await
-            {
-                Ok(claimed) if !claimed.is_empty() => {
-                    for (c, permit) in claimed.into_iter().zip(permits) {
-                        let (sd, hs) = (shutdown.clone(), hard_stop.clone());
-                        tasks.spawn(self.clone().forward(c, permit, None, sd, hs));
+            // Claims are prefetched (up to twice the concurrency) so a freed slot rarely waits
+            // for a claim commit. A prefetched record is leased but not sent: a crash leaves
+            // it to its lease, never sends it twice.
+            if buffer.len() < permits.len() {
+                let want = permits.len() + self.fwd.concurrency.max(1) - buffer.len();
+                let exclude = self.limiter.busy_sources();
+                match self.store.claim(want, self.fwd.lease, &exclude).await {
+                    Ok(claimed) => {
+                        let at = Instant::now();
+                        buffer.extend(claimed.into_iter().map(|c| (c, at)));
+                    }
+                    Err(e) => {
+                        drop(permits);
+                        tracing::error!(error = %e, "claiming work failed");
+                        idle(&notify, &shutdown, Duration::from_secs(1)).await;
+                        continue;
                     }
                 }
-                Ok(_) => {
-                    drop(permits);
-                    idle(&notify, &shutdown, IDLE_TICK).await;
-                }
-                Err(e) => {
-                    drop(permits);
-                    tracing::error!(error = %e, "claiming work failed");
-                    idle(&notify, &shutdown, Duration::from_secs(1)).await;
-                }
             }
+            if buffer.is_empty() {
+                drop(permits);
+                idle(&notify, &shutdown, IDLE_TICK).await;
+                continue;
+            }
+            for permit in permits {
+                let Some((c, claimed_at)) = buffer.pop_front() else {
+                    break;
+                };
+                let (sd, hs) = (shutdown.clone(), hard_stop.clone());
+                tasks.spawn(self.clone().forward(c, claimed_at, permit, None, sd, hs));
+            }
+        }
+        for (c, _) in buffer.drain(..) {
+            give_back(c, "shutdown").await;
         }
         tracing::info!(in_flight = tasks.len(), "forwarder stopping");
         let drain = async { while tasks.join_next().await.is_some() {} };
@@ -191,16 +211,18 @@ impl Worker {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         self: Arc<Self>,
         c: Claimed,
+        claimed_at: Instant,
         _slot: OwnedSemaphorePermit,
         probe: Option<PauseScope>,
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
     ) {
         let _in_flight = InFlight::enter(self.status.clone());
-        let claimed_at = Instant::now();
+        let started = Instant::now();
         let route = self.routes.get(c.source());
         let rate = route.rate();
         tokio::select! {
@@ -208,7 +230,7 @@ impl Worker {
             _ = shutdown.cancelled() => return give_back(c, "shutdown").await,
             _ = self.limiter.acquire(c.source(), rate) => {}
         }
-        if claimed_at.elapsed() >= RATE_WAIT_COUNTED {
+        if started.elapsed() >= RATE_WAIT_COUNTED {
             crate::metrics::rate_limit_wait();
         }
         if probe.is_none() && self.is_paused(c.source()) {
