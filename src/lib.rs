@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod listener;
 pub mod mapping;
 pub mod metrics;
 pub mod ops;

@@ -153,11 +153,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         })
     };
 
-    let listener = server::bind(cfg.server.listen)
+    let listener = crate::listener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
     let ingest_addr = listener.local_addr()?;
-    let admin_listener = server::bind(cfg.admin.listen)
+    let admin_listener = crate::listener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
     let admin_addr = admin_listener.local_addr()?;
