@@ -10,6 +10,42 @@ use postback_relay::sandbox::{Sandbox, SandboxConfig};
 
 use crate::support::{KEY, SHOP};
 
+/// A temp directory with `rules/shop.toml`, the sandbox, a client and a free port for a
+/// relay process.
+struct Harness {
+    root: tempfile::TempDir,
+    sandbox: Sandbox,
+    client: reqwest::Client,
+    port: u16,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("rules")).unwrap();
+        std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+        let sandbox = Sandbox::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SandboxConfig {
+                api_key: KEY.into(),
+            },
+        )
+        .await
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Harness {
+            root,
+            sandbox,
+            client,
+            port: free_port(),
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -60,23 +96,12 @@ async fn wait_healthy(client: &reqwest::Client, port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_postback() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("rules")).unwrap();
-    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
-    let sandbox = Sandbox::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SandboxConfig {
-            api_key: KEY.into(),
-        },
-    )
-    .await
-    .unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let port = free_port();
+    let Harness {
+        root,
+        sandbox,
+        client,
+        port,
+    } = Harness::new().await;
     let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
     wait_healthy(&client, port).await;
 
@@ -163,25 +188,14 @@ fn spawn_relay_with_file_limit(root: &Path, port: u16, base_url: &str, kib: u32)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_that_cannot_persist_answers_503_and_never_200() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("rules")).unwrap();
-    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
-    let sandbox = Sandbox::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SandboxConfig {
-            api_key: KEY.into(),
-        },
-    )
-    .await
-    .unwrap();
+    let Harness {
+        root,
+        sandbox,
+        client,
+        port,
+    } = Harness::new().await;
     // Scaleo answers 500 for a while: records stay in the store and it keeps growing.
     sandbox.script((0..100_000).map(|_| postback_relay::sandbox::Step::status(500)));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let port = free_port();
     let mut relay = spawn_relay_with_file_limit(root.path(), port, &sandbox.base_url(), 256);
     wait_healthy(&client, port).await;
 
@@ -254,27 +268,16 @@ async fn store_that_cannot_persist_answers_503_and_never_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("rules")).unwrap();
-    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
-    let sandbox = Sandbox::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SandboxConfig {
-            api_key: KEY.into(),
-        },
-    )
-    .await
-    .unwrap();
+    let Harness {
+        root,
+        sandbox,
+        client,
+        port,
+    } = Harness::new().await;
     // The forward is in flight (Scaleo answers after 1 s) when SIGTERM arrives.
     sandbox.script([postback_relay::sandbox::Step::Hang(Duration::from_millis(
         1000,
     ))]);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let port = free_port();
     let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
     wait_healthy(&client, port).await;
     let r = client
