@@ -331,7 +331,12 @@ fn check(a: CheckArgs) -> ExitCode {
         }
     }
     if let Some(path) = &a.config {
-        match Config::load(Some(path)) {
+        let loaded = if a.no_env {
+            Config::load_without_env(Some(path))
+        } else {
+            Config::load(Some(path))
+        };
+        match loaded {
             Ok(_) => println!("ok: service config {}", path.display()),
             Err(e) => {
                 println!("{}: {e}", path.display());

@@ -280,6 +280,20 @@ impl Config {
         file: Option<&Path>,
         overrides: &[(&str, String)],
     ) -> Result<Config, ConfigError> {
+        Self::read(file, overrides, true)
+    }
+
+    /// Validates without reading `${VAR}` secrets (`check --no-env`): the references are
+    /// kept as they are written.
+    pub fn load_without_env(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::read(file, &[], false)
+    }
+
+    fn read(
+        file: Option<&Path>,
+        overrides: &[(&str, String)],
+        resolve_env: bool,
+    ) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
@@ -297,7 +311,7 @@ impl Config {
             builder = builder.set_override(*key, value.as_str())?;
         }
         let raw: RawConfig = builder.build()?.try_deserialize()?;
-        raw.validate()
+        raw.validate(resolve_env)
     }
 
     /// Defaults for everything, pointed at `base_url` with `api_key` (tests and the sandbox).
@@ -310,7 +324,7 @@ impl Config {
             },
             ..RawConfig::default()
         };
-        raw.validate().expect("defaults are valid")
+        raw.validate(true).expect("defaults are valid")
     }
 }
 
@@ -337,7 +351,8 @@ fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self, resolve_env: bool) -> Result<Config, ConfigError> {
+        let expand = |key, value| expand(key, value, resolve_env);
         let s = self.server;
         let trusted_proxies = s
             .trusted_proxies
@@ -486,11 +501,18 @@ impl RawConfig {
 
 /// Reads `${VAR}` from the environment; other values pass through. An unset variable is an
 /// error naming it (the value is a secret reference, so the error never shows a value).
-fn expand(key: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+fn expand(
+    key: &'static str,
+    value: Option<String>,
+    resolve_env: bool,
+) -> Result<Option<String>, ConfigError> {
     let Some(v) = value else { return Ok(None) };
     let Some(var) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
         return Ok(Some(v));
     };
+    if !resolve_env {
+        return Ok(Some(v));
+    }
     match std::env::var(var) {
         Ok(val) if !val.is_empty() => Ok(Some(val)),
         _ => Err(ConfigError::UnsetVariable {

@@ -51,6 +51,29 @@ fn unset_secret_variable_is_named_and_its_value_never_printed() {
 }
 
 #[test]
+fn no_env_checks_the_config_without_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, example()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args([
+            "check",
+            "--no-env",
+            "--rules",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+            "--config",
+        ])
+        .arg(&path)
+        .env_remove("SCALEO_API_KEY")
+        .env_remove("RELAY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok: service config"), "{text}");
+}
+
+#[test]
 fn environment_overrides_the_file_and_is_validated() {
     let base = "[scaleo]\nbase_url = \"http://127.0.0.1:1\"\napi_key = \"k\"\n";
     let (code, out) = check(base, &[("RELAY__FORWARD__RATE_PER_SECOND", "nope")]);
