@@ -80,6 +80,9 @@ pub struct SandboxArgs {
     pub api_key: String,
 }
 
+/// The admin token `serve --sandbox` uses when the config sets none.
+pub const SANDBOX_ADMIN_TOKEN: &str = "sandbox-admin";
+
 /// The API key of the built-in sandbox.
 pub const SANDBOX_KEY: &str = "sandbox-key";
 
@@ -207,13 +210,18 @@ fn serve(a: ServeArgs) -> ExitCode {
         } else {
             None
         };
-        let cfg = match Config::load_with(a.config.as_deref(), &overrides) {
+        let mut cfg = match Config::load_with(a.config.as_deref(), &overrides) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("config: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        if a.sandbox && cfg.admin.token.is_none() {
+            // A local demo: the admin API works out of the box (on loopback by default).
+            cfg.admin.token = Some(SANDBOX_ADMIN_TOKEN.into());
+        }
+        let (admin_addr, admin_token) = (cfg.admin.listen, cfg.admin.token.clone().unwrap_or_default());
         init_logging(a.log_json || cfg.log.json, &cfg.log.level);
         let running = match crate::serve::start(cfg).await {
             Ok(r) => r,
@@ -234,7 +242,8 @@ fn serve(a: ServeArgs) -> ExitCode {
             eprintln!(
                 "\nrelay on port {port}, forwarding to the built-in Scaleo sandbox at {url}\n\
                  send a postback:   curl 'http://127.0.0.1:{port}{example}'\n\
-                 see what arrived:  curl {url}/sandbox/conversions\n",
+                 see what arrived:  curl {url}/sandbox/conversions\n\
+                 the relay's view:  curl -H 'Authorization: Bearer {admin_token}' http://{admin_addr}/admin/records\n",
                 url = s.base_url()
             );
         }
