@@ -11,6 +11,9 @@
 //! 4. [`forward`] claims due records with a lease, waits for the rate limiter, POSTs them to
 //!    Scaleo, classifies the answer and settles the record (delivered, retry, paused, dead).
 //!
+//! Ingest and replay share [`mapping`] (rule outcome -> record state); ingest and the admin
+//! API share [`listener`] (the accept loop with graceful drain).
+//!
 //! Around them: [`config`] (service config), [`reload`] (hot rule reload), [`admin`] (the
 //! operator API, `/readyz`, `/metrics`), [`replay`] (re-map and requeue stored records),
 //! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo), and
