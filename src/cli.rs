@@ -37,7 +37,7 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Validate the rule files (and the service config with --config).
     Check(CheckArgs),
-    /// Run every rule file's [[tests]].
+    /// Run every rule file's `[[tests]]`.
     Test(TestArgs),
     /// Dry-run the mapping of one postback (no store, no forward, no auth check).
     Map(MapArgs),

@@ -1,6 +1,6 @@
 //! Forwarding to Scaleo: claim, rate-limit, POST, classify, settle.
 //!
-//! [`Forwarder::spawn`] starts one worker loop (see [`worker`]): it waits for the store's
+//! [`Forwarder::spawn`] starts one worker loop (see `worker.rs`): it waits for the store's
 //! notify (or a short tick), claims as many due records as it has free concurrency slots,
 //! and runs each in its own task: wait for the source's and the global rate limit
 //! ([`ratelimit`]), POST ([`client`]), classify ([`retry`]) and settle the record, which
