@@ -46,6 +46,23 @@ impl Harness {
     }
 }
 
+/// The click ids the sandbox accepted, once they cover `acked` or after 30 s.
+async fn delivered_within_30s(sandbox: &Sandbox, acked: &HashSet<String>) -> HashSet<String> {
+    let mut delivered = HashSet::new();
+    for _ in 0..1500 {
+        delivered = sandbox
+            .accepted()
+            .iter()
+            .filter_map(|b| b["click_id"].as_str().map(str::to_string))
+            .collect();
+        if acked.is_subset(&delivered) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    delivered
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -138,18 +155,7 @@ async fn kill_9_loses_no_acknowledged_postback() {
 
     let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
     wait_healthy(&client, port).await;
-    let mut delivered = HashSet::new();
-    for _ in 0..1500 {
-        delivered = sandbox
-            .accepted()
-            .iter()
-            .filter_map(|b| b["click_id"].as_str().map(str::to_string))
-            .collect();
-        if acked.is_subset(&delivered) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let delivered = delivered_within_30s(&sandbox, &acked).await;
     relay.kill().ok();
     let _ = relay.wait();
     let missing: Vec<_> = acked.difference(&delivered).collect();
@@ -243,18 +249,7 @@ async fn store_that_cannot_persist_answers_503_and_never_200() {
     let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
     wait_healthy(&client, port).await;
     let acked: HashSet<String> = acked.into_iter().collect();
-    let mut delivered = HashSet::new();
-    for _ in 0..1500 {
-        delivered = sandbox
-            .accepted()
-            .iter()
-            .filter_map(|b| b["click_id"].as_str().map(str::to_string))
-            .collect();
-        if acked.is_subset(&delivered) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let delivered = delivered_within_30s(&sandbox, &acked).await;
     relay.kill().ok();
     let _ = relay.wait();
     let missing = acked.difference(&delivered).count();
