@@ -166,3 +166,23 @@ async fn retries_stop_at_max_attempts_and_the_record_goes_dead() {
     assert_eq!(env.sandbox.received().len(), 3);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_rules_reload_lifts_a_pause_caused_by_401() {
+    // Probes are far apart here: only the reload can lift the pause within the test.
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        c.forward.pause_probe = Duration::from_secs(600)
+    })
+    .await;
+    env.sandbox.script([Step::Unauthorized]);
+    let id = accept(&env, "cid=reload401&amt=1").await;
+    assert!(wait_state(&env, id, "paused").await);
+    assert!(!env.relay().store.paused().await.unwrap().is_empty());
+    env.relay().reload().expect("the rules still load");
+    assert!(
+        wait_state(&env, id, "delivered").await,
+        "the reload lifted the pause"
+    );
+    assert!(env.relay().store.paused().await.unwrap().is_empty());
+    env.stop().await;
+}
