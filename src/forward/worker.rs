@@ -38,6 +38,9 @@ pub(crate) struct Worker {
     status: Arc<ForwardStatus>,
     /// Scopes paused by 401/403, as last read or just set by a task.
     upstream_paused: RwLock<HashSet<PauseScope>>,
+    /// Scopes paused for any other reason (an operator, a missing rule file), as last read:
+    /// a prefetched record of such a scope is given back instead of sent.
+    other_paused: RwLock<HashSet<PauseScope>>,
 }
 
 impl Worker {
@@ -62,6 +65,7 @@ impl Worker {
             fwd,
             status,
             upstream_paused: RwLock::new(HashSet::new()),
+            other_paused: RwLock::new(HashSet::new()),
         }))
     }
 
@@ -202,13 +206,22 @@ impl Worker {
         if let Ok(mut set) = self.upstream_paused.write() {
             *set = upstream;
         }
+        if let Ok(mut set) = self.other_paused.write() {
+            *set = paused
+                .iter()
+                .filter(|p| p.reason != PauseReason::UpstreamAuth)
+                .map(|p| p.scope.clone())
+                .collect();
+        }
         probes
     }
 
     fn is_paused(&self, source: &str) -> bool {
-        self.upstream_paused.read().is_ok_and(|set| {
+        let covers = |set: &HashSet<PauseScope>| {
             set.contains(&PauseScope::All) || set.contains(&PauseScope::Source(source.into()))
-        })
+        };
+        self.upstream_paused.read().is_ok_and(|s| covers(&s))
+            || self.other_paused.read().is_ok_and(|s| covers(&s))
     }
 
     #[allow(clippy::too_many_arguments)]
