@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mock::{Mock, Reply};
-use postback_relay::config::{ForwardConfig, ScaleoConfig};
 use postback_relay::forward::{Forwarder, Routes, SourceForward};
 use postback_relay::store::{Inserted, State, Store};
 use tokio_util::sync::CancellationToken;
@@ -88,23 +87,8 @@ async fn api_key_never_stored_or_logged() {
         ..SourceForward::default()
     };
     let routes = Routes::new(HashMap::from([("other".to_string(), unreachable)]));
-    let scaleo = ScaleoConfig {
-        base_url: mock.base_url(),
-        api_key: KEY.into(),
-        timezone: jiff::tz::TimeZone::UTC,
-        timeout: Duration::from_millis(400),
-    };
-    let fwd = ForwardConfig {
-        rate_per_second: 0,
-        burst: 0,
-        concurrency: 4,
-        retry_schedule: vec![Duration::from_millis(50)],
-        max_age: Duration::from_secs(3600),
-        max_attempts: 100,
-        lease: Duration::from_secs(3),
-        pause_probe: Duration::from_secs(3600),
-        grace: Duration::from_secs(2),
-    };
+    let scaleo = records::scaleo_config(mock.base_url(), KEY);
+    let fwd = records::forward_config();
     let shutdown = CancellationToken::new();
     let forwarder = Forwarder::spawn(store.clone(), scaleo, fwd, routes, shutdown.clone()).unwrap();
 

@@ -19,26 +19,11 @@ const KEY: &str = "KEY-SEKRIT-4242";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn scaleo(mock: &Mock) -> ScaleoConfig {
-    ScaleoConfig {
-        base_url: mock.base_url(),
-        api_key: KEY.into(),
-        timezone: jiff::tz::TimeZone::UTC,
-        timeout: Duration::from_millis(400),
-    }
+    records::scaleo_config(mock.base_url(), KEY)
 }
 
 fn fwd() -> ForwardConfig {
-    ForwardConfig {
-        rate_per_second: 0,
-        burst: 0,
-        concurrency: 4,
-        retry_schedule: vec![Duration::from_millis(50)],
-        max_age: Duration::from_secs(3600),
-        max_attempts: 100,
-        lease: Duration::from_secs(3),
-        pause_probe: Duration::from_secs(3600),
-        grace: Duration::from_secs(2),
-    }
+    records::forward_config()
 }
 
 struct Running {

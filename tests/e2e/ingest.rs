@@ -6,6 +6,17 @@ use serde_json::json;
 
 use crate::support::{Env, SHOP};
 
+/// The shop rule behind an allow list of 203.0.113.0/24; loopback optionally a trusted proxy.
+async fn allow_list_env(trust_loopback: bool) -> Env {
+    let rule = format!("[auth]\nallow_ips = [\"203.0.113.0/24\"]\n{SHOP}");
+    Env::start(&[("shop", &rule)], |c| {
+        if trust_loopback {
+            c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn accepted_postback_reaches_scaleo_with_the_exact_body() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
@@ -132,8 +143,7 @@ async fn token_is_required_checked_and_never_stored_in_clear() {
 
 #[tokio::test]
 async fn caller_outside_the_allow_list_gets_403() {
-    let rule = format!("[auth]\nallow_ips = [\"203.0.113.0/24\"]\n{SHOP}");
-    let env = Env::start(&[("shop", &rule)], |_| {}).await;
+    let env = allow_list_env(false).await;
     let (status, body) = env.get("/postback/shop?cid=a").await;
     assert_eq!((status, body["status"].as_str()), (403, Some("forbidden")));
     env.stop().await;
@@ -141,11 +151,7 @@ async fn caller_outside_the_allow_list_gets_403() {
 
 #[tokio::test]
 async fn trusted_proxy_forwarded_for_is_believed() {
-    let rule = format!("[auth]\nallow_ips = [\"203.0.113.0/24\"]\n{SHOP}");
-    let env = Env::start(&[("shop", &rule)], |c| {
-        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]
-    })
-    .await;
+    let env = allow_list_env(true).await;
     let resp = env
         .client
         .get(env.url("/postback/shop?cid=a&amt=1"))
@@ -159,11 +165,7 @@ async fn trusted_proxy_forwarded_for_is_believed() {
 
 #[tokio::test]
 async fn a_forged_forwarded_for_line_cannot_pass_the_allow_list() {
-    let rule = format!("[auth]\nallow_ips = [\"203.0.113.0/24\"]\n{SHOP}");
-    let env = Env::start(&[("shop", &rule)], |c| {
-        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]
-    })
-    .await;
+    let env = allow_list_env(true).await;
     // The client forges the first line; the proxy adds its own line with the real caller.
     let resp = env
         .client

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use postback_relay::config::StoreConfig;
+use postback_relay::config::{ForwardConfig, ScaleoConfig, StoreConfig};
 use postback_relay::store::{DedupeKey, NewRecord, NewState, RawPostback, Store};
 
 /// A store config on `dir` with a small group-commit batch.
@@ -14,6 +14,31 @@ pub fn store_config(dir: &Path) -> StoreConfig {
         url: None,
         retention: Duration::from_secs(30 * 86_400),
         commit_batch: 64,
+    }
+}
+
+/// Scaleo at `base_url` with `api_key`, a short timeout.
+pub fn scaleo_config(base_url: String, api_key: &str) -> ScaleoConfig {
+    ScaleoConfig {
+        base_url,
+        api_key: api_key.into(),
+        timezone: jiff::tz::TimeZone::UTC,
+        timeout: Duration::from_millis(400),
+    }
+}
+
+/// Fast forwarding for tests: no rate limit, 50 ms retries, short lease, distant probes.
+pub fn forward_config() -> ForwardConfig {
+    ForwardConfig {
+        rate_per_second: 0,
+        burst: 0,
+        concurrency: 4,
+        retry_schedule: vec![Duration::from_millis(50)],
+        max_age: Duration::from_secs(3600),
+        max_attempts: 100,
+        lease: Duration::from_secs(3),
+        pause_probe: Duration::from_secs(3600),
+        grace: Duration::from_secs(2),
     }
 }
 
