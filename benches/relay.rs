@@ -5,6 +5,8 @@
 //! one subcommand:
 //!
 //! - `bare ADDR SECS`: a bare hyper server answering 204 (the ingest baseline).
+//! - `floor DIR ADDR SECS`: the durable-ingest floor: hyper plus a group-committed insert
+//!   of each request's query into a one-table SQLite file under DIR, answered after COMMIT.
 //! - `upstream ADDR SECS`: a fast Scaleo stand-in answering success JSON (no validation).
 //! - `fill DIR N`: pauses forwarding (operator pause) in the store at DIR and inserts N
 //!   queued postbacks through `Store::insert` with many concurrent callers (group commit).
@@ -82,6 +84,10 @@ fn main() {
                     .expect("response")
             }))
         }
+        "floor" => {
+            let (dir, addr, secs) = (arg(1, "DIR"), arg(2, "ADDR"), num(3, "SECS"));
+            rt.block_on(floor(Path::new(&dir), &addr, secs))
+        }
         "upstream" => {
             let (addr, secs) = (arg(1, "ADDR"), num(2, "SECS"));
             let seq = Arc::new(AtomicU64::new(0));
@@ -108,7 +114,7 @@ fn main() {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "{problem}\nusage: relay bare ADDR SECS | upstream ADDR SECS | fill DIR N | counts DIR |\n\
+        "{problem}\nusage: relay bare ADDR SECS | floor DIR ADDR SECS | upstream ADDR SECS | fill DIR N | counts DIR |\n\
          \x20      drain N CONCURRENCY | rate RATE BURST SECS"
     );
     std::process::exit(2);
@@ -148,6 +154,69 @@ where
     };
     let _ = tokio::time::timeout(Duration::from_secs(secs), accept).await;
     Ok(())
+}
+
+/// The durable-ingest floor: the least any durable ingest must do here. Every request's
+/// query string is inserted into a one-table SQLite store (WAL, `synchronous=FULL`, no
+/// index but the rowid) by a group-commit writer thread, and answered 200 with the new id
+/// only after COMMIT returned. No parsing, no mapping, no dedupe, no logging.
+async fn floor(dir: &Path, addr: &str, secs: u64) -> Res {
+    type Job = (String, tokio::sync::oneshot::Sender<i64>);
+    std::fs::create_dir_all(dir)?;
+    let conn = rusqlite::Connection::open(dir.join("floor.db"))?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, query TEXT NOT NULL, at INTEGER NOT NULL)",
+    )?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(4096);
+    std::thread::spawn(move || {
+        let mut conn = conn;
+        let mut jobs = Vec::new();
+        while let Some(job) = rx.blocking_recv() {
+            jobs.push(job);
+            while jobs.len() < 256 {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let now = Timestamp::now().as_millisecond();
+            let txn = conn.transaction().expect("begin");
+            let mut ids = Vec::with_capacity(jobs.len());
+            {
+                let mut stmt = txn
+                    .prepare_cached("INSERT INTO t (query, at) VALUES (?1, ?2) RETURNING id")
+                    .expect("prepare");
+                for (q, _) in &jobs {
+                    ids.push(
+                        stmt.query_row(rusqlite::params![q, now], |r| r.get::<_, i64>(0))
+                            .expect("insert"),
+                    );
+                }
+            }
+            txn.commit().expect("commit");
+            for ((_, reply), id) in jobs.drain(..).zip(ids) {
+                let _ = reply.send(id);
+            }
+        }
+    });
+    serve_bounded(addr, secs, move |req| {
+        let tx = tx.clone();
+        async move {
+            let q = req.uri().query().unwrap_or("").to_string();
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let sent = tx.send((q, reply)).await.is_ok();
+            match (sent, rx.await) {
+                (true, Ok(id)) => json(
+                    StatusCode::OK,
+                    format!(r#"{{"status":"accepted","id":{id}}}"#),
+                ),
+                _ => json(StatusCode::SERVICE_UNAVAILABLE, String::new()),
+            }
+        }
+    })
+    .await
 }
 
 /// Scaleo's success answer (SCALEO.md), read body included.
@@ -335,6 +404,9 @@ fn record(rule: &Rule, tag: &str, i: u64) -> NewRecord {
 fn store_config(dir: &Path) -> StoreConfig {
     let mut c = Config::for_local("http://127.0.0.1:9", "bench-key").store;
     c.path = dir.to_path_buf();
+    if let Ok(b) = std::env::var("EXP_BATCH") {
+        c.commit_batch = b.parse().unwrap();
+    }
     c
 }
 

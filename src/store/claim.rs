@@ -11,7 +11,6 @@ use jiff::Timestamp;
 use rusqlite::{Connection, params};
 
 use super::{State, Store, StoreError};
-use crate::store::sqlite::Op;
 
 /// How much of an answer is kept with an attempt.
 pub const ANSWER_EXCERPT_BYTES: usize = 2048;
@@ -266,7 +265,10 @@ impl Claimed {
             settle,
             attempt,
         };
-        let applied = self.store.call(|reply| Op::Settle(req, reply)).await?;
+        let applied = self
+            .store
+            .call(req, |req, c, now, wakes| req.apply(c, now, wakes))
+            .await?;
         if applied {
             Ok(())
         } else {

@@ -3,8 +3,9 @@
 //! [`Store`] is a cheap handle over one SQLite file (`{store.path}/relay.db`, WAL,
 //! `synchronous=FULL`). Every write goes through one writer thread that does **group commit**:
 //! it takes every operation waiting on a bounded channel (up to `store.commit_batch`), runs
-//! them in one transaction (each inside its own savepoint, so one bad operation fails alone),
-//! commits, and only then answers each caller. `Ok` therefore always means "committed".
+//! them in one transaction (redone with a savepoint per operation when one fails, so a bad
+//! operation fails alone and leaves nothing behind), commits, and only then answers each
+//! caller. `Ok` therefore always means "committed".
 //! Reads ([`Store::get`], [`Store::list`], ...) use their own connections.
 //!
 //! Forwarding takes work with [`Store::claim`]: each [`Claimed`] carries a lease and is
@@ -35,7 +36,7 @@ pub use types::{
     Requeued, State,
 };
 
-use sqlite::{Op, ReadPool, Writer};
+use sqlite::{Op, ReadPool, Run, Writer};
 
 /// Errors of the store. Any of them means "not persisted": ingest answers 503.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,7 +126,8 @@ impl Store {
 
     /// Stores a new record durably; `Ok` only after COMMIT returned.
     pub async fn insert(&self, rec: NewRecord) -> Result<Inserted, StoreError> {
-        self.call(|reply| Op::Insert(rec, reply)).await
+        self.call(rec, |rec, c, _, wakes| ops::insert(c, rec, wakes))
+            .await
     }
 
     /// A notifier signalled after each commit that made work due (new queued records,
@@ -184,7 +186,9 @@ impl Store {
             probe,
             prefer_retry: seq % 4 == 3,
         };
-        let rows = self.call(|reply| Op::Claim(req, reply)).await?;
+        let rows = self
+            .call(req, |req, c, now, _| ops::claim(c, req, now))
+            .await?;
         Ok(rows
             .into_iter()
             .map(|row| Claimed::new(self.clone(), owner.clone(), row))
@@ -193,12 +197,12 @@ impl Store {
 
     /// Persists a pause of `scope` for `reason` (idempotent).
     pub async fn pause(&self, scope: PauseScope, reason: PauseReason) -> Result<(), StoreError> {
-        self.call(|reply| Op::Pause(scope, reason, reply)).await
+        self.call((scope, reason), ops::pause).await
     }
 
     /// Removes every pause of `scope` (an operator's resume). Returns how many were removed.
     pub async fn resume(&self, scope: PauseScope) -> Result<u64, StoreError> {
-        self.call(|reply| Op::Resume(scope, None, reply)).await
+        self.call((scope, None), ops::resume).await
     }
 
     /// Removes only the pause of `scope` with `reason` (a successful probe, a config reload).
@@ -207,8 +211,7 @@ impl Store {
         scope: PauseScope,
         reason: PauseReason,
     ) -> Result<u64, StoreError> {
-        self.call(|reply| Op::Resume(scope, Some(reason), reply))
-            .await
+        self.call((scope, Some(reason)), ops::resume).await
     }
 
     /// The persisted pauses.
@@ -223,7 +226,9 @@ impl Store {
         let cutoff = ts_minus(Timestamp::now(), older_than);
         let mut total = 0;
         loop {
-            let n = self.call(|reply| Op::Purge(cutoff, reply)).await?;
+            let n = self
+                .call(cutoff, |cutoff, c, now, _| ops::purge(c, *cutoff, now))
+                .await?;
             total += n;
             if n < ops::PURGE_CHUNK {
                 return Ok(total);
@@ -259,7 +264,10 @@ impl Store {
     /// (dedupe applies; the age bound and the retry schedule restart), rejected again, or
     /// skipped. The attempt history is kept.
     pub async fn requeue(&self, id: i64, state: NewState) -> Result<Requeued, StoreError> {
-        self.call(|reply| Op::Requeue(id, state, reply)).await
+        self.call((id, state), |(id, state), c, now, wakes| {
+            ops::requeue(c, *id, state, now, wakes)
+        })
+        .await
     }
 
     /// One record with its attempts.
@@ -295,14 +303,16 @@ impl Store {
         self.read(read::oldest_queued).await
     }
 
-    pub(crate) async fn call<T: Send + 'static>(
+    /// Has the writer run `run` on `req` in its next group commit; answers after COMMIT.
+    pub(crate) async fn call<R: Send + 'static, T: Send + 'static>(
         &self,
-        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+        req: R,
+        run: Run<R, T>,
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(op(reply))
+            .send(sqlite::op(req, run, reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -1,4 +1,4 @@
-//! The SQL of each write operation, run by the writer inside its own savepoint.
+//! The SQL of each write operation, run by the writer inside a group's transaction.
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use super::{StoreError, ts_plus};
 /// How many rows one purge operation deletes at most (keeps each commit short).
 pub(crate) const PURGE_CHUNK: u64 = 5_000;
 
-/// What [`Op::Claim`] asks for (see `Store::claim` for the policy).
+/// What a claim asks for (see `Store::claim` for the policy).
 pub(crate) struct ClaimRequest {
     pub limit: usize,
     pub lease: Duration,
@@ -148,6 +148,37 @@ fn remember(c: &Connection, key: &str, id: i64, expires: Timestamp) -> Result<()
     )?
     .execute(params![key, id, expires.as_millisecond()])?;
     Ok(())
+}
+
+/// Persists a pause (idempotent).
+pub(crate) fn pause(
+    (scope, reason): &(PauseScope, PauseReason),
+    c: &Connection,
+    now: Timestamp,
+    _: &mut bool,
+) -> Result<(), StoreError> {
+    c.prepare_cached("INSERT OR IGNORE INTO paused (scope, reason, since) VALUES (?1, ?2, ?3)")?
+        .execute(params![scope.key(), reason.as_str(), now.as_millisecond()])?;
+    Ok(())
+}
+
+/// Removes the pauses of `scope` (only the one with `reason` when given); returns how many.
+pub(crate) fn resume(
+    (scope, reason): &(PauseScope, Option<PauseReason>),
+    c: &Connection,
+    _: Timestamp,
+    wakes: &mut bool,
+) -> Result<u64, StoreError> {
+    let n = match reason {
+        Some(r) => c
+            .prepare_cached("DELETE FROM paused WHERE scope = ?1 AND reason = ?2")?
+            .execute(params![scope.key(), r.as_str()])?,
+        None => c
+            .prepare_cached("DELETE FROM paused WHERE scope = ?1")?
+            .execute([scope.key()])?,
+    };
+    *wakes |= n > 0;
+    Ok(n as u64)
 }
 
 pub(crate) fn claim(
