@@ -58,11 +58,12 @@ fsync_probe() {
   awk -v s="$(echo "$out" | sed -E 's/.* copied, ([0-9.]+) s.*/\1/')" 'BEGIN { printf "%.0f", s / 200 * 1e6 }'
 }
 
-# Starts a bench server ($1 = bare|upstream) on a free port; sets SERVER_ADDR. (Not run in
-# a command substitution: the pid must reach PIDS of this shell.)
+# Starts a bench server ($1 = bare|upstream|floor, then its arguments before ADDR) on a free
+# port; sets SERVER_ADDR. (Not run in a command substitution: the pid must reach PIDS of this
+# shell.)
 start_server() {
   local kind=$1 out="$TMP/$1.out"
-  "$BENCH" "$kind" 127.0.0.1:0 900 >"$out" 2>&1 &
+  "$BENCH" "$@" 127.0.0.1:0 900 >"$out" 2>&1 &
   PIDS+=($!)
   SERVER_ADDR=""
   for _ in $(seq 100); do
@@ -122,15 +123,22 @@ if want ingest; then
   BARE=$SERVER_ADDR
   run_wrk "$BARE" 2 >/dev/null
   read -r b_rps b_p99 b_err < <(run_wrk "$BARE" "$DUR")
+  start_server floor "$TMP/floor-store"
+  FLOOR=$SERVER_ADDR
+  run_wrk "$FLOOR" 2 >/dev/null
+  read -r f_rps f_p99 f_err < <(run_wrk "$FLOOR" "$DUR")
   start_relay "$TMP/ingest-store"
   run_wrk "$RELAY_ADDR" 2 >/dev/null
   read -r r_rps r_p99 r_err < <(run_wrk "$RELAY_ADDR" "$DUR")
   stop_relay
   stored=$("$BENCH" counts "$TMP/ingest-store")
-  ratio=$(awk -v r="$r_rps" -v b="$b_rps" 'BEGIN { printf "%.2f", r / b }')
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
   row "ingest  bare hyper 204          : $b_rps req/s, p99 $b_p99 ms, errors $b_err"
+  row "ingest  floor (durable insert)  : $f_rps req/s, p99 $f_p99 ms, errors $f_err"
   row "ingest  relay (durable, fwd on) : $r_rps req/s, p99 $r_p99 ms, errors $r_err"
-  row "ingest  ratio relay/bare        : $ratio (target >= 0.5), p99 target < 5 ms"
+  row "ingest  ratio relay/bare        : $(ratio "$r_rps" "$b_rps") (target >= 0.5), p99 target < 5 ms"
+  row "ingest  ratio floor/bare        : $(ratio "$f_rps" "$b_rps") (hyper + one group-committed SQLite insert, nothing else)"
+  row "ingest  ratio relay/floor       : $(ratio "$r_rps" "$f_rps")"
   row "ingest  store after the runs    : $stored"
 fi
 

@@ -72,34 +72,31 @@ pub(crate) fn insert(
     };
     let queued = state == State::Queued;
     let raw = &rec.raw;
-    let id: i64 = c
-        .prepare_cached(
-            "INSERT INTO records (source, state, received_at, queued_at, updated_at, method, path,
+    // `last_insert_rowid` rather than RETURNING, which costs about 1 us more per insert.
+    c.prepare_cached(
+        "INSERT INTO records (source, state, received_at, queued_at, updated_at, method, path,
                  query, client_ip, user_agent, referer, body, click_id, reason, dedupe_key,
                  original_id, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?4)
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                rec.source,
-                state.as_str(),
-                recv,
-                queued.then_some(recv),
-                raw.method,
-                raw.path,
-                raw.query,
-                raw.client_ip,
-                raw.user_agent,
-                raw.referer,
-                body,
-                click_id,
-                reason,
-                key,
-                original,
-            ],
-            |r| r.get(0),
-        )?;
+             VALUES (?1, ?2, ?3, ?4, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?4)",
+    )?
+    .execute(params![
+        rec.source,
+        state.as_str(),
+        recv,
+        queued.then_some(recv),
+        raw.method,
+        raw.path,
+        raw.query,
+        raw.client_ip,
+        raw.user_agent,
+        raw.referer,
+        body,
+        click_id,
+        reason,
+        key,
+        original,
+    ])?;
+    let id = c.last_insert_rowid();
     if let Some(original) = original {
         return Ok(Inserted::Duplicate { id, original });
     }
