@@ -1,0 +1,114 @@
+//! Two relays sharing one PostgreSQL store (`store.url`), no balancer: postbacks split
+//! between them, repeats sent to the other instance, a Scaleo that fails twice first. Every
+//! postback reaches Scaleo exactly once and the global rate limit holds for both together.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postback_relay::sandbox::{Sandbox, SandboxConfig, Step};
+use postback_relay::serve::{self, Running};
+use postback_relay::store::State;
+
+use crate::pg;
+use crate::support::{KEY, SHOP, config};
+
+const POSTBACKS: usize = 60;
+const RATE: u32 = 40;
+const BURST: u32 = 5;
+
+async fn relay(sandbox: &Sandbox, url: &str, root: &tempfile::TempDir) -> Running {
+    std::fs::create_dir_all(root.path().join("rules")).unwrap();
+    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+    let cfg = config(sandbox, root.path().to_path_buf(), |c| {
+        c.store.url = Some(url.to_string());
+        c.forward.rate_per_second = RATE;
+        c.forward.burst = BURST;
+    });
+    serve::start(cfg).await.expect("relay starts on PostgreSQL")
+}
+
+async fn send(client: &reqwest::Client, relay: &Running, query: &str) -> serde_json::Value {
+    let url = format!("http://{}/postback/shop?{query}", relay.ingest_addr);
+    let resp = client.get(url).send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.expect("JSON answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_on_one_database_forward_every_postback_exactly_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = pg::fresh_db().await;
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    sandbox.script([Step::status(503), Step::status(503)]);
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relays = [
+        relay(&sandbox, &url, &root_a).await,
+        relay(&sandbox, &url, &root_b).await,
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for i in 0..POSTBACKS {
+        let answer = send(
+            &client,
+            &relays[i % 2],
+            &format!("cid=c{i}&amt=100&oid=O{i}"),
+        )
+        .await;
+        assert_eq!(answer["status"], "accepted", "{answer}");
+    }
+    // Repeats sent to the other instance are duplicates there: dedupe is shared.
+    for i in 0..10 {
+        let answer = send(
+            &client,
+            &relays[(i + 1) % 2],
+            &format!("cid=c{i}&amt=100&oid=O{i}"),
+        )
+        .await;
+        assert_eq!(answer["status"], "duplicate", "{answer}");
+    }
+    let store = relays[0].store.clone();
+    let mut counts = Vec::new();
+    let done = pg::until(Duration::from_secs(30), async || {
+        counts = store.counts_by_state().await.unwrap();
+        counts == [(State::Delivered, POSTBACKS as u64), (State::Duplicate, 10)]
+    })
+    .await;
+    assert!(done, "not all delivered: {counts:?}");
+    for r in relays {
+        r.stop().await;
+    }
+    let calls = sandbox.received();
+    let mut per_click: HashMap<String, usize> = HashMap::new();
+    for body in sandbox.accepted() {
+        let click = body["click_id"].as_str().unwrap_or_default().to_string();
+        *per_click.entry(click).or_default() += 1;
+    }
+    assert_eq!(per_click.len(), POSTBACKS);
+    assert!(per_click.values().all(|n| *n == 1), "{per_click:?}");
+    // Only the two scripted failures were sent again.
+    assert_eq!(calls.len(), POSTBACKS + 2);
+    // The global limit holds for both relays together: in any half second at most the
+    // burst and half the rate (plus slack for loopback delays); two instances each with
+    // their own limit could send 50.
+    let times: Vec<jiff::Timestamp> = calls.iter().map(|c| c.at).collect();
+    let half = jiff::SignedDuration::from_millis(500);
+    let busiest = (0..times.len())
+        .map(|i| times[i..].iter().filter(|t| **t < times[i] + half).count())
+        .max()
+        .unwrap_or(0);
+    let ceiling = (BURST + RATE / 2) as usize + 10;
+    assert!(
+        busiest <= ceiling,
+        "{busiest} calls in 500 ms, at most {ceiling}"
+    );
+    sandbox.shutdown();
+}
