@@ -112,3 +112,63 @@ async fn two_relays_on_one_database_forward_every_postback_exactly_once() {
     );
     sandbox.shutdown();
 }
+
+/// Runs `postback-relay ARGS` with `RELAY__STORE__URL` set, off the async runtime.
+async fn cli_on(url: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let url = url.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+            .args(&args)
+            .env("RELAY__STORE__URL", url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run the binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_cli_works_on_the_shared_database() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = pg::fresh_db().await;
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let running = relay(&sandbox, &url, &root).await;
+    let client = reqwest::Client::new();
+    let answer = send(&client, &running, "cid=cli1&amt=1999").await;
+    let id = answer["id"].as_i64().expect("id");
+
+    let (code, list, err) = cli_on(&url, &["records", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list["records"][0]["id"], id);
+    let (code, rec, err) = cli_on(&url, &["record", &id.to_string(), "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rec["raw"]["query"], "cid=cli1&amt=1999");
+
+    // A pause from the CLI is seen by the running relay (and every other instance).
+    let (code, _, err) = cli_on(&url, &["pause", "--source", "shop", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let paused = running.store.paused().await.unwrap();
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    let (code, answer, err) = cli_on(&url, &["resume", "--source", "shop", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(answer["removed"], 1);
+    assert!(running.store.paused().await.unwrap().is_empty());
+    running.stop().await;
+    sandbox.shutdown();
+}
