@@ -35,7 +35,7 @@ pub async fn fresh_db() -> String {
         NEXT_DB.fetch_add(1, Ordering::Relaxed)
     );
     let admin = format!(
-        "host=127.0.0.1 port={} user=relay dbname=postgres",
+        "host=127.0.0.1 port={} user=relay dbname=postgres connect_timeout=10",
         server.port
     );
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)

@@ -33,7 +33,10 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let mut exclude = req.exclude.clone();
-        for row in tx.query("SELECT scope, reason FROM paused", &[]).await? {
+        let pauses = tx
+            .prepare_cached("SELECT scope, reason FROM paused")
+            .await?;
+        for row in tx.query(&pauses, &[]).await? {
             let (scope, reason): (String, String) = (row.get(0), row.get(1));
             let probed = reason == PauseReason::UpstreamAuth.as_str()
                 && req.probe.as_ref().is_some_and(|p| p.key() == scope);
@@ -49,10 +52,8 @@ impl PgStore {
             Some(PauseScope::Source(s)) => Some(s.as_str()),
             _ => None,
         };
-        let now: i64 = tx
-            .query_one(&format!("SELECT {DB_NOW_MS}"), &[])
-            .await?
-            .get(0);
+        let now = tx.prepare_cached(&format!("SELECT {DB_NOW_MS}")).await?;
+        let now: i64 = tx.query_one(&now, &[]).await?.try_get(0)?;
         let lease = i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX);
         let until = now.saturating_add(lease);
         let stmt = tx.prepare_cached(CLAIM_SQL).await?;

@@ -10,6 +10,13 @@
 //!   claims come back when their lease ends (see [`claim`]);
 //! - the global Scaleo rate limit is a GCRA row updated atomically (see [`limit`]).
 //!
+//! A record stored by another instance is found by the forwarder's idle tick (100 ms), not
+//! by LISTEN/NOTIFY: a NOTIFY in every insert would take PostgreSQL's global notify lock at
+//! each commit and serialise ingest. Local writes wake the local forwarder at once.
+//!
+//! Due times (`next_attempt_at`) come from the instances' clocks, leases from the database
+//! clock: keep the instances' clocks in sync (NTP) as for any service.
+//!
 //! Connections are plain TCP (`NoTls`): TLS is not supported yet, so the database must be
 //! reached over a trusted network (loopback, a private network or a tunnel).
 

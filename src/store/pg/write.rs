@@ -7,8 +7,8 @@
 //! record takes the key over. Two instances inserting the same new key at once serialise on
 //! the key's unique index, so exactly one of them stores it.
 
+use deadpool_postgres::Transaction;
 use jiff::Timestamp;
-use tokio_postgres::Transaction;
 
 use super::super::ops::{PURGE_CHUNK, body_text};
 use super::super::types::{Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued};
@@ -279,13 +279,13 @@ async fn take_key(
     at_ms: i64,
 ) -> Result<Option<i64>, StoreError> {
     for _ in 0..KEY_TRIES {
-        let taken = tx
-            .execute(
+        let stmt = tx
+            .prepare_cached(
                 "INSERT INTO dedupe (key, record_id, expires_at) VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO NOTHING",
-                &[&key, &id, &expires],
             )
             .await?;
+        let taken = tx.execute(&stmt, &[&key, &id, &expires]).await?;
         if taken == 1 {
             return Ok(None);
         }
