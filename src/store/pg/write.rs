@@ -289,11 +289,11 @@ async fn take_key(
         if taken == 1 {
             return Ok(None);
         }
+        // Lock the key, then read its record in a statement of its own (a fresh snapshot, so
+        // a holder committed by another instance meanwhile is seen as it is now).
         let Some(row) = tx
             .query_opt(
-                "SELECT d.record_id, d.expires_at, r.state FROM dedupe d
-                   LEFT JOIN records r ON r.id = d.record_id
-                 WHERE d.key = $1 FOR UPDATE OF d",
+                "SELECT record_id, expires_at FROM dedupe WHERE key = $1 FOR UPDATE",
                 &[&key],
             )
             .await?
@@ -301,8 +301,12 @@ async fn take_key(
             // Purged between the conflict and the lock: take it again.
             continue;
         };
-        let (holder, holder_expires, state): (i64, i64, Option<String>) =
-            (row.get(0), row.get(1), row.get(2));
+        let (holder, holder_expires): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let state: Option<String> = tx
+            .query_opt("SELECT state FROM records WHERE id = $1", &[&holder])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
         let dead = matches!(state.as_deref(), Some("rejected" | "dead"));
         if holder_expires > at_ms && !dead && holder != id {
             return Ok(Some(holder));
