@@ -1,6 +1,7 @@
-//! Two relays sharing one PostgreSQL store (`store.url`), no balancer: postbacks split
-//! between them, repeats sent to the other instance, a Scaleo that fails twice first. Every
-//! postback reaches Scaleo exactly once and the global rate limit holds for both together.
+//! Relays sharing one PostgreSQL store (`store.url`), no balancer: postbacks split between
+//! two of them (repeats sent to the other one, a Scaleo that fails twice first) reach Scaleo
+//! exactly once within the shared global rate limit; a relay process killed with claims in
+//! hand has them taken over by another; the operator CLI works on the shared database.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -169,5 +170,107 @@ async fn the_operator_cli_works_on_the_shared_database() {
     assert_eq!(answer["removed"], 1);
     assert!(running.store.paused().await.unwrap().is_empty());
     running.stop().await;
+    sandbox.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = pg::fresh_db().await;
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    // The first four forwards land at Scaleo but their answers never come in time.
+    sandbox.script(vec![Step::Hang(Duration::from_secs(30)); 4]);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("rules")).unwrap();
+    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .arg("serve")
+        .env("RELAY__STORE__URL", &url)
+        .env("RELAY__STORE__PATH", root.path().join("data"))
+        .env("RELAY__RULES__DIR", root.path().join("rules"))
+        .env("RELAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RELAY__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("RELAY__SCALEO__BASE_URL", sandbox.base_url())
+        .env("RELAY__SCALEO__API_KEY", KEY)
+        .env("RELAY__SCALEO__TIMEOUT", "2s")
+        .env("RELAY__FORWARD__LEASE", "3s")
+        .env("RELAY__FORWARD__CONCURRENCY", "4")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the relay binary");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let up = pg::until(Duration::from_secs(20), async || {
+        client
+            .get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up, "the relay process did not come up");
+    let total = 20;
+    for i in 0..total {
+        let url = format!("http://127.0.0.1:{port}/postback/shop?cid=k{i}&amt=100");
+        let answer: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer["status"], "accepted", "{answer}");
+    }
+    // Kill -9 while its four forwards hang (and more records are leased to it).
+    let hanging = pg::until(Duration::from_secs(10), async || {
+        sandbox.received().len() >= 4
+    })
+    .await;
+    doomed.kill().expect("kill -9");
+    let _ = doomed.wait();
+    assert!(hanging, "the doomed relay never forwarded");
+
+    let other_root = tempfile::tempdir().unwrap();
+    let survivor = relay(&sandbox, &url, &other_root).await;
+    let store = survivor.store.clone();
+    let mut counts = Vec::new();
+    let done = pg::until(Duration::from_secs(30), async || {
+        counts = store.counts_by_state().await.unwrap();
+        counts
+            .iter()
+            .filter(|(s, _)| matches!(s, State::Delivered | State::DuplicateUpstream))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+            == total
+    })
+    .await;
+    survivor.stop().await;
+    assert!(done, "not all taken over: {counts:?}");
+    // The four that landed before the kill were sent again and met "Multiple Conversions";
+    // every conversion landed exactly once.
+    assert!(
+        counts.contains(&(State::DuplicateUpstream, 4)),
+        "{counts:?}"
+    );
+    let mut landed: Vec<String> = sandbox
+        .accepted()
+        .iter()
+        .filter_map(|b| b["click_id"].as_str().map(str::to_string))
+        .collect();
+    landed.sort();
+    let before = landed.len();
+    landed.dedup();
+    assert_eq!((before, landed.len()), (total as usize, total as usize));
     sandbox.shutdown();
 }
