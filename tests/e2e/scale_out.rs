@@ -173,6 +173,16 @@ async fn the_operator_cli_works_on_the_shared_database() {
     sandbox.shutdown();
 }
 
+/// A relay process that is killed when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -195,23 +205,25 @@ async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
         .local_addr()
         .unwrap()
         .port();
-    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_postback-relay"))
-        .arg("serve")
-        .env("RELAY__STORE__URL", &url)
-        .env("RELAY__STORE__PATH", root.path().join("data"))
-        .env("RELAY__RULES__DIR", root.path().join("rules"))
-        .env("RELAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RELAY__ADMIN__LISTEN", "127.0.0.1:0")
-        .env("RELAY__SCALEO__BASE_URL", sandbox.base_url())
-        .env("RELAY__SCALEO__API_KEY", KEY)
-        .env("RELAY__SCALEO__TIMEOUT", "2s")
-        .env("RELAY__FORWARD__LEASE", "3s")
-        .env("RELAY__FORWARD__CONCURRENCY", "4")
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the relay binary");
+    let mut doomed = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+            .arg("serve")
+            .env("RELAY__STORE__URL", &url)
+            .env("RELAY__STORE__PATH", root.path().join("data"))
+            .env("RELAY__RULES__DIR", root.path().join("rules"))
+            .env("RELAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RELAY__ADMIN__LISTEN", "127.0.0.1:0")
+            .env("RELAY__SCALEO__BASE_URL", sandbox.base_url())
+            .env("RELAY__SCALEO__API_KEY", KEY)
+            .env("RELAY__SCALEO__TIMEOUT", "2s")
+            .env("RELAY__FORWARD__LEASE", "3s")
+            .env("RELAY__FORWARD__CONCURRENCY", "4")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the relay binary"),
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -237,8 +249,8 @@ async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
         sandbox.received().len() >= 4
     })
     .await;
-    doomed.kill().expect("kill -9");
-    let _ = doomed.wait();
+    doomed.0.kill().expect("kill -9");
+    let _ = doomed.0.wait();
     assert!(hanging, "the doomed relay never forwarded");
 
     let other_root = tempfile::tempdir().unwrap();
