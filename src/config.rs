@@ -252,14 +252,26 @@ pub struct ForwardConfig {
     pub grace: Duration,
 }
 
-/// `[store]`: the embedded SQLite directory (or a PostgreSQL url, not supported yet).
-#[derive(Debug, Clone)]
+/// `[store]`: the embedded SQLite directory, or the PostgreSQL database shared by several
+/// instances (`url`, which wins when set).
+#[derive(Clone)]
 pub struct StoreConfig {
     pub path: PathBuf,
     pub url: Option<String>,
     pub retention: Duration,
     /// Most records one group commit may hold.
     pub commit_batch: usize,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("retention", &self.retention)
+            .field("commit_batch", &self.commit_batch)
+            .finish()
+    }
 }
 
 /// `[log]`: human or JSON lines, and the default level filter.
@@ -476,6 +488,16 @@ impl RawConfig {
             retention: duration("store.retention", &st.retention)?,
             commit_batch: st.commit_batch,
         };
+        if let Some(url) = &store.url
+            && !url.starts_with("${")
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                crate::store::redact_url(url),
+                "a postgres://user@host:port/database URL",
+            ));
+        }
         let level = self.log.level;
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(invalid(

@@ -6,8 +6,9 @@
 //!    checks the source's token and IP allow list, and decodes the parameters.
 //! 2. [`rules`] maps them with the source's compiled rule file into Scaleo's body
 //!    (or a skip or a reject with a reason); pure, no I/O.
-//! 3. [`store`] commits the record (raw postback, body, state, dedupe key) durably with
-//!    group commit before ingest answers 200.
+//! 3. [`store`] commits the record (raw postback, body, state, dedupe key) durably before
+//!    ingest answers 200: to the embedded SQLite file with group commit, or to a PostgreSQL
+//!    database shared by several instances (`store.url`).
 //! 4. [`forward`] claims due records with a lease, waits for the rate limiter, POSTs them to
 //!    Scaleo, classifies the answer and settles the record (delivered, retry, paused, dead).
 //!

@@ -47,7 +47,7 @@ pub struct StoreArgs {
     /// Service config file (relay.toml) giving store.path, rules.dir and scaleo.timezone.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The store directory (overrides store.path).
+    /// The store directory (overrides store.path, and store.url: the SQLite store there).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Print the admin API's JSON instead of text.
@@ -172,19 +172,27 @@ fn runtime() -> Result<tokio::runtime::Runtime, OpsError> {
         .map_err(|e| OpsError::Usage(format!("cannot start the async runtime: {e}")))
 }
 
-/// Opens the store of an existing data directory (never creates one).
-fn open_store(args: &StoreArgs, cfg: &Config) -> Result<Store, OpsError> {
+/// Opens the store of the config (never creates a data directory): the PostgreSQL store of
+/// `store.url`, else the SQLite store of an existing directory (`--data` picks one and wins
+/// over `store.url`). The store lives on the returned runtime: use that one to drive it.
+fn open_store(
+    args: &StoreArgs,
+    cfg: &Config,
+) -> Result<(tokio::runtime::Runtime, Store), OpsError> {
     let mut sc = cfg.store.clone();
     if let Some(dir) = &args.data {
         sc.path = dir.clone();
+        sc.url = None;
     }
-    if !sc.path.is_dir() {
+    if sc.url.is_none() && !sc.path.is_dir() {
         return Err(OpsError::Usage(format!(
             "no store directory {} (store.path); give --data DIR or --config FILE",
             sc.path.display()
         )));
     }
-    Ok(Store::open(&sc)?)
+    let rt = runtime()?;
+    let store = rt.block_on(Store::connect(&sc))?;
+    Ok((rt, store))
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -211,8 +219,8 @@ pub fn records(a: RecordsArgs) -> Result<(), OpsError> {
     put("limit", &Some(a.limit.to_string()));
     let q = view::list_query(&pairs)?;
     let cfg = config(a.store.config.as_deref())?;
-    let store = open_store(&a.store, &cfg)?;
-    let (page, next) = runtime()?.block_on(store.list(q.filter, q.limit, q.cursor))?;
+    let (rt, store) = open_store(&a.store, &cfg)?;
+    let (page, next) = rt.block_on(store.list(q.filter, q.limit, q.cursor))?;
     let list = ListJson::new(&page, next);
     if a.store.json {
         print_json(&list);
@@ -242,8 +250,8 @@ pub fn records(a: RecordsArgs) -> Result<(), OpsError> {
 /// `postback-relay record ID`.
 pub fn record(a: RecordArgs) -> Result<(), OpsError> {
     let cfg = config(a.store.config.as_deref())?;
-    let store = open_store(&a.store, &cfg)?;
-    let rec = runtime()?
+    let (rt, store) = open_store(&a.store, &cfg)?;
+    let rec = rt
         .block_on(store.get(a.id))?
         .ok_or(OpsError::NotFound(a.id))?;
     let r = RecordJson::from(&rec);
@@ -328,13 +336,13 @@ pub fn replay(a: ReplayArgs) -> Result<(), OpsError> {
     let cfg = config(a.store.config.as_deref())?;
     let dir = a.rules.clone().unwrap_or_else(|| cfg.rules_dir.clone());
     let set = load_rules(&dir)?;
-    let store = open_store(&a.store, &cfg)?;
+    let (rt, store) = open_store(&a.store, &cfg)?;
     let replayer = Replayer {
         store,
         rules: Arc::new(LiveRules::new(set)),
         zone: cfg.scaleo.timezone.clone(),
     };
-    let report = runtime()?.block_on(replayer.run(selection))?;
+    let report = rt.block_on(replayer.run(selection))?;
     if a.store.json {
         print_json(&report);
     } else {
@@ -378,8 +386,7 @@ fn load_rules(dir: &std::path::Path) -> Result<RuleSet, OpsError> {
 pub fn pause(a: PauseArgs, pause: bool) -> Result<(), OpsError> {
     let scope = view::pause_scope(a.source.as_deref())?;
     let cfg = config(a.store.config.as_deref())?;
-    let store = open_store(&a.store, &cfg)?;
-    let rt = runtime()?;
+    let (rt, store) = open_store(&a.store, &cfg)?;
     let scope_text = view::scope_name(&scope);
     let removed = rt.block_on(async {
         if pause {

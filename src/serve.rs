@@ -132,13 +132,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             list.join("\n")
         )
     })?;
-    if let Some(url) = &cfg.store.url {
-        anyhow::bail!(
-            "store.url = {url:?}: the PostgreSQL store is not available in this version; remove store.url to use the embedded SQLite store"
-        );
-    }
-    let store = Store::open(&cfg.store)
-        .with_context(|| format!("opening the store in {}", cfg.store.path.display()))?;
+    let store = Store::connect(&cfg.store)
+        .await
+        .with_context(|| store_name(&cfg.store))?;
     settle_pauses(&store, &sources_of(&set), true).await;
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
@@ -245,6 +241,14 @@ pub async fn run_until_signal(running: Running) -> anyhow::Result<()> {
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Names the store in errors (a URL without its password).
+fn store_name(cfg: &crate::config::StoreConfig) -> String {
+    match &cfg.url {
+        Some(url) => format!("opening the store at {}", crate::store::redact_url(url)),
+        None => format!("opening the store in {}", cfg.path.display()),
+    }
 }
 
 /// With records queued, how long without a settled attempt counts as a stall for `/readyz`.

@@ -132,3 +132,24 @@ fn bad_values_name_the_key_the_value_and_what_is_accepted() {
         );
     }
 }
+
+#[test]
+fn store_url_must_be_postgres_and_its_password_is_never_printed() {
+    let config = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\nurl = \"mysql://relay:pw-s3cret@db/relay\"\n";
+    let (code, out) = check(config, &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("store.url = \"mysql://relay:***@db/relay\": a postgres://"),
+        "{out}"
+    );
+    assert!(!out.contains("pw-s3cret"), "{out}");
+    let config = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n";
+    let (code, out) = check(
+        config,
+        &[(
+            "RELAY__STORE__URL",
+            "postgres://relay:pw@127.0.0.1:5432/relay",
+        )],
+    );
+    assert_eq!(code, 0, "{out}");
+}

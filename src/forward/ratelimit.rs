@@ -4,6 +4,11 @@
 //! non-blocking [`Limiter::check`]; the forwarder uses [`Limiter::acquire`], which sleeps on
 //! the tokio timer. A rate of 0 turns a limit off. Waiting is not a retry and drops nothing.
 //! A source's limit is taken first (its wait never holds a global cell), then the global one.
+//!
+//! With the PostgreSQL store the global limit is shared by every instance: its cells come
+//! from a GCRA row in the database ([`SharedLimit`]) instead of the in-process governor,
+//! which then only stands in while the database cannot be reached. Per-source limits stay
+//! per instance.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -14,6 +19,8 @@ use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+
+use crate::store::SharedLimit;
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
@@ -43,6 +50,8 @@ struct SourceLimit<C: Clock> {
 pub struct Limiter<C: Clock = DefaultClock> {
     clock: C,
     global: Option<Direct<C>>,
+    /// The global limit shared by every instance, when the store can keep one.
+    shared: Option<SharedLimit>,
     sources: Mutex<HashMap<String, SourceLimit<C>>>,
 }
 
@@ -50,6 +59,14 @@ impl Limiter<DefaultClock> {
     /// A limiter on the real clock with the global `rate`.
     pub fn new(global: Rate) -> Self {
         Self::with_clock(global, DefaultClock::default())
+    }
+
+    /// A limiter whose global cells come from `shared` (all instances together) when given;
+    /// the in-process limit of `global` is used only while `shared` fails.
+    pub fn with_shared(global: Rate, shared: Option<SharedLimit>) -> Self {
+        let mut limiter = Self::new(global);
+        limiter.shared = shared;
+        limiter
     }
 }
 
@@ -60,6 +77,7 @@ impl<C: Clock + Clone> Limiter<C> {
             global: global
                 .quota()
                 .map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
+            shared: None,
             clock,
             sources: Mutex::new(HashMap::new()),
         }
@@ -146,6 +164,15 @@ impl Limiter<DefaultClock> {
             && let Some(limiter) = self.source_limiter(source)
         {
             limiter.until_ready().await;
+        }
+        if let Some(shared) = &self.shared {
+            match shared.acquire().await {
+                Ok(_) => return start.elapsed(),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "shared rate limit unavailable: using this instance's own limit"
+                ),
+            }
         }
         if let Some(global) = &self.global {
             global.until_ready().await;

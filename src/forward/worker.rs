@@ -19,6 +19,9 @@ use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
 use crate::store::{Attempt, Claimed, PauseReason, PauseScope, Store, StoreError};
 
+/// The name of the global Scaleo limit where the store shares it between instances.
+const GLOBAL_LIMIT: &str = "scaleo.global";
+
 /// A rate-limiter wait at least this long counts in the `rate_limit_waits` metric.
 const RATE_WAIT_COUNTED: Duration = Duration::from_millis(1);
 
@@ -52,10 +55,12 @@ impl Worker {
         status: Arc<ForwardStatus>,
     ) -> Result<Arc<Worker>, ForwardError> {
         let client = Client::new(scaleo.timeout, fwd.concurrency)?;
-        let limiter = Limiter::new(Rate {
+        let global = Rate {
             per_second: fwd.rate_per_second,
             burst: fwd.burst,
-        });
+        };
+        let shared = store.shared_limit(GLOBAL_LIMIT, global.per_second, global.burst);
+        let limiter = Limiter::with_shared(global, shared);
         Ok(Arc::new(Worker {
             store,
             client,

@@ -39,14 +39,14 @@ pub struct Claimed {
 /// The columns a claim returns.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimRow {
-    id: i64,
-    source: String,
-    click_id: Option<String>,
-    body: String,
-    attempts: u32,
-    queued_at: Timestamp,
-    received_at: Timestamp,
-    state: State,
+    pub(crate) id: i64,
+    pub(crate) source: String,
+    pub(crate) click_id: Option<String>,
+    pub(crate) body: String,
+    pub(crate) attempts: u32,
+    pub(crate) queued_at: Timestamp,
+    pub(crate) received_at: Timestamp,
+    pub(crate) state: State,
 }
 
 impl ClaimRow {
@@ -83,7 +83,7 @@ pub(crate) enum Settle {
 }
 
 impl Settle {
-    fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Settle::Delivered { .. } => "delivered",
             Settle::DuplicateUpstream => "duplicate_upstream",
@@ -97,10 +97,10 @@ impl Settle {
 
 /// A settle for the writer thread.
 pub(crate) struct SettleRequest {
-    id: i64,
-    owner: String,
-    settle: Settle,
-    attempt: Option<Attempt>,
+    pub(crate) id: i64,
+    pub(crate) owner: String,
+    pub(crate) settle: Settle,
+    pub(crate) attempt: Option<Attempt>,
 }
 
 impl SettleRequest {
@@ -265,10 +265,7 @@ impl Claimed {
             settle,
             attempt,
         };
-        let applied = self
-            .store
-            .call(req, |req, c, now, wakes| req.apply(c, now, wakes))
-            .await?;
+        let applied = self.store.settle(req).await?;
         if applied {
             Ok(())
         } else {

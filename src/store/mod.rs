@@ -1,6 +1,11 @@
 //! The durable store: records, states, attempts, dedupe keys, pauses and claims.
 //!
-//! [`Store`] is a cheap handle over one SQLite file (`{store.path}/relay.db`, WAL,
+//! [`Store`] is a cheap handle over one of two backends, chosen by [`Store::connect`]: the
+//! embedded SQLite file (the default, described here) or a shared PostgreSQL database
+//! (`store.url`, see [`pg`]) for several instances. Both keep the same tables and answer
+//! every method the same way.
+//!
+//! SQLite: one file (`{store.path}/relay.db`, WAL,
 //! `synchronous=FULL`). Every write goes through one writer thread that does **group commit**:
 //! it takes every operation waiting on a bounded channel (up to `store.commit_batch`), runs
 //! them in one transaction (redone with a savepoint per operation when one fails, so a bad
@@ -14,6 +19,7 @@
 
 mod claim;
 mod ops;
+mod pg;
 mod read;
 mod schema;
 mod sqlite;
@@ -30,6 +36,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::config::StoreConfig;
 
 pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, Claimed, excerpt, redact_api_key};
+pub use pg::{SharedLimit, redact_url};
 pub use read::{AttemptView, Cursor, Filter, RecordView, Summary};
 pub use types::{
     DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused, RawPostback,
@@ -50,9 +57,18 @@ pub enum StoreError {
     /// The writer thread is gone (the store is shutting down or it crashed).
     #[error("the store writer has stopped")]
     Closed,
-    /// `store.url` is set, but only the embedded SQLite backend exists so far.
-    #[error("store.url is not supported yet: only the embedded SQLite store (store.path)")]
-    Unsupported,
+    /// `store.url` is set: the PostgreSQL store is opened with [`Store::connect`].
+    #[error("store.url is set: open the PostgreSQL store with Store::connect")]
+    NeedsConnect,
+    /// PostgreSQL refused an operation (or the connection broke).
+    #[error("database error: {0}")]
+    Pg(Arc<tokio_postgres::Error>),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("database pool: {0}")]
+    Pool(Arc<deadpool_postgres::PoolError>),
+    /// `store.url` is not a usable PostgreSQL URL (the password, if any, is redacted).
+    #[error("store.url {url}: {message}")]
+    Url { url: String, message: String },
     /// A settle came after the lease ran out and another claim took the record; the attempt
     /// itself was still recorded.
     #[error("record {0}: lease lost before settling (the attempt was recorded)")]
@@ -74,6 +90,18 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Pg(Arc::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Pool(Arc::new(e))
+    }
+}
+
 /// A cheap, clonable handle on the store.
 #[derive(Clone)]
 pub struct Store {
@@ -81,19 +109,57 @@ pub struct Store {
 }
 
 struct Inner {
-    tx: mpsc::Sender<Op>,
+    backend: Backend,
+    /// Signalled after a local commit that made work due.
     notify: Arc<Notify>,
-    reader: ReadPool,
     /// Random per process, so claims by a previous process (crashed) never match ours.
     instance: u64,
     claim_seq: AtomicU64,
 }
 
+/// Where the records live.
+enum Backend {
+    /// The embedded file: the group-commit writer and the read connections.
+    Sqlite {
+        tx: mpsc::Sender<Op>,
+        reader: ReadPool,
+    },
+    /// The shared database of several instances.
+    Postgres(pg::PgStore),
+}
+
 impl Store {
-    /// Opens (creating the directory, the file and the schema if needed) the store.
+    /// Opens the store of `cfg`: PostgreSQL when `store.url` is set (connecting and migrating
+    /// the schema), else the embedded SQLite store as [`Store::open`] does.
+    pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        match &cfg.url {
+            Some(url) => {
+                let pg = pg::PgStore::connect(url).await?;
+                Ok(Store::with_backend(
+                    Backend::Postgres(pg),
+                    Arc::new(Notify::new()),
+                ))
+            }
+            None => Store::open(cfg),
+        }
+    }
+
+    fn with_backend(backend: Backend, notify: Arc<Notify>) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                backend,
+                notify,
+                instance: fastrand::u64(..),
+                claim_seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Opens (creating the directory, the file and the schema if needed) the embedded SQLite
+    /// store; refuses a config with `store.url` (use [`Store::connect`]).
     pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
         if cfg.url.is_some() {
-            return Err(StoreError::Unsupported);
+            return Err(StoreError::NeedsConnect);
         }
         std::fs::create_dir_all(&cfg.path).map_err(|e| StoreError::Dir {
             path: cfg.path.clone(),
@@ -113,19 +179,39 @@ impl Store {
                 path: file.clone(),
                 message: format!("cannot start the writer thread: {e}"),
             })?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                tx,
-                notify,
-                reader: ReadPool::new(file),
-                instance: fastrand::u64(..),
-                claim_seq: AtomicU64::new(0),
-            }),
-        })
+        let reader = ReadPool::new(file);
+        Ok(Store::with_backend(Backend::Sqlite { tx, reader }, notify))
+    }
+
+    /// The PostgreSQL backend, if this store is one.
+    fn pg(&self) -> Option<&pg::PgStore> {
+        match &self.inner.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    /// Wakes the forwarder after a PostgreSQL commit that made work due.
+    fn woke(&self, wakes: bool) {
+        if wakes {
+            self.inner.notify.notify_one();
+        }
+    }
+
+    /// The limit `name` shared by every instance on the same database (PostgreSQL only):
+    /// `None` for the embedded store, whose limits live in the process.
+    pub fn shared_limit(&self, name: &str, per_second: u32, burst: u32) -> Option<SharedLimit> {
+        self.pg()
+            .and_then(|pg| pg.shared_limit(name, per_second, burst))
     }
 
     /// Stores a new record durably; `Ok` only after COMMIT returned.
     pub async fn insert(&self, rec: NewRecord) -> Result<Inserted, StoreError> {
+        if let Some(pg) = self.pg() {
+            let (inserted, wakes) = pg.insert(&rec).await?;
+            self.woke(wakes);
+            return Ok(inserted);
+        }
         self.call(rec, |rec, c, _, wakes| ops::insert(c, rec, wakes))
             .await
     }
@@ -186,9 +272,13 @@ impl Store {
             probe,
             prefer_retry: seq % 4 == 3,
         };
-        let rows = self
-            .call(req, |req, c, now, _| ops::claim(c, req, now))
-            .await?;
+        let rows = match self.pg() {
+            Some(pg) => pg.claim(&req).await?,
+            None => {
+                self.call(req, |req, c, now, _| ops::claim(c, req, now))
+                    .await?
+            }
+        };
         Ok(rows
             .into_iter()
             .map(|row| Claimed::new(self.clone(), owner.clone(), row))
@@ -197,12 +287,30 @@ impl Store {
 
     /// Persists a pause of `scope` for `reason` (idempotent).
     pub async fn pause(&self, scope: PauseScope, reason: PauseReason) -> Result<(), StoreError> {
-        self.call((scope, reason), ops::pause).await
+        match self.pg() {
+            Some(pg) => pg.pause(&scope, reason).await,
+            None => self.call((scope, reason), ops::pause).await,
+        }
     }
 
     /// Removes every pause of `scope` (an operator's resume). Returns how many were removed.
     pub async fn resume(&self, scope: PauseScope) -> Result<u64, StoreError> {
-        self.call((scope, None), ops::resume).await
+        self.resume_inner(scope, None).await
+    }
+
+    async fn resume_inner(
+        &self,
+        scope: PauseScope,
+        reason: Option<PauseReason>,
+    ) -> Result<u64, StoreError> {
+        match self.pg() {
+            Some(pg) => {
+                let n = pg.resume(&scope, reason).await?;
+                self.woke(n > 0);
+                Ok(n)
+            }
+            None => self.call((scope, reason), ops::resume).await,
+        }
     }
 
     /// Removes only the pause of `scope` with `reason` (a successful probe, a config reload).
@@ -211,12 +319,15 @@ impl Store {
         scope: PauseScope,
         reason: PauseReason,
     ) -> Result<u64, StoreError> {
-        self.call((scope, Some(reason)), ops::resume).await
+        self.resume_inner(scope, Some(reason)).await
     }
 
     /// The persisted pauses.
     pub async fn paused(&self) -> Result<Vec<Paused>, StoreError> {
-        self.read(read::paused).await
+        match self.pg() {
+            Some(pg) => pg.paused().await,
+            None => self.read(read::paused).await,
+        }
     }
 
     /// Deletes `delivered`, `duplicate`, `duplicate_upstream` and `skipped` records received
@@ -226,9 +337,13 @@ impl Store {
         let cutoff = ts_minus(Timestamp::now(), older_than);
         let mut total = 0;
         loop {
-            let n = self
-                .call(cutoff, |cutoff, c, now, _| ops::purge(c, *cutoff, now))
-                .await?;
+            let n = match self.pg() {
+                Some(pg) => pg.purge(cutoff).await?,
+                None => {
+                    self.call(cutoff, |cutoff, c, now, _| ops::purge(c, *cutoff, now))
+                        .await?
+                }
+            };
             total += n;
             if n < ops::PURGE_CHUNK {
                 return Ok(total);
@@ -264,6 +379,11 @@ impl Store {
     /// (dedupe applies; the age bound and the retry schedule restart), rejected again, or
     /// skipped. The attempt history is kept.
     pub async fn requeue(&self, id: i64, state: NewState) -> Result<Requeued, StoreError> {
+        if let Some(pg) = self.pg() {
+            let requeued = pg.requeue(id, &state).await?;
+            self.woke(requeued == Requeued::Queued);
+            return Ok(requeued);
+        }
         self.call((id, state), |(id, state), c, now, wakes| {
             ops::requeue(c, *id, state, now, wakes)
         })
@@ -272,7 +392,10 @@ impl Store {
 
     /// One record with its attempts.
     pub async fn get(&self, id: i64) -> Result<Option<RecordView>, StoreError> {
-        self.read(move |c| read::get(c, id)).await
+        match self.pg() {
+            Some(pg) => pg.get(id).await,
+            None => self.read(move |c| read::get(c, id)).await,
+        }
     }
 
     /// Summaries matching `filter`, newest first, at most `limit`, continuing after `cursor`;
@@ -283,36 +406,64 @@ impl Store {
         limit: usize,
         cursor: Option<Cursor>,
     ) -> Result<(Vec<Summary>, Option<Cursor>), StoreError> {
-        self.read(move |c| read::list(c, &filter, limit, cursor))
-            .await
+        match self.pg() {
+            Some(pg) => pg.list(&filter, limit, cursor).await,
+            None => {
+                self.read(move |c| read::list(c, &filter, limit, cursor))
+                    .await
+            }
+        }
     }
 
     /// How many records are in each state (states with none are left out).
     pub async fn counts_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
-        self.read(read::counts_by_state).await
+        match self.pg() {
+            Some(pg) => pg.counts_by_state().await,
+            None => self.read(read::counts_by_state).await,
+        }
     }
 
     /// The sources that have records waiting to be forwarded.
     pub async fn pending_sources(&self) -> Result<Vec<String>, StoreError> {
-        self.read(read::pending_sources).await
+        match self.pg() {
+            Some(pg) => pg.pending_sources().await,
+            None => self.read(read::pending_sources).await,
+        }
     }
 
     /// The receive time of the oldest record waiting to be forwarded
     /// (`queued`, `retrying` or `paused`).
     pub async fn oldest_queued(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.read(read::oldest_queued).await
+        match self.pg() {
+            Some(pg) => pg.oldest_queued().await,
+            None => self.read(read::oldest_queued).await,
+        }
     }
 
-    /// Has the writer run `run` on `req` in its next group commit; answers after COMMIT.
-    pub(crate) async fn call<R: Send + 'static, T: Send + 'static>(
+    /// Settles a claim (records the attempt, moves the record); `false` when the lease was
+    /// lost. Committed before it returns.
+    pub(crate) async fn settle(&self, req: claim::SettleRequest) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            let (applied, wakes) = pg.settle(&req).await?;
+            self.woke(wakes);
+            return Ok(applied);
+        }
+        self.call(req, |req, c, now, wakes| req.apply(c, now, wakes))
+            .await
+    }
+
+    /// Has the SQLite writer run `run` on `req` in its next group commit; answers after
+    /// COMMIT. Only called on the SQLite backend.
+    async fn call<R: Send + 'static, T: Send + 'static>(
         &self,
         req: R,
         run: Run<R, T>,
     ) -> Result<T, StoreError> {
+        let Backend::Sqlite { tx, .. } = &self.inner.backend else {
+            return Err(StoreError::Closed);
+        };
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(sqlite::op(req, run, reply))
+        tx.send(sqlite::op(req, run, reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -323,9 +474,12 @@ impl Store {
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.reader.with(f))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        tokio::task::spawn_blocking(move || match &inner.backend {
+            Backend::Sqlite { reader, .. } => reader.with(f),
+            Backend::Postgres(_) => Err(StoreError::Closed),
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 }
 

@@ -24,7 +24,9 @@ pub(crate) struct ClaimRequest {
     pub prefer_retry: bool,
 }
 
-fn body_text(body: &serde_json::Map<String, serde_json::Value>) -> Result<String, StoreError> {
+pub(crate) fn body_text(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, StoreError> {
     serde_json::to_string(body).map_err(|e| StoreError::Corrupt(format!("body: {e}")))
 }
 

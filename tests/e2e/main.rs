@@ -1,5 +1,5 @@
-//! End-to-end tests: the real relay over loopback HTTP, a real SQLite store in a temp dir, and
-//! the scripted Scaleo sandbox.
+//! End-to-end tests: the real relay over loopback HTTP, a real SQLite store in a temp dir (or
+//! a real PostgreSQL server started by the harness), and the scripted Scaleo sandbox.
 
 mod admin;
 mod admin_client;
@@ -9,5 +9,8 @@ mod forwarding;
 mod ingest;
 mod metrics;
 mod ops_cli;
+#[path = "../support/pg.rs"]
+mod pg;
 mod reload;
+mod scale_out;
 mod support;

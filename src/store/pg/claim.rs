@@ -1,0 +1,196 @@
+//! Claims and settles on PostgreSQL.
+//!
+//! The claim policy is the SQLite store's (`ops::claim`): pauses, excludes, the probe, the
+//! retry share, oldest due first. Rows are taken with `FOR UPDATE SKIP LOCKED`, so instances
+//! claiming at the same moment never get the same record and never wait on each other; a
+//! lease (`claimed_until`) is set and compared with the database clock, so a crashed
+//! instance's claims are claimable again once it has passed. A settle checks the lease owner
+//! exactly as SQLite does: after a lost lease the record is left alone but the attempt row is
+//! kept.
+
+use jiff::Timestamp;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::super::claim::{ANSWER_EXCERPT_BYTES, ClaimRow, Settle, SettleRequest};
+use super::super::ops::ClaimRequest;
+use super::super::types::{PauseReason, PauseScope};
+use super::super::{State, StoreError, excerpt, redact_api_key};
+use super::{DB_NOW_MS, PgStore};
+
+const CLAIM_SQL: &str = "UPDATE records SET claimed_until = $1, claim_owner = $2 WHERE id IN (
+       SELECT id FROM records WHERE state = $3 AND next_attempt_at <= $4
+         AND (claimed_until IS NULL OR claimed_until <= $4)
+         AND ($5::text IS NULL OR source = $5)
+         AND NOT (source = ANY($6))
+       ORDER BY next_attempt_at LIMIT $7
+       FOR UPDATE SKIP LOCKED)
+     RETURNING id, source, click_id, body, attempts, queued_at, received_at, state";
+
+impl PgStore {
+    /// Claims due records for `req.lease` (see `Store::claim` for the policy).
+    pub(crate) async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimRow>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut exclude = req.exclude.clone();
+        let pauses = tx
+            .prepare_cached("SELECT scope, reason FROM paused")
+            .await?;
+        for row in tx.query(&pauses, &[]).await? {
+            let (scope, reason): (String, String) = (row.get(0), row.get(1));
+            let probed = reason == PauseReason::UpstreamAuth.as_str()
+                && req.probe.as_ref().is_some_and(|p| p.key() == scope);
+            if probed {
+                continue;
+            }
+            if scope == PauseScope::All.key() {
+                return Ok(Vec::new());
+            }
+            exclude.push(scope);
+        }
+        let only = match &req.probe {
+            Some(PauseScope::Source(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        let now = tx.prepare_cached(&format!("SELECT {DB_NOW_MS}")).await?;
+        let now: i64 = tx.query_one(&now, &[]).await?.try_get(0)?;
+        let lease = i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX);
+        let until = now.saturating_add(lease);
+        let stmt = tx.prepare_cached(CLAIM_SQL).await?;
+        let take = async |state: State, limit: usize| -> Result<Vec<ClaimRow>, StoreError> {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = tx
+                .query(
+                    &stmt,
+                    &[
+                        &until,
+                        &req.owner,
+                        &state.as_str(),
+                        &now,
+                        &only,
+                        &exclude,
+                        &limit,
+                    ],
+                )
+                .await?;
+            rows.iter().map(claim_row).collect()
+        };
+        let retry_share = match req.limit {
+            1 => usize::from(req.prefer_retry),
+            n => n.div_ceil(4),
+        };
+        let mut rows = take(State::Retrying, retry_share).await?;
+        for state in [State::Queued, State::Paused, State::Retrying] {
+            let room = req.limit - rows.len();
+            if room == 0 {
+                break;
+            }
+            rows.extend(take(state, room).await?);
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Records the attempt and moves the record if this claim still owns it. Returns
+    /// (applied, made work due); the attempt is committed either way.
+    pub(crate) async fn settle(&self, req: &SettleRequest) -> Result<(bool, bool), StoreError> {
+        let now = Timestamp::now().as_millisecond();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if let Some(a) = &req.attempt {
+            let answer = redact_api_key(excerpt(&a.answer, ANSWER_EXCERPT_BYTES));
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (record_id, at, status, answer, duration_ms, outcome)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &req.id,
+                    &a.at.as_millisecond(),
+                    &a.status.map(i32::from),
+                    &answer,
+                    &i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX),
+                    &req.settle.outcome(),
+                ],
+            )
+            .await?;
+        }
+        let done = "attempts = attempts + 1, next_attempt_at = NULL, claimed_until = NULL,
+                    claim_owner = NULL, updated_at = $1";
+        let free = "claimed_until = NULL, claim_owner = NULL, updated_at = $1";
+        let (text, int): (Option<String>, Option<i64>);
+        let set = match &req.settle {
+            Settle::Delivered { transaction_id } => {
+                (text, int) = (transaction_id.clone(), None);
+                format!("state = 'delivered', transaction_id = $4, last_error = NULL, {done}")
+            }
+            Settle::DuplicateUpstream => {
+                (text, int) = (None, None);
+                format!("state = 'duplicate_upstream', last_error = NULL, {done}")
+            }
+            Settle::Dead { reason } => {
+                (text, int) = (Some(reason.clone()), None);
+                format!("state = 'dead', reason = $4, last_error = $4, {done}")
+            }
+            Settle::Retry { at, error } => {
+                (text, int) = (Some(error.clone()), Some(at.as_millisecond()));
+                format!(
+                    "state = 'retrying', attempts = attempts + 1, next_attempt_at = $5,
+                     last_error = $4, {free}"
+                )
+            }
+            // Given back without counting: it waits for the resume, first in line.
+            Settle::Paused { error } => {
+                (text, int) = (Some(error.clone()), None);
+                format!("state = 'paused', next_attempt_at = $1, last_error = $4, {free}")
+            }
+            Settle::Release => {
+                (text, int) = (None, None);
+                free.to_string()
+            }
+        };
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now, &req.id, &req.owner];
+        if set.contains("$4") {
+            params.push(&text);
+        }
+        if set.contains("$5") {
+            params.push(&int);
+        }
+        let stmt = tx
+            .prepare_cached(&format!(
+                "UPDATE records SET {set} WHERE id = $2 AND claim_owner = $3"
+            ))
+            .await?;
+        let n = tx.execute(&stmt, &params).await?;
+        tx.commit().await?;
+        let wakes = n > 0 && matches!(req.settle, Settle::Release | Settle::Paused { .. });
+        Ok((n > 0, wakes))
+    }
+}
+
+fn claim_row(r: &Row) -> Result<ClaimRow, StoreError> {
+    let ts = |ms: Option<i64>| {
+        ms.and_then(|ms| Timestamp::from_millisecond(ms).ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+    };
+    let received_at = ts(r.try_get(6)?);
+    let queued_at: Option<i64> = r.try_get(5)?;
+    let state: String = r.try_get(7)?;
+    let attempts: i32 = r.try_get(4)?;
+    Ok(ClaimRow {
+        id: r.try_get(0)?,
+        source: r.try_get(1)?,
+        click_id: r.try_get(2)?,
+        body: r.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        received_at,
+        queued_at: queued_at.map_or(received_at, |ms| ts(Some(ms))),
+        state: State::parse(&state).unwrap_or(State::Queued),
+    })
+}

@@ -1,0 +1,212 @@
+//! Reads on PostgreSQL for the admin API, the CLI and the metrics.
+
+use std::time::Duration;
+
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::super::StoreError;
+use super::super::read::{AttemptView, Cursor, Filter, RecordView, Summary};
+use super::super::types::{PauseReason, PauseScope, Paused, RawPostback, State};
+use super::{PgStore, ts};
+
+const SUMMARY_COLS: &str = "id, source, state, click_id, received_at";
+
+/// The states of records waiting to be forwarded.
+const PENDING: &str = "state IN ('queued', 'retrying', 'paused')";
+
+fn state(name: &str) -> Result<State, StoreError> {
+    State::parse(name).ok_or_else(|| StoreError::Corrupt(format!("state {name:?}")))
+}
+
+fn summary(r: &Row) -> Result<Summary, StoreError> {
+    Ok(Summary {
+        id: r.try_get(0)?,
+        source: r.try_get(1)?,
+        state: state(r.try_get(2)?)?,
+        click_id: r.try_get(3)?,
+        received_at: ts(r.try_get(4)?)?,
+    })
+}
+
+impl PgStore {
+    /// The persisted pauses, oldest first.
+    pub(crate) async fn paused(&self) -> Result<Vec<Paused>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT scope, reason, since FROM paused ORDER BY since",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let reason: &str = r.try_get(1)?;
+                Ok(Paused {
+                    scope: PauseScope::from_key(r.try_get(0)?),
+                    reason: PauseReason::parse(reason)
+                        .ok_or_else(|| StoreError::Corrupt(format!("pause reason {reason:?}")))?,
+                    since: ts(r.try_get(2)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One record with its attempts.
+    pub(crate) async fn get(&self, id: i64) -> Result<Option<RecordView>, StoreError> {
+        let client = self.pool.get().await?;
+        let Some(r) = client
+            .query_opt(
+                &format!(
+                    "SELECT {SUMMARY_COLS}, method, path, query, client_ip, user_agent, referer,
+                       body, reason, transaction_id, original_id, attempts, next_attempt_at,
+                       last_error
+                     FROM records WHERE id = $1"
+                ),
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let summary = summary(&r)?;
+        let body = match r.try_get::<_, Option<&str>>(11)? {
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| StoreError::Corrupt(format!("body: {e}")))?,
+            ),
+            None => None,
+        };
+        let next_attempt_at = r.try_get::<_, Option<i64>>(16)?.map(ts).transpose()?;
+        let attempt_count: i32 = r.try_get(15)?;
+        let raw = RawPostback {
+            method: r.try_get(5)?,
+            path: r.try_get(6)?,
+            query: r.try_get(7)?,
+            client_ip: r.try_get(8)?,
+            user_agent: r.try_get(9)?,
+            referer: r.try_get(10)?,
+            received_at: summary.received_at,
+        };
+        let mut view = RecordView {
+            summary,
+            raw,
+            body,
+            reason: r.try_get(12)?,
+            transaction_id: r.try_get(13)?,
+            original_id: r.try_get(14)?,
+            attempt_count: u32::try_from(attempt_count).unwrap_or(0),
+            next_attempt_at,
+            last_error: r.try_get(17)?,
+            attempts: Vec::new(),
+        };
+        let rows = client
+            .query(
+                "SELECT at, status, answer, duration_ms, outcome FROM attempts
+                 WHERE record_id = $1 ORDER BY id",
+                &[&id],
+            )
+            .await?;
+        for r in rows {
+            let status: Option<i32> = r.try_get(1)?;
+            let duration: i64 = r.try_get(3)?;
+            view.attempts.push(AttemptView {
+                at: ts(r.try_get(0)?)?,
+                status: status.and_then(|s| u16::try_from(s).ok()),
+                answer: r.try_get(2)?,
+                duration: Duration::from_millis(duration.max(0).unsigned_abs()),
+                outcome: r.try_get(4)?,
+            });
+        }
+        Ok(Some(view))
+    }
+
+    /// Summaries matching `f`, newest first (see `Store::list`).
+    pub(crate) async fn list(
+        &self,
+        f: &Filter,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<(Vec<Summary>, Option<Cursor>), StoreError> {
+        let limit = limit.max(1);
+        // One more than asked tells whether a next page exists.
+        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let cursor = cursor.map(|Cursor(id)| id);
+        let state_name = f.state.map(State::as_str);
+        let since = f.since.map(|t| t.as_millisecond());
+        let until = f.until.map(|t| t.as_millisecond());
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &cursor,
+            &f.source,
+            &state_name,
+            &f.click_id,
+            &since,
+            &until,
+            &fetch,
+        ];
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {SUMMARY_COLS} FROM records
+                 WHERE ($1::bigint IS NULL OR id < $1)
+                   AND ($2::text IS NULL OR source = $2)
+                   AND ($3::text IS NULL OR state = $3)
+                   AND ($4::text IS NULL OR click_id = $4)
+                   AND ($5::bigint IS NULL OR received_at >= $5)
+                   AND ($6::bigint IS NULL OR received_at < $6)
+                 ORDER BY id DESC LIMIT $7"
+            ))
+            .await?;
+        let rows = client.query(&stmt, &params).await?;
+        let mut out = rows.iter().map(summary).collect::<Result<Vec<_>, _>>()?;
+        let next = if out.len() > limit {
+            out.truncate(limit);
+            out.last().map(|s| Cursor(s.id))
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    /// How many records are in each state.
+    pub(crate) async fn counts_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT state, COUNT(*) FROM records GROUP BY state", &[])
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let n: i64 = r.try_get(1)?;
+            out.push((state(r.try_get(0)?)?, n.unsigned_abs()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The sources with records waiting to be forwarded.
+    pub(crate) async fn pending_sources(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT DISTINCT source FROM records WHERE {PENDING} ORDER BY source"),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// The receive time of the oldest record waiting to be forwarded.
+    pub(crate) async fn oldest_queued(&self) -> Result<Option<jiff::Timestamp>, StoreError> {
+        let client = self.pool.get().await?;
+        let oldest: Option<i64> = client
+            .query_one(
+                &format!("SELECT MIN(received_at) FROM records WHERE {PENDING}"),
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        oldest.map(ts).transpose()
+    }
+}

@@ -1,0 +1,288 @@
+//! Relays sharing one PostgreSQL store (`store.url`), no balancer: postbacks split between
+//! two of them (repeats sent to the other one, a Scaleo that fails twice first) reach Scaleo
+//! exactly once within the shared global rate limit; a relay process killed with claims in
+//! hand has them taken over by another; the operator CLI works on the shared database.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postback_relay::sandbox::{Sandbox, SandboxConfig, Step};
+use postback_relay::serve::{self, Running};
+use postback_relay::store::State;
+
+use crate::pg;
+use crate::support::{KEY, SHOP, config};
+
+const POSTBACKS: usize = 60;
+const RATE: u32 = 40;
+const BURST: u32 = 5;
+
+async fn relay(sandbox: &Sandbox, url: &str, root: &tempfile::TempDir) -> Running {
+    std::fs::create_dir_all(root.path().join("rules")).unwrap();
+    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+    let cfg = config(sandbox, root.path().to_path_buf(), |c| {
+        c.store.url = Some(url.to_string());
+        c.forward.rate_per_second = RATE;
+        c.forward.burst = BURST;
+    });
+    serve::start(cfg).await.expect("relay starts on PostgreSQL")
+}
+
+async fn send(client: &reqwest::Client, relay: &Running, query: &str) -> serde_json::Value {
+    let url = format!("http://{}/postback/shop?{query}", relay.ingest_addr);
+    let resp = client.get(url).send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.expect("JSON answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_on_one_database_forward_every_postback_exactly_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = pg::fresh_db().await;
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    sandbox.script([Step::status(503), Step::status(503)]);
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relays = [
+        relay(&sandbox, &url, &root_a).await,
+        relay(&sandbox, &url, &root_b).await,
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = jiff::Timestamp::now();
+    for i in 0..POSTBACKS {
+        let answer = send(
+            &client,
+            &relays[i % 2],
+            &format!("cid=c{i}&amt=100&oid=O{i}"),
+        )
+        .await;
+        assert_eq!(answer["status"], "accepted", "{answer}");
+    }
+    // Repeats sent to the other instance are duplicates there: dedupe is shared.
+    for i in 0..10 {
+        let answer = send(
+            &client,
+            &relays[(i + 1) % 2],
+            &format!("cid=c{i}&amt=100&oid=O{i}"),
+        )
+        .await;
+        assert_eq!(answer["status"], "duplicate", "{answer}");
+    }
+    let store = relays[0].store.clone();
+    let mut counts = Vec::new();
+    let done = pg::until(Duration::from_secs(30), async || {
+        counts = store.counts_by_state().await.unwrap();
+        counts == [(State::Delivered, POSTBACKS as u64), (State::Duplicate, 10)]
+    })
+    .await;
+    assert!(done, "not all delivered: {counts:?}");
+    for r in relays {
+        r.stop().await;
+    }
+    let calls = sandbox.received();
+    let mut per_click: HashMap<String, usize> = HashMap::new();
+    for body in sandbox.accepted() {
+        let click = body["click_id"].as_str().unwrap_or_default().to_string();
+        *per_click.entry(click).or_default() += 1;
+    }
+    assert_eq!(per_click.len(), POSTBACKS);
+    assert!(per_click.values().all(|n| *n == 1), "{per_click:?}");
+    // Only the two scripted failures were sent again.
+    assert_eq!(calls.len(), POSTBACKS + 2);
+    // The global limit holds for both relays together: a call never goes before its slot,
+    // so the k-th call (counting from 0) comes at least (k + 1 - burst) intervals after the
+    // first postback was sent (a slow machine only makes calls later). Two instances each
+    // with its own limit could send twice as fast.
+    let interval = jiff::SignedDuration::from_micros(1_000_000 / i64::from(RATE));
+    let mut times: Vec<jiff::Timestamp> = calls.iter().map(|c| c.at).collect();
+    times.sort();
+    for (k, at) in times.iter().enumerate() {
+        let slots = (k as i32 + 1 - BURST as i32).max(0);
+        let earliest = started + interval * slots - jiff::SignedDuration::from_millis(5);
+        assert!(*at >= earliest, "call {k} at {at}, not before {earliest}");
+    }
+    sandbox.shutdown();
+}
+
+/// Runs `postback-relay ARGS` with `RELAY__STORE__URL` set, off the async runtime.
+async fn cli_on(url: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let url = url.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+            .args(&args)
+            .env("RELAY__STORE__URL", url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run the binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_cli_works_on_the_shared_database() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = pg::fresh_db().await;
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let running = relay(&sandbox, &url, &root).await;
+    let client = reqwest::Client::new();
+    let answer = send(&client, &running, "cid=cli1&amt=1999").await;
+    let id = answer["id"].as_i64().expect("id");
+
+    let (code, list, err) = cli_on(&url, &["records", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list["records"][0]["id"], id);
+    let (code, rec, err) = cli_on(&url, &["record", &id.to_string(), "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rec["raw"]["query"], "cid=cli1&amt=1999");
+
+    // A pause from the CLI is seen by the running relay (and every other instance).
+    let (code, _, err) = cli_on(&url, &["pause", "--source", "shop", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let paused = running.store.paused().await.unwrap();
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    let (code, answer, err) = cli_on(&url, &["resume", "--source", "shop", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(answer["removed"], 1);
+    assert!(running.store.paused().await.unwrap().is_empty());
+    running.stop().await;
+    sandbox.shutdown();
+}
+
+/// A relay process that is killed when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = pg::fresh_db().await;
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    // The first four forwards land at Scaleo but their answers never come in time.
+    sandbox.script(vec![Step::Hang(Duration::from_secs(30)); 4]);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("rules")).unwrap();
+    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut doomed = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+            .arg("serve")
+            .env("RELAY__STORE__URL", &url)
+            .env("RELAY__STORE__PATH", root.path().join("data"))
+            .env("RELAY__RULES__DIR", root.path().join("rules"))
+            .env("RELAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RELAY__ADMIN__LISTEN", "127.0.0.1:0")
+            .env("RELAY__SCALEO__BASE_URL", sandbox.base_url())
+            .env("RELAY__SCALEO__API_KEY", KEY)
+            .env("RELAY__SCALEO__TIMEOUT", "2s")
+            .env("RELAY__FORWARD__LEASE", "3s")
+            .env("RELAY__FORWARD__CONCURRENCY", "4")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the relay binary"),
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let up = pg::until(Duration::from_secs(20), async || {
+        client
+            .get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up, "the relay process did not come up");
+    let total = 20;
+    for i in 0..total {
+        let url = format!("http://127.0.0.1:{port}/postback/shop?cid=k{i}&amt=100");
+        let answer: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer["status"], "accepted", "{answer}");
+    }
+    // Kill -9 while its four forwards hang (and more records are leased to it).
+    let hanging = pg::until(Duration::from_secs(10), async || {
+        sandbox.received().len() >= 4
+    })
+    .await;
+    doomed.0.kill().expect("kill -9");
+    let _ = doomed.0.wait();
+    assert!(hanging, "the doomed relay never forwarded");
+
+    let other_root = tempfile::tempdir().unwrap();
+    let survivor = relay(&sandbox, &url, &other_root).await;
+    let store = survivor.store.clone();
+    let mut counts = Vec::new();
+    let done = pg::until(Duration::from_secs(30), async || {
+        counts = store.counts_by_state().await.unwrap();
+        counts
+            .iter()
+            .filter(|(s, _)| matches!(s, State::Delivered | State::DuplicateUpstream))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+            == total
+    })
+    .await;
+    survivor.stop().await;
+    assert!(done, "not all taken over: {counts:?}");
+    // The four that landed before the kill were sent again and met "Multiple Conversions";
+    // every conversion landed exactly once.
+    assert!(
+        counts.contains(&(State::DuplicateUpstream, 4)),
+        "{counts:?}"
+    );
+    let mut landed: Vec<String> = sandbox
+        .accepted()
+        .iter()
+        .filter_map(|b| b["click_id"].as_str().map(str::to_string))
+        .collect();
+    landed.sort();
+    let before = landed.len();
+    landed.dedup();
+    assert_eq!((before, landed.len()), (total as usize, total as usize));
+    sandbox.shutdown();
+}
