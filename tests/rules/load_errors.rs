@@ -310,3 +310,14 @@ fn regression_hidden_files_in_the_rules_directory_are_ignored() {
     let set = postback_relay::rules::RuleSet::load_dir(dir.path(), EnvMode::Ignore).unwrap();
     assert_eq!(set.len(), 1);
 }
+
+#[test]
+fn time_on_goal_id_is_an_error_because_goal_id_is_a_json_integer() {
+    // A time output is a "Y-m-d H:i:s" string: goal_id would be sent as a JSON string.
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ngoal_id = { from = \"g\", time = \"unix\" }\n",
+        3,
+        32,
+    );
+    says(&m, &["goal_id", "time", "integer"]);
+}

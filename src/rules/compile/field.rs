@@ -251,6 +251,12 @@ impl Compiler<'_, '_> {
                 }
             }
         }
+        if let (Some(f), FieldType::Integer) = (&raw.time, ty) {
+            self.err(
+                span(f),
+                format!("{key}.time: `time` does not apply to {field}: it is a JSON integer, and a time is sent as a \"Y-m-d H:i:s\" string"),
+            );
+        }
         let wants_time = raw.time.is_some() || (ty == FieldType::Time && raw.map.is_none());
         if wants_time {
             let format = match &raw.time {
