@@ -321,3 +321,26 @@ fn time_on_goal_id_is_an_error_because_goal_id_is_a_json_integer() {
     );
     says(&m, &["goal_id", "time", "integer"]);
 }
+
+#[test]
+fn case_that_turns_mapped_values_out_of_scaleos_set_is_an_error() {
+    // "approved" is in Scaleo's set, but case = "upper" would send "APPROVED": every
+    // postback with a status would reject.
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"1\" = \"approved\" }, case = \"upper\" }\n",
+        3,
+        64,
+    );
+    says(
+        &m,
+        &[
+            "conv_status",
+            "APPROVED",
+            "pending, approved, rejected, hold",
+        ],
+    );
+    // Lower case keeps Scaleo's values and normalises kept ones: fine.
+    super::rule(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"1\" = \"approved\" }, unmapped = \"keep\", case = \"lower\" }\n",
+    );
+}

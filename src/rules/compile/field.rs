@@ -301,8 +301,54 @@ impl Compiler<'_, '_> {
                     format!("{key}.case: `case` applies to text fields only"),
                 );
             }
+            self.case_keeps_scaleo_values(key, field, &t, span(c));
         }
         t
+    }
+
+    /// `case` runs after `map`: the mapped values of a field whose values Scaleo knows
+    /// (`conv_status`, `deliver_lead`) must still be in Scaleo's set once the case is applied.
+    fn case_keeps_scaleo_values(
+        &mut self,
+        key: &str,
+        field: &str,
+        t: &Transform,
+        at: Option<Range<usize>>,
+    ) {
+        let (Some(allowed), Some(case), Some(map)) =
+            (scaleo::allowed_values(field), t.case, &t.map)
+        else {
+            return;
+        };
+        let unmapped = match &map.unmapped {
+            Unmapped::Value(v) => Some(v),
+            _ => None,
+        };
+        let mut bad: Vec<String> = map
+            .entries
+            .values()
+            .chain(unmapped)
+            .filter_map(|out| match out {
+                Out::Str(s) => Some(match case {
+                    Case::Upper => s.to_uppercase(),
+                    Case::Lower => s.to_lowercase(),
+                }),
+                _ => None,
+            })
+            .filter(|s| !allowed.contains(&s.as_str()))
+            .collect();
+        bad.sort();
+        bad.dedup();
+        if !bad.is_empty() {
+            self.err(
+                at,
+                format!(
+                    "{key}.case: applied after `map`, it would send {} for {field}, which Scaleo does not accept (it accepts {}); remove `case` or use \"lower\"",
+                    bad.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", "),
+                    allowed.join(", ")
+                ),
+            );
+        }
     }
 
     fn template(&mut self, key: &str, t: &Spanned<String>) -> Option<Vec<Part>> {
