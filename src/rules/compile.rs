@@ -320,8 +320,10 @@ impl<'a> Compiler<'_, 'a> {
         let Some(raw) = raw else {
             return ForwardOverride::default();
         };
-        if raw.rate_per_second.is_some() && raw.burst == Some(0) {
-            self.err(None, "forward.burst = 0: expected at least 1");
+        if let Some(burst) = raw.burst.as_ref().filter(|b| *b.get_ref() == 0)
+            && raw.rate_per_second.is_some()
+        {
+            self.err(span(burst), "forward.burst = 0: expected at least 1");
         }
         let base_url = raw.base_url.as_ref().and_then(|u| {
             let url = u.get_ref();
@@ -341,7 +343,7 @@ impl<'a> Compiler<'_, 'a> {
             .and_then(|k| self.env("forward.api_key", k, env));
         ForwardOverride {
             rate_per_second: raw.rate_per_second,
-            burst: raw.burst,
+            burst: raw.burst.map(Spanned::into_inner),
             base_url,
             api_key,
         }

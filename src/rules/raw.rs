@@ -156,7 +156,7 @@ pub struct RawDedupe {
 #[serde(deny_unknown_fields)]
 pub struct RawForward {
     pub rate_per_second: Option<u32>,
-    pub burst: Option<u32>,
+    pub burst: Option<Spanned<u32>>,
     pub base_url: Option<Spanned<String>>,
     pub api_key: Option<Spanned<String>>,
 }

@@ -344,3 +344,13 @@ fn case_that_turns_mapped_values_out_of_scaleos_set_is_an_error() {
         "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"1\" = \"approved\" }, unmapped = \"keep\", case = \"lower\" }\n",
     );
 }
+
+#[test]
+fn forward_burst_zero_points_at_the_burst_value() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n\n[forward]\nrate_per_second = 5\nburst = 0\n",
+        6,
+        9,
+    );
+    says(&m, &["forward.burst = 0", "at least 1"]);
+}
