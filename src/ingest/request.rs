@@ -12,8 +12,14 @@ use crate::rules::decode_form;
 /// Why a request's parameters cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParamsError {
+    /// `in_query`: the query alone is over the limit (a URL problem, 414); otherwise the
+    /// body's parameters pushed the count over it (413).
     #[error("too many parameters: {count} (at most {max})")]
-    TooMany { count: usize, max: usize },
+    TooMany {
+        count: usize,
+        max: usize,
+        in_query: bool,
+    },
     #[error("body: {0}")]
     Body(String),
 }
@@ -85,7 +91,11 @@ pub fn params(
 ) -> Result<Params, ParamsError> {
     let mut count = count_pairs(query.as_bytes());
     if count > max {
-        return Err(ParamsError::TooMany { count, max });
+        return Err(ParamsError::TooMany {
+            count,
+            max,
+            in_query: true,
+        });
     }
     let query = decode_form(query.as_bytes());
     let mut out = Vec::new();
@@ -104,7 +114,11 @@ pub fn params(
         };
         count += map.len();
         if count > max {
-            return Err(ParamsError::TooMany { count, max });
+            return Err(ParamsError::TooMany {
+                count,
+                max,
+                in_query: false,
+            });
         }
         out.extend(map.into_iter().map(|(k, v)| {
             let text = match v {
@@ -120,7 +134,11 @@ pub fn params(
     {
         count += count_pairs(body);
         if count > max {
-            return Err(ParamsError::TooMany { count, max });
+            return Err(ParamsError::TooMany {
+                count,
+                max,
+                in_query: false,
+            });
         }
         out.extend(decode_form(body));
     } else {
@@ -243,7 +261,11 @@ mod tests {
         let q = "a=1&".repeat(11);
         assert_eq!(
             params(&q, b"", None, 10),
-            Err(ParamsError::TooMany { count: 11, max: 10 })
+            Err(ParamsError::TooMany {
+                count: 11,
+                max: 10,
+                in_query: true
+            })
         );
     }
 }
