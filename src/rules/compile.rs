@@ -55,6 +55,7 @@ pub fn compile(
         diags: &mut diags,
         params: Default::default(),
         key_spans: HashMap::new(),
+        token_param: String::new(),
     }
     .rule(source, raw, env);
     // Report in file order, whatever order the checks ran in.
@@ -80,6 +81,8 @@ struct Compiler<'d, 'a> {
     params: ParamPolicy,
     /// Where each `[fields]` key is written, for problems about a field as a whole.
     key_spans: HashMap<&'static str, Range<usize>>,
+    /// `auth.token_param` (normalised): ingest never shows it to the rule.
+    token_param: String,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -110,6 +113,13 @@ impl<'a> Compiler<'_, 'a> {
             },
             placeholders: raw.params.placeholders,
         };
+
+        let token_param = raw
+            .auth
+            .as_ref()
+            .and_then(|a| a.token_param.as_ref())
+            .map_or("token", |p| p.get_ref().as_str());
+        self.token_param = self.norm(token_param);
 
         let fields_at = raw.fields.as_ref().map(|f| f.span());
         let fields = match raw.fields {
@@ -213,6 +223,13 @@ impl<'a> Compiler<'_, 'a> {
             }
         }
         out
+    }
+
+    /// A field that reads the token parameter would never get a value from a real postback.
+    fn reads_token(&mut self, key: &str, name: &str, at: Option<Range<usize>>) {
+        if name == self.token_param {
+            self.err(at, format!("{key}: {name:?} is the token parameter (auth.token_param, default \"token\"), which ingest strips before mapping, so this field would never get its value; set auth.token_param to the parameter that carries the token"));
+        }
     }
 
     fn goal_exclusivity(&mut self, section: &str, fields: &[FieldRule], at: Option<Range<usize>>) {

@@ -354,3 +354,23 @@ fn forward_burst_zero_points_at_the_burst_value() {
     );
     says(&m, &["forward.burst = 0", "at least 1"]);
 }
+
+#[test]
+fn a_field_that_reads_the_token_parameter_is_an_error() {
+    // Ingest never shows the token parameter to the rule (it is stripped, and stored as
+    // token=***), so such a field would be absent from every real postback while `map` and
+    // `[[tests]]` showed it.
+    let m = one_problem_at(
+        "[auth]\ntoken_param = \"secure\"\n[fields]\nclick_id = \"cid\"\nadv_param1 = \"secure\"\n",
+        5,
+        14,
+    );
+    says(&m, &["fields.adv_param1", "\"secure\"", "token parameter"]);
+    // The default token parameter is "token", with or without [auth].
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_param2 = { template = \"{event}-{token}\" }\n",
+        3,
+        27,
+    );
+    says(&m, &["fields.adv_param2", "\"token\"", "token_param"]);
+}

@@ -100,7 +100,9 @@ impl Compiler<'_, '_> {
                 } else if n.trim().is_empty() {
                     self.err(span(from), format!("{key}: an empty parameter name"));
                 } else {
-                    refs.push(ParamRef::Param(self.norm(&n)));
+                    let n = self.norm(&n);
+                    self.reads_token(&key, &n, span(from));
+                    refs.push(ParamRef::Param(n));
                 }
             }
             Source::Params(refs)
@@ -386,7 +388,9 @@ impl Compiler<'_, '_> {
                 self.err(span(t), format!("{key}.template: {{{name}}} is not a plain parameter name (letters, digits, _ - . $ ~)"));
                 return None;
             }
-            parts.push(Part::Param(self.norm(name)));
+            let name = self.norm(name);
+            self.reads_token(key, &name, span(t));
+            parts.push(Part::Param(name));
             rest = &after[close + 1..];
         }
         if !parts.iter().any(|p| matches!(p, Part::Param(_))) {
