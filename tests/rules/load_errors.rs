@@ -374,3 +374,18 @@ fn a_field_that_reads_the_token_parameter_is_an_error() {
     );
     says(&m, &["fields.adv_param2", "\"token\"", "token_param"]);
 }
+
+#[test]
+fn map_keys_that_collide_under_ignore_case_with_different_values_are_an_error() {
+    // With ignore_case, "Hold" and "hold" are one key: which target wins must not be silent.
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"Hold\" = \"hold\", \"hold\" = \"approved\" }, ignore_case = true }\n",
+        3,
+        35,
+    );
+    says(&m, &["conv_status", "\"Hold\"", "\"hold\"", "ignore_case"]);
+    // The same target twice is harmless.
+    super::rule(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"Hold\" = \"hold\", \"hold\" = \"hold\" }, ignore_case = true }\n",
+    );
+}

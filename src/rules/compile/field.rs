@@ -171,18 +171,26 @@ impl Compiler<'_, '_> {
                 self.err(span(m), format!("{key}: `map` gives the final value; it cannot be combined with `number` or `time`"));
             }
             let ignore_case = raw.ignore_case.unwrap_or(false);
-            let mut entries = HashMap::new();
+            let mut entries: HashMap<String, Out> = HashMap::new();
+            let mut written: HashMap<String, &String> = HashMap::new();
             for (k, v) in m.get_ref() {
                 let out = self.constant(&format!("{key}.map"), &format!("{k:?}"), ty, field, v);
                 if let Some(out) = out {
-                    entries.insert(
-                        if ignore_case {
-                            k.to_lowercase()
-                        } else {
-                            k.clone()
-                        },
-                        out,
-                    );
+                    let lookup = if ignore_case {
+                        k.to_lowercase()
+                    } else {
+                        k.clone()
+                    };
+                    match entries.get(&lookup) {
+                        Some(earlier) if *earlier != out => {
+                            let first = written.get(&lookup).map_or(k, |w| *w);
+                            self.err(span(m), format!("{key}.map: the keys {first:?} and {k:?} are the same key with ignore_case = true but map to different values; keep one"));
+                        }
+                        _ => {
+                            written.insert(lookup.clone(), k);
+                            entries.insert(lookup, out);
+                        }
+                    }
                 }
             }
             let unmapped = match raw
