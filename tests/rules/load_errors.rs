@@ -389,3 +389,13 @@ fn map_keys_that_collide_under_ignore_case_with_different_values_are_an_error() 
         "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"Hold\" = \"hold\", \"hold\" = \"hold\" }, ignore_case = true }\n",
     );
 }
+
+#[test]
+fn a_match_value_that_is_not_a_string_says_what_is_expected() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n\n[[skip]]\nmatch = { test = 1 }\nreason = \"t\"\n",
+        5,
+        18,
+    );
+    says(&m, &["integer", "string", "\"1\""]);
+}
