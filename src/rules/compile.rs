@@ -288,6 +288,9 @@ impl<'a> Compiler<'_, 'a> {
             .token
             .as_ref()
             .and_then(|t| self.env("auth.token", t, env));
+        if let (Some(t), Some("")) = (&raw.token, token.as_deref()) {
+            self.err(span(t), "auth.token is empty: it would let in any caller that sends an empty token parameter; set the token the advertiser sends (or \"${VAR}\"), or remove the key");
+        }
         let token_param = raw
             .token_param
             .map(|p| p.into_inner())

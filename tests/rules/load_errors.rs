@@ -399,3 +399,10 @@ fn a_match_value_that_is_not_a_string_says_what_is_expected() {
     );
     says(&m, &["integer", "string", "\"1\""]);
 }
+
+#[test]
+fn an_empty_literal_token_is_an_error() {
+    // It would let through anyone who sends an empty token parameter (?token=).
+    let m = one_problem_at("[auth]\ntoken = \"\"\n[fields]\nclick_id = \"cid\"\n", 2, 9);
+    says(&m, &["auth.token", "empty"]);
+}
