@@ -406,3 +406,21 @@ fn an_empty_literal_token_is_an_error() {
     let m = one_problem_at("[auth]\ntoken = \"\"\n[fields]\nclick_id = \"cid\"\n", 2, 9);
     says(&m, &["auth.token", "empty"]);
 }
+
+#[test]
+fn a_time_field_constant_must_be_in_scaleos_format() {
+    // Constants are sent as written: Scaleo's timestamp is "Y-m-d H:i:s".
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ntimestamp = { value = \"2024-05-20\" }\n",
+        3,
+        23,
+    );
+    says(&m, &["timestamp", "2024-05-20", "Y-m-d H:i:s"]);
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nclick_timestamp = { from = \"c\", default = \"yesterday\" }\n",
+        3,
+        43,
+    );
+    says(&m, &["click_timestamp", "yesterday", "Y-m-d H:i:s"]);
+    super::rule("[fields]\nclick_id = \"cid\"\ntimestamp = { value = \"2024-05-20 10:00:00\" }\n");
+}

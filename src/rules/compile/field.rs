@@ -451,7 +451,12 @@ impl Compiler<'_, '_> {
                 .parse::<i64>()
                 .map(Out::Int)
                 .map_err(|_| format!("{field} is a JSON integer (e.g. 12)")),
-            FieldType::String | FieldType::Time => Ok(Out::Str(text.to_string())),
+            FieldType::Time => jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
+                .map(|_| Out::Str(text.to_string()))
+                .map_err(|_| {
+                    format!("{field} is sent as written, so a constant must be Scaleo's \"Y-m-d H:i:s\" (e.g. 2024-05-20 10:00:00)")
+                }),
+            FieldType::String => Ok(Out::Str(text.to_string())),
         };
         let out = match out {
             Ok(o) => o,
