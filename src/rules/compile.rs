@@ -346,13 +346,19 @@ impl<'a> Compiler<'_, 'a> {
             self.err(span(burst), "forward.burst = 0: expected at least 1");
         }
         let base_url = raw.base_url.as_ref().and_then(|u| {
-            let url = u.get_ref();
+            let url = self.env("forward.base_url", u, env)?;
             if url.starts_with("http://") || url.starts_with("https://") {
                 Some(url.trim_end_matches('/').to_string())
             } else {
+                let written = u.get_ref();
+                let what = if *written == url {
+                    format!("{url:?}")
+                } else {
+                    format!("{written:?} (its value)")
+                };
                 self.err(
                     span(u),
-                    format!("forward.base_url = {url:?}: expected an http:// or https:// URL"),
+                    format!("forward.base_url = {what}: expected an http:// or https:// URL"),
                 );
                 None
             }
