@@ -3,7 +3,8 @@
 //! The API key travels in the query string, so it is kept out of everything this module
 //! returns: reqwest errors are stripped of their URL (`without_url`) and every text that
 //! leaves (error text, answer body) has the key replaced by `[redacted]`. Redirects are not
-//! followed (a redirected POST becomes a GET); they come back as a 3xx answer.
+//! followed (a redirected POST becomes a GET); they come back as a 3xx answer. An answer
+//! whose body breaks off keeps its status (see `send`).
 
 use std::time::Duration;
 
@@ -115,19 +116,31 @@ impl Client {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // Once the status line is in, Scaleo has answered: a body cut short (reset, timeout)
+        // keeps the status and what arrived, so the answer is classified by its status and
+        // never taken for "no answer" (a retry of a conversion that exists).
         let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(describe)? {
+        let mut cut = None;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    cut = Some(describe(e));
+                    break;
+                }
+            };
             let room = MAX_ANSWER_BYTES.saturating_sub(bytes.len());
             bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if room <= chunk.len() {
                 break;
             }
         }
-        Ok((
-            status,
-            retry_after,
-            String::from_utf8_lossy(&bytes).into_owned(),
-        ))
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        if let Some(e) = cut {
+            text.push_str(&format!("\n[answer cut short: {e}]"));
+        }
+        Ok((status, retry_after, text))
     }
 }
 
@@ -185,6 +198,52 @@ mod tests {
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:9/api/v2/network/tracking/conv-click-id?api-key=a+b%26c"
+        );
+    }
+
+    /// A one-shot server that answers `head` and `body_start`, then closes before the
+    /// announced body is complete.
+    async fn cut_answer(head: &'static str, body_start: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body_start.as_bytes()).await;
+            let _ = s.flush().await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_keeps_its_status() {
+        // Scaleo answered 200 (the conversion exists) and the connection broke in the body:
+        // that is not "no answer", which would be retried and could pay twice.
+        let base = cut_answer(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n",
+            "{\"status\":\"success\",",
+        )
+        .await;
+        let client = Client::new(Duration::from_secs(2), 1).unwrap();
+        let a = client
+            .post(
+                Target {
+                    base_url: &base,
+                    api_key: "SECRET-KEY-123",
+                },
+                "{}",
+            )
+            .await;
+        assert_eq!(a.status, Some(200), "{}", a.body);
+        assert!(a.body.starts_with("{\"status\":\"success\","), "{}", a.body);
+        assert!(!a.body.contains("SECRET-KEY-123"), "{}", a.body);
+        let verdict = super::super::retry::classify(a.status, None, &a.body, Timestamp::now());
+        assert!(
+            matches!(verdict, super::super::retry::Verdict::Dead { .. }),
+            "{verdict:?}"
         );
     }
 

@@ -1,9 +1,9 @@
 //! What an answer from Scaleo means, and when to try again: pure functions, no I/O.
 //!
 //! [`classify`] follows PRODUCT.md section 3 and SCALEO.md, in this order:
-//! 1. "Multiple Conversions are not Allowed" (any case) in `message`, `info.message` or
-//!    anywhere in `info.errors` -> [`Verdict::DuplicateUpstream`], whatever the status. When
-//!    the body is not JSON the whole text is searched instead.
+//! 1. "Multiple Conversions are not Allowed" (any case) anywhere in the answer (Scaleo uses
+//!    `message`, `info.message` or `info.errors`; any string of a JSON answer counts, or the
+//!    whole text of another one) -> [`Verdict::DuplicateUpstream`], whatever the status.
 //! 2. No answer (connect error, timeout, reset) -> retry.
 //! 3. 2xx: `status = "success"` with no inner `info.status` other than success ->
 //!    delivered with `info.transaction_id`. Any other 2xx (`status = "error"`, an inner
@@ -154,11 +154,11 @@ fn says_duplicate(json: Option<&Value>, body: &str) -> bool {
             _ => false,
         }
     }
+    // Any string of the answer: Scaleo puts it in `message`, `info.message` or
+    // `info.errors`, but a proxy or another API version may put it elsewhere (`name`, a
+    // bare JSON string), and missing it turns a 403 into a pause of everything.
     match json {
-        Some(j) => ["/message", "/info/message", "/info/errors"]
-            .iter()
-            .filter_map(|p| j.pointer(p))
-            .any(has),
+        Some(j) => has(j),
         None => body.to_lowercase().contains(DUPLICATE_PHRASE),
     }
 }

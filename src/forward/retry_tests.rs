@@ -50,6 +50,27 @@ fn duplicate_phrase_wins_over_any_status() {
 }
 
 #[test]
+fn duplicate_phrase_anywhere_in_a_json_answer_wins_over_any_status() {
+    // README: the phrase anywhere in the answer. A 403 carrying it must not pause all
+    // forwarding, nor a 5xx be retried until dead.
+    let bodies = [
+        r#"{"status":"error","code":403,"name":"Multiple Conversions are not Allowed","message":""}"#,
+        r#"{"status":"success","info":{"status":"error","additional":{"note":"Multiple Conversions are not Allowed"}}}"#,
+        r#""Multiple Conversions are not Allowed""#,
+        r#"[{"message":"Multiple Conversions are not Allowed"}]"#,
+    ];
+    for body in bodies {
+        for status in [200, 400, 403, 422, 500] {
+            assert_eq!(
+                c(Some(status), body),
+                Verdict::DuplicateUpstream,
+                "{status} {body}"
+            );
+        }
+    }
+}
+
+#[test]
 fn error_inside_2xx_is_dead_not_retried() {
     for body in [
         r#"{"status":"error","message":"tracking failed"}"#,

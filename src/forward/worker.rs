@@ -255,8 +255,12 @@ impl Worker {
             return give_back(c, "paused").await;
         }
         // A request that could outlive the lease might run twice: give the record back instead.
-        // The margin leaves time to settle before the lease runs out.
-        if claimed_at.elapsed() + self.scaleo.timeout + self.fwd.lease / 10 >= self.fwd.lease {
+        // The margin leaves time to settle before the lease runs out; it is at most half the
+        // room between the timeout and the lease, so a fresh claim is always sent (the config
+        // accepts any lease longer than the timeout).
+        let room = self.fwd.lease.saturating_sub(self.scaleo.timeout);
+        let margin = (self.fwd.lease / 10).min(room / 2);
+        if claimed_at.elapsed() + self.scaleo.timeout + margin >= self.fwd.lease {
             return give_back(c, "rate-limit wait outlasted the lease").await;
         }
         let target = Target {

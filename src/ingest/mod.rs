@@ -149,8 +149,12 @@ impl Ingest {
             self.limits.max_params,
         ) {
             Ok(p) => p,
-            Err(ParamsError::TooMany { count, max }) => {
-                let code = if body.is_empty() {
+            Err(ParamsError::TooMany {
+                count,
+                max,
+                in_query,
+            }) => {
+                let code = if in_query {
                     StatusCode::URI_TOO_LONG
                 } else {
                     StatusCode::PAYLOAD_TOO_LARGE

@@ -12,14 +12,25 @@ use crate::rules::decode_form;
 /// Why a request's parameters cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParamsError {
+    /// `in_query`: the query alone is over the limit (a URL problem, 414); otherwise the
+    /// body's parameters pushed the count over it (413).
     #[error("too many parameters: {count} (at most {max})")]
-    TooMany { count: usize, max: usize },
+    TooMany {
+        count: usize,
+        max: usize,
+        in_query: bool,
+    },
     #[error("body: {0}")]
     Body(String),
 }
 
 /// The caller: the peer, or, when the peer is a trusted proxy, the nearest untrusted address
 /// of `X-Forwarded-For` (read right to left, so a client cannot forge its way in).
+///
+/// An entry may carry a port (`203.0.113.9:4711`, `[2001:db8::9]:443`). An entry that is not
+/// an address at all (`unknown`, garbage) ends the walk: everything left of it was written
+/// before a hop we cannot identify, possibly by the client, so the nearest trusted hop
+/// read so far stands for the caller instead.
 pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     let peer = canonical(peer);
@@ -29,18 +40,25 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
     let Some(xff) = forwarded_for else {
         return peer;
     };
-    let mut chain = xff
-        .split(',')
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .map(canonical);
-    let mut leftmost = None;
-    while let Some(ip) = chain.next_back() {
+    let mut nearest_trusted = peer;
+    for entry in xff.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some(ip) = forwarded_address(entry).map(canonical) else {
+            return nearest_trusted;
+        };
         if !is_trusted(&ip) {
             return ip;
         }
-        leftmost = Some(ip);
+        nearest_trusted = ip;
     }
-    leftmost.unwrap_or(peer)
+    nearest_trusted
+}
+
+/// One `X-Forwarded-For` entry: an address, optionally with a port (`[v6]:port` for IPv6).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip())
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) as plain IPv4.
@@ -73,7 +91,11 @@ pub fn params(
 ) -> Result<Params, ParamsError> {
     let mut count = count_pairs(query.as_bytes());
     if count > max {
-        return Err(ParamsError::TooMany { count, max });
+        return Err(ParamsError::TooMany {
+            count,
+            max,
+            in_query: true,
+        });
     }
     let query = decode_form(query.as_bytes());
     let mut out = Vec::new();
@@ -92,7 +114,11 @@ pub fn params(
         };
         count += map.len();
         if count > max {
-            return Err(ParamsError::TooMany { count, max });
+            return Err(ParamsError::TooMany {
+                count,
+                max,
+                in_query: false,
+            });
         }
         out.extend(map.into_iter().map(|(k, v)| {
             let text = match v {
@@ -108,7 +134,11 @@ pub fn params(
     {
         count += count_pairs(body);
         if count > max {
-            return Err(ParamsError::TooMany { count, max });
+            return Err(ParamsError::TooMany {
+                count,
+                max,
+                in_query: false,
+            });
         }
         out.extend(decode_form(body));
     } else {
@@ -188,6 +218,17 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_entries_with_ports_are_read_and_garbage_stops_the_walk() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer = "10.0.0.2".parse().unwrap();
+        let ip = |xff: &str| client_ip(peer, Some(xff), &trusted).to_string();
+        assert_eq!(ip("6.6.6.6, 203.0.113.9:4711"), "203.0.113.9");
+        assert_eq!(ip("6.6.6.6, [2001:db8::9]:443"), "2001:db8::9");
+        assert_eq!(ip("6.6.6.6, unknown"), "10.0.0.2");
+        assert_eq!(ip("6.6.6.6, unknown, 10.0.0.5"), "10.0.0.5");
+    }
+
+    #[test]
     fn token_is_redacted_in_the_stored_query_only() {
         let q = redact_query("cid=1&token=s3cret&TOKEN=x&amt=2", "token", false);
         assert_eq!(q, "cid=1&token=***&TOKEN=x&amt=2");
@@ -220,7 +261,11 @@ mod tests {
         let q = "a=1&".repeat(11);
         assert_eq!(
             params(&q, b"", None, 10),
-            Err(ParamsError::TooMany { count: 11, max: 10 })
+            Err(ParamsError::TooMany {
+                count: 11,
+                max: 10,
+                in_query: true
+            })
         );
     }
 }

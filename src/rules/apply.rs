@@ -196,7 +196,12 @@ impl<'a> Ctx<'a, '_> {
                     "goal_alias" => Some("goal_id"),
                     _ => None,
                 };
-                slots.retain(|(s, _)| s.field != f.field && Some(s.field) != other);
+                // A goal set by this same [[when]] stays: if both get values, the body
+                // check below rejects instead of one silently replacing the other.
+                slots.retain(|(s, _)| {
+                    s.field != f.field
+                        && (Some(s.field) != other || w.set.iter().any(|g| g.field == s.field))
+                });
                 slots.push((f, v));
             }
         }

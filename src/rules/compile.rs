@@ -55,6 +55,7 @@ pub fn compile(
         diags: &mut diags,
         params: Default::default(),
         key_spans: HashMap::new(),
+        token_param: String::new(),
     }
     .rule(source, raw, env);
     // Report in file order, whatever order the checks ran in.
@@ -80,6 +81,8 @@ struct Compiler<'d, 'a> {
     params: ParamPolicy,
     /// Where each `[fields]` key is written, for problems about a field as a whole.
     key_spans: HashMap<&'static str, Range<usize>>,
+    /// `auth.token_param` (normalised): ingest never shows it to the rule.
+    token_param: String,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -110,6 +113,13 @@ impl<'a> Compiler<'_, 'a> {
             },
             placeholders: raw.params.placeholders,
         };
+
+        let token_param = raw
+            .auth
+            .as_ref()
+            .and_then(|a| a.token_param.as_ref())
+            .map_or("token", |p| p.get_ref().as_str());
+        self.token_param = self.norm(token_param);
 
         let fields_at = raw.fields.as_ref().map(|f| f.span());
         let fields = match raw.fields {
@@ -215,6 +225,13 @@ impl<'a> Compiler<'_, 'a> {
         out
     }
 
+    /// A field that reads the token parameter would never get a value from a real postback.
+    fn reads_token(&mut self, key: &str, name: &str, at: Option<Range<usize>>) {
+        if name == self.token_param {
+            self.err(at, format!("{key}: {name:?} is the token parameter (auth.token_param, default \"token\"), which ingest strips before mapping, so this field would never get its value; set auth.token_param to the parameter that carries the token"));
+        }
+    }
+
     fn goal_exclusivity(&mut self, section: &str, fields: &[FieldRule], at: Option<Range<usize>>) {
         let is_const = |name: &str| {
             fields
@@ -271,6 +288,9 @@ impl<'a> Compiler<'_, 'a> {
             .token
             .as_ref()
             .and_then(|t| self.env("auth.token", t, env));
+        if let (Some(t), Some("")) = (&raw.token, token.as_deref()) {
+            self.err(span(t), "auth.token is empty: it would let in any caller that sends an empty token parameter; set the token the advertiser sends (or \"${VAR}\"), or remove the key");
+        }
         let token_param = raw
             .token_param
             .map(|p| p.into_inner())
@@ -320,17 +340,25 @@ impl<'a> Compiler<'_, 'a> {
         let Some(raw) = raw else {
             return ForwardOverride::default();
         };
-        if raw.rate_per_second.is_some() && raw.burst == Some(0) {
-            self.err(None, "forward.burst = 0: expected at least 1");
+        if let Some(burst) = raw.burst.as_ref().filter(|b| *b.get_ref() == 0)
+            && raw.rate_per_second.is_some()
+        {
+            self.err(span(burst), "forward.burst = 0: expected at least 1");
         }
         let base_url = raw.base_url.as_ref().and_then(|u| {
-            let url = u.get_ref();
+            let url = self.env("forward.base_url", u, env)?;
             if url.starts_with("http://") || url.starts_with("https://") {
                 Some(url.trim_end_matches('/').to_string())
             } else {
+                let written = u.get_ref();
+                let what = if *written == url {
+                    format!("{url:?}")
+                } else {
+                    format!("{written:?} (its value)")
+                };
                 self.err(
                     span(u),
-                    format!("forward.base_url = {url:?}: expected an http:// or https:// URL"),
+                    format!("forward.base_url = {what}: expected an http:// or https:// URL"),
                 );
                 None
             }
@@ -341,7 +369,7 @@ impl<'a> Compiler<'_, 'a> {
             .and_then(|k| self.env("forward.api_key", k, env));
         ForwardOverride {
             rate_per_second: raw.rate_per_second,
-            burst: raw.burst,
+            burst: raw.burst.map(Spanned::into_inner),
             base_url,
             api_key,
         }

@@ -78,12 +78,34 @@ pub struct RawSpec {
     pub json: Option<Spanned<String>>,
 }
 
-/// `from = "a"` or `from = ["a", "b"]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `from = "a"` or `from = ["a", "b"]`; also a `match` value or list of values.
+#[derive(Debug)]
 pub enum Names {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NamesVisitor;
+        impl<'de> Visitor<'de> for NamesVisitor {
+            type Value = Names;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings (quote numbers and words: \"1\", not 1)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Names, E> {
+                Ok(Names::One(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Names, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(Names::Many(names))
+            }
+        }
+        d.deserialize_any(NamesVisitor)
+    }
 }
 
 impl Names {
@@ -156,7 +178,7 @@ pub struct RawDedupe {
 #[serde(deny_unknown_fields)]
 pub struct RawForward {
     pub rate_per_second: Option<u32>,
-    pub burst: Option<u32>,
+    pub burst: Option<Spanned<u32>>,
     pub base_url: Option<Spanned<String>>,
     pub api_key: Option<Spanned<String>>,
 }

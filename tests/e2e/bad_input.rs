@@ -57,6 +57,32 @@ async fn thousands_of_parameters_get_414() {
 }
 
 #[tokio::test]
+async fn too_many_query_parameters_get_414_even_on_a_post_with_a_body() {
+    let env = Env::start(&[("shop", SHOP)], |c| c.server.max_params = 10).await;
+    // The query alone is over the limit: a URL problem (414), whatever the body holds.
+    let resp = env
+        .client
+        .post(env.url(&format!("/postback/shop?cid=a{}", "&p=1".repeat(20))))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amt=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 414);
+    // The query is within it and the body pushes the count over: 413.
+    let resp = env
+        .client
+        .post(env.url("/postback/shop?cid=a"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("p=1&".repeat(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_body_gets_413() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     let resp = env

@@ -45,6 +45,20 @@ async fn retries_on_500_twice_then_delivers() {
 }
 
 #[tokio::test]
+async fn a_lease_just_longer_than_the_timeout_still_forwards() {
+    // The config accepts any lease longer than scaleo.timeout; the forwarder must then send,
+    // not give every fresh claim back for fear of outliving its lease.
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        c.scaleo.timeout = Duration::from_secs(2);
+        c.forward.lease = Duration::from_millis(2_200);
+    })
+    .await;
+    let id = accept(&env, "cid=lease1&amt=100").await;
+    assert!(wait_state(&env, id, "delivered").await);
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn honours_retry_after_on_429() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     env.sandbox.script([Step::too_many(1)]);

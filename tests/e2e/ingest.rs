@@ -180,6 +180,37 @@ async fn a_forged_forwarded_for_line_cannot_pass_the_allow_list() {
 }
 
 #[tokio::test]
+async fn a_forwarded_for_entry_that_is_not_a_plain_address_stops_the_walk() {
+    let env = allow_list_env(true).await;
+    // The client forges an allowed address; the proxy appends the real caller with its port
+    // (as some load balancers do). The forged entry must not be taken for the caller.
+    for real in ["198.51.100.9:4711", "unknown", "[2001:db8::9]:443"] {
+        let resp = env
+            .client
+            .get(env.url("/postback/shop?cid=forged&amt=1"))
+            .header("X-Forwarded-For", format!("203.0.113.7, {real}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            403,
+            "X-Forwarded-For ending in {real}"
+        );
+    }
+    // An allowed caller written with its port by the proxy is still recognised.
+    let resp = env
+        .client
+        .get(env.url("/postback/shop?cid=port&amt=1"))
+        .header("X-Forwarded-For", "203.0.113.8:5123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_source_is_404_and_pixel_is_a_gif() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     let (status, body) = env.get("/postback/nope?cid=a").await;

@@ -250,3 +250,44 @@ fn map_human_output_shows_the_body() {
     );
     assert!(stdout(&o).contains("\"revenue\": 0.05"), "{}", stdout(&o));
 }
+
+#[test]
+fn forward_base_url_reads_the_environment_like_the_api_key() {
+    // PRODUCT.md: ${VAR} in [auth] or [forward] reads the environment when the rules load.
+    let var = "POSTBACK_RELAY_CLI_TEST_BASE_URL";
+    let rule = format!(
+        "[fields]\nclick_id = \"cid\"\n[forward]\nbase_url = \"${{{var}}}\"\napi_key = \"${{{var}_KEY}}\"\n"
+    );
+    let dir = dir_with(&[("other.toml", &rule)]);
+    let o = Command::new(BIN)
+        .args(["check", "--rules", p(dir.path())])
+        .env(var, "https://track.other-network.example")
+        .env(format!("{var}_KEY"), "k")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // Unset: named, like any other secret; --no-env skips it.
+    let o = Command::new(BIN)
+        .args(["check", "--rules", p(dir.path())])
+        .env_remove(var)
+        .env(format!("{var}_KEY"), "k")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains(var), "{}", stdout(&o));
+    let o = Command::new(BIN)
+        .args(["check", "--no-env", "--rules", p(dir.path())])
+        .env_remove(var)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // A resolved value is still checked.
+    let o = Command::new(BIN)
+        .args(["check", "--rules", p(dir.path())])
+        .env(var, "track.other-network.example")
+        .env(format!("{var}_KEY"), "k")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("http://"), "{}", stdout(&o));
+}

@@ -163,6 +163,34 @@ fn a_body_that_would_carry_both_goal_id_and_goal_alias_rejects() {
 }
 
 #[test]
+fn a_when_that_sets_both_goal_id_and_goal_alias_rejects_when_both_have_values() {
+    // One [[when]] setting both must not silently drop one of them (the goal, and so the
+    // payout, would depend on the order of the keys); with both values it rejects, with one
+    // the other is simply absent.
+    let r = rule(
+        r#"[fields]
+click_id = "cid"
+[[when]]
+match = { ev = "sale" }
+set = { goal_alias = "ga", goal_id = "gid" }
+"#,
+    );
+    let reason = rejected(&r, "cid=a&ev=sale&gid=3&ga=sale");
+    assert!(
+        reason.contains("goal_id") && reason.contains("goal_alias"),
+        "{reason}"
+    );
+    assert_eq!(
+        body(&r, "cid=a&ev=sale&ga=sale"),
+        json!({"click_id": "a", "goal_alias": "sale"}).to_string()
+    );
+    assert_eq!(
+        body(&r, "cid=a&ev=sale&gid=3"),
+        json!({"click_id": "a", "goal_id": 3}).to_string()
+    );
+}
+
+#[test]
 fn goal_id_is_a_json_integer_and_rejects_anything_else() {
     let r = rule("[fields]\nclick_id = \"cid\"\ngoal_id = \"g\"\n");
     assert_eq!(body(&r, "cid=a&g=12"), r#"{"click_id":"a","goal_id":12}"#);

@@ -310,3 +310,117 @@ fn regression_hidden_files_in_the_rules_directory_are_ignored() {
     let set = postback_relay::rules::RuleSet::load_dir(dir.path(), EnvMode::Ignore).unwrap();
     assert_eq!(set.len(), 1);
 }
+
+#[test]
+fn time_on_goal_id_is_an_error_because_goal_id_is_a_json_integer() {
+    // A time output is a "Y-m-d H:i:s" string: goal_id would be sent as a JSON string.
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ngoal_id = { from = \"g\", time = \"unix\" }\n",
+        3,
+        32,
+    );
+    says(&m, &["goal_id", "time", "integer"]);
+}
+
+#[test]
+fn case_that_turns_mapped_values_out_of_scaleos_set_is_an_error() {
+    // "approved" is in Scaleo's set, but case = "upper" would send "APPROVED": every
+    // postback with a status would reject.
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"1\" = \"approved\" }, case = \"upper\" }\n",
+        3,
+        64,
+    );
+    says(
+        &m,
+        &[
+            "conv_status",
+            "APPROVED",
+            "pending, approved, rejected, hold",
+        ],
+    );
+    // Lower case keeps Scaleo's values and normalises kept ones: fine.
+    super::rule(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"1\" = \"approved\" }, unmapped = \"keep\", case = \"lower\" }\n",
+    );
+}
+
+#[test]
+fn forward_burst_zero_points_at_the_burst_value() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n\n[forward]\nrate_per_second = 5\nburst = 0\n",
+        6,
+        9,
+    );
+    says(&m, &["forward.burst = 0", "at least 1"]);
+}
+
+#[test]
+fn a_field_that_reads_the_token_parameter_is_an_error() {
+    // Ingest never shows the token parameter to the rule (it is stripped, and stored as
+    // token=***), so such a field would be absent from every real postback while `map` and
+    // `[[tests]]` showed it.
+    let m = one_problem_at(
+        "[auth]\ntoken_param = \"secure\"\n[fields]\nclick_id = \"cid\"\nadv_param1 = \"secure\"\n",
+        5,
+        14,
+    );
+    says(&m, &["fields.adv_param1", "\"secure\"", "token parameter"]);
+    // The default token parameter is "token", with or without [auth].
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_param2 = { template = \"{event}-{token}\" }\n",
+        3,
+        27,
+    );
+    says(&m, &["fields.adv_param2", "\"token\"", "token_param"]);
+}
+
+#[test]
+fn map_keys_that_collide_under_ignore_case_with_different_values_are_an_error() {
+    // With ignore_case, "Hold" and "hold" are one key: which target wins must not be silent.
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"Hold\" = \"hold\", \"hold\" = \"approved\" }, ignore_case = true }\n",
+        3,
+        35,
+    );
+    says(&m, &["conv_status", "\"Hold\"", "\"hold\"", "ignore_case"]);
+    // The same target twice is harmless.
+    super::rule(
+        "[fields]\nclick_id = \"cid\"\nconv_status = { from = \"s\", map = { \"Hold\" = \"hold\", \"hold\" = \"hold\" }, ignore_case = true }\n",
+    );
+}
+
+#[test]
+fn a_match_value_that_is_not_a_string_says_what_is_expected() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n\n[[skip]]\nmatch = { test = 1 }\nreason = \"t\"\n",
+        5,
+        18,
+    );
+    says(&m, &["integer", "string", "\"1\""]);
+}
+
+#[test]
+fn an_empty_literal_token_is_an_error() {
+    // It would let through anyone who sends an empty token parameter (?token=).
+    let m = one_problem_at("[auth]\ntoken = \"\"\n[fields]\nclick_id = \"cid\"\n", 2, 9);
+    says(&m, &["auth.token", "empty"]);
+}
+
+#[test]
+fn a_time_field_constant_must_be_in_scaleos_format() {
+    // Constants are sent as written: Scaleo's timestamp is "Y-m-d H:i:s".
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ntimestamp = { value = \"2024-05-20\" }\n",
+        3,
+        23,
+    );
+    says(&m, &["timestamp", "2024-05-20", "Y-m-d H:i:s"]);
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nclick_timestamp = { from = \"c\", default = \"yesterday\" }\n",
+        3,
+        43,
+    );
+    says(&m, &["click_timestamp", "yesterday", "Y-m-d H:i:s"]);
+    super::rule("[fields]\nclick_id = \"cid\"\ntimestamp = { value = \"2024-05-20 10:00:00\" }\n");
+}

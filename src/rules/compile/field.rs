@@ -100,7 +100,9 @@ impl Compiler<'_, '_> {
                 } else if n.trim().is_empty() {
                     self.err(span(from), format!("{key}: an empty parameter name"));
                 } else {
-                    refs.push(ParamRef::Param(self.norm(&n)));
+                    let n = self.norm(&n);
+                    self.reads_token(&key, &n, span(from));
+                    refs.push(ParamRef::Param(n));
                 }
             }
             Source::Params(refs)
@@ -169,18 +171,26 @@ impl Compiler<'_, '_> {
                 self.err(span(m), format!("{key}: `map` gives the final value; it cannot be combined with `number` or `time`"));
             }
             let ignore_case = raw.ignore_case.unwrap_or(false);
-            let mut entries = HashMap::new();
+            let mut entries: HashMap<String, Out> = HashMap::new();
+            let mut written: HashMap<String, &String> = HashMap::new();
             for (k, v) in m.get_ref() {
                 let out = self.constant(&format!("{key}.map"), &format!("{k:?}"), ty, field, v);
                 if let Some(out) = out {
-                    entries.insert(
-                        if ignore_case {
-                            k.to_lowercase()
-                        } else {
-                            k.clone()
-                        },
-                        out,
-                    );
+                    let lookup = if ignore_case {
+                        k.to_lowercase()
+                    } else {
+                        k.clone()
+                    };
+                    match entries.get(&lookup) {
+                        Some(earlier) if *earlier != out => {
+                            let first = written.get(&lookup).map_or(k, |w| *w);
+                            self.err(span(m), format!("{key}.map: the keys {first:?} and {k:?} are the same key with ignore_case = true but map to different values; keep one"));
+                        }
+                        _ => {
+                            written.insert(lookup.clone(), k);
+                            entries.insert(lookup, out);
+                        }
+                    }
                 }
             }
             let unmapped = match raw
@@ -251,6 +261,12 @@ impl Compiler<'_, '_> {
                 }
             }
         }
+        if let (Some(f), FieldType::Integer) = (&raw.time, ty) {
+            self.err(
+                span(f),
+                format!("{key}.time: `time` does not apply to {field}: it is a JSON integer, and a time is sent as a \"Y-m-d H:i:s\" string"),
+            );
+        }
         let wants_time = raw.time.is_some() || (ty == FieldType::Time && raw.map.is_none());
         if wants_time {
             let format = match &raw.time {
@@ -295,8 +311,54 @@ impl Compiler<'_, '_> {
                     format!("{key}.case: `case` applies to text fields only"),
                 );
             }
+            self.case_keeps_scaleo_values(key, field, &t, span(c));
         }
         t
+    }
+
+    /// `case` runs after `map`: the mapped values of a field whose values Scaleo knows
+    /// (`conv_status`, `deliver_lead`) must still be in Scaleo's set once the case is applied.
+    fn case_keeps_scaleo_values(
+        &mut self,
+        key: &str,
+        field: &str,
+        t: &Transform,
+        at: Option<Range<usize>>,
+    ) {
+        let (Some(allowed), Some(case), Some(map)) =
+            (scaleo::allowed_values(field), t.case, &t.map)
+        else {
+            return;
+        };
+        let unmapped = match &map.unmapped {
+            Unmapped::Value(v) => Some(v),
+            _ => None,
+        };
+        let mut bad: Vec<String> = map
+            .entries
+            .values()
+            .chain(unmapped)
+            .filter_map(|out| match out {
+                Out::Str(s) => Some(match case {
+                    Case::Upper => s.to_uppercase(),
+                    Case::Lower => s.to_lowercase(),
+                }),
+                _ => None,
+            })
+            .filter(|s| !allowed.contains(&s.as_str()))
+            .collect();
+        bad.sort();
+        bad.dedup();
+        if !bad.is_empty() {
+            self.err(
+                at,
+                format!(
+                    "{key}.case: applied after `map`, it would send {} for {field}, which Scaleo does not accept (it accepts {}); remove `case` or use \"lower\"",
+                    bad.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", "),
+                    allowed.join(", ")
+                ),
+            );
+        }
     }
 
     fn template(&mut self, key: &str, t: &Spanned<String>) -> Option<Vec<Part>> {
@@ -334,7 +396,9 @@ impl Compiler<'_, '_> {
                 self.err(span(t), format!("{key}.template: {{{name}}} is not a plain parameter name (letters, digits, _ - . $ ~)"));
                 return None;
             }
-            parts.push(Part::Param(self.norm(name)));
+            let name = self.norm(name);
+            self.reads_token(key, &name, span(t));
+            parts.push(Part::Param(name));
             rest = &after[close + 1..];
         }
         if !parts.iter().any(|p| matches!(p, Part::Param(_))) {
@@ -387,7 +451,12 @@ impl Compiler<'_, '_> {
                 .parse::<i64>()
                 .map(Out::Int)
                 .map_err(|_| format!("{field} is a JSON integer (e.g. 12)")),
-            FieldType::String | FieldType::Time => Ok(Out::Str(text.to_string())),
+            FieldType::Time => jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
+                .map(|_| Out::Str(text.to_string()))
+                .map_err(|_| {
+                    format!("{field} is sent as written, so a constant must be Scaleo's \"Y-m-d H:i:s\" (e.g. 2024-05-20 10:00:00)")
+                }),
+            FieldType::String => Ok(Out::Str(text.to_string())),
         };
         let out = match out {
             Ok(o) => o,
