@@ -12,10 +12,12 @@
 //! source when it has its own `base_url`/`api_key`), gives the record back uncounted, and
 //! stops sending; while paused one queued record is tried every `forward.pause_probe`, and
 //! an answer that shows the key works (delivered, duplicate, or another 4xx) resumes.
+//! A 429 holds every send to that network for its `Retry-After` (at most 10 s; see `hold.rs`).
 //! On shutdown nothing new is claimed, waits on the rate limit end with the record released,
 //! requests in flight get `forward.grace` to finish, then the rest is released.
 
 pub mod client;
+mod hold;
 pub mod ratelimit;
 pub mod retry;
 mod routes;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Answer, Client, Target};
+use super::hold::Holds;
 use super::ratelimit::{Limiter, Rate};
 use super::retry::{Next, RetryPolicy, Verdict, classify, plan_retry};
 use super::routes::{Routes, SourceForward};
@@ -44,6 +45,8 @@ pub(crate) struct Worker {
     /// Scopes paused for any other reason (an operator, a missing rule file), as last read:
     /// a prefetched record of such a scope is given back instead of sent.
     other_paused: RwLock<HashSet<PauseScope>>,
+    /// Networks that answered 429: their sends wait out the `Retry-After`.
+    holds: Holds,
 }
 
 impl Worker {
@@ -71,6 +74,7 @@ impl Worker {
             status,
             upstream_paused: RwLock::new(HashSet::new()),
             other_paused: RwLock::new(HashSet::new()),
+            holds: Holds::default(),
         }))
     }
 
@@ -229,6 +233,11 @@ impl Worker {
             || self.other_paused.read().is_ok_and(|s| covers(&s))
     }
 
+    /// The Scaleo network (base URL) a source's records go to.
+    fn network<'a>(&'a self, route: &'a SourceForward) -> &'a str {
+        route.base_url.as_deref().unwrap_or(&self.scaleo.base_url)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         self: Arc<Self>,
@@ -240,9 +249,15 @@ impl Worker {
         hard_stop: CancellationToken,
     ) {
         let _in_flight = InFlight::enter(self.status.clone());
-        let started = Instant::now();
         let route = self.routes.get(c.source());
         let rate = route.rate();
+        // A 429 from this network holds its sends first; the rate limit then spaces them.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return give_back(c, "shutdown").await,
+            _ = self.holds.wait(self.network(&route)) => {}
+        }
+        let started = Instant::now();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return give_back(c, "shutdown").await,
@@ -264,7 +279,7 @@ impl Worker {
             return give_back(c, "rate-limit wait outlasted the lease").await;
         }
         let target = Target {
-            base_url: route.base_url.as_deref().unwrap_or(&self.scaleo.base_url),
+            base_url: self.network(&route),
             api_key: route.api_key.as_deref().unwrap_or(&self.scaleo.api_key),
         };
         let answer = tokio::select! {
@@ -326,6 +341,15 @@ impl Worker {
                 ("dead", c.dead(attempt, reason).await)
             }
             Verdict::Retry { after, reason } => {
+                if status == Some(429) {
+                    let held = self.holds.hold(self.network(route), after);
+                    tracing::info!(
+                        source,
+                        record = id,
+                        held_ms = held.as_millis(),
+                        "Scaleo answered 429: holding every send to this network"
+                    );
+                }
                 let fwd = &self.fwd;
                 let failures = c.attempts().saturating_add(1);
                 let now = Timestamp::now();

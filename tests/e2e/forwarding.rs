@@ -75,6 +75,25 @@ async fn honours_retry_after_on_429() {
 }
 
 #[tokio::test]
+async fn a_429_holds_every_other_send_to_that_network_for_its_retry_after() {
+    // One send at a time, so nothing else is already on its way when the 429 comes back.
+    let env = Env::start(&[("shop", SHOP)], |c| c.forward.concurrency = 1).await;
+    env.sandbox.script([Step::too_many(1)]);
+    let first = accept(&env, "cid=hold1&amt=100").await;
+    let second = accept(&env, "cid=hold2&amt=100").await;
+    assert!(wait_state(&env, first, "delivered").await);
+    assert!(wait_state(&env, second, "delivered").await);
+    let calls = env.sandbox.received();
+    assert_eq!(calls.len(), 3, "one 429, then each record once");
+    let gap = calls[1].at.duration_since(calls[0].at);
+    assert!(
+        gap >= jiff::SignedDuration::from_millis(950),
+        "the next send reached Scaleo {gap:?} after its 429 with Retry-After: 1"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn dead_on_404_is_not_retried_and_keeps_the_answer() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     env.sandbox.script([Step::status(404)]);
