@@ -169,9 +169,9 @@ pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(value)
-        .ok()?;
+    // An HTTP-date in any of its three forms (IMF-fixdate, RFC 850, asctime): RFC 9110
+    // asks recipients to accept all of them.
+    let at = Timestamp::try_from(httpdate::parse_http_date(value).ok()?).ok()?;
     let ms = at.as_millisecond().saturating_sub(now.as_millisecond());
     Some(Duration::from_millis(ms.max(0).unsigned_abs()))
 }

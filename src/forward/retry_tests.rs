@@ -142,6 +142,19 @@ fn retry_after_seconds_and_http_date() {
 }
 
 #[test]
+fn retry_after_in_the_obsolete_http_date_forms() {
+    // now() is 2026-01-01 00:00:00 UTC.
+    assert_eq!(
+        parse_retry_after("Thursday, 01-Jan-26 00:01:00 GMT", now()),
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(
+        parse_retry_after("Thu Jan  1 00:00:45 2026", now()),
+        Some(Duration::from_secs(45))
+    );
+}
+
+#[test]
 fn schedule_repeats_the_last_delay() {
     let s = [Duration::from_secs(10), Duration::from_secs(30)];
     assert_eq!(next_delay(1, &s, 0.0), Duration::from_secs(10));
