@@ -197,6 +197,7 @@ impl Ingest {
             }
         }
         let query_had_token = params.query.iter().any(|(n, _)| is_token(n));
+        let body_had_token = params.body.iter().any(|(n, _)| is_token(n));
         let body_params = mapping::without_token(rule, params.body);
         let mut params = mapping::without_token(rule, params.query);
         params.extend(body_params.iter().cloned());
@@ -230,6 +231,16 @@ impl Ingest {
                 stored_query.push('&');
             }
             stored_query.push_str(&request::encode_pairs(&body_params));
+        }
+        if body_had_token {
+            // The record shows that a token came in the body, never its value.
+            if !stored_query.is_empty() {
+                stored_query.push('&');
+            }
+            stored_query.push_str(&request::encode_pairs(&[(
+                auth.token_param.clone(),
+                "***".into(),
+            )]));
         }
         let raw = RawPostback {
             method: method.to_string(),

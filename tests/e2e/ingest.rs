@@ -313,6 +313,31 @@ async fn post_form_and_json_bodies_are_mapped_like_queries() {
 }
 
 #[tokio::test]
+async fn a_token_in_a_post_body_is_checked_and_stored_only_redacted() {
+    let rule = format!("[auth]\ntoken = \"s3cret-token\"\n{SHOP}");
+    let env = Env::start(&[("shop", &rule)], |_| {}).await;
+    let post = |body: &'static str| {
+        env.client
+            .post(env.url("/postback/shop?cid=pb1"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post("amt=1&token=wrong").await.unwrap().status().as_u16(),
+        401
+    );
+    let resp = post("amt=1&token=s3cret-token").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.raw.query, "cid=pb1&amt=1&token=***");
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn dedupe_survives_a_restart() {
     let mut env = Env::start(&[("shop", SHOP)], |_| {}).await;
     let q = "/postback/shop?cid=rs1&amt=500&oid=R-1";
