@@ -177,10 +177,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init_logging(json: bool, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     const BUFFER: usize = 64 * 1024;
+    // Lines waiting for the writer thread; the channel's slots are allocated up front
+    // (tracing-appender's default of 128,000 costs ~4 MiB of RSS).
+    const LINES: usize = 16 * 1024;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LINES)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::with_capacity(BUFFER, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
