@@ -24,6 +24,68 @@ pub(crate) struct ClaimRequest {
     pub prefer_retry: bool,
 }
 
+/// How much a step of [`ClaimRequest::FILL`] takes.
+#[derive(Clone, Copy)]
+pub(crate) enum Fill {
+    /// The retries' share, taken first.
+    RetryShare,
+    /// Whatever room the limit leaves.
+    Room,
+}
+
+impl ClaimRequest {
+    /// The sources not to claim from, given the stored pauses as `(scope, reason)`: the
+    /// caller's own excludes plus every paused source, except the 401/403 pause of the
+    /// scope being probed. `None` when all forwarding is paused (claim nothing).
+    pub fn excluded(
+        &self,
+        pauses: impl IntoIterator<Item = (String, String)>,
+    ) -> Option<Vec<String>> {
+        let mut exclude = self.exclude.clone();
+        for (scope, reason) in pauses {
+            let probed = reason == PauseReason::UpstreamAuth.as_str()
+                && self.probe.as_ref().is_some_and(|p| p.key() == scope);
+            if probed {
+                continue;
+            }
+            if scope == PauseScope::All.key() {
+                return None;
+            }
+            exclude.push(scope);
+        }
+        Some(exclude)
+    }
+
+    /// The only source to claim from: the probed one, when a source is being probed.
+    pub fn only(&self) -> Option<&str> {
+        match &self.probe {
+            Some(PauseScope::Source(s)) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The order in which states fill a claim: first a share for retries, so fresh
+    /// postbacks are never starved by retries nor the other way round, then queued, paused
+    /// (a probe) and the rest of the retries, each up to [`ClaimRequest::most`].
+    pub const FILL: [(State, Fill); 4] = [
+        (State::Retrying, Fill::RetryShare),
+        (State::Queued, Fill::Room),
+        (State::Paused, Fill::Room),
+        (State::Retrying, Fill::Room),
+    ];
+
+    /// How many records a step of [`ClaimRequest::FILL`] may take when `taken` are
+    /// claimed already: the retries' share is a quarter of the limit (with a limit of one,
+    /// every fourth claim, `prefer_retry`); the other steps fill the room left.
+    pub fn most(&self, fill: Fill, taken: usize) -> usize {
+        match (fill, self.limit) {
+            (Fill::RetryShare, 1) => usize::from(self.prefer_retry),
+            (Fill::RetryShare, n) => n.div_ceil(4),
+            (Fill::Room, n) => n.saturating_sub(taken),
+        }
+    }
+}
+
 pub(crate) fn body_text(
     body: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<String, StoreError> {
@@ -185,46 +247,27 @@ pub(crate) fn claim(
     req: &ClaimRequest,
     now: Timestamp,
 ) -> Result<Vec<ClaimRow>, StoreError> {
-    let mut exclude = req.exclude.clone();
-    {
+    let pauses = {
         let mut stmt = c.prepare_cached("SELECT scope, reason FROM paused")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let (scope, reason): (String, String) = (row.get(0)?, row.get(1)?);
-            let probed = reason == PauseReason::UpstreamAuth.as_str()
-                && req.probe.as_ref().is_some_and(|p| p.key() == scope);
-            if probed {
-                continue;
-            }
-            if scope == PauseScope::All.key() {
-                return Ok(Vec::new());
-            }
-            exclude.push(scope);
-        }
-    }
-    let only = match &req.probe {
-        Some(PauseScope::Source(s)) => Some(s.as_str()),
-        _ => None,
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?
+    };
+    let Some(exclude) = req.excluded(pauses) else {
+        return Ok(Vec::new());
     };
     let q = ClaimQuery {
         now: now.as_millisecond(),
         until: ts_plus(now, req.lease).as_millisecond(),
         owner: &req.owner,
         exclude: &exclude,
-        only,
+        only: req.only(),
     };
-    let limit = req.limit;
-    let retry_share = match limit {
-        1 => usize::from(req.prefer_retry),
-        n => n.div_ceil(4),
-    };
-    let mut rows = q.run(c, State::Retrying, retry_share)?;
-    for state in [State::Queued, State::Paused, State::Retrying] {
-        let room = limit - rows.len();
-        if room == 0 {
-            break;
+    let mut rows = Vec::new();
+    for (state, fill) in ClaimRequest::FILL {
+        let n = req.most(fill, rows.len());
+        if n > 0 {
+            rows.extend(q.run(c, state, n)?);
         }
-        rows.extend(q.run(c, state, room)?);
     }
     Ok(rows)
 }

@@ -14,7 +14,6 @@ use tokio_postgres::types::ToSql;
 
 use super::super::claim::{ANSWER_EXCERPT_BYTES, ClaimRow, Settle, SettleRequest};
 use super::super::ops::ClaimRequest;
-use super::super::types::{PauseReason, PauseScope};
 use super::super::{State, StoreError, excerpt, redact_api_key};
 use super::{DB_NOW_MS, PgStore};
 
@@ -32,26 +31,14 @@ impl PgStore {
     pub(crate) async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimRow>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let mut exclude = req.exclude.clone();
         let pauses = tx
             .prepare_cached("SELECT scope, reason FROM paused")
             .await?;
-        for row in tx.query(&pauses, &[]).await? {
-            let (scope, reason): (String, String) = (row.get(0), row.get(1));
-            let probed = reason == PauseReason::UpstreamAuth.as_str()
-                && req.probe.as_ref().is_some_and(|p| p.key() == scope);
-            if probed {
-                continue;
-            }
-            if scope == PauseScope::All.key() {
-                return Ok(Vec::new());
-            }
-            exclude.push(scope);
-        }
-        let only = match &req.probe {
-            Some(PauseScope::Source(s)) => Some(s.as_str()),
-            _ => None,
+        let pauses = tx.query(&pauses, &[]).await?;
+        let Some(exclude) = req.excluded(pauses.iter().map(|r| (r.get(0), r.get(1)))) else {
+            return Ok(Vec::new());
         };
+        let only = req.only();
         let now = tx.prepare_cached(&format!("SELECT {DB_NOW_MS}")).await?;
         let now: i64 = tx.query_one(&now, &[]).await?.try_get(0)?;
         let lease = i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX);
@@ -78,17 +65,9 @@ impl PgStore {
                 .await?;
             rows.iter().map(claim_row).collect()
         };
-        let retry_share = match req.limit {
-            1 => usize::from(req.prefer_retry),
-            n => n.div_ceil(4),
-        };
-        let mut rows = take(State::Retrying, retry_share).await?;
-        for state in [State::Queued, State::Paused, State::Retrying] {
-            let room = req.limit - rows.len();
-            if room == 0 {
-                break;
-            }
-            rows.extend(take(state, room).await?);
+        let mut rows = Vec::new();
+        for (state, fill) in ClaimRequest::FILL {
+            rows.extend(take(state, req.most(fill, rows.len())).await?);
         }
         tx.commit().await?;
         Ok(rows)
