@@ -92,48 +92,65 @@ pub(crate) fn body_text(
     serde_json::to_string(body).map_err(|e| StoreError::Corrupt(format!("body: {e}")))
 }
 
+/// The columns of a new record that do not depend on the store: its state before dedupe,
+/// the body as stored, the click id, the reason, and the dedupe key to take.
+pub(crate) struct Columns<'a> {
+    pub state: State,
+    pub body: Option<String>,
+    pub click_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub dedupe: Option<&'a DedupeKey>,
+}
+
+impl<'a> Columns<'a> {
+    pub fn of(rec: &'a NewRecord) -> Result<Columns<'a>, StoreError> {
+        Ok(match &rec.state {
+            NewState::Queued {
+                body,
+                click_id,
+                dedupe,
+            } => Columns {
+                state: State::Queued,
+                body: Some(body_text(body)?),
+                click_id: Some(click_id),
+                reason: None,
+                dedupe: dedupe.as_ref(),
+            },
+            NewState::Rejected { reason, click_id } => Columns {
+                state: State::Rejected,
+                body: None,
+                click_id: click_id.as_deref(),
+                reason: Some(reason),
+                dedupe: None,
+            },
+            NewState::Skipped { reason } => Columns {
+                state: State::Skipped,
+                body: None,
+                click_id: None,
+                reason: Some(reason),
+                dedupe: None,
+            },
+        })
+    }
+}
+
 pub(crate) fn insert(
     c: &Connection,
     rec: &NewRecord,
     wakes: &mut bool,
 ) -> Result<Inserted, StoreError> {
     let recv = rec.raw.received_at.as_millisecond();
-    let (state, body, click_id, reason, key, original) = match &rec.state {
-        NewState::Queued {
-            body,
-            click_id,
-            dedupe,
-        } => {
-            let body = Some(body_text(body)?);
-            let key = dedupe.as_ref().map(|d| d.key.as_str());
-            let original = match key {
-                Some(k) => live_original(c, k, recv, None)?,
-                None => None,
-            };
-            let state = if original.is_some() {
-                State::Duplicate
-            } else {
-                State::Queued
-            };
-            (state, body, Some(click_id.as_str()), None, key, original)
-        }
-        NewState::Rejected { reason, click_id } => (
-            State::Rejected,
-            None,
-            click_id.as_deref(),
-            Some(reason.as_str()),
-            None,
-            None,
-        ),
-        NewState::Skipped { reason } => (
-            State::Skipped,
-            None,
-            None,
-            Some(reason.as_str()),
-            None,
-            None,
-        ),
+    let cols = Columns::of(rec)?;
+    let key = cols.dedupe.map(|d| d.key.as_str());
+    let original = match key {
+        Some(k) => live_original(c, k, recv, None)?,
+        None => None,
     };
+    let state = match original {
+        Some(_) => State::Duplicate,
+        None => cols.state,
+    };
+    let (body, click_id, reason) = (cols.body, cols.click_id, cols.reason);
     let queued = state == State::Queued;
     let raw = &rec.raw;
     // `last_insert_rowid` rather than RETURNING, which costs about 1 us more per insert.
@@ -164,13 +181,7 @@ pub(crate) fn insert(
     if let Some(original) = original {
         return Ok(Inserted::Duplicate { id, original });
     }
-    if let (
-        NewState::Queued {
-            dedupe: Some(d), ..
-        },
-        true,
-    ) = (&rec.state, queued)
-    {
+    if let (Some(d), true) = (cols.dedupe, queued) {
         remember(c, &d.key, id, ts_plus(raw.received_at, d.window))?;
     }
     *wakes |= queued;

@@ -10,7 +10,7 @@
 use deadpool_postgres::Transaction;
 use jiff::Timestamp;
 
-use super::super::ops::{PURGE_CHUNK, body_text};
+use super::super::ops::{Columns, PURGE_CHUNK, body_text};
 use super::super::types::{Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued};
 use super::super::{State, StoreError, ts_plus};
 use super::PgStore;
@@ -22,29 +22,13 @@ impl PgStore {
     /// Stores `rec`; the flag says whether it made work due (a queued record).
     pub(crate) async fn insert(&self, rec: &NewRecord) -> Result<(Inserted, bool), StoreError> {
         let recv = rec.raw.received_at.as_millisecond();
-        let (state, body, click_id, reason, dedupe) = match &rec.state {
-            NewState::Queued {
-                body,
-                click_id,
-                dedupe,
-            } => (
-                State::Queued,
-                Some(body_text(body)?),
-                Some(click_id.as_str()),
-                None,
-                dedupe.as_ref(),
-            ),
-            NewState::Rejected { reason, click_id } => (
-                State::Rejected,
-                None,
-                click_id.as_deref(),
-                Some(reason.as_str()),
-                None,
-            ),
-            NewState::Skipped { reason } => {
-                (State::Skipped, None, None, Some(reason.as_str()), None)
-            }
-        };
+        let Columns {
+            state,
+            body,
+            click_id,
+            reason,
+            dedupe,
+        } = Columns::of(rec)?;
         let queued = state == State::Queued;
         let queued_at = queued.then_some(recv);
         let key = dedupe.map(|d| d.key.as_str());
