@@ -2,32 +2,24 @@
 //! SQLite store (dedupe, leases, settles, fairness, pauses, replay, purge) and what several
 //! instances sharing one database add (dedupe and claims across instances, the shared rate
 //! limit). Two `Store` handles connected to the same database stand for two instances.
+//!
+//! The behaviours both backends share are in `support/store_suite.rs`; here they run on a
+//! fresh database, the suite's "other instance" being a second `Store` connected to it.
 
 #[path = "support/pg.rs"]
 mod pg;
 #[path = "support/relay_records.rs"]
 mod records;
+#[path = "support/store_suite.rs"]
+mod suite;
+#[path = "support/wait.rs"]
+mod wait;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use jiff::Timestamp;
-use postback_relay::store::{
-    Attempt, Filter, Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued, State,
-    Store, StoreError,
-};
-use records::{fill, queued, raw, store_config};
-
-const DAY: Duration = Duration::from_secs(86_400);
-
-fn attempt(status: Option<u16>, answer: &str) -> Attempt {
-    Attempt {
-        at: Timestamp::now(),
-        status,
-        answer: answer.into(),
-        duration: Duration::from_millis(3),
-    }
-}
+use postback_relay::store::{State, Store, StoreError};
+use records::{queued, store_config};
+use suite::{Backend, stored_id};
 
 /// One instance on the database at `url`.
 async fn instance(url: &str) -> Store {
@@ -37,10 +29,26 @@ async fn instance(url: &str) -> Store {
     Store::connect(&cfg).await.expect("store connects")
 }
 
-fn stored_id(i: Inserted) -> i64 {
-    match i {
-        Inserted::Stored { id } => id,
-        other => panic!("not stored: {other:?}"),
+/// A fresh database of its own; every open is another instance on it.
+struct Postgres {
+    url: String,
+}
+
+impl Postgres {
+    async fn new() -> Postgres {
+        Postgres {
+            url: pg::fresh_db().await,
+        }
+    }
+}
+
+impl Backend for Postgres {
+    async fn open(&self) -> Store {
+        instance(&self.url).await
+    }
+
+    async fn other(&self, _store: &Store) -> Store {
+        instance(&self.url).await
     }
 }
 
@@ -76,483 +84,59 @@ async fn an_insert_is_committed_when_answered_and_seen_by_other_instances() {
 
 #[tokio::test]
 async fn body_and_raw_postback_are_stored_exactly() {
-    let store = instance(&pg::fresh_db().await).await;
-    let id = stored_id(store.insert(queued("acme", "abc", None)).await.unwrap());
-    let claimed = store.claim(10, Duration::from_secs(5), &[]).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].body(), r#"{"click_id":"abc","revenue":19.99}"#);
-    assert_eq!(claimed[0].click_id(), Some("abc"));
-    let view = store.get(id).await.unwrap().unwrap();
-    assert_eq!(view.raw.query, "cid=abc&amt=1999");
-    assert_eq!(view.raw.client_ip.as_deref(), Some("203.0.113.9"));
-    assert_eq!(view.raw.user_agent.as_deref(), Some("test"));
-    for c in claimed {
-        c.release().await.unwrap();
-    }
+    suite::body_and_raw_postback_are_stored_exactly(&Postgres::new().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dedupe_holds_across_instances_within_the_window() {
-    let url = pg::fresh_db().await;
-    let (a, b) = (instance(&url).await, instance(&url).await);
-    // The same keys racing into two instances at once: exactly one record stores each key,
-    // the others are duplicates of it.
-    let mut tasks = tokio::task::JoinSet::new();
-    for k in 0..20 {
-        for store in [&a, &b, &a, &b] {
-            let store = store.clone();
-            tasks.spawn(async move {
-                let key = format!("k{k}");
-                let got = store.insert(queued("acme", &key, Some((&key, DAY)))).await;
-                (k, got.unwrap())
-            });
-        }
-    }
-    let mut by_key: Vec<Vec<Inserted>> = vec![Vec::new(); 20];
-    while let Some(r) = tasks.join_next().await {
-        let (k, got) = r.unwrap();
-        by_key[k].push(got);
-    }
-    for (k, answers) in by_key.iter().enumerate() {
-        let stored: Vec<i64> = answers
-            .iter()
-            .filter_map(|i| match i {
-                Inserted::Stored { id } => Some(*id),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(stored.len(), 1, "key k{k}: {answers:?}");
-        for i in answers {
-            if let Inserted::Duplicate { original, .. } = i {
-                assert_eq!(*original, stored[0], "key k{k}: {answers:?}");
-            }
-        }
-    }
-    // Another source with the same click is another key.
-    assert!(matches!(
-        b.insert(queued("other", "k1", Some(("k1", DAY))))
-            .await
-            .unwrap(),
-        Inserted::Stored { .. }
-    ));
-    // A new instance (a restart) still finds the key.
-    let c = instance(&url).await;
-    assert!(matches!(
-        c.insert(queued("acme", "k1", Some(("k1", DAY))))
-            .await
-            .unwrap(),
-        Inserted::Duplicate { .. }
-    ));
-    // A key whose window has passed no longer holds.
-    let mut old = queued("acme", "old", Some(("old", Duration::from_millis(1))));
-    old.raw.received_at = Timestamp::now() - jiff::SignedDuration::from_secs(10);
-    stored_id(a.insert(old).await.unwrap());
-    stored_id(
-        b.insert(queued("acme", "old", Some(("old", DAY))))
-            .await
-            .unwrap(),
-    );
-    // Duplicates are never claimed.
-    let claimed = c.claim(100, Duration::from_secs(5), &[]).await.unwrap();
-    assert_eq!(claimed.len(), 20 + 1 + 2);
-    assert!(claimed.iter().all(|c| c.state() == State::Queued));
-    assert_eq!(
-        c.counts_by_state().await.unwrap(),
-        vec![(State::Queued, 23), (State::Duplicate, 61)]
-    );
-    for cl in claimed {
-        cl.release().await.unwrap();
-    }
+async fn dedupe_holds_within_the_window_across_instances_and_restarts() {
+    suite::dedupe_holds_within_the_window_across_instances_and_restarts(&Postgres::new().await)
+        .await;
 }
 
 #[tokio::test]
 async fn a_dead_original_does_not_block_its_key() {
-    let url = pg::fresh_db().await;
-    let (a, b) = (instance(&url).await, instance(&url).await);
-    a.insert(queued("acme", "k", Some(("k", DAY))))
-        .await
-        .unwrap();
-    let c = a.claim(1, DAY, &[]).await.unwrap().pop().unwrap();
-    c.dead(attempt(Some(404), "{}"), "HTTP 404".into())
-        .await
-        .unwrap();
-    let again = stored_id(
-        b.insert(queued("acme", "k", Some(("k", DAY))))
-            .await
-            .unwrap(),
-    );
-    // The new record holds the key now.
-    let third = a
-        .insert(queued("acme", "k", Some(("k", DAY))))
-        .await
-        .unwrap();
-    assert!(matches!(third, Inserted::Duplicate { original, .. } if original == again));
+    suite::a_dead_original_does_not_block_its_key(&Postgres::new().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_of_a_crashed_instance_is_reclaimed() {
-    let url = pg::fresh_db().await;
-    let lease = Duration::from_millis(300);
-    let ids = {
-        let crashed = instance(&url).await;
-        let ids = fill(&crashed, "acme", 3).await;
-        let claimed = crashed.claim(10, lease, &[]).await.unwrap();
-        assert_eq!(claimed.len(), 3);
-        // The instance "dies": its claims are dropped unsettled.
-        drop(claimed);
-        ids
-    };
-    let other = instance(&url).await;
-    // Still leased right away.
-    assert!(other.claim(10, lease, &[]).await.unwrap().is_empty());
-    let mut again = Vec::new();
-    let reclaimed = pg::until(Duration::from_secs(10), async || {
-        again = other.claim(10, lease, &[]).await.unwrap();
-        !again.is_empty()
-    })
-    .await;
-    assert!(reclaimed, "the expired claims never came back");
-    let mut got: Vec<i64> = again.iter().map(|c| c.id()).collect();
-    got.sort_unstable();
-    assert_eq!(got, ids);
-    for c in again {
-        c.delivered(attempt(Some(200), "ok"), Some("tx".into()))
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        other.counts_by_state().await.unwrap(),
-        vec![(State::Delivered, 3)]
-    );
+    suite::an_expired_lease_of_a_crashed_instance_is_reclaimed(&Postgres::new().await).await;
 }
 
 #[tokio::test]
 async fn a_settle_after_a_lost_lease_is_refused_but_the_attempt_is_kept() {
-    let url = pg::fresh_db().await;
-    let (a, b) = (instance(&url).await, instance(&url).await);
-    let ids = fill(&a, "acme", 1).await;
-    let lease = Duration::from_millis(100);
-    let first = a.claim(1, lease, &[]).await.unwrap().pop().unwrap();
-    let mut second = None;
-    let taken = pg::until(Duration::from_secs(10), async || {
-        second = b.claim(1, lease, &[]).await.unwrap().pop();
-        second.is_some()
-    })
-    .await;
-    assert!(taken, "the lease never ran out");
-    let err = first
-        .delivered(attempt(Some(200), "late"), None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::LeaseLost(id) if id == ids[0]),
-        "{err}"
-    );
-    second
-        .unwrap()
-        .delivered(attempt(Some(200), "ok"), Some("t".into()))
-        .await
-        .unwrap();
-    let view = a.get(ids[0]).await.unwrap().unwrap();
-    assert_eq!(view.attempts.len(), 2);
-    assert_eq!(view.attempts[0].answer, "late");
-    assert_eq!(view.summary.state, State::Delivered);
-    assert_eq!(view.transaction_id.as_deref(), Some("t"));
-    assert_eq!(view.attempt_count, 1);
+    suite::a_settle_after_a_lost_lease_is_refused_but_the_attempt_is_kept(&Postgres::new().await)
+        .await;
 }
 
 #[tokio::test]
 async fn every_outcome_is_stored_with_its_attempt() {
-    let store = instance(&pg::fresh_db().await).await;
-    let ids = fill(&store, "acme", 4).await;
-    let mut claimed = store.claim(4, Duration::from_secs(30), &[]).await.unwrap();
-    claimed.sort_by_key(|c| c.id());
-    let mut it = claimed.into_iter();
-    let later = Timestamp::now() + jiff::SignedDuration::from_secs(3600);
-    it.next()
-        .unwrap()
-        .retry(
-            attempt(Some(503), "busy api-key=SECRET"),
-            later,
-            "HTTP 503".into(),
-        )
-        .await
-        .unwrap();
-    it.next()
-        .unwrap()
-        .duplicate_upstream(attempt(Some(400), "Multiple Conversions"))
-        .await
-        .unwrap();
-    it.next()
-        .unwrap()
-        .paused(attempt(Some(401), "no"), "HTTP 401".into())
-        .await
-        .unwrap();
-    it.next()
-        .unwrap()
-        .dead(attempt(None, "timeout"), "gave up".into())
-        .await
-        .unwrap();
-    let get = async |id| store.get(id).await.unwrap().unwrap();
-    let retry = get(ids[0]).await;
-    assert_eq!(retry.summary.state, State::Retrying);
-    assert_eq!(retry.attempt_count, 1);
-    assert_eq!(
-        retry.next_attempt_at.map(|t| t.as_second()),
-        Some(later.as_second())
-    );
-    assert_eq!(retry.last_error.as_deref(), Some("HTTP 503"));
-    assert_eq!(retry.attempts[0].answer, "busy api-key=[redacted]");
-    assert_eq!(retry.attempts[0].outcome, "retry");
-    assert_eq!(get(ids[1]).await.summary.state, State::DuplicateUpstream);
-    let paused = get(ids[2]).await;
-    assert_eq!(
-        (paused.summary.state, paused.attempt_count),
-        (State::Paused, 0)
-    );
-    let dead = get(ids[3]).await;
-    assert_eq!(dead.summary.state, State::Dead);
-    assert_eq!(dead.reason.as_deref(), Some("gave up"));
-    assert_eq!(dead.attempts[0].status, None);
-    // The paused record is claimable again at once; the retry only at its time.
-    let again = store.claim(10, Duration::from_secs(30), &[]).await.unwrap();
-    assert_eq!(again.iter().map(|c| c.id()).collect::<Vec<_>>(), [ids[2]]);
-    for c in again {
-        c.release().await.unwrap();
-    }
+    suite::every_outcome_is_stored_with_its_attempt(&Postgres::new().await).await;
 }
 
 #[tokio::test]
 async fn fresh_records_are_not_starved_by_retries() {
-    let store = instance(&pg::fresh_db().await).await;
-    fill(&store, "acme", 8).await;
-    let lease = Duration::from_secs(30);
-    let past = Timestamp::now() - jiff::SignedDuration::from_secs(1);
-    for c in store.claim(8, lease, &[]).await.unwrap() {
-        c.retry(attempt(Some(500), "x"), past, "HTTP 500".into())
-            .await
-            .unwrap();
-    }
-    fill(&store, "acme", 8).await;
-    let claimed = store.claim(8, lease, &[]).await.unwrap();
-    let count = |s: State| claimed.iter().filter(|c| c.state() == s).count();
-    assert_eq!((count(State::Queued), count(State::Retrying)), (6, 2));
+    suite::fresh_records_are_not_starved_by_retries(&Postgres::new().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_claims_of_two_instances_never_share_a_record() {
-    let url = pg::fresh_db().await;
-    let (a, b) = (instance(&url).await, instance(&url).await);
-    let mut ids = fill(&a, "acme", 150).await;
-    ids.extend(fill(&b, "beta", 150).await);
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..8 {
-        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let claimed = store.claim(7, Duration::from_secs(60), &[]).await.unwrap();
-                if claimed.is_empty() {
-                    return got;
-                }
-                got.extend(claimed);
-            }
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.unwrap());
-    }
-    let unique: HashSet<i64> = all.iter().map(|c| c.id()).collect();
-    assert_eq!(all.len(), unique.len(), "a record was claimed twice");
-    assert_eq!(unique, ids.iter().copied().collect::<HashSet<_>>());
-    // Every claim settles under its own lease.
-    for c in all {
-        c.delivered(attempt(Some(200), "ok"), None).await.unwrap();
-    }
-    assert_eq!(
-        b.counts_by_state().await.unwrap(),
-        vec![(State::Delivered, 300)]
-    );
+async fn concurrent_claims_never_share_a_record() {
+    suite::concurrent_claims_never_share_a_record(&Postgres::new().await).await;
 }
 
 #[tokio::test]
-async fn pauses_persist_are_shared_and_stop_claims() {
-    let url = pg::fresh_db().await;
-    let lease = Duration::from_secs(30);
-    {
-        let a = instance(&url).await;
-        fill(&a, "acme", 2).await;
-        fill(&a, "beta", 2).await;
-        a.pause(PauseScope::Source("acme".into()), PauseReason::Operator)
-            .await
-            .unwrap();
-        // Idempotent.
-        a.pause(PauseScope::Source("acme".into()), PauseReason::Operator)
-            .await
-            .unwrap();
-    }
-    let store = instance(&url).await;
-    let paused = store.paused().await.unwrap();
-    assert_eq!(paused.len(), 1);
-    assert_eq!(paused[0].scope, PauseScope::Source("acme".into()));
-    assert_eq!(paused[0].reason, PauseReason::Operator);
-    let c = store.claim(10, lease, &[]).await.unwrap();
-    assert!(c.iter().all(|c| c.source() == "beta") && c.len() == 2);
-    for c in c {
-        c.release().await.unwrap();
-    }
-    // An exclude leaves a source out too.
-    assert!(
-        store
-            .claim(10, lease, &["beta".into()])
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    store
-        .pause(PauseScope::All, PauseReason::UpstreamAuth)
-        .await
-        .unwrap();
-    assert!(store.claim(10, lease, &[]).await.unwrap().is_empty());
-    // The probe ignores the upstream-auth pause but not the operator's pause of acme.
-    let probe = store
-        .claim_probe(PauseScope::All, lease)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(probe.source(), "beta");
-    probe.release().await.unwrap();
-    assert_eq!(
-        store
-            .resume_reason(PauseScope::All, PauseReason::Operator)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(store.resume(PauseScope::All).await.unwrap(), 1);
-    store
-        .resume(PauseScope::Source("acme".into()))
-        .await
-        .unwrap();
-    assert!(store.paused().await.unwrap().is_empty());
-    assert_eq!(store.claim(10, lease, &[]).await.unwrap().len(), 4);
-    let mut pending = store.pending_sources().await.unwrap();
-    pending.sort();
-    assert_eq!(pending, ["acme", "beta"]);
+async fn pauses_persist_and_stop_claims() {
+    suite::pauses_persist_and_stop_claims(&Postgres::new().await).await;
 }
 
 #[tokio::test]
 async fn requeue_replays_rejected_and_dedupe_applies() {
-    let store = instance(&pg::fresh_db().await).await;
-    let rejected = NewRecord {
-        source: "acme".into(),
-        raw: raw("amt=1"),
-        state: NewState::Rejected {
-            reason: "click_id: no value".into(),
-            click_id: None,
-        },
-    };
-    let id = stored_id(store.insert(rejected.clone()).await.unwrap());
-    let id2 = stored_id(store.insert(rejected.clone()).await.unwrap());
-    let id3 = stored_id(store.insert(rejected).await.unwrap());
-    let fixed = queued("acme", "z", Some(("z", DAY))).state;
-    assert_eq!(
-        store.requeue(id, fixed.clone()).await.unwrap(),
-        Requeued::Queued
-    );
-    assert_eq!(
-        store.requeue(id2, fixed).await.unwrap(),
-        Requeued::Duplicate { original: id }
-    );
-    let again = NewState::Rejected {
-        reason: "still no click".into(),
-        click_id: Some("c".into()),
-    };
-    assert_eq!(
-        store.requeue(id3, again).await.unwrap(),
-        Requeued::Rejected {
-            reason: "still no click".into()
-        }
-    );
-    assert!(matches!(
-        store.requeue(id, queued("acme", "z", None).state).await,
-        Err(StoreError::NotReplayable {
-            state: State::Queued,
-            ..
-        })
-    ));
-    assert!(matches!(
-        store
-            .requeue(999_999, queued("acme", "z", None).state)
-            .await,
-        Err(StoreError::NotFound(999_999))
-    ));
-    let view = store.get(id3).await.unwrap().unwrap();
-    assert_eq!(view.reason.as_deref(), Some("still no click"));
-    assert_eq!(view.summary.click_id.as_deref(), Some("c"));
-    // Listing: newest first, filtered, paged.
-    let acme = Filter {
-        source: Some("acme".into()),
-        ..Filter::default()
-    };
-    let (page, next) = store.list(acme.clone(), 2, None).await.unwrap();
-    assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), [id3, id2]);
-    let (page, next) = store.list(acme, 2, next).await.unwrap();
-    assert_eq!((page[0].id, page[0].state, next), (id, State::Queued, None));
-    let queued_only = Filter {
-        state: Some(State::Queued),
-        click_id: Some("z".into()),
-        ..Filter::default()
-    };
-    let (page, _) = store.list(queued_only, 10, None).await.unwrap();
-    assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), [id]);
-    let future = Filter {
-        since: Some(Timestamp::now() + jiff::SignedDuration::from_secs(60)),
-        ..Filter::default()
-    };
-    assert!(store.list(future, 10, None).await.unwrap().0.is_empty());
-    assert!(store.oldest_queued().await.unwrap().is_some());
+    suite::requeue_replays_rejected_and_dedupe_applies(&Postgres::new().await).await;
 }
 
 #[tokio::test]
 async fn purge_removes_only_finished_records_past_retention() {
-    let store = instance(&pg::fresh_db().await).await;
-    let ids = fill(&store, "acme", 3).await;
-    let mut claimed = store.claim(3, Duration::from_secs(30), &[]).await.unwrap();
-    claimed.sort_by_key(|c| c.id());
-    let mut it = claimed.into_iter();
-    it.next()
-        .unwrap()
-        .delivered(attempt(Some(200), "{}"), None)
-        .await
-        .unwrap();
-    it.next()
-        .unwrap()
-        .dead(attempt(Some(400), "{}"), "HTTP 400".into())
-        .await
-        .unwrap();
-    it.next().unwrap().release().await.unwrap();
-    assert_eq!(
-        store
-            .purge_delivered(Duration::from_secs(3600))
-            .await
-            .unwrap(),
-        0
-    );
-    let mut purged = 0;
-    let done = pg::until(Duration::from_secs(5), async || {
-        purged += store
-            .purge_delivered(Duration::from_millis(1))
-            .await
-            .unwrap();
-        purged == 1
-    })
-    .await;
-    assert!(done, "purged {purged}");
-    assert!(store.get(ids[0]).await.unwrap().is_none());
-    assert!(store.get(ids[1]).await.unwrap().is_some());
-    assert!(store.get(ids[2]).await.unwrap().is_some());
+    suite::purge_removes_only_finished_records_past_retention(&Postgres::new().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
