@@ -14,3 +14,5 @@ mod pg;
 mod reload;
 mod scale_out;
 mod support;
+#[path = "../support/wait.rs"]
+mod wait;

@@ -12,6 +12,7 @@ use postback_relay::store::State;
 
 use crate::pg;
 use crate::support::{KEY, SHOP, config};
+use crate::wait::until;
 
 const POSTBACKS: usize = 60;
 const RATE: u32 = 40;
@@ -79,7 +80,7 @@ async fn two_relays_on_one_database_forward_every_postback_exactly_once() {
     }
     let store = relays[0].store.clone();
     let mut counts = Vec::new();
-    let done = pg::until(Duration::from_secs(30), async || {
+    let done = until(Duration::from_secs(30), async || {
         counts = store.counts_by_state().await.unwrap();
         counts == [(State::Delivered, POSTBACKS as u64), (State::Duplicate, 10)]
     })
@@ -229,7 +230,7 @@ async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
         .build()
         .unwrap();
     let healthz = format!("http://127.0.0.1:{port}/healthz");
-    let up = pg::until(Duration::from_secs(20), async || {
+    let up = until(Duration::from_secs(20), async || {
         client
             .get(&healthz)
             .send()
@@ -245,7 +246,7 @@ async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
         assert_eq!(answer["status"], "accepted", "{answer}");
     }
     // Kill -9 while its four forwards hang (and more records are leased to it).
-    let hanging = pg::until(Duration::from_secs(10), async || {
+    let hanging = until(Duration::from_secs(10), async || {
         sandbox.received().len() >= 4
     })
     .await;
@@ -257,7 +258,7 @@ async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
     let survivor = relay(&sandbox, &url, &other_root).await;
     let store = survivor.store.clone();
     let mut counts = Vec::new();
-    let done = pg::until(Duration::from_secs(30), async || {
+    let done = until(Duration::from_secs(30), async || {
         counts = store.counts_by_state().await.unwrap();
         counts
             .iter()

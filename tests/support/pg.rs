@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 /// The running server of this test binary.
 struct Server {
@@ -188,18 +187,4 @@ fn watchdog(bin: &Path, dir: &Path, data: &Path, root: bool) -> Result<(), Strin
         .spawn()
         .map(|_| ())
         .map_err(|e| format!("cannot start the PostgreSQL watchdog: {e}"))
-}
-
-/// Waits (bounded) until `check` holds.
-pub async fn until<F: AsyncFnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
