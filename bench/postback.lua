@@ -1,7 +1,8 @@
 -- wrk script: every request is a unique Keitaro postback (a new click id and order id), so
 -- the relay stores each one (no dedupe hits). The same script drives the bare server.
 local counter = 0
-local prefix = string.format("%x%x", os.time(), math.random(0, 0xffffff))
+-- WRK_TAG (optional) tells apart wrk processes started in the same second.
+local prefix = string.format("%x%x%s", os.time(), math.random(0, 0xffffff), os.getenv("WRK_TAG") or "")
 
 request = function()
   counter = counter + 1

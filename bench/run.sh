@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Performance benchmark of the relay (PRODUCT.md section 7). See bench/README.md.
 #
-#   bash bench/run.sh [all|ingest|forward|rate|rss]...
+#   bash bench/run.sh [all|ingest|forward|rate|rss|pg]...
 #
 # Environment: BENCH_DURATION (wrk seconds, 10), BENCH_CONNECTIONS (64),
 # BENCH_DRAIN (records for the drain, 50000), BENCH_DRAIN_CONCURRENCY ("16 256"),
 # BENCH_RSS_RECORDS (1000000), BENCH_TMP (temp parent dir, default /tmp; must be a real disk),
+# BENCH_PG_TWO (1: the pg section also runs two relays on one database; 0 skips it),
 # CARGO_TARGET_DIR as usual. Everything listens on 127.0.0.1 only, every process started
-# here is stopped at the end and the temp dir is removed.
+# here (and the throwaway PostgreSQL server of the pg section) is stopped at the end and the
+# temp dirs are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,15 +18,32 @@ CONNS=${BENCH_CONNECTIONS:-64}
 DRAIN_N=${BENCH_DRAIN:-50000}
 DRAIN_CONC=${BENCH_DRAIN_CONCURRENCY:-16 256}
 RSS_N=${BENCH_RSS_RECORDS:-1000000}
+PG_TWO=${BENCH_PG_TWO:-1}
 SECTIONS=${*:-all}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 want() { [[ " $SECTIONS " == *" all "* || " $SECTIONS " == *" $1 "* ]]; }
 
-if want ingest || want rss; then
+if want ingest || want rss || want pg; then
   if ! command -v wrk >/dev/null; then
     echo "wrk is not installed. Install it with:  sudo apt-get install -y wrk   (Debian/Ubuntu)" >&2
     echo "or run only the sections without it:    bash bench/run.sh forward rate" >&2
+    exit 2
+  fi
+fi
+
+# The pg section's server binaries (initdb, pg_ctl): PATH first, then Debian's versioned
+# directories, as tests/support/pg.rs looks for them.
+PG_BIN=""
+if want pg; then
+  for d in $(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)") \
+    $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [[ -x "$d/initdb" && -x "$d/pg_ctl" ]]; then PG_BIN=$d; break; fi
+  done
+  if [[ -z "$PG_BIN" ]]; then
+    echo "PostgreSQL server binaries (initdb, pg_ctl) were found neither on PATH nor under" >&2
+    echo "/usr/lib/postgresql/*/bin. Install them with:  sudo apt-get install -y postgresql" >&2
+    echo "(Debian/Ubuntu; the section was measured with PostgreSQL 15) or run the other sections." >&2
     exit 2
   fi
 fi
@@ -38,10 +57,19 @@ BENCH=$(cargo bench --bench relay --no-run --message-format=json 2>/dev/null \
 
 TMP=$(mktemp -d "${BENCH_TMP:-/tmp}/relay-bench.XXXXXX")
 PIDS=()
+PG_DIR=""
 cleanup() {
   for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && wait "$p" 2>/dev/null || true; done
+  if [[ -n "$PG_DIR" ]]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
   rm -rf "$TMP"
+}
+# PostgreSQL refuses to run as root: its commands run as the postgres user then.
+as_postgres() {
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 trap cleanup EXIT INT TERM
 mkdir -p "$TMP/rules"
@@ -74,10 +102,13 @@ start_server() {
   [[ -n "$SERVER_ADDR" ]] || { echo "the $kind server did not start:"; cat "$out"; exit 1; }
 }
 
-# Starts the relay binary on store dir $1 (log in $1.log); sets RELAY_PID and RELAY_ADDR.
+# Starts the relay binary on store dir $1 (log in $1.log), or on the PostgreSQL database at
+# URL $2 when given; sets RELAY_PID and RELAY_ADDR.
 start_relay() {
   local store=$1 log="$1.log"
-  RELAY__STORE__PATH="$store" RELAY__RULES__DIR="$TMP/rules" \
+  local -a url=()
+  if [[ -n "${2:-}" ]]; then url=("RELAY__STORE__URL=$2"); fi
+  env "${url[@]}" RELAY__STORE__PATH="$store" RELAY__RULES__DIR="$TMP/rules" \
     RELAY__SCALEO__BASE_URL="http://$UPSTREAM" NO_COLOR=1 \
     "$RELAY" serve --config bench/relay.toml 2>"$log" &
   RELAY_PID=$!
@@ -176,6 +207,115 @@ if want rss; then
     if [[ "$n" != 0 ]]; then row "store   $fill"; fi
     rm -rf "$store" "$store.log"
   done
+fi
+
+# A throwaway PostgreSQL server in its own temp dir (owned by postgres when we are root),
+# durable as shipped (fsync=on, synchronous_commit=on), on 127.0.0.1; sets PG_PORT.
+start_pg() {
+  PG_DIR=$(mktemp -d "${BENCH_TMP:-/tmp}/relay-bench-pg.XXXXXX")
+  chmod 755 "$PG_DIR"
+  if [[ $(id -u) == 0 ]]; then chown -R postgres:postgres "$PG_DIR"; fi
+  as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U relay --auth=trust -E UTF8 --no-sync \
+    >"$TMP/initdb.log" 2>&1 || { echo "initdb failed:"; cat "$TMP/initdb.log"; exit 1; }
+  for _ in 1 2 3; do
+    PG_PORT=$((20000 + RANDOM % 20000))
+    if as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 -o \
+      "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$PG_DIR -c fsync=on -c synchronous_commit=on -c max_connections=300" \
+      start >/dev/null 2>&1; then
+      return
+    fi
+  done
+  echo "PostgreSQL did not start:"; cat "$PG_DIR/server.log"; exit 1
+}
+
+# A new empty database $1 on the throwaway server; prints its URL.
+pg_db() {
+  local url="postgres://relay@127.0.0.1:$PG_PORT/$1"
+  "$BENCH" createdb "$url" >/dev/null
+  echo "$url"
+}
+
+# The processes of the throwaway server: the postmaster and its children.
+pg_pids() {
+  local pm
+  pm=$(head -1 "$PG_DIR/data/postmaster.pid" 2>/dev/null || true)
+  [[ -n "$pm" ]] && echo "$pm" $(pgrep -P "$pm" || true)
+}
+
+# User+system CPU ticks (1/100 s) used so far by the processes given.
+cpu_ticks() {
+  local t=0 p
+  for p in "$@"; do
+    t=$((t + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+
+# "commits wal_syncs wal_writes wal_bytes" of the whole server so far.
+pg_stat() { "$BENCH" pgstat "postgres://relay@127.0.0.1:$PG_PORT/postgres"; }
+
+if want pg; then
+  start_pg
+  echo "== pg: PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{ print $3 }') from $PG_BIN on 127.0.0.1:$PG_PORT, data in $PG_DIR (fsync=on, synchronous_commit=on, otherwise initdb's defaults)"
+  echo "== pg ingest: wrk -t1 -c$CONNS -d${DUR}s --latency -s bench/postback.lua (2 s warm-up each)"
+  start_server bare
+  run_wrk "$SERVER_ADDR" 2 >/dev/null
+  read -r pb_rps pb_p99 pb_err < <(run_wrk "$SERVER_ADDR" "$DUR")
+  url=$(pg_db ingest)
+  read -r c0 s0 w0 by0 < <(pg_stat)
+  start_relay "$TMP/pg-ingest" "$url"
+  run_wrk "$RELAY_ADDR" 2 >/dev/null
+  t0=$(cpu_ticks "$RELAY_PID"); g0=$(cpu_ticks $(pg_pids))
+  read -r pr_rps pr_p99 pr_err < <(run_wrk "$RELAY_ADDR" "$DUR")
+  t1=$(cpu_ticks "$RELAY_PID"); g1=$(cpu_ticks $(pg_pids))
+  stop_relay
+  sleep 1
+  read -r c1 s1 w1 by1 < <(pg_stat)
+  stored=$("$BENCH" counts "$url")
+  commits=$((c1 - c0)) syncs=$((s1 - s0))
+  row "pg      bare hyper 204          : $pb_rps req/s, p99 $pb_p99 ms, errors $pb_err"
+  row "pg      relay on PostgreSQL     : $pr_rps req/s, p99 $pr_p99 ms, errors $pr_err"
+  row "pg      ratio relay/bare        : $(awk -v a="$pr_rps" -v b="$pb_rps" 'BEGIN { printf "%.3f", a / b }')"
+  row "pg      store after the run     : $stored"
+  row "pg      CPU during the run      : relay $(awk -v t=$((t1 - t0)) -v d="$DUR" 'BEGIN { printf "%.2f", t / 100 / d }') cores, PostgreSQL (all its processes) $(awk -v t=$((g1 - g0)) -v d="$DUR" 'BEGIN { printf "%.2f", t / 100 / d }') cores, of 2; per request: relay $(awk -v t=$((t1 - t0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us, PostgreSQL $(awk -v t=$((g1 - g0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us"
+  row "pg      server over the relay's life (warm-up + run): $commits commits, $syncs WAL syncs ($(awk -v c="$commits" -v s="$syncs" 'BEGIN { printf "%.1f", c / (s ? s : 1) }') commits per sync), $(((by1 - by0) / (commits ? commits : 1))) WAL bytes per commit"
+
+  # Twice per concurrency: right after the fill, the planner still has the empty table's
+  # statistics (autovacuum analyzes within autovacuum_naptime, 1 min); then after ANALYZE.
+  for c in $DRAIN_CONC; do
+    for a in "" analyze; do
+      echo "== pg forward: drain $DRAIN_N records, rate limit off, concurrency $c ${a:+(ANALYZE after the fill)}"
+      row "pg      $("$BENCH" drain "$DRAIN_N" "$c" "$(pg_db "drain$c$a")" $a 2>"$TMP/pg-drain.err" || cat "$TMP/pg-drain.err")"
+      grep '^pre-filled' "$TMP/pg-drain.err" | sed 's/^/        /' || true
+    done
+  done
+
+  if [[ "$PG_TWO" == 1 ]]; then
+    echo "== pg two relays on one database, one wrk each in parallel (-c$CONNS each, 2 s warm-up)"
+    url=$(pg_db two)
+    start_relay "$TMP/pg-two-a" "$url"
+    A_PID=$RELAY_PID A_ADDR=$RELAY_ADDR
+    start_relay "$TMP/pg-two-b" "$url"
+    B_PID=$RELAY_PID B_ADDR=$RELAY_ADDR
+    # WRK_TAG: the two wrk processes would otherwise send the same postbacks (same seed,
+    # same second), and one relay's would all be duplicates of the other's.
+    WRK_TAG=a run_wrk "$A_ADDR" 2 >/dev/null &
+    wa=$!
+    WRK_TAG=b run_wrk "$B_ADDR" 2 >/dev/null &
+    wb=$!
+    wait "$wa" "$wb"
+    WRK_TAG=a run_wrk "$A_ADDR" "$DUR" >"$TMP/two-a" &
+    wa=$!
+    WRK_TAG=b run_wrk "$B_ADDR" "$DUR" >"$TMP/two-b" &
+    wb=$!
+    wait "$wa" "$wb"
+    RELAY_PID=$A_PID; stop_relay
+    RELAY_PID=$B_PID; stop_relay
+    read -r a_rps a_p99 a_err <"$TMP/two-a"
+    read -r b_rps b_p99 b_err <"$TMP/two-b"
+    row "pg      two relays, one database: $((a_rps + b_rps)) req/s together ($a_rps + $b_rps), p99 $a_p99 / $b_p99 ms, errors $((a_err + b_err))"
+    row "pg      store after the run     : $("$BENCH" counts "$url")"
+  fi
 fi
 
 echo "== one synced 4 KiB write: $(fsync_probe) us"

@@ -8,11 +8,19 @@
 //! - `floor DIR ADDR SECS`: the durable-ingest floor: hyper plus a group-committed insert
 //!   of each request's query into a one-table SQLite file under DIR, answered after COMMIT.
 //! - `upstream ADDR SECS`: a fast Scaleo stand-in answering success JSON (no validation).
-//! - `fill DIR N`: pauses forwarding (operator pause) in the store at DIR and inserts N
-//!   queued postbacks through `Store::insert` with many concurrent callers (group commit).
-//! - `counts DIR`: records per state in the store at DIR.
-//! - `drain N CONCURRENCY`: in-process relay (`serve::start`), N records pre-filled while
-//!   paused, rate limit off; resumes and times until every record is delivered.
+//! - `fill STORE N`: pauses forwarding (operator pause) in STORE and inserts N queued
+//!   postbacks through `Store::insert` with many concurrent callers (group commit).
+//! - `counts STORE`: records per state in STORE.
+//! - `drain N CONCURRENCY [URL [analyze]]`: in-process relay (`serve::start`), N records
+//!   pre-filled while paused, rate limit off; resumes and times until every record is
+//!   delivered. On a temp SQLite store, or on the PostgreSQL database at URL (which should be
+//!   empty); `analyze` runs `ANALYZE` after the fill (what autovacuum does within a minute).
+//! - `createdb URL`: creates the (new) database named in the PostgreSQL URL, connecting to
+//!   the same server's `postgres` database.
+//! - `pgstat URL`: the server's committed transactions and WAL syncs so far
+//!   (`pg_stat_database`, `pg_stat_wal`), for deltas around a run.
+//!
+//! STORE is a directory (the embedded SQLite store) or a `postgres://` URL (`Store::connect`).
 //! - `rate RATE BURST SECS`: in-process relay with `forward.rate_per_second = RATE`,
 //!   `burst = BURST`; the upstream counts arrivals per second and enforces the rate itself
 //!   (GCRA with 5 ms delay-variation tolerance), answering 429 when it is exceeded.
@@ -96,9 +104,16 @@ fn main() {
                 async move { scaleo_ok(req, &seq).await }
             }))
         }
-        "fill" => rt.block_on(fill_cmd(Path::new(&arg(1, "DIR")), num(2, "N"))),
-        "counts" => rt.block_on(counts_cmd(Path::new(&arg(1, "DIR")))),
-        "drain" => rt.block_on(drain(num(1, "N"), num(2, "CONCURRENCY") as usize)),
+        "fill" => rt.block_on(fill_cmd(&arg(1, "STORE"), num(2, "N"))),
+        "counts" => rt.block_on(counts_cmd(&arg(1, "STORE"))),
+        "drain" => rt.block_on(drain(
+            num(1, "N"),
+            num(2, "CONCURRENCY") as usize,
+            args.get(3).cloned(),
+            args.get(4).is_some_and(|a| a == "analyze"),
+        )),
+        "createdb" => rt.block_on(createdb(&arg(1, "URL"))),
+        "pgstat" => rt.block_on(pgstat(&arg(1, "URL"))),
         "rate" => rt.block_on(rate(
             num(1, "RATE") as u32,
             num(2, "BURST") as u32,
@@ -114,8 +129,9 @@ fn main() {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "{problem}\nusage: relay bare ADDR SECS | floor DIR ADDR SECS | upstream ADDR SECS | fill DIR N | counts DIR |\n\
-         \x20      drain N CONCURRENCY | rate RATE BURST SECS"
+        "{problem}\nusage: relay bare ADDR SECS | floor DIR ADDR SECS | upstream ADDR SECS | fill STORE N | counts STORE |\n\
+         \x20      drain N CONCURRENCY [URL [analyze]] | rate RATE BURST SECS | createdb URL | pgstat URL\n\
+         STORE is a directory (SQLite) or a postgres:// URL"
     );
     std::process::exit(2);
 }
@@ -437,14 +453,29 @@ async fn fill(store: &Store, n: u64, tag: &str) -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
-async fn fill_cmd(dir: &Path, n: u64) -> Res {
-    let store = Store::open(&store_config(dir))?;
+/// The store config of a `STORE` argument: a `postgres://` URL or a SQLite directory.
+fn store_config_of(target: &str) -> StoreConfig {
+    if is_pg_url(target) {
+        let mut c = store_config(Path::new("unused"));
+        c.url = Some(target.to_string());
+        c
+    } else {
+        store_config(Path::new(target))
+    }
+}
+
+fn is_pg_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+async fn fill_cmd(target: &str, n: u64) -> Res {
+    let store = Store::connect(&store_config_of(target)).await?;
     store.pause(PauseScope::All, PauseReason::Operator).await?;
     let tag = format!("fill{:x}", fastrand::u32(..));
     let took = fill(&store, n, &tag).await?;
     let queued = state_count(&store, State::Queued).await?;
     println!(
-        "filled {n} in {:.2} s = {:.0} inserts/s (group commit, {FILL_IN_FLIGHT} callers); queued now {queued}; forwarding paused (operator); filler RSS {} MiB",
+        "filled {n} in {:.2} s = {:.0} inserts/s ({FILL_IN_FLIGHT} concurrent callers); queued now {queued}; forwarding paused (operator); filler RSS {} MiB",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         rss_kib("self").unwrap_or(0) / 1024
@@ -452,8 +483,8 @@ async fn fill_cmd(dir: &Path, n: u64) -> Res {
     Ok(())
 }
 
-async fn counts_cmd(dir: &Path) -> Res {
-    let store = Store::open(&store_config(dir))?;
+async fn counts_cmd(target: &str) -> Res {
+    let store = Store::connect(&store_config_of(target)).await?;
     let counts = store.counts_by_state().await?;
     let text: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
     println!("{}", text.join(" "));
@@ -536,9 +567,13 @@ fn bench_tmp() -> PathBuf {
 async fn prefilled(
     bed: &Bed,
     n: u64,
+    analyze: bool,
 ) -> Result<postback_relay::serve::Running, Box<dyn std::error::Error + Send + Sync>> {
     {
-        let store = Store::open(&store_config(&bed.store_dir))?;
+        let store = match &bed.cfg.store.url {
+            Some(_) => Store::connect(&bed.cfg.store).await?,
+            None => Store::open(&store_config(&bed.store_dir))?,
+        };
         store.pause(PauseScope::All, PauseReason::Operator).await?;
         let took = fill(&store, n, "pre").await?;
         eprintln!(
@@ -547,17 +582,32 @@ async fn prefilled(
             n as f64 / took.as_secs_f64()
         );
     }
+    if let (true, Some(url)) = (analyze, &bed.cfg.store.url) {
+        pg_client(url, None).await?.batch_execute("ANALYZE").await?;
+        eprintln!("ANALYZE done");
+    }
     // Let the filler's writer thread finish closing its connection.
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(postback_relay::serve::start(bed.cfg.clone()).await?)
 }
 
-async fn drain(n: u64, concurrency: usize) -> Res {
+async fn drain(n: u64, concurrency: usize, url: Option<String>, analyze: bool) -> Res {
     let up = Upstream::start(None, false);
     let mut bed = bed(up.addr)?;
+    let backend = match url {
+        Some(url) => {
+            bed.cfg.store.url = Some(url);
+            if analyze {
+                "postgres (ANALYZE after the fill)"
+            } else {
+                "postgres (statistics as after the fill)"
+            }
+        }
+        None => "sqlite",
+    };
     bed.cfg.forward.rate_per_second = 0;
     bed.cfg.forward.concurrency = concurrency;
-    let running = prefilled(&bed, n).await?;
+    let running = prefilled(&bed, n, analyze).await?;
     let store = running.store.clone();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
@@ -585,7 +635,7 @@ async fn drain(n: u64, concurrency: usize) -> Res {
     let sent = sent_at.unwrap_or(all);
     let arrived = up.count.load(Ordering::Relaxed);
     println!(
-        "drain n={n} concurrency={concurrency} rate=off: {:.0} forwards/s (all {n} delivered and settled in {:.2} s; last upstream arrival at {:.2} s = {:.0}/s); upstream saw {arrived} requests; process CPU {:.1} s = {:.2} cores",
+        "drain {backend} n={n} concurrency={concurrency} rate=off: {:.0} forwards/s (all {n} delivered and settled in {:.2} s; last upstream arrival at {:.2} s = {:.0}/s); upstream saw {arrived} requests; process CPU {:.1} s = {:.2} cores",
         n as f64 / all.as_secs_f64(),
         all.as_secs_f64(),
         sent.as_secs_f64(),
@@ -598,13 +648,63 @@ async fn drain(n: u64, concurrency: usize) -> Res {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// PostgreSQL helpers
+
+/// A client on the server of `url`, database `dbname` (plain TCP, as the relay connects).
+async fn pg_client(
+    url: &str,
+    dbname: Option<&str>,
+) -> Result<tokio_postgres::Client, Box<dyn std::error::Error + Send + Sync>> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if let Some(db) = dbname {
+        config.dbname(db);
+    }
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn createdb(url: &str) -> Res {
+    let config: tokio_postgres::Config = url.parse()?;
+    let name = config
+        .get_dbname()
+        .ok_or("the URL names no database")?
+        .to_string();
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("database name {name:?}: letters, digits and _ only").into());
+    }
+    let client = pg_client(url, Some("postgres")).await?;
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    Ok(())
+}
+
+async fn pgstat(url: &str) -> Res {
+    let client = pg_client(url, None).await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT sum(xact_commit)::bigint FROM pg_stat_database),
+                    (SELECT wal_sync FROM pg_stat_wal),
+                    (SELECT wal_write FROM pg_stat_wal),
+                    (SELECT wal_bytes::bigint FROM pg_stat_wal)",
+            &[],
+        )
+        .await?;
+    let (commits, syncs, writes, bytes): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    println!("{commits} {syncs} {writes} {bytes}");
+    Ok(())
+}
+
 async fn rate(rate: u32, burst: u32, secs: u64) -> Res {
     let up = Upstream::start(Some((rate, burst)), true);
     let mut bed = bed(up.addr)?;
     bed.cfg.forward.rate_per_second = rate;
     bed.cfg.forward.burst = burst;
     let n = u64::from(rate) * (secs + 3) * 2;
-    let running = prefilled(&bed, n).await?;
+    let running = prefilled(&bed, n, false).await?;
     running.store.resume(PauseScope::All).await?;
     tokio::time::sleep(Duration::from_secs(secs) + Duration::from_millis(1500)).await;
     let arrivals = up.arrivals.lock().expect("arrivals").clone();
