@@ -31,6 +31,13 @@ impl PgStore {
     pub(crate) async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimRow>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // The due records are always read through `records_due` in order, stopping at the
+        // limit. Right after a burst of inserts the planner's statistics still describe a
+        // small table and it would scan and sort every due row instead (measured: 27 ms per
+        // claim of 32 on a 50,000-record backlog until autovacuum's ANALYZE, forwarding at
+        // ~1,100/s instead of ~3,800/s), so for this transaction only, it may not.
+        tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+            .await?;
         let pauses = tx
             .prepare_cached("SELECT scope, reason FROM paused")
             .await?;
