@@ -29,15 +29,8 @@ async fn relay(sandbox: &Sandbox, url: &str, root: &tempfile::TempDir) -> Runnin
     serve::start(cfg).await.expect("relay starts on PostgreSQL")
 }
 
-async fn send(client: &reqwest::Client, relay: &Running, query: &str) -> serde_json::Value {
-    let url = format!("http://{}/postback/shop?{query}", relay.ingest_addr);
-    let resp = client.get(url).send().await.expect("request");
-    assert_eq!(resp.status().as_u16(), 200);
-    resp.json().await.expect("JSON answer")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_relays_on_one_database_forward_every_postback_exactly_once() {
+/// A fresh database on the test server and a Scaleo sandbox for the relays under test.
+async fn bed() -> (String, Sandbox) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = pg::fresh_db().await;
     let sandbox = Sandbox::start(
@@ -48,6 +41,19 @@ async fn two_relays_on_one_database_forward_every_postback_exactly_once() {
     )
     .await
     .unwrap();
+    (url, sandbox)
+}
+
+async fn send(client: &reqwest::Client, relay: &Running, query: &str) -> serde_json::Value {
+    let url = format!("http://{}/postback/shop?{query}", relay.ingest_addr);
+    let resp = client.get(url).send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.expect("JSON answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_on_one_database_forward_every_postback_exactly_once() {
+    let (url, sandbox) = bed().await;
     sandbox.script([Step::status(503), Step::status(503)]);
     let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let relays = [
@@ -138,16 +144,7 @@ async fn cli_on(url: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_cli_works_on_the_shared_database() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let url = pg::fresh_db().await;
-    let sandbox = Sandbox::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SandboxConfig {
-            api_key: KEY.into(),
-        },
-    )
-    .await
-    .unwrap();
+    let (url, sandbox) = bed().await;
     let root = tempfile::tempdir().unwrap();
     let running = relay(&sandbox, &url, &root).await;
     let client = reqwest::Client::new();
@@ -186,16 +183,7 @@ impl Drop for KillOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let url = pg::fresh_db().await;
-    let sandbox = Sandbox::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SandboxConfig {
-            api_key: KEY.into(),
-        },
-    )
-    .await
-    .unwrap();
+    let (url, sandbox) = bed().await;
     // The first four forwards land at Scaleo but their answers never come in time.
     sandbox.script(vec![Step::Hang(Duration::from_secs(30)); 4]);
     let root = tempfile::tempdir().unwrap();
