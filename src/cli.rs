@@ -388,7 +388,7 @@ fn test(a: TestArgs) -> ExitCode {
     };
     let (mut passed, mut failed) = (0, 0);
     for rule in set.iter() {
-        for r in testing::run(rule, &zone) {
+        for r in testing::run(rule, &set, &zone) {
             match &r.failure {
                 None => {
                     passed += 1;

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod lifecycle;
 pub mod listener;
 pub mod mapping;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! From a rule's outcome to a store record state, shared by ingest and replay so a replayed
 //! postback is stored exactly as a fresh one would be.
 
+use crate::lifecycle::Lookup;
 use crate::rules::{Input, Outcome, Rule};
 use crate::store::{DedupeKey, NewState};
 
@@ -28,17 +29,37 @@ pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool 
 }
 
 /// The record state for `outcome`; a rejected postback keeps the click id the rule resolved
-/// (so it can be found by click id), a forwarded one its dedupe key and window.
+/// (so it can be found by click id), a forwarded one its dedupe key and window, and a
+/// postback of an update-only source the lookup of the conversion it changes.
 pub fn new_state(rule: &Rule, input: &Input<'_>, outcome: Outcome) -> NewState {
     match outcome {
-        Outcome::Forward(m) => NewState::Queued {
-            dedupe: m.dedupe_key.map(|key| DedupeKey {
+        Outcome::Forward(m) => {
+            let updates = &rule.updates;
+            if let Some(only) = &updates.only {
+                return match Lookup::of_body(only, &m.body) {
+                    Ok(lookup) => NewState::Change {
+                        body: m.body,
+                        click_id: m.click_id,
+                        lookup,
+                        transitions: updates.transitions.clone(),
+                    },
+                    Err(reason) => NewState::Rejected {
+                        reason,
+                        click_id: m.click_id,
+                    },
+                };
+            }
+            let dedupe = m.dedupe_key.map(|key| DedupeKey {
                 key,
                 window: rule.dedupe.window,
-            }),
-            body: m.body,
-            click_id: m.click_id,
-        },
+            });
+            NewState::Queued {
+                updates: (updates.enabled && dedupe.is_some()).then(|| updates.transitions.clone()),
+                dedupe,
+                body: m.body,
+                click_id: m.click_id.unwrap_or_default(),
+            }
+        }
         Outcome::Skip { reason } => NewState::Skipped { reason },
         Outcome::Reject { reason } => NewState::Rejected {
             reason,

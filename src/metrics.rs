@@ -32,6 +32,10 @@ pub enum PostbackOutcome {
     Duplicate,
     Skipped,
     Rejected,
+    /// A change of a stored conversion (forwarded as such).
+    Update,
+    /// A change that would move a conversion back (stored, not sent).
+    Stale,
     /// 401: token missing or wrong.
     Unauthorized,
     /// 403: caller not in the allow list.
@@ -47,6 +51,8 @@ impl PostbackOutcome {
             PostbackOutcome::Duplicate => "duplicate",
             PostbackOutcome::Skipped => "skipped",
             PostbackOutcome::Rejected => "rejected",
+            PostbackOutcome::Update => "update",
+            PostbackOutcome::Stale => "stale",
             PostbackOutcome::Unauthorized => "unauthorized",
             PostbackOutcome::Forbidden => "forbidden",
             PostbackOutcome::Unavailable => "unavailable",

@@ -20,7 +20,9 @@ use tokio::task::JoinSet;
 
 use crate::mapping;
 use crate::rules::{Input, LiveRules, Rule, decode_form};
-use crate::store::{Cursor, Filter, NewState, RecordView, Requeued, State, Store, StoreError};
+use crate::store::{
+    ChangeRoute, Cursor, Filter, NewState, RecordView, Requeued, State, Store, StoreError,
+};
 
 /// Records read and replayed per page of a filtered replay.
 pub const BATCH: usize = 500;
@@ -254,6 +256,15 @@ impl Replayer {
             Ok(Requeued::Duplicate { .. }) => Ok(One::Duplicate),
             Ok(Requeued::Rejected { reason }) => Ok(One::Rejected(reason)),
             Ok(Requeued::Skipped) => Ok(One::Skipped("a [[skip]] rule matched".into())),
+            Ok(Requeued::Update {
+                route: ChangeRoute::Queued | ChangeRoute::Merged,
+                ..
+            }) => Ok(One::Queued),
+            Ok(Requeued::Update {
+                route: ChangeRoute::Dead(reason),
+                ..
+            }) => Ok(One::NotReplayed(reason)),
+            Ok(Requeued::Stale { reason, .. }) => Ok(One::NotReplayed(reason)),
             // Settled by someone else since we read it (another replay, the CLI).
             Err(StoreError::NotReplayable { state, .. }) => Ok(One::NotReplayed(format!(
                 "state {state}: only rejected or dead records can be replayed"

@@ -14,6 +14,34 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 /// The path of the conversion endpoint under `base_url`.
 pub const CONV_PATH: &str = "/api/v2/network/tracking/conv-click-id";
 
+/// The path of the endpoint that changes a conversion (`PUT`, with Scaleo's `lead_id`).
+pub const UPDATE_PATH: &str = "/api/v2/network/leads/update";
+
+/// Which of Scaleo's calls a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `POST conv-click-id`: create a conversion.
+    Create,
+    /// `PUT leads/update`: change a conversion.
+    Update,
+}
+
+impl Call {
+    fn path(self) -> &'static str {
+        match self {
+            Call::Create => CONV_PATH,
+            Call::Update => UPDATE_PATH,
+        }
+    }
+
+    fn method(self) -> reqwest::Method {
+        match self {
+            Call::Create => reqwest::Method::POST,
+            Call::Update => reqwest::Method::PUT,
+        }
+    }
+}
+
 /// Most answer bytes read (Scaleo's answers are far smaller).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -71,12 +99,17 @@ impl Client {
         Ok(Client { http })
     }
 
-    /// POSTs `body` (JSON text, sent byte for byte) to `target`. Never fails: a request
-    /// that got no answer comes back with `status: None` and the (redacted) error as body.
+    /// POSTs `body` (JSON text, sent byte for byte) to `target`'s conversion endpoint.
     pub async fn post(&self, target: Target<'_>, body: &str) -> Answer {
+        self.call(Call::Create, target, body).await
+    }
+
+    /// Sends `body` (JSON text, sent byte for byte) as `call` to `target`. Never fails: a
+    /// request that got no answer comes back with `status: None` and the (redacted) error.
+    pub async fn call(&self, call: Call, target: Target<'_>, body: &str) -> Answer {
         let at = Timestamp::now();
         let start = std::time::Instant::now();
-        let result = self.send(target, body).await;
+        let result = self.send(call, target, body).await;
         let duration = start.elapsed();
         match result {
             Ok((status, retry_after, text)) => Answer {
@@ -98,13 +131,14 @@ impl Client {
 
     async fn send(
         &self,
+        call: Call,
         target: Target<'_>,
         body: &str,
     ) -> Result<(u16, Option<String>, String), String> {
-        let url = endpoint(target)?;
+        let url = endpoint(target, call.path())?;
         let mut resp = self
             .http
-            .post(url)
+            .request(call.method(), url)
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string())
             .send()
@@ -144,10 +178,10 @@ impl Client {
     }
 }
 
-/// `{base_url}/api/v2/network/tracking/conv-click-id?api-key=KEY` (the key percent-encoded).
-fn endpoint(target: Target<'_>) -> Result<reqwest::Url, String> {
+/// `{base_url}{path}?api-key=KEY` (the key percent-encoded).
+fn endpoint(target: Target<'_>, path: &str) -> Result<reqwest::Url, String> {
     let base = target.base_url.trim_end_matches('/');
-    let mut url = reqwest::Url::parse(&format!("{base}{CONV_PATH}"))
+    let mut url = reqwest::Url::parse(&format!("{base}{path}"))
         .map_err(|e| format!("invalid base_url {base:?}: {e}"))?;
     url.query_pairs_mut().append_pair("api-key", target.api_key);
     Ok(url)
@@ -190,11 +224,11 @@ mod tests {
 
     #[test]
     fn endpoint_encodes_the_key_and_trims_the_slash() {
-        let url = endpoint(Target {
+        let target = Target {
             base_url: "http://127.0.0.1:9/",
             api_key: "a b&c",
-        })
-        .unwrap();
+        };
+        let url = endpoint(target, CONV_PATH).unwrap();
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:9/api/v2/network/tracking/conv-click-id?api-key=a+b%26c"

@@ -38,7 +38,12 @@ pub const JITTER_MAX: f64 = 0.2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Scaleo recorded the conversion.
-    Delivered { transaction_id: Option<String> },
+    Delivered {
+        transaction_id: Option<String>,
+        /// `info.lead_id` as Scaleo gave it, as JSON text (`"123"` or `123`): the handle of a
+        /// later `leads/update`.
+        lead_id: Option<String>,
+    },
     /// Scaleo already had it: done, never retried.
     DuplicateUpstream,
     /// Try again later, not before `after` when Scaleo said so.
@@ -109,7 +114,14 @@ fn success(code: u16, json: Option<&Value>, message: &str) -> Verdict {
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             });
-        return Verdict::Delivered { transaction_id };
+        let lead_id = info
+            .and_then(|i| i.get("lead_id"))
+            .filter(|l| matches!(l, Value::String(s) if !s.is_empty()) || l.is_number())
+            .map(Value::to_string);
+        return Verdict::Delivered {
+            transaction_id,
+            lead_id,
+        };
     }
     let what = match (status, inner) {
         (Some(s), _) if !ok(Some(s)) => format!("status {s:?}"),

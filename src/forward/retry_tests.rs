@@ -19,15 +19,30 @@ fn success_is_delivered_with_transaction_id() {
     assert_eq!(
         c(Some(200), SUCCESS),
         Verdict::Delivered {
-            transaction_id: Some("9f1c-uuid".into())
+            transaction_id: Some("9f1c-uuid".into()),
+            lead_id: None,
         }
     );
     assert_eq!(
         c(Some(201), r#"{"status":"success"}"#),
         Verdict::Delivered {
-            transaction_id: None
+            transaction_id: None,
+            lead_id: None,
         }
     );
+}
+
+#[test]
+fn success_keeps_lead_id_as_scaleo_gave_it() {
+    let string = r#"{"status":"success","info":{"status":"success","lead_id":"4711","transaction_id":"t-1"}}"#;
+    let number = r#"{"status":"success","info":{"lead_id":4711}}"#;
+    let lead = |body| match c(Some(200), body) {
+        Verdict::Delivered { lead_id, .. } => lead_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lead(string).as_deref(), Some("\"4711\""));
+    assert_eq!(lead(number).as_deref(), Some("4711"));
+    assert_eq!(lead(r#"{"status":"success","info":{"lead_id":""}}"#), None);
 }
 
 #[test]

@@ -11,14 +11,15 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Answer, Client, Target};
+use super::client::{Answer, Call, Client, Target};
 use super::hold::Holds;
 use super::ratelimit::{Limiter, Rate};
 use super::retry::{Next, RetryPolicy, Verdict, classify, plan_retry};
 use super::routes::{Routes, SourceForward};
 use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
-use crate::store::{Attempt, Claimed, PauseReason, PauseScope, Store, StoreError};
+use crate::lifecycle;
+use crate::store::{Attempt, ChangeOf, Claimed, PauseReason, PauseScope, Store, StoreError};
 
 /// The name of the global Scaleo limit where the store shares it between instances.
 const GLOBAL_LIMIT: &str = "scaleo.global";
@@ -282,9 +283,16 @@ impl Worker {
             base_url: self.network(&route),
             api_key: route.api_key.as_deref().unwrap_or(&self.scaleo.api_key),
         };
+        let (call, body) = match c.change() {
+            None => (Call::Create, c.body().to_string()),
+            Some(change) => match change_body(change, c.body()) {
+                Ok(body) => (Call::Update, body),
+                Err(reason) => return self.unsendable(c, reason).await,
+            },
+        };
         let answer = tokio::select! {
             biased;
-            a = self.client.post(target, c.body()) => a,
+            a = self.client.call(call, target, &body) => a,
             _ = hard_stop.cancelled() => return give_back(c, "grace period over").await,
         };
         let verdict = classify(
@@ -294,6 +302,23 @@ impl Worker {
             Timestamp::now(),
         );
         self.settle(c, &route, answer, verdict, probe).await;
+    }
+
+    /// A change that cannot be sent (no `lead_id`): `dead` without an attempt.
+    async fn unsendable(&self, c: Claimed, reason: String) {
+        let (id, source) = (c.id(), c.source().to_string());
+        tracing::warn!(
+            source,
+            record = id,
+            reason,
+            "dead: the change cannot be sent"
+        );
+        match c.give_up(reason).await {
+            Ok(()) => self.status.progressed(),
+            Err(e) => {
+                tracing::error!(source, record = id, error = %e, "storing the outcome failed")
+            }
+        }
     }
 
     async fn settle(
@@ -323,8 +348,12 @@ impl Worker {
             Verdict::Delivered { .. } | Verdict::DuplicateUpstream | Verdict::Dead { .. }
         );
         let (outcome, result) = match verdict {
-            Verdict::Delivered { transaction_id } => {
-                ("delivered", c.delivered(attempt, transaction_id).await)
+            Verdict::Delivered {
+                transaction_id,
+                lead_id,
+            } => {
+                let stored = c.delivered(attempt, transaction_id, lead_id).await;
+                ("delivered", stored)
             }
             Verdict::DuplicateUpstream => {
                 ("duplicate_upstream", c.duplicate_upstream(attempt).await)
@@ -461,6 +490,17 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The `leads/update` body of a claimed change, or why it cannot be sent.
+fn change_body(change: &ChangeOf, stored: &str) -> Result<String, String> {
+    let original = change.original;
+    let lead = change.lead_id.as_deref().ok_or_else(|| {
+        format!(
+            "original record {original} has no Scaleo lead_id (it was not delivered with one): the change cannot be sent; replay it after the original is delivered"
+        )
+    })?;
+    lifecycle::update_body(lead, stored)
 }
 
 /// Releases a claim unsettled (not counted as an attempt).

@@ -29,6 +29,8 @@ pub struct Answer {
     pub status: &'static str,
     pub id: Option<i64>,
     pub reason: Option<String>,
+    /// For `update`, `stale` and `duplicate`: the record that created the conversion.
+    pub original: Option<i64>,
 }
 
 impl Answer {
@@ -38,6 +40,7 @@ impl Answer {
             status,
             id: None,
             reason: reason.into(),
+            original: None,
         }
     }
 
@@ -52,6 +55,20 @@ impl Answer {
             status,
             id: Some(id),
             reason,
+            original: None,
+        }
+    }
+
+    /// A stored later postback of the conversion created by record `original`.
+    pub fn of_conversion(
+        status: &'static str,
+        id: i64,
+        original: i64,
+        reason: Option<String>,
+    ) -> Self {
+        Self {
+            original: Some(original),
+            ..Self::stored(status, id, reason)
         }
     }
 
@@ -59,8 +76,11 @@ impl Answer {
     pub fn render(&self, style: Style, head: bool) -> Response<Full<Bytes>> {
         let (ctype, body) = match style {
             Style::Json => {
-                let body = json!({"status": self.status, "id": self.id, "reason": self.reason})
-                    .to_string();
+                let mut body = json!({"status": self.status, "id": self.id, "reason": self.reason});
+                if let Some(original) = self.original {
+                    body["original"] = original.into();
+                }
+                let body = body.to_string();
                 ("application/json", Bytes::from(body))
             }
             Style::Pixel => ("image/gif", Bytes::from_static(PIXEL_GIF)),

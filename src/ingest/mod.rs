@@ -20,7 +20,7 @@ use crate::config::ServerConfig;
 use crate::mapping;
 use crate::metrics::{self, PostbackOutcome};
 use crate::rules::{Input, LiveRules, Outcome, Rule};
-use crate::store::{Inserted, NewRecord, NewState, RawPostback, Store};
+use crate::store::{ChangeRoute, Inserted, NewRecord, NewState, RawPostback, Store};
 use answer::{Answer, Style};
 use request::ParamsError;
 
@@ -301,6 +301,7 @@ impl Ingest {
             NewState::Queued { click_id, .. } => {
                 (PostbackOutcome::Accepted, None, Some(click_id.clone()))
             }
+            NewState::Change { click_id, .. } => (PostbackOutcome::Update, None, click_id.clone()),
             NewState::Skipped { reason } => (PostbackOutcome::Skipped, Some(reason.clone()), None),
             NewState::Rejected { reason, click_id } => (
                 PostbackOutcome::Rejected,
@@ -308,54 +309,69 @@ impl Ingest {
                 click_id.clone(),
             ),
         };
-        match self
+        let inserted = self
             .store
             .insert(NewRecord {
                 source: source.clone(),
                 raw,
                 state,
             })
-            .await
-        {
-            Ok(Inserted::Stored { id }) => {
-                metrics::postback(&source, label);
-                tracing::info!(
-                    source,
-                    id,
-                    click_id = click_id.as_deref(),
-                    outcome = label.as_str(),
-                    reason = reason.as_deref(),
-                    "postback"
-                );
-                Answer::stored(label.as_str(), id, reason)
-            }
-            Ok(Inserted::Duplicate { id, original }) => {
-                metrics::postback(&source, PostbackOutcome::Duplicate);
-                tracing::info!(
-                    source,
-                    id,
-                    original,
-                    click_id = click_id.as_deref(),
-                    outcome = "duplicate",
-                    "postback"
-                );
-                Answer::stored(
-                    "duplicate",
-                    id,
-                    Some(format!(
-                        "same dedupe key as record {original}; not forwarded again"
+            .await;
+        let (label, id, original, reason) = match inserted {
+            Ok(Inserted::Stored { id }) => (label, id, None, reason),
+            Ok(Inserted::Duplicate { id, original }) => (
+                PostbackOutcome::Duplicate,
+                id,
+                None,
+                Some(format!(
+                    "same dedupe key as record {original}; not forwarded again"
+                )),
+            ),
+            Ok(Inserted::Update {
+                id,
+                original,
+                route,
+            }) => {
+                let reason = match route {
+                    ChangeRoute::Queued => None,
+                    ChangeRoute::Merged => Some(format!(
+                        "merged into record {original}, which was not sent yet"
                     )),
-                )
+                    ChangeRoute::Dead(why) => Some(why),
+                };
+                (PostbackOutcome::Update, id, Some(original), reason)
+            }
+            Ok(Inserted::Stale {
+                id,
+                original,
+                reason,
+            }) => (PostbackOutcome::Stale, id, Some(original), Some(reason)),
+            Ok(Inserted::Unmatched { id, reason }) => {
+                (PostbackOutcome::Rejected, id, None, Some(reason))
             }
             Err(e) => {
                 metrics::postback(&source, PostbackOutcome::Unavailable);
                 tracing::error!(source, error = %e, "postback not stored; answering 503");
-                Answer::new(
+                return Answer::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     Some("the postback could not be stored; retry later".to_string()),
-                )
+                );
             }
+        };
+        metrics::postback(&source, label);
+        tracing::info!(
+            source,
+            id,
+            original,
+            click_id = click_id.as_deref(),
+            outcome = label.as_str(),
+            reason = reason.as_deref(),
+            "postback"
+        );
+        match original {
+            Some(original) => Answer::of_conversion(label.as_str(), id, original, reason),
+            None => Answer::stored(label.as_str(), id, reason),
         }
     }
 }

@@ -35,7 +35,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapped {
     pub body: Map<String, Value>,
-    pub click_id: String,
+    /// Always present except in an update-only source (`[updates] only = true`).
+    pub click_id: Option<String>,
     /// The dedupe identity (source and key fields), `None` when the rule turns dedupe off.
     pub dedupe_key: Option<String>,
 }
@@ -210,7 +211,10 @@ impl<'a> Ctx<'a, '_> {
         for (f, slot) in slots {
             match slot {
                 Err(reason) => return reject(reason),
-                Ok(None) if f.spec.required || f.field == "click_id" => {
+                Ok(None)
+                    if f.spec.required
+                        || (f.field == "click_id" && rule.updates.only.is_none()) =>
+                {
                     return reject(self.missing(f.field, &f.spec.source));
                 }
                 Ok(None) => {}
@@ -223,7 +227,8 @@ impl<'a> Ctx<'a, '_> {
             return reject("goal_id and goal_alias: the body would carry both; Scaleo takes one (use a [[when]] to choose)".into());
         }
         let click_id = match body.get("click_id") {
-            Some(Value::String(c)) => c.clone(),
+            Some(Value::String(c)) => Some(c.clone()),
+            _ if rule.updates.only.is_some() => None,
             _ => return reject("click_id: required, but the rule gives it no value".into()),
         };
         let dedupe_key = (!rule.dedupe.fields.is_empty()).then(|| {

@@ -15,6 +15,7 @@ use super::scaleo;
 use super::value;
 
 mod field;
+mod updates;
 
 /// How `${VAR}` in `[auth]` and `[forward]` is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +133,11 @@ impl<'a> Compiler<'_, 'a> {
                 Vec::new()
             }
         };
-        if fields_at.is_some() && !fields.iter().any(|f| f.field == "click_id") {
+        let (updates, of_at) = self.updates(source, raw.updates);
+        if fields_at.is_some()
+            && updates.only.is_none()
+            && !fields.iter().any(|f| f.field == "click_id")
+        {
             self.err(fields_at, "[fields] has no click_id: Scaleo needs it on every conversion (e.g. click_id = [\"clickid\", \"cid\"])");
         }
         let at = self.key_spans.get("goal_alias").cloned();
@@ -176,8 +181,10 @@ impl<'a> Compiler<'_, 'a> {
             description: raw.description,
             auth,
             dedupe,
+            updates,
             forward,
             tests,
+            updates_of_at: of_at.map(|at| super::diag::line_col(self.diags_text(), at.start)),
             params: self.params,
             fields,
             whens,
@@ -380,22 +387,59 @@ impl<'a> Compiler<'_, 'a> {
         let line = super::diag::line_col(self.diags_text(), at.start).0;
         let t = raw.into_inner();
         let key = format!("tests {:?}", t.name);
-        let expect = match (t.expect, t.expect_reject, t.expect_skip) {
-            (Some(body), None, None) => {
-                let mut map = serde_json::Map::new();
-                for (k, v) in body {
-                    match toml_to_json(&v) {
-                        Some(j) => {
-                            map.insert(k, j);
-                        }
-                        None => self.err(
-                            Some(at.clone()),
-                            format!("{key}: expect.{k} must be a string or a number"),
-                        ),
+        let expect_body = |this: &mut Self, body: toml::Table| {
+            let mut map = serde_json::Map::new();
+            for (k, v) in body {
+                match toml_to_json(&v) {
+                    Some(j) => {
+                        map.insert(k, j);
                     }
+                    None => this.err(
+                        Some(at.clone()),
+                        format!("{key}: expect.{k} must be a string or a number"),
+                    ),
                 }
-                Expectation::Body(map)
             }
+            map
+        };
+        if let Some(outcome) = &t.expect_outcome {
+            let Some(outcome) = ChangeOutcome::parse(outcome) else {
+                self.err(Some(at), format!("{key}: expect_outcome = {outcome:?}: expected \"update\", \"stale\" or \"duplicate\""));
+                return None;
+            };
+            if t.after.is_empty() {
+                self.err(Some(at.clone()), format!("{key}: expect_outcome needs after = [\"query\", ...], the earlier postbacks of the conversion"));
+            }
+            if t.expect_reject.is_some() || t.expect_skip.is_some() {
+                self.err(Some(at.clone()), format!("{key}: expect_outcome goes with `expect` (the fields the change sends) only"));
+            }
+            if t.expect.is_some() && outcome != ChangeOutcome::Update {
+                self.err(
+                    Some(at.clone()),
+                    format!(
+                        "{key}: `expect` with expect_outcome = {:?}: only an update sends fields",
+                        outcome.as_str()
+                    ),
+                );
+            }
+            let change = t.expect.map(|b| expect_body(self, b));
+            return Some(RuleTest {
+                name: t.name,
+                query: t.query,
+                expect: Expectation::Change { outcome, change },
+                client_ip: t.client_ip,
+                user_agent: t.user_agent,
+                referer: t.referer,
+                received_at: self.test_time(&key, t.received_at, &at),
+                after: t.after,
+                line,
+            });
+        }
+        if !t.after.is_empty() {
+            self.err(Some(at.clone()), format!("{key}: after = [...] needs expect_outcome = \"update\" | \"stale\" | \"duplicate\""));
+        }
+        let expect = match (t.expect, t.expect_reject, t.expect_skip) {
+            (Some(body), None, None) => Expectation::Body(expect_body(self, body)),
             (None, Some(r), None) => Expectation::Reject(r),
             (None, None, Some(s)) => Expectation::Skip(s),
             _ => {
@@ -403,13 +447,7 @@ impl<'a> Compiler<'_, 'a> {
                 return None;
             }
         };
-        let received_at = t.received_at.and_then(|r| match r.parse::<jiff::Timestamp>() {
-            Ok(ts) => Some(ts),
-            Err(_) => {
-                self.err(Some(at.clone()), format!("{key}: received_at = {r:?}: expected RFC 3339 such as 2024-05-20T10:00:00Z"));
-                None
-            }
-        });
+        let received_at = self.test_time(&key, t.received_at, &at);
         Some(RuleTest {
             name: t.name,
             query: t.query,
@@ -418,7 +456,28 @@ impl<'a> Compiler<'_, 'a> {
             user_agent: t.user_agent,
             referer: t.referer,
             received_at,
+            after: Vec::new(),
             line,
+        })
+    }
+
+    fn test_time(
+        &mut self,
+        key: &str,
+        raw: Option<String>,
+        at: &Range<usize>,
+    ) -> Option<jiff::Timestamp> {
+        raw.and_then(|r| match r.parse::<jiff::Timestamp>() {
+            Ok(ts) => Some(ts),
+            Err(_) => {
+                self.err(
+                    Some(at.clone()),
+                    format!(
+                        "{key}: received_at = {r:?}: expected RFC 3339 such as 2024-05-20T10:00:00Z"
+                    ),
+                );
+                None
+            }
         })
     }
 

@@ -18,7 +18,9 @@ use std::sync::Arc;
 pub use apply::{FieldTrace, Ignored, Input, Mapped, Origin, Outcome, Trace, decimal_json};
 pub use compile::{EnvMode, compile, valid_source_id};
 pub use diag::Diagnostic;
-pub use model::{Auth, Dedupe, Expectation, ForwardOverride, Rule, RuleTest};
+pub use model::{
+    Auth, ChangeOutcome, Dedupe, Expectation, ForwardOverride, Rule, RuleTest, Updates,
+};
 
 /// Every source's compiled rule, keyed by source id.
 #[derive(Debug, Default, Clone)]
@@ -74,6 +76,7 @@ impl RuleSet {
                 Err(mut d) => problems.append(&mut d),
             }
         }
+        problems.extend(update_targets(&rules, dir));
         if problems.is_empty() {
             Ok(RuleSet { rules })
         } else {
@@ -98,6 +101,52 @@ impl RuleSet {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// Checks every update-only source's `[updates] of` against the loaded set: it must name
+/// another source that creates conversions (not update-only, with a dedupe key).
+fn update_targets(rules: &BTreeMap<String, Arc<Rule>>, dir: &Path) -> Vec<Diagnostic> {
+    let mut problems = Vec::new();
+    for rule in rules.values() {
+        let Some(only) = &rule.updates.only else {
+            continue;
+        };
+        let of = only.of.as_str();
+        let problem = match rules.get(of) {
+            _ if of == rule.source => Some(format!(
+                "updates: an update-only source never creates conversions, so it cannot change its own; set of = \"SOURCE\" to the source whose conversions it changes"
+            )),
+            None => {
+                let known: Vec<&str> = rules.keys().map(String::as_str).collect();
+                Some(format!(
+                    "updates.of = {of:?}: no such source; loaded sources are {}",
+                    known.join(", ")
+                ))
+            }
+            Some(target) if target.updates.only.is_some() => Some(format!(
+                "updates.of = {of:?}: that source is update-only too; name the source that creates the conversions"
+            )),
+            Some(target) if target.dedupe.fields.is_empty() || !target.updates.enabled => {
+                Some(format!(
+                    "updates.of = {of:?}: that source does not track its conversions (it needs a dedupe key and [updates] enabled)"
+                ))
+            }
+            Some(_) => None,
+        };
+        if let Some(message) = problem {
+            let (line, col) = rule.updates_of_at.unwrap_or((1, 1));
+            problems.push(Diagnostic {
+                file: dir
+                    .join(format!("{}.toml", rule.source))
+                    .display()
+                    .to_string(),
+                line,
+                col,
+                message,
+            });
+        }
+    }
+    problems
 }
 
 /// Decodes a query string or form body the way every rule expects: `+` is a space, names and

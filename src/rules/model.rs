@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 
 use super::scaleo::FieldType;
 use super::value::{DecimalMode, TimeFormat};
+pub use crate::lifecycle::Updates;
 
 /// One source's compiled rule file.
 #[derive(Debug)]
@@ -18,8 +19,12 @@ pub struct Rule {
     pub description: Option<String>,
     pub auth: Auth,
     pub dedupe: Dedupe,
+    /// `[updates]`: later postbacks of a conversion change it (status, money).
+    pub updates: Updates,
     pub forward: ForwardOverride,
     pub tests: Vec<RuleTest>,
+    /// Line and column of `[updates] of`, for the check that it names a loaded source.
+    pub(crate) updates_of_at: Option<(usize, usize)>,
     pub(crate) params: ParamPolicy,
     pub(crate) fields: Vec<FieldRule>,
     pub(crate) whens: Vec<When>,
@@ -65,6 +70,8 @@ pub struct RuleTest {
     pub user_agent: Option<String>,
     pub referer: Option<String>,
     pub received_at: Option<jiff::Timestamp>,
+    /// Earlier postbacks of the same conversion (`after = [...]`), applied in order first.
+    pub after: Vec<String>,
     /// 1-based line of the `[[tests]]` entry, for failure messages.
     pub line: usize,
 }
@@ -78,6 +85,39 @@ pub enum Expectation {
     Reject(String),
     /// A skip whose reason contains this text.
     Skip(String),
+    /// What the postback is to the conversion of `after` (`expect_outcome`); for an update,
+    /// optionally the exact fields the change would send.
+    Change {
+        outcome: ChangeOutcome,
+        change: Option<serde_json::Map<String, serde_json::Value>>,
+    },
+}
+
+/// `expect_outcome = "update" | "stale" | "duplicate"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    Update,
+    Stale,
+    Duplicate,
+}
+
+impl ChangeOutcome {
+    pub fn parse(s: &str) -> Option<ChangeOutcome> {
+        match s {
+            "update" => Some(ChangeOutcome::Update),
+            "stale" => Some(ChangeOutcome::Stale),
+            "duplicate" => Some(ChangeOutcome::Duplicate),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOutcome::Update => "update",
+            ChangeOutcome::Stale => "stale",
+            ChangeOutcome::Duplicate => "duplicate",
+        }
+    }
 }
 
 /// `[params]`.

@@ -22,6 +22,7 @@ pub struct RawRule {
     #[serde(default)]
     pub skip: Vec<Spanned<RawSkip>>,
     pub dedupe: Option<RawDedupe>,
+    pub updates: Option<Spanned<RawUpdates>>,
     pub forward: Option<RawForward>,
     #[serde(default)]
     pub tests: Vec<Spanned<RawTest>>,
@@ -173,6 +174,17 @@ pub struct RawDedupe {
     pub window: Option<Spanned<String>>,
 }
 
+/// `[updates]`: how later postbacks of a conversion change it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpdates {
+    pub enabled: Option<bool>,
+    pub transitions: Option<BTreeMap<Spanned<String>, Vec<Spanned<String>>>>,
+    pub only: Option<bool>,
+    pub of: Option<Spanned<String>>,
+    pub key: Option<Vec<Spanned<String>>>,
+}
+
 /// `[forward]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,4 +208,9 @@ pub struct RawTest {
     pub user_agent: Option<String>,
     pub referer: Option<String>,
     pub received_at: Option<String>,
+    /// Earlier postbacks of the same conversion, applied in order before `query`.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// `update` | `stale` | `duplicate`: what `query` is to the conversion of `after`.
+    pub expect_outcome: Option<String>,
 }

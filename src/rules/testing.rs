@@ -6,8 +6,9 @@ use jiff::tz::TimeZone;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
-use super::model::{Expectation, Rule, RuleTest};
-use super::{Input, Outcome, decode_form};
+use super::model::{ChangeOutcome, Expectation, Rule, RuleTest};
+use super::{Input, Outcome, RuleSet, decode_form};
+use crate::lifecycle::{self, Decision, Lookup};
 
 /// The result of one `[[tests]]` case.
 #[derive(Debug, Clone)]
@@ -19,22 +20,135 @@ pub struct TestResult {
     pub failure: Option<String>,
 }
 
-/// Runs every test of `rule` with `zone` as the network time zone.
-pub fn run(rule: &Rule, zone: &TimeZone) -> Vec<TestResult> {
+/// Runs every test of `rule` with `zone` as the network time zone; `set` holds the source
+/// whose conversions an update-only rule changes (its `after` postbacks go there).
+pub fn run(rule: &Rule, set: &RuleSet, zone: &TimeZone) -> Vec<TestResult> {
     rule.tests
         .iter()
         .map(|t| TestResult {
             source: rule.source.clone(),
             name: t.name.clone(),
             line: t.line,
-            failure: check(t, &apply_test(rule, t, zone)),
+            failure: match &t.expect {
+                Expectation::Change { outcome, change } => {
+                    check_change(rule, set, t, zone, *outcome, change.as_ref())
+                }
+                _ => check(t, &apply_test(rule, t, zone)),
+            },
         })
         .collect()
 }
 
 /// Applies a rule to a test's query and request attributes.
 pub fn apply_test(rule: &Rule, t: &RuleTest, zone: &TimeZone) -> Outcome {
-    let params = decode_form(t.query.as_bytes());
+    apply_query(rule, t, &t.query, zone)
+}
+
+/// Plays `after` then `query` as the store would for one conversion and compares what the
+/// last postback is to it (and, for an update, the fields the change sends).
+fn check_change(
+    rule: &Rule,
+    set: &RuleSet,
+    t: &RuleTest,
+    zone: &TimeZone,
+    want: ChangeOutcome,
+    want_change: Option<&Map<String, Value>>,
+) -> Option<String> {
+    let creator = match &rule.updates.only {
+        Some(only) => match set.get(&only.of) {
+            Some(r) => r.as_ref(),
+            None => return Some(format!("[updates] of = {:?} is not loaded", only.of)),
+        },
+        None => rule,
+    };
+    let mut conversion: Option<(Map<String, Value>, Map<String, Value>)> = None;
+    for (i, q) in t.after.iter().enumerate() {
+        let body = match apply_query(creator, t, q, zone) {
+            Outcome::Forward(m) => m.body,
+            other => {
+                return Some(format!(
+                    "after[{i}] is not forwarded by source {}: {}",
+                    creator.source,
+                    describe_outcome(&other)
+                ));
+            }
+        };
+        match &mut conversion {
+            None => conversion = Some((body.clone(), lifecycle::tracked(&body))),
+            Some((_, tracked)) => {
+                if let Decision::Update { change } =
+                    lifecycle::decide(tracked, &body, &creator.updates.transitions)
+                {
+                    *tracked = lifecycle::overlay(tracked, [&change]);
+                }
+            }
+        }
+    }
+    let (created, tracked) = conversion?;
+    let body = match apply_test(rule, t, zone) {
+        Outcome::Forward(m) => m.body,
+        other => {
+            return Some(format!(
+                "expected {}
+     got {}",
+                want.as_str(),
+                describe_outcome(&other)
+            ));
+        }
+    };
+    if let Some(only) = &rule.updates.only {
+        let finds = Lookup::of_body(only, &body).map(|l| {
+            let same = |field: &str, v: &Option<String>| {
+                v.as_ref()
+                    .is_none_or(|v| created.get(field).and_then(Value::as_str) == Some(v))
+            };
+            same("click_id", &l.click_id) && same("adv_order_id", &l.order_id)
+        });
+        match finds {
+            Ok(true) => {}
+            Ok(false) => {
+                return Some(
+                    "the postback's [updates] key does not find the conversion of `after`".into(),
+                );
+            }
+            Err(reason) => {
+                return Some(format!(
+                    "expected {}
+     got reject: {reason}",
+                    want.as_str()
+                ));
+            }
+        }
+    }
+    let got = lifecycle::decide(&tracked, &body, &creator.updates.transitions);
+    let (got_outcome, got_change) = match &got {
+        Decision::Duplicate => (ChangeOutcome::Duplicate, None),
+        Decision::Stale { .. } => (ChangeOutcome::Stale, None),
+        Decision::Update { change } => (ChangeOutcome::Update, Some(change)),
+    };
+    if got_outcome != want {
+        let detail = match &got {
+            Decision::Stale { reason } => format!(": {reason}"),
+            Decision::Update { change } => format!(" sending {}", Value::Object(change.clone())),
+            Decision::Duplicate => String::new(),
+        };
+        return Some(format!(
+            "expected {}
+     got {}{detail}",
+            want.as_str(),
+            got_outcome.as_str()
+        ));
+    }
+    match (want_change, got_change) {
+        (Some(want), Some(got)) => {
+            body_diff(want, got).map(|d| d.replace("body differs", "change differs"))
+        }
+        _ => None,
+    }
+}
+
+fn apply_query(rule: &Rule, t: &RuleTest, query: &str, zone: &TimeZone) -> Outcome {
+    let params = decode_form(query.as_bytes());
     let input = Input {
         params: &params,
         client_ip: t.client_ip.as_deref(),
@@ -69,6 +183,7 @@ fn describe_expectation(e: &Expectation) -> String {
         Expectation::Body(b) => format!("forward {}", Value::Object(b.clone())),
         Expectation::Reject(r) => format!("reject with a reason containing {r:?}"),
         Expectation::Skip(r) => format!("skip with a reason containing {r:?}"),
+        Expectation::Change { outcome, .. } => outcome.as_str().to_string(),
     }
 }
 

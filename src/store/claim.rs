@@ -47,6 +47,19 @@ pub(crate) struct ClaimRow {
     pub(crate) queued_at: Timestamp,
     pub(crate) received_at: Timestamp,
     pub(crate) state: State,
+    /// Set for a change of a conversion (`kind = 'update'`).
+    pub(crate) change: Option<ChangeOf>,
+}
+
+/// What a claimed change needs to be sent: its conversion and Scaleo's `lead_id`.
+#[derive(Debug, Clone)]
+pub struct ChangeOf {
+    /// The record that created the conversion.
+    pub original: i64,
+    /// The conversion's dedupe key.
+    pub(crate) key: String,
+    /// Scaleo's `lead_id` as it gave it (JSON text), when known.
+    pub lead_id: Option<String>,
 }
 
 impl ClaimRow {
@@ -58,7 +71,21 @@ impl ClaimRow {
                 .unwrap_or(Timestamp::UNIX_EPOCH))
         };
         let state: String = r.get(7)?;
+        let kind: Option<String> = r.get(8)?;
+        let change = match (
+            kind.as_deref(),
+            r.get::<_, Option<i64>>(9)?,
+            r.get::<_, Option<String>>(10)?,
+        ) {
+            (Some("update"), Some(original), Some(key)) => Some(ChangeOf {
+                original,
+                key,
+                lead_id: None,
+            }),
+            _ => None,
+        };
         Ok(ClaimRow {
+            change,
             id: r.get(0)?,
             source: r.get(1)?,
             click_id: r.get(2)?,
@@ -74,11 +101,21 @@ impl ClaimRow {
 /// How a claim ends.
 #[derive(Debug, Clone)]
 pub(crate) enum Settle {
-    Delivered { transaction_id: Option<String> },
+    Delivered {
+        transaction_id: Option<String>,
+        lead_id: Option<String>,
+    },
     DuplicateUpstream,
-    Retry { at: Timestamp, error: String },
-    Dead { reason: String },
-    Paused { error: String },
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    Dead {
+        reason: String,
+    },
+    Paused {
+        error: String,
+    },
     Release,
 }
 
@@ -132,9 +169,15 @@ impl SettleRequest {
                     claim_owner = NULL, updated_at = ?1";
         let free = "claimed_until = NULL, claim_owner = NULL, updated_at = ?1";
         let (sql, args): (String, Vec<rusqlite::types::Value>) = match &self.settle {
-            Settle::Delivered { transaction_id } => (
-                format!("state = 'delivered', transaction_id = ?4, last_error = NULL, {done}"),
-                vec![transaction_id.clone().into()],
+            Settle::Delivered {
+                transaction_id,
+                lead_id,
+            } => (
+                format!(
+                    "state = 'delivered', transaction_id = ?4, lead_id = ?5, last_error = NULL,
+                     {done}"
+                ),
+                vec![transaction_id.clone().into(), lead_id.clone().into()],
             ),
             Settle::DuplicateUpstream => (
                 format!("state = 'duplicate_upstream', last_error = NULL, {done}"),
@@ -167,6 +210,30 @@ impl SettleRequest {
             ))?
             .execute(rusqlite::params_from_iter(all))?;
         *wakes |= n > 0 && matches!(self.settle, Settle::Release | Settle::Paused { .. });
+        if n > 0 {
+            match &self.settle {
+                // The conversion learns Scaleo's ids from its create; its waiting changes
+                // may go now.
+                Settle::Delivered {
+                    transaction_id,
+                    lead_id,
+                } => {
+                    let n = c
+                        .prepare_cached(
+                            "UPDATE dedupe SET lead_id = ?2, transaction_id = ?3
+                             WHERE record_id = ?1 AND tracked IS NOT NULL
+                               AND key = (SELECT dedupe_key FROM records
+                                          WHERE id = ?1 AND kind IS NULL)",
+                        )?
+                        .execute(params![self.id, lead_id, transaction_id])?;
+                    *wakes |= n > 0;
+                }
+                Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => {
+                    super::change::fold_waiting(c, self.id, now)?;
+                }
+                Settle::DuplicateUpstream | Settle::Dead { .. } => *wakes = true,
+            }
+        }
         Ok(n > 0)
     }
 }
@@ -216,14 +283,24 @@ impl Claimed {
         self.row.state
     }
 
-    /// Scaleo took it: `delivered`, with its `transaction_id`.
+    /// Scaleo took it: `delivered`, with its `transaction_id` and `lead_id` (JSON text as
+    /// Scaleo gave it).
     pub async fn delivered(
         self,
         attempt: Attempt,
         transaction_id: Option<String>,
+        lead_id: Option<String>,
     ) -> Result<(), StoreError> {
-        self.settle(Settle::Delivered { transaction_id }, Some(attempt))
-            .await
+        let settle = Settle::Delivered {
+            transaction_id,
+            lead_id,
+        };
+        self.settle(settle, Some(attempt)).await
+    }
+
+    /// For a change of a conversion: the original and Scaleo's `lead_id`.
+    pub fn change(&self) -> Option<&ChangeOf> {
+        self.row.change.as_ref()
     }
 
     /// Scaleo already has it ("Multiple Conversions are not Allowed"): done, never retried.
@@ -245,6 +322,11 @@ impl Claimed {
     /// Give up: `dead`, with the reason (the answer stays in the attempt).
     pub async fn dead(self, attempt: Attempt, reason: String) -> Result<(), StoreError> {
         self.settle(Settle::Dead { reason }, Some(attempt)).await
+    }
+
+    /// Give up without an attempt (a change whose `lead_id` cannot be known): `dead`.
+    pub async fn give_up(self, reason: String) -> Result<(), StoreError> {
+        self.settle(Settle::Dead { reason }, None).await
     }
 
     /// Upstream refused the key: the record waits, not counted as a retry, for the resume.

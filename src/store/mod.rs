@@ -17,6 +17,7 @@
 //! settled exactly once by a method that consumes it. Nothing of the queue is kept in memory:
 //! due work is found through the `(state, next_attempt_at)` index.
 
+mod change;
 mod claim;
 mod ops;
 mod pg;
@@ -35,12 +36,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::StoreConfig;
 
-pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, Claimed, excerpt, redact_api_key};
+pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, ChangeOf, Claimed, excerpt, redact_api_key};
 pub use pg::{SharedLimit, redact_url};
 pub use read::{AttemptView, Cursor, Filter, RecordView, Summary};
 pub use types::{
-    DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused, RawPostback,
-    Requeued, State,
+    ChangeRoute, DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused,
+    RawPostback, Requeued, State,
 };
 
 use sqlite::{Op, ReadPool, Run, Writer};

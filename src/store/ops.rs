@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
+use super::change;
 use super::claim::ClaimRow;
 use super::types::{
     DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued, State,
@@ -109,6 +110,7 @@ impl<'a> Columns<'a> {
                 body,
                 click_id,
                 dedupe,
+                ..
             } => Columns {
                 state: State::Queued,
                 body: Some(body_text(body)?),
@@ -121,6 +123,13 @@ impl<'a> Columns<'a> {
                 body: None,
                 click_id: click_id.as_deref(),
                 reason: Some(reason),
+                dedupe: None,
+            },
+            NewState::Change { click_id, .. } => Columns {
+                state: State::Rejected,
+                body: None,
+                click_id: click_id.as_deref(),
+                reason: None,
                 dedupe: None,
             },
             NewState::Skipped { reason } => Columns {
@@ -139,6 +148,23 @@ pub(crate) fn insert(
     rec: &NewRecord,
     wakes: &mut bool,
 ) -> Result<Inserted, StoreError> {
+    if let NewState::Change {
+        body,
+        click_id,
+        lookup,
+        transitions,
+    } = &rec.state
+    {
+        return change::insert_change(
+            c,
+            rec,
+            body,
+            click_id.as_deref(),
+            lookup,
+            transitions,
+            wakes,
+        );
+    }
     let recv = rec.raw.received_at.as_millisecond();
     let cols = Columns::of(rec)?;
     let key = cols.dedupe.map(|d| d.key.as_str());
@@ -146,11 +172,81 @@ pub(crate) fn insert(
         Some(k) => live_original(c, k, recv, None)?,
         None => None,
     };
+    if let (
+        Some(key),
+        NewState::Queued {
+            body,
+            click_id,
+            updates: Some(transitions),
+            ..
+        },
+    ) = (key, &rec.state)
+        && let Some(conv) = change::conversion(c, key, recv)?
+    {
+        // A later postback of a tracked conversion: a change, a stale one, or (a plain
+        // resend) a duplicate as below. A change of a dead original is dead too.
+        let target = change::Target::New(rec);
+        let later = change::later(
+            c,
+            &conv,
+            body,
+            Some(click_id),
+            transitions,
+            target,
+            recv,
+            wakes,
+        )?;
+        if let Some(inserted) = later.inserted(conv.record_id) {
+            return Ok(inserted);
+        }
+    }
     let state = match original {
         Some(_) => State::Duplicate,
         None => cols.state,
     };
-    let (body, click_id, reason) = (cols.body, cols.click_id, cols.reason);
+    let queued = state == State::Queued;
+    let id = insert_plain(
+        c,
+        rec,
+        state,
+        cols.body.as_deref(),
+        cols.click_id,
+        cols.reason,
+        key,
+        original,
+    )?;
+    if let Some(original) = original {
+        return Ok(Inserted::Duplicate { id, original });
+    }
+    if let (Some(d), true, NewState::Queued { body, updates, .. }) =
+        (cols.dedupe, queued, &rec.state)
+    {
+        let memory = change::Memory::of(&rec.source, body, updates.is_some())?;
+        remember(
+            c,
+            &d.key,
+            id,
+            ts_plus(rec.raw.received_at, d.window),
+            &memory,
+        )?;
+    }
+    *wakes |= queued;
+    Ok(Inserted::Stored { id })
+}
+
+/// Inserts a record of kind create (or a duplicate or reject) as it arrived.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn insert_plain(
+    c: &Connection,
+    rec: &NewRecord,
+    state: State,
+    body: Option<&str>,
+    click_id: Option<&str>,
+    reason: Option<&str>,
+    key: Option<&str>,
+    original: Option<i64>,
+) -> Result<i64, StoreError> {
+    let recv = rec.raw.received_at.as_millisecond();
     let queued = state == State::Queued;
     let raw = &rec.raw;
     // `last_insert_rowid` rather than RETURNING, which costs about 1 us more per insert.
@@ -177,15 +273,7 @@ pub(crate) fn insert(
         key,
         original,
     ])?;
-    let id = c.last_insert_rowid();
-    if let Some(original) = original {
-        return Ok(Inserted::Duplicate { id, original });
-    }
-    if let (Some(d), true) = (cols.dedupe, queued) {
-        remember(c, &d.key, id, ts_plus(raw.received_at, d.window))?;
-    }
-    *wakes |= queued;
-    Ok(Inserted::Stored { id })
+    Ok(c.last_insert_rowid())
 }
 
 /// The live record holding dedupe `key` at `at_ms`: the key has not expired and its record
@@ -212,13 +300,32 @@ fn live_original(
     Ok((expires > at_ms && !dead && Some(id) != this).then_some(id))
 }
 
-fn remember(c: &Connection, key: &str, id: i64, expires: Timestamp) -> Result<(), StoreError> {
+/// Takes dedupe `key` for record `id` with the conversion's memory (a new conversion: no
+/// `lead_id` yet).
+fn remember(
+    c: &Connection,
+    key: &str,
+    id: i64,
+    expires: Timestamp,
+    m: &change::Memory<'_>,
+) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT INTO dedupe (key, record_id, expires_at) VALUES (?1, ?2, ?3)
+        "INSERT INTO dedupe (key, record_id, expires_at, source, click_id, order_id, tracked)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (key) DO UPDATE SET record_id = excluded.record_id,
-                                         expires_at = excluded.expires_at",
+             expires_at = excluded.expires_at, source = excluded.source,
+             click_id = excluded.click_id, order_id = excluded.order_id,
+             tracked = excluded.tracked, lead_id = NULL, transaction_id = NULL",
     )?
-    .execute(params![key, id, expires.as_millisecond()])?;
+    .execute(params![
+        key,
+        id,
+        expires.as_millisecond(),
+        m.source,
+        m.click_id,
+        m.order_id,
+        m.tracked
+    ])?;
     Ok(())
 }
 
@@ -299,8 +406,13 @@ impl ClaimQuery<'_> {
         }
         let mut sql = String::from(
             "UPDATE records SET claimed_until = ?1, claim_owner = ?2 WHERE id IN (
-               SELECT id FROM records WHERE state = ?3 AND next_attempt_at <= ?4
-                 AND (claimed_until IS NULL OR claimed_until <= ?4)",
+               SELECT id FROM records r WHERE state = ?3 AND next_attempt_at <= ?4
+                 AND (claimed_until IS NULL OR claimed_until <= ?4)
+                 AND (kind IS NULL OR NOT EXISTS (SELECT 1 FROM records o
+                        WHERE o.original_id = r.original_id AND o.id < r.id AND o.kind = 'update'
+                          AND o.state IN ('queued', 'retrying', 'paused'))
+                      AND NOT EXISTS (SELECT 1 FROM records o WHERE o.id = r.original_id
+                          AND o.state IN ('queued', 'retrying', 'paused')))",
         );
         let mut args: Vec<Value> = vec![
             self.until.into(),
@@ -324,11 +436,22 @@ impl ClaimQuery<'_> {
         }
         sql.push_str(
             " ORDER BY next_attempt_at LIMIT ?5)
-             RETURNING id, source, click_id, body, attempts, queued_at, received_at, state",
+             RETURNING id, source, click_id, body, attempts, queued_at, received_at, state,
+                       kind, original_id, dedupe_key",
         );
         let mut stmt = c.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), ClaimRow::from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let mut rows = rows.collect::<Result<Vec<_>, _>>()?;
+        for row in &mut rows {
+            if let Some(change) = &mut row.change {
+                change.lead_id = c
+                    .prepare_cached("SELECT lead_id FROM dedupe WHERE key = ?1")?
+                    .query_row([&change.key], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+            }
+        }
+        Ok(rows)
     }
 }
 
@@ -357,25 +480,78 @@ pub(crate) fn requeue(
     now: Timestamp,
     wakes: &mut bool,
 ) -> Result<Requeued, StoreError> {
-    let current: Option<String> = c
-        .prepare_cached("SELECT state FROM records WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    let current = current.ok_or(StoreError::NotFound(id))?;
+    let current: Option<(String, Option<String>)> = c
+        .prepare_cached("SELECT state, kind FROM records WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (current, kind) = current.ok_or(StoreError::NotFound(id))?;
     let state = State::parse(&current).ok_or_else(|| StoreError::Corrupt(current.clone()))?;
     if !matches!(state, State::Rejected | State::Dead) {
         return Err(StoreError::NotReplayable { id, state });
     }
+    let now_ms = now.as_millisecond();
+    let is_change = kind.as_deref() == Some("update");
+    let unmatched;
     let (state, reason, click_id) = match new {
+        NewState::Change {
+            body,
+            click_id,
+            lookup,
+            transitions,
+        } => match change::replay_target(c, Some(lookup), None, now_ms)? {
+            Ok(conv) => {
+                let click_id = click_id.as_deref();
+                return change::requeue(
+                    c,
+                    id,
+                    state,
+                    body,
+                    click_id,
+                    conv,
+                    transitions,
+                    now,
+                    wakes,
+                );
+            }
+            Err(why) => {
+                unmatched = why;
+                (State::Rejected, &unmatched, click_id.as_deref())
+            }
+        },
         NewState::Queued {
             body,
             click_id,
             dedupe,
-        } => return requeue_queued(c, id, body, click_id, dedupe.as_ref(), now, wakes),
+            updates,
+        } => {
+            if let (Some(d), Some(transitions)) = (dedupe, updates)
+                && let Some(conv) = change::conversion(c, &d.key, now_ms)?
+                && conv.record_id != id
+                && (is_change || state == State::Rejected)
+            {
+                return change::requeue(
+                    c,
+                    id,
+                    state,
+                    body,
+                    Some(click_id),
+                    conv,
+                    transitions,
+                    now,
+                    wakes,
+                );
+            }
+            return requeue_queued(
+                c,
+                id,
+                body,
+                click_id,
+                dedupe.as_ref(),
+                updates.is_some(),
+                now,
+                wakes,
+            );
+        }
         NewState::Rejected { reason, click_id } => (State::Rejected, reason, click_id.as_deref()),
         NewState::Skipped { reason } => (State::Skipped, reason, None),
     };
@@ -395,8 +571,15 @@ pub(crate) fn requeue(
     })
 }
 
+fn source_of(c: &Connection, id: i64) -> Result<String, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT source FROM records WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))?,
+    )
+}
+
 /// The columns a replay starts afresh (`?1` is now).
-const REPLAY_RESET: &str = "attempts = 0, claimed_until = NULL, claim_owner = NULL,
+pub(crate) const REPLAY_RESET: &str = "attempts = 0, claimed_until = NULL, claim_owner = NULL,
     last_error = NULL, transaction_id = NULL, updated_at = ?1";
 
 fn requeue_queued(
@@ -405,10 +588,13 @@ fn requeue_queued(
     body: &serde_json::Map<String, serde_json::Value>,
     click_id: &str,
     dedupe: Option<&DedupeKey>,
+    tracks: bool,
     now: Timestamp,
     wakes: &mut bool,
 ) -> Result<Requeued, StoreError> {
     let now_ms = now.as_millisecond();
+    let source = source_of(c, id)?;
+    let memory = change::Memory::of(&source, body, tracks)?;
     let body = body_text(body)?;
     let key = dedupe.map(|d| d.key.as_str());
     let original = match key {
@@ -423,7 +609,7 @@ fn requeue_queued(
         &format!(
             "UPDATE records SET state = ?2, body = ?3, click_id = ?4, reason = NULL,
                dedupe_key = ?5, original_id = ?6, next_attempt_at = ?7, queued_at = ?7,
-               {REPLAY_RESET} WHERE id = ?8"
+               kind = NULL, lead_id = NULL, {REPLAY_RESET} WHERE id = ?8"
         ),
         params![
             now_ms,
@@ -440,7 +626,7 @@ fn requeue_queued(
         return Ok(Requeued::Duplicate { original });
     }
     if let Some(d) = dedupe {
-        remember(c, &d.key, id, ts_plus(now, d.window))?;
+        remember(c, &d.key, id, ts_plus(now, d.window), &memory)?;
     }
     *wakes = true;
     Ok(Requeued::Queued)

@@ -6,7 +6,8 @@
 use rusqlite::Connection;
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     id              INTEGER PRIMARY KEY,
     source          TEXT    NOT NULL,
@@ -60,7 +61,24 @@ CREATE TABLE paused (
     since  INTEGER NOT NULL,
     PRIMARY KEY (scope, reason)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- The conversion lifecycle: a dedupe row is also the conversion's memory (kept for the
+-- dedupe window, after retention deletes its records), and a change is a record of kind
+-- 'update' whose original_id is the record that created the conversion.
+ALTER TABLE records ADD COLUMN kind TEXT;            -- 'update' for a change, NULL for a create
+ALTER TABLE records ADD COLUMN lead_id TEXT;         -- Scaleo's info.lead_id, JSON text as given
+ALTER TABLE dedupe ADD COLUMN source TEXT;
+ALTER TABLE dedupe ADD COLUMN click_id TEXT;
+ALTER TABLE dedupe ADD COLUMN order_id TEXT;         -- adv_order_id, for update-only sources
+ALTER TABLE dedupe ADD COLUMN tracked TEXT;          -- JSON: conv_status and money as last accepted; NULL: not tracked
+ALTER TABLE dedupe ADD COLUMN lead_id TEXT;          -- JSON text as Scaleo gave it
+ALTER TABLE dedupe ADD COLUMN transaction_id TEXT;
+CREATE INDEX dedupe_order ON dedupe (source, order_id) WHERE order_id IS NOT NULL AND tracked IS NOT NULL;
+CREATE INDEX dedupe_click ON dedupe (source, click_id) WHERE tracked IS NOT NULL;
+CREATE INDEX records_original ON records (original_id) WHERE original_id IS NOT NULL;
+"#,
+];
 
 /// Settings every connection gets.
 pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -3,7 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
+
+use crate::lifecycle::{Lookup, Transitions};
 
 /// The postback as it arrived, kept with every stored record so it can be re-mapped later.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +30,17 @@ pub enum NewState {
         body: serde_json::Map<String, serde_json::Value>,
         click_id: String,
         dedupe: Option<DedupeKey>,
+        /// The transition table when later postbacks of this conversion change it
+        /// (`[updates]` enabled and a dedupe key); `None`: every repeat is a duplicate.
+        updates: Option<Arc<Transitions>>,
+    },
+    /// A postback of an update-only source: it changes the conversion `lookup` finds (kept
+    /// for the dedupe window of that source) and never creates one.
+    Change {
+        body: serde_json::Map<String, serde_json::Value>,
+        click_id: Option<String>,
+        lookup: Lookup,
+        transitions: Arc<Transitions>,
     },
     /// The rule could not produce a valid body; kept raw for a replay.
     Rejected {
@@ -53,12 +68,37 @@ pub struct NewRecord {
 }
 
 /// The answer to an insert (committed either way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
     /// Stored as its own record (queued, rejected or skipped).
     Stored { id: i64 },
     /// Stored as `duplicate` of the live record `original`; it will not be forwarded.
     Duplicate { id: i64, original: i64 },
+    /// A change of the conversion created by record `original`; `route` says where it went.
+    Update {
+        id: i64,
+        original: i64,
+        route: ChangeRoute,
+    },
+    /// It would move the conversion of `original` back: stored as `stale`, never sent.
+    Stale {
+        id: i64,
+        original: i64,
+        reason: String,
+    },
+    /// An update-only postback that finds no conversion: stored as `rejected` (replayable).
+    Unmatched { id: i64, reason: String },
+}
+
+/// Where a stored change went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeRoute {
+    /// Folded into the original, which was not sent yet (the change is `merged`).
+    Merged,
+    /// Queued as a `leads/update` of the conversion.
+    Queued,
+    /// `dead`: Scaleo's `lead_id` is not known (the reason names the original).
+    Dead(String),
 }
 
 /// The answer to a replay.
@@ -72,6 +112,10 @@ pub enum Requeued {
     Rejected { reason: String },
     /// The current rules skip it.
     Skipped,
+    /// A change of the conversion of `original`, gone where `route` says.
+    Update { original: i64, route: ChangeRoute },
+    /// A change that would move the conversion of `original` back: `stale`.
+    Stale { original: i64, reason: String },
 }
 
 /// The state of a record.
@@ -86,11 +130,15 @@ pub enum State {
     Retrying,
     Paused,
     Dead,
+    /// A change that would move its conversion back; never sent.
+    Stale,
+    /// A change folded into an unsent record of its conversion.
+    Merged,
 }
 
 impl State {
     /// Every state, in lifecycle order.
-    pub const ALL: [State; 9] = [
+    pub const ALL: [State; 11] = [
         State::Rejected,
         State::Skipped,
         State::Queued,
@@ -100,6 +148,8 @@ impl State {
         State::Retrying,
         State::Paused,
         State::Dead,
+        State::Stale,
+        State::Merged,
     ];
 
     /// The stored (and API) name: `rejected`, ..., `duplicate_upstream`.
@@ -114,6 +164,8 @@ impl State {
             State::Retrying => "retrying",
             State::Paused => "paused",
             State::Dead => "dead",
+            State::Stale => "stale",
+            State::Merged => "merged",
         }
     }
 

@@ -50,7 +50,7 @@ fn every_shipped_rule_file_passes_its_tests() {
             rule.source,
             rule.tests.len()
         );
-        for result in testing::run(rule, &TimeZone::UTC) {
+        for result in testing::run(rule, &set, &TimeZone::UTC) {
             ran += 1;
             if let Some(why) = result.failure {
                 failures.push(format!(

@@ -76,6 +76,7 @@ pub fn queued(source: &str, click: &str, dedupe: Option<(&str, Duration)>) -> Ne
                 key: format!("{source}|{k}"),
                 window,
             }),
+            updates: None,
         },
     }
 }

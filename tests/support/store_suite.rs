@@ -71,7 +71,7 @@ pub async fn dedupe_holds_within_the_window_across_instances_and_restarts(b: &im
         let (x, y) = tokio::join!(a.insert(pair()), other.insert(pair()));
         let mut answers = [x.unwrap(), y.unwrap()];
         answers.sort_by_key(|i| matches!(i, Inserted::Duplicate { .. }));
-        let stored = stored_id(answers[0]);
+        let stored = stored_id(answers[0].clone());
         assert!(
             matches!(answers[1], Inserted::Duplicate { id, original } if original == stored && id != stored),
             "{answers:?}"
@@ -111,6 +111,7 @@ pub async fn dedupe_holds_within_the_window_across_instances_and_restarts(b: &im
                         assert_eq!(*original, stored[0], "key k{k}: {answers:?}");
                         assert_ne!(id, original, "key k{k}: {answers:?}");
                     }
+                    other => panic!("key k{k}: a plain resend became {other:?}"),
                 }
             }
             first.push(stored[0]);
@@ -208,7 +209,7 @@ pub async fn an_expired_lease_of_a_crashed_instance_is_reclaimed(b: &impl Backen
     got.sort_unstable();
     assert_eq!(got, ids);
     for c in again {
-        c.delivered(attempt(Some(200), "ok"), Some("tx".into()))
+        c.delivered(attempt(Some(200), "ok"), Some("tx".into()), None)
             .await
             .unwrap();
     }
@@ -232,7 +233,7 @@ pub async fn a_settle_after_a_lost_lease_is_refused_but_the_attempt_is_kept(b: &
     .await;
     assert!(taken, "the lease never ran out");
     let err = first
-        .delivered(attempt(Some(200), "late"), None)
+        .delivered(attempt(Some(200), "late"), None, None)
         .await
         .unwrap_err();
     assert!(
@@ -241,7 +242,7 @@ pub async fn a_settle_after_a_lost_lease_is_refused_but_the_attempt_is_kept(b: &
     );
     second
         .unwrap()
-        .delivered(attempt(Some(200), "ok"), Some("t".into()))
+        .delivered(attempt(Some(200), "ok"), Some("t".into()), None)
         .await
         .unwrap();
     let view = a.get(ids[0]).await.unwrap().unwrap();
@@ -357,7 +358,9 @@ pub async fn concurrent_claims_never_share_a_record(b: &impl Backend) {
     assert_eq!(unique, ids.iter().copied().collect::<HashSet<_>>());
     // Every claim settles under its own lease.
     for c in all {
-        c.delivered(attempt(Some(200), "ok"), None).await.unwrap();
+        c.delivered(attempt(Some(200), "ok"), None, None)
+            .await
+            .unwrap();
     }
     assert_eq!(
         other.counts_by_state().await.unwrap(),
@@ -516,7 +519,7 @@ pub async fn purge_removes_only_finished_records_past_retention(b: &impl Backend
     let mut it = claimed.into_iter();
     it.next()
         .unwrap()
-        .delivered(attempt(Some(200), "{}"), None)
+        .delivered(attempt(Some(200), "{}"), None, None)
         .await
         .unwrap();
     it.next()

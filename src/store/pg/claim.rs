@@ -112,7 +112,7 @@ impl PgStore {
         let free = "claimed_until = NULL, claim_owner = NULL, updated_at = $1";
         let (text, int): (Option<String>, Option<i64>);
         let set = match &req.settle {
-            Settle::Delivered { transaction_id } => {
+            Settle::Delivered { transaction_id, .. } => {
                 (text, int) = (transaction_id.clone(), None);
                 format!("state = 'delivered', transaction_id = $4, last_error = NULL, {done}")
             }
@@ -170,6 +170,7 @@ fn claim_row(r: &Row) -> Result<ClaimRow, StoreError> {
     let state: String = r.try_get(7)?;
     let attempts: i32 = r.try_get(4)?;
     Ok(ClaimRow {
+        change: None,
         id: r.try_get(0)?,
         source: r.try_get(1)?,
         click_id: r.try_get(2)?,

@@ -103,6 +103,7 @@ impl PgStore {
                 body,
                 click_id,
                 dedupe,
+                ..
             } => {
                 let body = body_text(body)?;
                 let original = match dedupe {
@@ -156,6 +157,11 @@ impl PgStore {
             NewState::Skipped { reason } => {
                 replay_unqueued(&tx, id, now_ms, State::Skipped, reason, None).await?;
                 Requeued::Skipped
+            }
+            NewState::Change { .. } => {
+                return Err(StoreError::Corrupt(
+                    "update-only sources are not supported on PostgreSQL yet".into(),
+                ));
             }
         };
         tx.commit().await?;
