@@ -183,6 +183,7 @@ impl Replayer {
                         source: source.clone(),
                         state: Some(state),
                         click_id: None,
+                        conversion: None,
                         since,
                         until,
                     };

@@ -177,7 +177,7 @@ impl Admin {
             }
             ["explain", source] => {
                 only(Method::GET, "GET")?;
-                self.explain(source, &query)
+                self.explain(source, &query).await
             }
             _ => Err(AdminError::NotFound(format!(
                 "no admin endpoint {path:?}; see /admin/records, /admin/records/{{id}}, /admin/replay, /admin/pause, /admin/resume, /admin/explain/{{source}}"
@@ -258,7 +258,7 @@ impl Admin {
         Ok(json_answer(StatusCode::OK, &answer))
     }
 
-    fn explain(&self, source: &str, query: &str) -> Result<Answer, AdminError> {
+    async fn explain(&self, source: &str, query: &str) -> Result<Answer, AdminError> {
         let rules = self.replayer.rules.current();
         let Some(rule) = rules.get(source) else {
             let known: Vec<&str> = rules.iter().map(|r| r.source.as_str()).collect();
@@ -267,7 +267,10 @@ impl Admin {
                 known.join(", ")
             )));
         };
-        let explained = view::explain(rule, query, &self.replayer.zone, Timestamp::now());
+        let mut explained = view::explain(rule, query, &self.replayer.zone, Timestamp::now());
+        if let Some(state) = explained.state.take() {
+            explained.conversion = self.store.preview(state).await?.map(Into::into);
+        }
         Ok(json_answer(StatusCode::OK, &explained))
     }
 

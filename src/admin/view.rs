@@ -10,7 +10,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::rules::{FieldTrace, Input, Outcome, Rule, decode_form, valid_source_id};
-use crate::store::{AttemptView, Cursor, Filter, PauseScope, Paused, RecordView, State, Summary};
+use crate::store::{
+    AttemptView, Cursor, Filter, NewState, PauseScope, Paused, Preview, RecordView, State, Summary,
+};
 
 /// Default and largest page size of a listing.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -126,6 +128,31 @@ pub struct RecordJson {
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
     pub attempts: Vec<AttemptJson>,
+    /// `create` (a new conversion) or `update` (a change of the conversion `original_id`).
+    pub kind: &'static str,
+    /// Scaleo's `lead_id` from this record's delivery, as Scaleo gave it.
+    pub lead_id: Option<Value>,
+    /// The conversion this record created or belongs to (when its changes are tracked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<ConversionJson>,
+}
+
+/// A conversion: its original record, current status and money, Scaleo's ids, and its
+/// later postbacks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversionJson {
+    pub original: i64,
+    pub current: Map<String, Value>,
+    pub lead_id: Option<Value>,
+    pub transaction_id: Option<String>,
+    pub expires_at: String,
+    pub changes: Vec<SummaryJson>,
+}
+
+/// A stored `lead_id` (JSON text) as the JSON value Scaleo gave.
+fn lead_json(text: &Option<String>) -> Option<Value> {
+    text.as_deref()
+        .map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_string())))
 }
 
 impl From<&RecordView> for RecordJson {
@@ -149,6 +176,16 @@ impl From<&RecordView> for RecordJson {
             next_attempt_at: r.next_attempt_at.map(|t| t.to_string()),
             last_error: r.last_error.clone(),
             attempts: r.attempts.iter().map(AttemptJson::from).collect(),
+            kind: if r.is_change { "update" } else { "create" },
+            lead_id: lead_json(&r.lead_id),
+            conversion: r.conversion.as_ref().map(|c| ConversionJson {
+                original: c.original,
+                current: c.current.clone(),
+                lead_id: lead_json(&c.lead_id),
+                transaction_id: c.transaction_id.clone(),
+                expires_at: c.expires_at.to_string(),
+                changes: c.chain.iter().map(SummaryJson::from).collect(),
+            }),
         }
     }
 }
@@ -213,6 +250,7 @@ pub fn list_query(pairs: &[(String, String)]) -> Result<ListQuery, BadParam> {
             "source" => q.filter.source = Some(source_id(name, value)?),
             "state" => q.filter.state = Some(state(name, value)?),
             "click_id" => q.filter.click_id = Some(value.clone()),
+            "conversion" => q.filter.conversion = Some(record_id(name, value)?),
             "since" => q.filter.since = Some(time(name, value)?),
             "until" => q.filter.until = Some(time(name, value)?),
             "limit" => q.limit = limit(name, value)?,
@@ -221,7 +259,7 @@ pub fn list_query(pairs: &[(String, String)]) -> Result<ListQuery, BadParam> {
                 return Err(BadParam::new(
                     other,
                     value,
-                    "one of the parameters source, state, click_id, since, until, limit, cursor",
+                    "one of the parameters source, state, click_id, conversion, since, until, limit, cursor",
                 ));
             }
         }
@@ -310,6 +348,36 @@ pub struct ExplainJson {
     /// Per field: where its value came from (`origin`), values treated as no value and why
     /// (`ignored`), and any error.
     pub fields: Vec<FieldTrace>,
+    /// What the postback would be to a conversion stored now (filled where the store is at
+    /// hand): absent when it would create a new conversion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<PreviewJson>,
+    /// The record state the mapping gives (what the store would be asked to keep).
+    #[serde(skip)]
+    pub state: Option<NewState>,
+}
+
+/// `explain`'s view of a later postback of a stored conversion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PreviewJson {
+    /// `duplicate`, `update`, `stale`, or `rejected` (an update-only postback finding none).
+    pub outcome: &'static str,
+    /// The record that created the conversion.
+    pub original: Option<i64>,
+    /// For an update: the fields `leads/update` would send (with Scaleo's `lead_id`).
+    pub change: Option<Map<String, Value>>,
+    pub reason: Option<String>,
+}
+
+impl From<Preview> for PreviewJson {
+    fn from(p: Preview) -> Self {
+        PreviewJson {
+            outcome: p.outcome,
+            original: p.original,
+            change: p.change,
+            reason: p.reason,
+        }
+    }
 }
 
 /// Explains `query` (as the advertiser sends it; a leading `?` is ignored) with `rule`. The
@@ -336,6 +404,7 @@ pub fn explain(rule: &Rule, query: &str, zone: &TimeZone, received_at: Timestamp
         received_at: Some(received_at),
     };
     let (outcome, trace) = rule.explain(&input, zone);
+    let state = crate::mapping::new_state(rule, &input, outcome.clone());
     let (outcome, body, reason) = match outcome {
         Outcome::Forward(m) => ("forward", Some(m.body), None),
         Outcome::Skip { reason } => ("skip", None, Some(reason)),
@@ -349,6 +418,8 @@ pub fn explain(rule: &Rule, query: &str, zone: &TimeZone, received_at: Timestamp
         skip_matched: trace.skip_matched,
         when_matched: trace.when_matched,
         fields: trace.fields,
+        conversion: None,
+        state: Some(state),
     }
 }
 

@@ -226,6 +226,11 @@ impl<'a> Ctx<'a, '_> {
         if body.contains_key("goal_id") && body.contains_key("goal_alias") {
             return reject("goal_id and goal_alias: the body would carry both; Scaleo takes one (use a [[when]] to choose)".into());
         }
+        if let Some(only) = &rule.updates.only
+            && let Err(reason) = crate::lifecycle::Lookup::of_body(only, &body)
+        {
+            return reject(reason);
+        }
         let click_id = match body.get("click_id") {
             Some(Value::String(c)) => Some(c.clone()),
             _ if rule.updates.only.is_some() => None,

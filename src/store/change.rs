@@ -12,8 +12,36 @@ use serde_json::{Map, Value};
 
 use super::StoreError;
 use super::ops::{REPLAY_RESET, body_text};
-use super::types::{ChangeRoute, Inserted, NewRecord, Requeued, State};
+use super::types::{ChangeRoute, Inserted, NewRecord, NewState, Requeued, State};
 use crate::lifecycle::{self, Decision, Lookup, Original, Route, Transitions};
+
+/// What a postback would be to a stored conversion (`explain`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    /// The record that created the conversion (`None`: none found).
+    pub original: Option<i64>,
+    /// `duplicate`, `update`, `stale`, or `rejected` (an update-only postback that finds none).
+    pub outcome: &'static str,
+    /// For an update: the fields the change would send.
+    pub change: Option<Map<String, Value>>,
+    pub reason: Option<String>,
+}
+
+impl Preview {
+    fn of(conv: &Conversion, body: &Map<String, Value>, transitions: &Transitions) -> Preview {
+        let (outcome, change, reason) = match lifecycle::decide(&conv.tracked, body, transitions) {
+            Decision::Duplicate => ("duplicate", None, None),
+            Decision::Update { change } => ("update", Some(change), None),
+            Decision::Stale { reason } => ("stale", None, Some(reason)),
+        };
+        Preview {
+            original: Some(conv.record_id),
+            outcome,
+            change,
+            reason,
+        }
+    }
+}
 
 /// A conversion as its dedupe row remembers it.
 pub(crate) struct Conversion {
@@ -503,4 +531,39 @@ pub(crate) fn replay_target(
         })),
         None => Ok(Err("the record has no dedupe key".into())),
     }
+}
+
+/// What `state` would be to the conversions stored now, without storing anything (for
+/// `explain`): `None` when it would create a new conversion (or changes are not tracked).
+pub(crate) fn preview(c: &Connection, state: &NewState) -> Result<Option<Preview>, StoreError> {
+    let now_ms = Timestamp::now().as_millisecond();
+    let (conv, body, transitions) = match state {
+        NewState::Queued {
+            body,
+            dedupe: Some(d),
+            updates: Some(transitions),
+            ..
+        } => (conversion(c, &d.key, now_ms)?, body, transitions),
+        NewState::Change {
+            body,
+            lookup,
+            transitions,
+            ..
+        } => match find(c, lookup, now_ms)? {
+            Some(conv) => (Some(conv), body, transitions),
+            None => {
+                return Ok(Some(Preview {
+                    original: None,
+                    outcome: "rejected",
+                    change: None,
+                    reason: Some(unmatched(lookup)),
+                }));
+            }
+        },
+        _ => return Ok(None),
+    };
+    let Some(conv) = conv else {
+        return Ok(None);
+    };
+    Ok(Some(Preview::of(&conv, body, transitions)))
 }

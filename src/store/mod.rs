@@ -36,9 +36,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::StoreConfig;
 
+pub use change::Preview;
 pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, ChangeOf, Claimed, excerpt, redact_api_key};
 pub use pg::{SharedLimit, redact_url};
-pub use read::{AttemptView, Cursor, Filter, RecordView, Summary};
+pub use read::{AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary};
 pub use types::{
     ChangeRoute, DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused,
     RawPostback, Requeued, State,
@@ -389,6 +390,15 @@ impl Store {
             ops::requeue(c, *id, state, now, wakes)
         })
         .await
+    }
+
+    /// What `state` (a freshly mapped postback) would be to the conversions stored now:
+    /// `None` when it would create a new one. Stores nothing.
+    pub async fn preview(&self, state: NewState) -> Result<Option<Preview>, StoreError> {
+        match self.pg() {
+            Some(pg) => pg.preview(&state).await,
+            None => self.read(move |c| change::preview(c, &state)).await,
+        }
     }
 
     /// One record with its attempts.

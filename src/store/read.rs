@@ -14,6 +14,8 @@ pub struct Filter {
     pub source: Option<String>,
     pub state: Option<State>,
     pub click_id: Option<String>,
+    /// The records of one conversion: the record that created it and its later postbacks.
+    pub conversion: Option<i64>,
     /// Received at or after.
     pub since: Option<Timestamp>,
     /// Received before.
@@ -61,7 +63,32 @@ pub struct RecordView {
     pub next_attempt_at: Option<Timestamp>,
     pub last_error: Option<String>,
     pub attempts: Vec<AttemptView>,
+    /// A change of a conversion (`leads/update`), not a create.
+    pub is_change: bool,
+    /// Scaleo's `lead_id` from this record's delivery (JSON text as Scaleo gave it).
+    pub lead_id: Option<String>,
+    /// The conversion this record created or belongs to, when its changes are tracked.
+    pub conversion: Option<ConversionView>,
 }
+
+/// A conversion as the store remembers it, with its chain of later postbacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversionView {
+    /// The record that created it.
+    pub original: i64,
+    /// The current `conv_status` and money as last accepted.
+    pub current: serde_json::Map<String, serde_json::Value>,
+    /// Scaleo's `lead_id` (JSON text as Scaleo gave it) once the create is delivered.
+    pub lead_id: Option<String>,
+    pub transaction_id: Option<String>,
+    /// When the conversion is forgotten (the dedupe window).
+    pub expires_at: Timestamp,
+    /// Its later postbacks (changes, stale ones, resends), oldest first.
+    pub chain: Vec<Summary>,
+}
+
+/// How many later postbacks of a conversion a record view lists at most.
+pub const CHAIN_MAX: usize = 200;
 
 fn ts(ms: i64) -> Result<Timestamp, StoreError> {
     Timestamp::from_millisecond(ms).map_err(|e| StoreError::Corrupt(format!("time {ms}: {e}")))
@@ -108,7 +135,8 @@ fn summary(r: &Row<'_>) -> Result<Summary, StoreError> {
 pub(crate) fn get(c: &Connection, id: i64) -> Result<Option<RecordView>, StoreError> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {SUMMARY_COLS}, method, path, query, client_ip, user_agent, referer, body, reason,
-                transaction_id, original_id, attempts, next_attempt_at, last_error
+                transaction_id, original_id, attempts, next_attempt_at, last_error, kind,
+                lead_id, dedupe_key
          FROM records WHERE id = ?1"
     ))?;
     let mut rows = stmt.query([id])?;
@@ -146,7 +174,13 @@ pub(crate) fn get(c: &Connection, id: i64) -> Result<Option<RecordView>, StoreEr
         next_attempt_at,
         last_error: r.get(17)?,
         attempts: Vec::new(),
+        is_change: r.get::<_, Option<String>>(18)?.as_deref() == Some("update"),
+        lead_id: r.get(19)?,
+        conversion: None,
     };
+    if let Some(key) = r.get::<_, Option<String>>(20)? {
+        view.conversion = conversion(c, &key)?;
+    }
     let mut stmt = c.prepare_cached(
         "SELECT at, status, answer, duration_ms, outcome FROM attempts
          WHERE record_id = ?1 ORDER BY id",
@@ -164,6 +198,44 @@ pub(crate) fn get(c: &Connection, id: i64) -> Result<Option<RecordView>, StoreEr
     Ok(Some(view))
 }
 
+/// The tracked conversion of dedupe `key`, with its chain.
+fn conversion(c: &Connection, key: &str) -> Result<Option<ConversionView>, StoreError> {
+    let row = c
+        .prepare_cached(
+            "SELECT record_id, tracked, lead_id, transaction_id, expires_at FROM dedupe
+             WHERE key = ?1 AND tracked IS NOT NULL",
+        )?
+        .query_row([key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((original, current, lead_id, transaction_id, expires)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLS} FROM records WHERE original_id = ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params![original, CHAIN_MAX as i64])?;
+    let mut chain = Vec::new();
+    while let Some(r) = rows.next()? {
+        chain.push(summary(r)?);
+    }
+    Ok(Some(ConversionView {
+        original,
+        current: super::change::parse_map(&current, "conversion state")?,
+        lead_id,
+        transaction_id,
+        expires_at: ts(expires)?,
+        chain,
+    }))
+}
+
 pub(crate) fn list(
     c: &Connection,
     f: &Filter,
@@ -173,6 +245,10 @@ pub(crate) fn list(
     use rusqlite::types::Value;
     let mut sql = format!("SELECT {SUMMARY_COLS} FROM records WHERE 1 = 1");
     let mut args: Vec<Value> = Vec::new();
+    if let Some(id) = f.conversion {
+        args.push(id.into());
+        sql.push_str(" AND (id = ?1 OR original_id = ?1)");
+    }
     let mut cond = |sql: &mut String, clause: &str, v: Value| {
         args.push(v);
         sql.push_str(&format!(" AND {clause} ?{}", args.len()));
@@ -189,6 +265,7 @@ pub(crate) fn list(
     if let Some(s) = &f.click_id {
         cond(&mut sql, "click_id =", s.clone().into());
     }
+
     if let Some(t) = f.since {
         cond(&mut sql, "received_at >=", t.as_millisecond().into());
     }

@@ -23,7 +23,7 @@ pub struct RawPostback {
 }
 
 /// What the mapping made of a postback.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NewState {
     /// Forward `body` to Scaleo (unless `dedupe` finds a live original).
     Queued {

@@ -7,6 +7,7 @@ mod bad_input;
 mod crash;
 mod forwarding;
 mod ingest;
+mod lifecycle;
 mod metrics;
 mod ops_cli;
 #[path = "../support/pg.rs"]

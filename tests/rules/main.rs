@@ -10,6 +10,7 @@ mod load_errors;
 mod params;
 mod props;
 mod shipped;
+mod updates;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;

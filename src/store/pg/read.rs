@@ -89,6 +89,9 @@ impl PgStore {
             received_at: summary.received_at,
         };
         let mut view = RecordView {
+            is_change: false,
+            lead_id: None,
+            conversion: None,
             summary,
             raw,
             body,
@@ -208,5 +211,13 @@ impl PgStore {
             .await?
             .try_get(0)?;
         oldest.map(ts).transpose()
+    }
+
+    /// What a postback would be to the stored conversions (`explain`).
+    pub(crate) async fn preview(
+        &self,
+        _state: &super::super::NewState,
+    ) -> Result<Option<super::super::Preview>, StoreError> {
+        Ok(None)
     }
 }

@@ -1,0 +1,339 @@
+//! The conversion lifecycle end to end: later postbacks of a conversion through the real
+//! relay, and what the scripted Scaleo sandbox receives (`POST conv-click-id` once, then
+//! `PUT leads/update` with Scaleo's `lead_id` and only the fields that change).
+
+use std::time::Duration;
+
+use postback_relay::sandbox::Step;
+use serde_json::{Value, json};
+
+use reqwest::Method;
+
+use crate::admin_client::{ADMIN_TOKEN, admin_call, with_admin};
+use crate::support::Env;
+
+const UPDATE_PATH: &str = "/api/v2/network/leads/update";
+const CREATE_PATH: &str = "/api/v2/network/tracking/conv-click-id";
+
+/// A Keitaro-like sender: one conversion per click and order, its status moving over time.
+const LIFE: &str = r#"
+[fields]
+click_id     = "subid"
+adv_order_id = "tid"
+revenue      = { from = "revenue", number = true }
+conv_status  = { from = "status", map = { lead = "pending", sale = "approved", rejected = "rejected", hold = "hold" }, ignore_case = true }
+"#;
+
+/// Refund and chargeback URLs that carry only the order id.
+const REFUNDS: &str = r#"
+[fields]
+adv_order_id = "order"
+revenue      = { from = "amount", number = true }
+conv_status  = { value = "rejected" }
+
+[updates]
+only = true
+of   = "life"
+key  = ["adv_order_id"]
+"#;
+
+async fn start() -> Env {
+    Env::start(&[("life", LIFE), ("refunds", REFUNDS)], |_| {}).await
+}
+
+async fn send(env: &Env, source: &str, query: &str) -> Value {
+    let (status, body) = env.get(&format!("/postback/{source}?{query}")).await;
+    assert!(status == 200 || status == 422, "{status} {body}");
+    body
+}
+
+async fn state_of(env: &Env, id: i64) -> String {
+    let rec = env.relay().store.get(id).await.unwrap().expect("record");
+    rec.summary.state.as_str().to_string()
+}
+
+async fn wait_state(env: &Env, id: i64, want: &str) {
+    for _ in 0..250 {
+        if state_of(env, id).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("record {id} is {}, not {want}", state_of(env, id).await);
+}
+
+/// The bodies of the calls the sandbox received on `path`, oldest first.
+fn calls(env: &Env, path: &str) -> Vec<Value> {
+    env.sandbox
+        .received()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .filter_map(|r| r.body)
+        .collect()
+}
+
+/// The `lead_id` the relay stored from the create of record `id` (as Scaleo gave it).
+async fn lead_id(env: &Env, id: i64) -> Value {
+    let rec = env.relay().store.get(id).await.unwrap().expect("record");
+    let lead = rec.lead_id.expect("a lead_id stored from the create answer");
+    serde_json::from_str(&lead).expect("lead_id is JSON text")
+}
+
+/// Sends the lead and waits until the create is delivered; returns its record id.
+async fn delivered_lead(env: &Env, query: &str) -> i64 {
+    let body = send(env, "life", query).await;
+    assert_eq!(body["status"], "accepted", "{body}");
+    let id = body["id"].as_i64().unwrap();
+    wait_state(env, id, "delivered").await;
+    id
+}
+
+async fn no_more_calls(env: &Env, path: &str, n: usize) {
+    // Nothing is due any more: give the forwarder a few ticks to prove it sends nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls(env, path).len(), n, "{:?}", calls(env, path));
+}
+
+#[tokio::test]
+async fn lead_then_sale_sends_one_update_with_the_lead_id() {
+    let env = start().await;
+    let lead = delivered_lead(&env, "subid=clk1&status=lead&revenue=0&tid=T-1").await;
+    let body = send(&env, "life", "subid=clk1&status=sale&revenue=25&tid=T-1").await;
+    assert_eq!(body["status"], "update", "{body}");
+    assert_eq!(body["original"], lead, "{body}");
+    let change = body["id"].as_i64().unwrap();
+    wait_state(&env, change, "delivered").await;
+    let updates = calls(&env, UPDATE_PATH);
+    let lead_id = lead_id(&env, lead).await;
+    assert_eq!(
+        updates,
+        vec![json!({"lead_id": lead_id, "conv_status": "approved", "revenue": 25})]
+    );
+    assert_eq!(calls(&env, CREATE_PATH).len(), 1, "never a second create");
+    let rec = env.relay().store.get(lead).await.unwrap().unwrap();
+    let conv = rec.conversion.expect("the original shows its conversion");
+    assert_eq!(conv.current["conv_status"], "approved");
+    assert_eq!(conv.chain.iter().map(|s| s.id).collect::<Vec<_>>(), vec![change]);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn an_exact_resend_is_a_duplicate_and_never_sent() {
+    let env = start().await;
+    delivered_lead(&env, "subid=clk2&status=sale&revenue=25&tid=T-2").await;
+    let body = send(&env, "life", "subid=clk2&status=sale&revenue=25.00&tid=T-2").await;
+    assert_eq!(body["status"], "duplicate", "{body}");
+    // Omitting the money is no change either.
+    let body = send(&env, "life", "subid=clk2&status=sale&tid=T-2").await;
+    assert_eq!(body["status"], "duplicate", "{body}");
+    no_more_calls(&env, UPDATE_PATH, 0).await;
+    assert_eq!(calls(&env, CREATE_PATH).len(), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_pending_after_approved_is_stale_naming_both_statuses() {
+    let env = start().await;
+    let lead = delivered_lead(&env, "subid=clk3&status=sale&revenue=25&tid=T-3").await;
+    let body = send(&env, "life", "subid=clk3&status=lead&revenue=0&tid=T-3").await;
+    assert_eq!(body["status"], "stale", "{body}");
+    assert_eq!(body["original"], lead, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("pending") && reason.contains("approved"), "{reason}");
+    assert_eq!(state_of(&env, body["id"].as_i64().unwrap()).await, "stale");
+    no_more_calls(&env, UPDATE_PATH, 0).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_chargeback_is_sent_and_a_sale_after_it_is_stale() {
+    let env = start().await;
+    let lead = delivered_lead(&env, "subid=clk4&status=sale&revenue=25&tid=T-4").await;
+    let back = send(&env, "life", "subid=clk4&status=rejected&revenue=-25&tid=T-4").await;
+    assert_eq!(back["status"], "update", "{back}");
+    wait_state(&env, back["id"].as_i64().unwrap(), "delivered").await;
+    let again = send(&env, "life", "subid=clk4&status=sale&revenue=25&tid=T-4").await;
+    assert_eq!(again["status"], "stale", "{again}");
+    no_more_calls(&env, UPDATE_PATH, 1).await;
+    let lead_id = lead_id(&env, lead).await;
+    assert_eq!(
+        calls(&env, UPDATE_PATH),
+        vec![json!({"lead_id": lead_id, "conv_status": "rejected", "revenue": -25})]
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn status_only_and_money_only_changes_send_only_what_changes() {
+    let env = start().await;
+    let lead = delivered_lead(&env, "subid=clk5&status=lead&revenue=10&tid=T-5").await;
+    let status = send(&env, "life", "subid=clk5&status=hold&revenue=10&tid=T-5").await;
+    wait_state(&env, status["id"].as_i64().unwrap(), "delivered").await;
+    let money = send(&env, "life", "subid=clk5&revenue=12.50&tid=T-5").await;
+    assert_eq!(money["status"], "update", "{money}");
+    wait_state(&env, money["id"].as_i64().unwrap(), "delivered").await;
+    let lead_id = lead_id(&env, lead).await;
+    assert_eq!(
+        calls(&env, UPDATE_PATH),
+        vec![
+            json!({"lead_id": lead_id, "conv_status": "hold"}),
+            json!({"lead_id": lead_id, "revenue": 12.50}),
+        ]
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_while_the_create_is_retrying_is_folded_into_one_create() {
+    let env = Env::start(&[("life", LIFE)], |c| {
+        c.forward.retry_schedule = vec![Duration::from_millis(800)];
+    })
+    .await;
+    env.sandbox.script([Step::status(503)]);
+    let lead = send(&env, "life", "subid=clk6&status=lead&revenue=0&tid=T-6").await;
+    let lead = lead["id"].as_i64().unwrap();
+    wait_state(&env, lead, "retrying").await;
+    let sale = send(&env, "life", "subid=clk6&status=sale&revenue=25&tid=T-6").await;
+    assert_eq!(sale["status"], "update", "{sale}");
+    assert_eq!(state_of(&env, sale["id"].as_i64().unwrap()).await, "merged");
+    wait_state(&env, lead, "delivered").await;
+    let creates = calls(&env, CREATE_PATH);
+    assert_eq!(creates.len(), 2, "the 503 and the retry: {creates:?}");
+    assert_eq!(
+        creates[1],
+        json!({"click_id": "clk6", "adv_order_id": "T-6", "conv_status": "approved", "revenue": 25})
+    );
+    no_more_calls(&env, UPDATE_PATH, 0).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_by_order_id_changes_the_conversion_and_an_unknown_order_is_rejected() {
+    let env = start().await;
+    let lead = delivered_lead(&env, "subid=clk7&status=sale&revenue=40&tid=ORD-7").await;
+    let refund = send(&env, "refunds", "order=ORD-7&amount=-40").await;
+    assert_eq!(refund["status"], "update", "{refund}");
+    assert_eq!(refund["original"], lead, "{refund}");
+    wait_state(&env, refund["id"].as_i64().unwrap(), "delivered").await;
+    let lead_id = lead_id(&env, lead).await;
+    assert_eq!(
+        calls(&env, UPDATE_PATH),
+        vec![json!({"lead_id": lead_id, "conv_status": "rejected", "revenue": -40})]
+    );
+    let (status, unknown) = env.get("/postback/refunds?order=NOPE&amount=-5").await;
+    assert_eq!(status, 422, "{unknown}");
+    assert_eq!(unknown["status"], "rejected");
+    let reason = unknown["reason"].as_str().unwrap();
+    assert!(reason.contains("NOPE") && reason.contains("life"), "{reason}");
+    assert_eq!(state_of(&env, unknown["id"].as_i64().unwrap()).await, "rejected");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_scaleo_refuses_is_dead_and_one_failing_with_500_is_retried() {
+    let env = start().await;
+    let lead = delivered_lead(&env, "subid=clk8&status=lead&revenue=0&tid=T-8").await;
+    env.sandbox.script([Step::status(500)]);
+    let sale = send(&env, "life", "subid=clk8&status=sale&revenue=25&tid=T-8").await;
+    let sale = sale["id"].as_i64().unwrap();
+    wait_state(&env, sale, "delivered").await;
+    let rec = env.relay().store.get(sale).await.unwrap().unwrap();
+    let codes: Vec<Option<u16>> = rec.attempts.iter().map(|a| a.status).collect();
+    assert_eq!(codes, vec![Some(500), Some(200)]);
+
+    // A conversion already invoiced: Scaleo's 4xx is final.
+    env.sandbox.script([Step::Answer {
+        status: 422,
+        body: json!({"status": "error", "code": 422, "name": "Unprocessable", "message": "Conversion is already in an invoice", "info": {}}).to_string(),
+        retry_after: None,
+    }]);
+    let back = send(&env, "life", "subid=clk8&status=rejected&tid=T-8").await;
+    let back = back["id"].as_i64().unwrap();
+    wait_state(&env, back, "dead").await;
+    let rec = env.relay().store.get(back).await.unwrap().unwrap();
+    assert_eq!(rec.attempts.len(), 1, "not retried");
+    assert!(rec.attempts[0].answer.contains("invoice"), "{:?}", rec.attempts);
+    assert_eq!(calls(&env, UPDATE_PATH).len(), 3);
+    let _ = lead;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_of_a_conversion_scaleo_called_a_duplicate_is_dead_naming_it() {
+    let env = start().await;
+    env.sandbox.script([Step::MultipleConversions]);
+    let lead = send(&env, "life", "subid=clk9&status=lead&revenue=0&tid=T-9").await;
+    let lead = lead["id"].as_i64().unwrap();
+    wait_state(&env, lead, "duplicate_upstream").await;
+    let sale = send(&env, "life", "subid=clk9&status=sale&revenue=25&tid=T-9").await;
+    assert_eq!(sale["status"], "update", "{sale}");
+    let sale = sale["id"].as_i64().unwrap();
+    wait_state(&env, sale, "dead").await;
+    let rec = env.relay().store.get(sale).await.unwrap().unwrap();
+    let reason = rec.reason.unwrap();
+    assert!(reason.contains(&format!("record {lead}")) && reason.contains("lead_id"), "{reason}");
+    no_more_calls(&env, UPDATE_PATH, 0).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn two_quick_changes_collapse_into_one_update_with_the_latest_state() {
+    let env = start().await;
+    let lead = delivered_lead(&env, "subid=clk10&status=lead&revenue=0&tid=T-10").await;
+    // Hold the sends (an operator pause) so both changes wait together.
+    env.relay()
+        .store
+        .pause(
+            postback_relay::store::PauseScope::Source("life".into()),
+            postback_relay::store::PauseReason::Operator,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let hold = send(&env, "life", "subid=clk10&status=hold&revenue=5&tid=T-10").await;
+    let sale = send(&env, "life", "subid=clk10&status=sale&tid=T-10").await;
+    assert_eq!(state_of(&env, hold["id"].as_i64().unwrap()).await, "merged");
+    env.relay()
+        .store
+        .resume(postback_relay::store::PauseScope::Source("life".into()))
+        .await
+        .unwrap();
+    wait_state(&env, sale["id"].as_i64().unwrap(), "delivered").await;
+    let lead_id = lead_id(&env, lead).await;
+    no_more_calls(&env, UPDATE_PATH, 1).await;
+    assert_eq!(
+        calls(&env, UPDATE_PATH),
+        vec![json!({"lead_id": lead_id, "conv_status": "approved", "revenue": 5})]
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_change_is_replayed_once_its_original_is_delivered() {
+    let env = Env::start(&[("life", LIFE)], with_admin).await;
+    env.sandbox.script([Step::status(404)]);
+    let lead = send(&env, "life", "subid=clk11&status=lead&revenue=0&tid=T-11").await;
+    let lead = lead["id"].as_i64().unwrap();
+    wait_state(&env, lead, "dead").await;
+    let sale = send(&env, "life", "subid=clk11&status=sale&revenue=25&tid=T-11").await;
+    let sale = sale["id"].as_i64().unwrap();
+    assert_eq!(state_of(&env, sale).await, "dead");
+    // The operator fixes the click and replays the original, then the change.
+    let replay = async |id: i64| {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let body = Some(json!({"ids": [id]}));
+        let (status, answer) =
+            admin_call(&env, Method::POST, "/admin/replay", body, Some(&auth)).await;
+        assert_eq!((status, answer["queued"].as_i64()), (200, Some(1)), "{answer}");
+    };
+    replay(lead).await;
+    wait_state(&env, lead, "delivered").await;
+    replay(sale).await;
+    wait_state(&env, sale, "delivered").await;
+    let lead_id = lead_id(&env, lead).await;
+    let updates = calls(&env, UPDATE_PATH);
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0]["lead_id"], lead_id);
+    assert_eq!(updates[0]["conv_status"], "approved");
+    env.stop().await;
+}
