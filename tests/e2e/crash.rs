@@ -327,3 +327,70 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
         "the delivered postback was not sent again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() {
+    let Harness {
+        root,
+        sandbox,
+        client,
+        port,
+    } = Harness::new().await;
+    let update_calls = |sandbox: &Sandbox| -> Vec<(u16, serde_json::Value)> {
+        sandbox
+            .received()
+            .into_iter()
+            .filter(|r| r.path == "/api/v2/network/leads/update")
+            .map(|r| (r.status, r.body.unwrap_or_default()))
+            .collect()
+    };
+    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
+    wait_healthy(&client, port).await;
+    let get = async |query: &str| -> serde_json::Value {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/postback/shop?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().await.unwrap()
+    };
+    // The lead is delivered (Scaleo's lead_id stored) ...
+    assert_eq!(get("cid=kc1&oid=O-1&amt=0&st=2").await["status"], "accepted");
+    assert!(sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... then Scaleo stops answering, the sale is acknowledged, and the relay is killed
+    // before any attempt of the change got through.
+    sandbox.set_script((0..100_000).map(|_| postback_relay::sandbox::Step::Drop));
+    let sale = get("cid=kc1&oid=O-1&amt=2500&st=1").await;
+    assert_eq!(sale["status"], "update", "{sale}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.kill().expect("kill -9");
+    let _ = relay.wait();
+    assert!(
+        update_calls(&sandbox).iter().all(|(status, _)| *status == 0),
+        "no attempt of the change was answered before the kill"
+    );
+
+    sandbox.set_script([]);
+    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
+    wait_healthy(&client, port).await;
+    for _ in 0..500 {
+        if update_calls(&sandbox).iter().any(|(status, _)| *status == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.kill().ok();
+    let _ = relay.wait();
+    let answered: Vec<_> = update_calls(&sandbox)
+        .into_iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(answered.len(), 1, "sent exactly once: {answered:?}");
+    assert_eq!(answered[0]["conv_status"], "approved");
+    assert_eq!(answered[0]["revenue"], serde_json::json!(25));
+    assert!(answered[0]["lead_id"].is_string() || answered[0]["lead_id"].is_number());
+}
