@@ -408,11 +408,12 @@ fn record(rule: &Rule, tag: &str, i: u64) -> NewRecord {
         },
         state: NewState::Queued {
             body: m.body,
-            click_id: m.click_id,
+            click_id: m.click_id.unwrap_or_default(),
             dedupe: m.dedupe_key.map(|key| DedupeKey {
                 key,
                 window: rule.dedupe.window,
             }),
+            updates: Some(rule.updates.transitions.clone()),
         },
     }
 }

@@ -113,6 +113,8 @@ struct RawForward {
     lease: String,
     pause_probe: String,
     grace: String,
+    outage_after: u32,
+    max_retry_after: String,
 }
 
 impl Default for RawForward {
@@ -129,6 +131,8 @@ impl Default for RawForward {
             lease: "30s".into(),
             pause_probe: "60s".into(),
             grace: "10s".into(),
+            outage_after: 20,
+            max_retry_after: "10m".into(),
         }
     }
 }
@@ -250,6 +254,11 @@ pub struct ForwardConfig {
     pub pause_probe: Duration,
     /// How long in-flight forwards may run on shutdown.
     pub grace: Duration,
+    /// Attempts in a row without an answer from Scaleo (no answer, 5xx, a 2xx that is not
+    /// Scaleo's JSON) that start outage mode: all sending held, one probe per `pause_probe`.
+    pub outage_after: u32,
+    /// The longest `Retry-After` honoured; a longer one is capped to this.
+    pub max_retry_after: Duration,
 }
 
 /// `[store]`: the embedded SQLite directory, or the PostgreSQL database shared by several
@@ -476,6 +485,8 @@ impl RawConfig {
             lease,
             pause_probe: duration("forward.pause_probe", &f.pause_probe)?,
             grace: duration("forward.grace", &f.grace)?,
+            outage_after: f.outage_after.max(1),
+            max_retry_after: duration("forward.max_retry_after", &f.max_retry_after)?,
         };
 
         let st = self.store;

@@ -152,6 +152,10 @@ impl Probes {
                         "{what} paused since {}: Scaleo refused the API key (401/403)",
                         p.since
                     ),
+                    PauseReason::Outage => format!(
+                        "{what} held since {}: Scaleo is not answering (no answer, 5xx, or a 2xx that is not its JSON: check scaleo.base_url); one record is tried every forward.pause_probe",
+                        p.since
+                    ),
                     PauseReason::MissingRule => format!(
                         "{what} paused since {}: its rule file is missing, so where its records go is unknown (restore the file, or resume the source to send them with the global [scaleo] config)",
                         p.since

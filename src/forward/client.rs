@@ -172,7 +172,7 @@ impl Client {
         }
         let mut text = String::from_utf8_lossy(&bytes).into_owned();
         if let Some(e) = cut {
-            text.push_str(&format!("\n[answer cut short: {e}]"));
+            text.push_str(&format!("\n{}{e}]", super::retry::CUT_MARK));
         }
         Ok((status, retry_after, text))
     }

@@ -12,6 +12,12 @@
 //! source when it has its own `base_url`/`api_key`), gives the record back uncounted, and
 //! stops sending; while paused one queued record is tried every `forward.pause_probe`, and
 //! an answer that shows the key works (delivered, duplicate, or another 4xx) resumes.
+//! Outage mode: after `forward.outage_after` attempts in a row without an answer from
+//! Scaleo itself (no answer, a 5xx, or a 2xx that is not its JSON envelope), a pause
+//! `outage` of all forwarding is persisted; records that get no answer meanwhile are given
+//! back uncounted, one record is probed every `forward.pause_probe`, and the first answer
+//! that is Scaleo's lifts the pause and adds the outage's length back to every waiting
+//! record's age bound: an outage of any length turns nothing dead.
 //! A 429 holds every send to that network for its `Retry-After` (at most 10 s; see `hold.rs`).
 //! On shutdown nothing new is claimed, waits on the rate limit end with the record released,
 //! requests in flight get `forward.grace` to finish, then the rest is released.
@@ -47,6 +53,8 @@ pub enum ForwardError {
 pub struct ForwardStatus {
     paused_all: AtomicBool,
     upstream_auth: AtomicBool,
+    /// Outage mode: Scaleo stopped answering, sending is held and probed.
+    outage: AtomicBool,
     in_flight: AtomicUsize,
     /// Unix ms of the last settled attempt; 0 = none yet.
     last_progress_ms: AtomicI64,
@@ -59,6 +67,8 @@ pub struct StatusSnapshot {
     pub paused_all: bool,
     /// Some scope is paused because Scaleo refused the API key.
     pub upstream_auth: bool,
+    /// Outage mode: Scaleo is not answering; sending is held and probed.
+    pub outage: bool,
     /// Records being forwarded right now (including rate-limit waits).
     pub in_flight: usize,
     /// When an attempt was last settled.
@@ -72,6 +82,7 @@ impl ForwardStatus {
         StatusSnapshot {
             paused_all: self.paused_all.load(Ordering::Relaxed),
             upstream_auth: self.upstream_auth.load(Ordering::Relaxed),
+            outage: self.outage.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             last_progress: (ms != 0)
                 .then(|| Timestamp::from_millisecond(ms).ok())

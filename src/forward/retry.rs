@@ -6,9 +6,11 @@
 //!    whole text of another one) -> [`Verdict::DuplicateUpstream`], whatever the status.
 //! 2. No answer (connect error, timeout, reset) -> retry.
 //! 3. 2xx: `status = "success"` with no inner `info.status` other than success ->
-//!    delivered with `info.transaction_id`. Any other 2xx (`status = "error"`, an inner
-//!    failure, a body that is not Scaleo's envelope) -> **dead**, answer kept: the request was
-//!    received and processed, so repeating it could pay twice; an operator can replay it.
+//!    delivered with `info.transaction_id` and `info.lead_id`. A 2xx envelope with
+//!    `status = "error"` or an inner failure -> **dead**, answer kept: Scaleo received and
+//!    processed it, so repeating it could pay twice; an operator can replay it. A whole 2xx
+//!    that is not Scaleo's envelope (a proxy's page, a wrong `base_url`) -> retry, and it
+//!    counts toward outage mode ([`answered_as_scaleo`]); one cut short is dead.
 //! 4. 3xx -> **paused**: redirects are not followed (a POST would turn into a GET), and a
 //!    redirect means `base_url` is wrong for every postback, like a bad key.
 //! 5. 401, 403 -> paused. 408, 425, 429 -> retry. Other 4xx -> dead.
@@ -81,7 +83,7 @@ pub fn classify(
         reason: format!("HTTP {code}{what}{message}"),
     };
     match code {
-        200..=299 => success(code, json.as_ref(), &message),
+        200..=299 => success(code, json.as_ref(), &message, body.contains(CUT_MARK)),
         300..=399 => Verdict::Paused {
             reason: format!("HTTP {code}: redirected, check scaleo.base_url"),
         },
@@ -96,10 +98,19 @@ pub fn classify(
     }
 }
 
-fn success(code: u16, json: Option<&Value>, message: &str) -> Verdict {
-    let Some(json) = json else {
-        return Verdict::Dead {
-            reason: format!("HTTP {code} with an answer that is not Scaleo's JSON"),
+fn success(code: u16, json: Option<&Value>, message: &str, cut: bool) -> Verdict {
+    let Some(json) = json.filter(|j| is_envelope(j)) else {
+        let reason = format!("HTTP {code} with an answer that is not Scaleo's JSON");
+        // Cut short, it may be Scaleo's success: repeating it could pay twice. Whole, it
+        // is not Scaleo talking (a proxy's page, a wrong base_url): try again (and count
+        // toward outage mode).
+        return if cut {
+            Verdict::Dead { reason }
+        } else {
+            Verdict::Retry {
+                after: None,
+                reason,
+            }
         };
     };
     let status = json.get("status").and_then(Value::as_str);
@@ -130,6 +141,28 @@ fn success(code: u16, json: Option<&Value>, message: &str) -> Verdict {
     };
     Verdict::Dead {
         reason: format!("HTTP {code} with {what}{message}"),
+    }
+}
+
+/// What the client appends to an answer whose body broke off after the status line.
+pub const CUT_MARK: &str = "[answer cut short: ";
+
+/// Scaleo's envelope: a JSON object with a string `status`.
+fn is_envelope(json: &Value) -> bool {
+    json.get("status").is_some_and(Value::is_string)
+}
+
+/// Whether an attempt got an answer from Scaleo itself: a status below 500 and, for a 2xx,
+/// Scaleo's JSON envelope. No answer, a 5xx, or a 2xx page from something else count toward
+/// outage mode (`forward.outage_after` of them in a row).
+pub fn answered_as_scaleo(status: Option<u16>, body: &str) -> bool {
+    match status {
+        None => false,
+        Some(500..) => false,
+        Some(200..=299) => serde_json::from_str::<Value>(body)
+            .ok()
+            .is_some_and(|j| is_envelope(&j)),
+        Some(_) => true,
     }
 }
 

@@ -90,11 +90,38 @@ fn error_inside_2xx_is_dead_not_retried() {
     for body in [
         r#"{"status":"error","message":"tracking failed"}"#,
         r#"{"status":"success","info":{"status":"error","message":"click not found"}}"#,
-        "<html>ok</html>",
-        "{}",
     ] {
         assert!(matches!(c(Some(200), body), Verdict::Dead { .. }), "{body}");
     }
+}
+
+#[test]
+fn a_2xx_that_is_not_scaleos_envelope_is_retried_and_counts_toward_an_outage() {
+    // A proxy's page or a wrong base_url: not Scaleo talking, so nothing was recorded.
+    for body in ["<html>ok</html>", "{}", "[]", r#"{"status":1}"#, ""] {
+        assert!(
+            matches!(c(Some(200), body), Verdict::Retry { .. }),
+            "{body}"
+        );
+        assert!(!answered_as_scaleo(Some(200), body), "{body}");
+    }
+    // Cut short after the status line: it may be Scaleo's success, so never repeated.
+    let cut = format!("{{\"status\":\"succ\n{CUT_MARK}reset]");
+    assert!(matches!(c(Some(200), &cut), Verdict::Dead { .. }), "{cut}");
+}
+
+#[test]
+fn scaleo_answers_are_told_from_silence() {
+    assert!(!answered_as_scaleo(None, "connect error"));
+    assert!(!answered_as_scaleo(Some(502), "<html>bad gateway</html>"));
+    assert!(!answered_as_scaleo(Some(500), r#"{"status":"error"}"#));
+    assert!(answered_as_scaleo(
+        Some(200),
+        r#"{"status":"success","info":{}}"#
+    ));
+    assert!(answered_as_scaleo(Some(404), "not found"));
+    assert!(answered_as_scaleo(Some(401), ""));
+    assert!(answered_as_scaleo(Some(429), ""));
 }
 
 #[test]

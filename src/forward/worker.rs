@@ -1,7 +1,7 @@
 //! The forward loop and the life of one forwarded record.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Answer, Call, Client, Target};
 use super::hold::Holds;
 use super::ratelimit::{Limiter, Rate};
-use super::retry::{Next, RetryPolicy, Verdict, classify, plan_retry};
+use super::retry::{self, Next, RetryPolicy, Verdict, classify, plan_retry};
 use super::routes::{Routes, SourceForward};
 use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
@@ -48,6 +48,9 @@ pub(crate) struct Worker {
     other_paused: RwLock<HashSet<PauseScope>>,
     /// Networks that answered 429: their sends wait out the `Retry-After`.
     holds: Holds,
+    /// Attempts in a row that got no answer from Scaleo itself (outage mode at
+    /// `forward.outage_after`).
+    silent_in_row: AtomicU32,
 }
 
 impl Worker {
@@ -76,6 +79,7 @@ impl Worker {
             upstream_paused: RwLock::new(HashSet::new()),
             other_paused: RwLock::new(HashSet::new()),
             holds: Holds::default(),
+            silent_in_row: AtomicU32::new(0),
         }))
     }
 
@@ -179,18 +183,24 @@ impl Worker {
                 return Vec::new();
             }
         };
+        // Pauses a probe may end: Scaleo refused the key, or stopped answering (outage).
         let upstream: HashSet<PauseScope> = paused
             .iter()
-            .filter(|p| p.reason == PauseReason::UpstreamAuth)
+            .filter(|p| p.reason.is_probed())
             .map(|p| p.scope.clone())
             .collect();
+        self.status.outage.store(
+            paused.iter().any(|p| p.reason == PauseReason::Outage),
+            Ordering::Relaxed,
+        );
         self.status.paused_all.store(
             paused.iter().any(|p| p.scope == PauseScope::All),
             Ordering::Relaxed,
         );
-        self.status
-            .upstream_auth
-            .store(!upstream.is_empty(), Ordering::Relaxed);
+        self.status.upstream_auth.store(
+            paused.iter().any(|p| p.reason == PauseReason::UpstreamAuth),
+            Ordering::Relaxed,
+        );
         next_probe.retain(|s, _| upstream.contains(s));
         let mut probes = Vec::new();
         for scope in &upstream {
@@ -219,7 +229,7 @@ impl Worker {
         if let Ok(mut set) = self.other_paused.write() {
             *set = paused
                 .iter()
-                .filter(|p| p.reason != PauseReason::UpstreamAuth)
+                .filter(|p| !p.reason.is_probed())
                 .map(|p| p.scope.clone())
                 .collect();
         }
@@ -332,6 +342,17 @@ impl Worker {
         let (id, source) = (c.id(), c.source().to_string());
         let click_id = c.click_id().unwrap_or_default().to_string();
         let status = answer.status;
+        let silent = !retry::answered_as_scaleo(answer.status, &answer.body);
+        let outage = self.note_answer(silent, id, status).await;
+        // While Scaleo is not answering, an attempt that got no answer gives its record back
+        // uncounted: an outage of any length turns nothing dead.
+        let verdict = match verdict {
+            Verdict::Retry { reason, .. } if outage && silent => Verdict::Paused {
+                reason: format!("{reason} (Scaleo not answering: sending held)"),
+            },
+            v => v,
+        };
+        let held = outage && silent;
         let attempt = Attempt {
             at: answer.at,
             status: answer.status,
@@ -370,6 +391,8 @@ impl Worker {
                 ("dead", c.dead(attempt, reason).await)
             }
             Verdict::Retry { after, reason } => {
+                // A Retry-After longer than forward.max_retry_after is capped.
+                let after = after.map(|a| a.min(self.fwd.max_retry_after));
                 if status == Some(429) {
                     let held = self.holds.hold(self.network(route), after);
                     tracing::info!(
@@ -407,6 +430,7 @@ impl Worker {
                     }
                 }
             }
+            Verdict::Paused { reason } if held => ("held", c.paused(attempt, reason).await),
             Verdict::Paused { reason } => {
                 let scope = if route.own_credentials() {
                     PauseScope::Source(source.clone())
@@ -448,6 +472,72 @@ impl Worker {
                 }
                 Err(e) => tracing::error!(error = %e, "resuming after the probe failed"),
             }
+        }
+    }
+
+    /// Counts attempts in a row without an answer from Scaleo; starts outage mode at
+    /// `forward.outage_after` of them and ends it at the first answer that is Scaleo's.
+    /// Returns whether an outage is on after this answer.
+    async fn note_answer(&self, silent: bool, id: i64, status: Option<u16>) -> bool {
+        let on = self.status.outage.load(Ordering::Relaxed);
+        if !silent {
+            self.silent_in_row.store(0, Ordering::Relaxed);
+            if on {
+                self.end_outage().await;
+            }
+            return false;
+        }
+        let n = self.silent_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if on || n < self.fwd.outage_after {
+            return on;
+        }
+        self.status.outage.store(true, Ordering::Relaxed);
+        tracing::error!(
+            record = id,
+            status,
+            attempts_in_row = n,
+            "Scaleo is not answering (no answer, 5xx, or a 2xx that is not its JSON): outage mode, all sending held; one record is tried every forward.pause_probe"
+        );
+        if let Err(e) = self.store.pause(PauseScope::All, PauseReason::Outage).await {
+            tracing::error!(error = %e, "persisting the outage pause failed");
+        }
+        if let Ok(mut set) = self.upstream_paused.write() {
+            set.insert(PauseScope::All);
+        }
+        true
+    }
+
+    /// Scaleo answers again: lifts the outage pause, and gives every waiting record the
+    /// time the outage lasted back on its age bound (`forward.max_age`).
+    async fn end_outage(&self) {
+        let since = match self.store.paused().await {
+            Ok(p) => p
+                .into_iter()
+                .find(|p| p.reason == PauseReason::Outage)
+                .map(|p| p.since),
+            Err(e) => return tracing::error!(error = %e, "reading pauses failed"),
+        };
+        self.status.outage.store(false, Ordering::Relaxed);
+        let Some(since) = since else {
+            return;
+        };
+        let lasted = Timestamp::now().duration_since(since).unsigned_abs();
+        if let Err(e) = self.store.extend_age(lasted).await {
+            tracing::error!(error = %e, "giving the outage back to the age bound failed");
+        }
+        match self
+            .store
+            .resume_reason(PauseScope::All, PauseReason::Outage)
+            .await
+        {
+            Ok(_) => tracing::info!(
+                lasted_s = lasted.as_secs(),
+                "Scaleo answers again: outage over, forwarding resumed"
+            ),
+            Err(e) => tracing::error!(error = %e, "lifting the outage pause failed"),
+        }
+        if let Ok(mut set) = self.upstream_paused.write() {
+            set.remove(&PauseScope::All);
         }
     }
 

@@ -324,6 +324,17 @@ impl Store {
         self.resume_inner(scope, Some(reason)).await
     }
 
+    /// Moves the start of the age bound of every waiting record (`queued`, `retrying`,
+    /// `paused`) `by` later: the time an outage lasted does not count toward
+    /// `forward.max_age`. Returns how many records moved.
+    pub async fn extend_age(&self, by: Duration) -> Result<u64, StoreError> {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        match self.pg() {
+            Some(pg) => pg.extend_age(ms).await,
+            None => self.call(ms, |ms, c, _, _| ops::extend_age(c, *ms)).await,
+        }
+    }
+
     /// The persisted pauses.
     pub async fn paused(&self) -> Result<Vec<Paused>, StoreError> {
         match self.pg() {

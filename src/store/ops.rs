@@ -44,7 +44,7 @@ impl ClaimRequest {
     ) -> Option<Vec<String>> {
         let mut exclude = self.exclude.clone();
         for (scope, reason) in pauses {
-            let probed = reason == PauseReason::UpstreamAuth.as_str()
+            let probed = PauseReason::parse(&reason).is_some_and(PauseReason::is_probed)
                 && self.probe.as_ref().is_some_and(|p| p.key() == scope);
             if probed {
                 continue;
@@ -455,6 +455,17 @@ impl ClaimQuery<'_> {
     }
 }
 
+/// See `Store::extend_age`.
+pub(crate) fn extend_age(c: &Connection, ms: i64) -> Result<u64, StoreError> {
+    let n = c
+        .prepare_cached(
+            "UPDATE records SET queued_at = queued_at + ?1
+             WHERE state IN ('queued', 'retrying', 'paused') AND queued_at IS NOT NULL",
+        )?
+        .execute([ms])?;
+    Ok(n as u64)
+}
+
 pub(crate) fn purge(c: &Connection, cutoff: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
     let records = c
         .prepare_cached(
@@ -582,6 +593,7 @@ fn source_of(c: &Connection, id: i64) -> Result<String, StoreError> {
 pub(crate) const REPLAY_RESET: &str = "attempts = 0, claimed_until = NULL, claim_owner = NULL,
     last_error = NULL, transaction_id = NULL, updated_at = ?1";
 
+#[allow(clippy::too_many_arguments)]
 fn requeue_queued(
     c: &Connection,
     id: i64,

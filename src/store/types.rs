@@ -227,6 +227,9 @@ pub enum PauseReason {
     Operator,
     /// Scaleo answered 401/403 (or redirected): the API key or the base URL is wrong.
     UpstreamAuth,
+    /// Scaleo stopped answering as Scaleo (`forward.outage_after` attempts in a row without
+    /// an answer, a 5xx, or a 2xx that is not its JSON): all sending is held and probed.
+    Outage,
     /// Records of a source whose rule file was missing at start: its `[forward]` target is
     /// unknown, so nothing is sent until the file returns or an operator resumes it.
     MissingRule,
@@ -239,7 +242,14 @@ impl PauseReason {
             PauseReason::Operator => "operator",
             PauseReason::UpstreamAuth => "upstream_auth",
             PauseReason::MissingRule => "missing_rule",
+            PauseReason::Outage => "outage",
         }
+    }
+
+    /// A pause that one probe per `forward.pause_probe` may try to end (Scaleo refused the
+    /// key, or stopped answering); the others wait for an operator or a rule file.
+    pub fn is_probed(self) -> bool {
+        matches!(self, PauseReason::UpstreamAuth | PauseReason::Outage)
     }
 
     pub(crate) fn parse(name: &str) -> Option<PauseReason> {
@@ -247,6 +257,7 @@ impl PauseReason {
             "operator" => Some(PauseReason::Operator),
             "upstream_auth" => Some(PauseReason::UpstreamAuth),
             "missing_rule" => Some(PauseReason::MissingRule),
+            "outage" => Some(PauseReason::Outage),
             _ => None,
         }
     }

@@ -219,3 +219,21 @@ async fn a_rules_reload_lifts_a_pause_caused_by_401() {
     assert!(env.relay().store.paused().await.unwrap().is_empty());
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_huge_retry_after_is_capped_by_forward_max_retry_after() {
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        c.forward.max_retry_after = Duration::from_millis(300);
+    })
+    .await;
+    env.sandbox.script([Step::too_many(999_999_999)]);
+    let id = accept(&env, "cid=ra1&amt=100").await;
+    assert!(
+        wait_state(&env, id, "delivered").await,
+        "a Retry-After of 31 years parked the record"
+    );
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    let codes: Vec<Option<u16>> = rec.attempts.iter().map(|a| a.status).collect();
+    assert_eq!(codes, vec![Some(429), Some(200)]);
+    env.stop().await;
+}

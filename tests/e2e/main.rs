@@ -10,6 +10,7 @@ mod ingest;
 mod lifecycle;
 mod metrics;
 mod ops_cli;
+mod outage;
 #[path = "../support/pg.rs"]
 mod pg;
 mod reload;

@@ -39,6 +39,8 @@ pub fn forward_config() -> ForwardConfig {
         lease: Duration::from_secs(3),
         pause_probe: Duration::from_secs(3600),
         grace: Duration::from_secs(2),
+        outage_after: 20,
+        max_retry_after: Duration::from_secs(600),
     }
 }
 

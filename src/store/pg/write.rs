@@ -214,6 +214,18 @@ impl PgStore {
         Ok(n)
     }
 
+    /// See `Store::extend_age`.
+    pub(crate) async fn extend_age(&self, ms: i64) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE records SET queued_at = queued_at + $1
+                 WHERE state IN ('queued', 'retrying', 'paused') AND queued_at IS NOT NULL",
+                &[&ms],
+            )
+            .await?)
+    }
+
     /// Deletes one chunk of finished records received before `cutoff` and of expired
     /// dedupe keys; the larger of the two counts (the caller loops while a chunk is full).
     pub(crate) async fn purge(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
