@@ -433,7 +433,10 @@ fn sandbox(a: SandboxArgs) -> CliResult {
         )
         .await
         .map_err(|e| {
-            CliError::Unavailable(format!("cannot start the sandbox on {} (--listen): {e}", a.listen))
+            CliError::Unavailable(format!(
+                "cannot start the sandbox on {} (--listen): {e}",
+                a.listen
+            ))
         })?;
         eprintln!(
             "Scaleo sandbox on {}; accepted conversions at {}/sandbox/conversions",
@@ -560,7 +563,11 @@ fn test(a: TestArgs) -> CliResult {
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { Verdict::Yes } else { Verdict::No })
+    Ok(if failed == 0 {
+        Verdict::Yes
+    } else {
+        Verdict::No
+    })
 }
 
 /// `postback-relay map`: a reject is a negative answer (exit 1).

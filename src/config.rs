@@ -558,7 +558,8 @@ fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| invalid(key, value, "an address and port such as 127.0.0.1:8080"))
 }
 
-const ANY_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+const ANY_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 impl RawConfig {
     fn validate(self, need: Need) -> Result<Config, Vec<ConfigError>> {
@@ -746,10 +747,7 @@ impl RawConfig {
         let store = StoreConfig {
             path: PathBuf::from(st.path),
             url,
-            retention: p.take(
-                duration("store.retention", &st.retention),
-                Duration::ZERO,
-            ),
+            retention: p.take(duration("store.retention", &st.retention), Duration::ZERO),
             commit_batch: st.commit_batch,
         };
         let level = self.log.level;

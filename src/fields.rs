@@ -55,7 +55,10 @@ pub fn text() -> String {
     let mut out = format!("{:<24} {:<8} {:<34} NOTE\n", "FIELD", "TYPE", "VALUES");
     for f in all() {
         let values = f.values.map(|v| v.join(", ")).unwrap_or_default();
-        let line = format!("{:<24} {:<8} {:<34} {}", f.name, f.json_type, values, f.note);
+        let line = format!(
+            "{:<24} {:<8} {:<34} {}",
+            f.name, f.json_type, values, f.note
+        );
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -106,12 +109,14 @@ mod tests {
         let text = text();
         assert_eq!(text.lines().count(), FIELDS.len() + 1);
         assert!(
-            text.lines().any(|l| l.starts_with("revenue") && l.contains("number")),
+            text.lines()
+                .any(|l| l.starts_with("revenue") && l.contains("number")),
             "{text}"
         );
         assert!(
             text.lines()
-                .any(|l| l.starts_with("conv_status") && l.contains("pending, approved, rejected, hold")),
+                .any(|l| l.starts_with("conv_status")
+                    && l.contains("pending, approved, rejected, hold")),
             "{text}"
         );
         assert!(

@@ -191,13 +191,17 @@ fn a_base_url_with_a_path_a_query_or_the_panel_host_is_refused_with_a_hint() {
             "https://track.example.com?api-key=k",
             "without a query (the API key goes in scaleo.api_key)",
         ),
-        ("https://mynetwork.scaleo.io", "not the Scaleo panel's address"),
+        (
+            "https://mynetwork.scaleo.io",
+            "not the Scaleo panel's address",
+        ),
     ] {
         let config = format!("[scaleo]\nbase_url = \"{url}\"\napi_key = \"k\"\n");
         let (code, out) = check(&config, &[]);
         assert_eq!(code, 1, "accepted {url}: {out}");
         assert!(
-            out.contains(&format!("relay.toml:2: scaleo.base_url = \"{url}\"")) && out.contains(want),
+            out.contains(&format!("relay.toml:2: scaleo.base_url = \"{url}\""))
+                && out.contains(want),
             "{url}: {want:?} missing from:\n{out}"
         );
     }
@@ -311,9 +315,15 @@ fn serve_sandbox_keeps_its_own_store_apart_from_productions() {
 #[test]
 fn serve_names_a_missing_config_file_and_an_unset_rule_secret_without_a_flag_it_lacks() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = serve(&["--config", dir.path().join("nope.toml").to_str().unwrap()], None);
+    let (code, out) = serve(
+        &["--config", dir.path().join("nope.toml").to_str().unwrap()],
+        None,
+    );
     assert_eq!(code, 64, "{out}");
-    assert!(out.contains("no config file") && out.contains("relay.example.toml"), "{out}");
+    assert!(
+        out.contains("no config file") && out.contains("relay.example.toml"),
+        "{out}"
+    );
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(
@@ -322,12 +332,19 @@ fn serve_names_a_missing_config_file_and_an_unset_rule_secret_without_a_flag_it_
     )
     .unwrap();
     let config = local_config(dir.path(), "https://track.example.com");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"), rules.to_str().unwrap());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+        rules.to_str().unwrap(),
+    );
     std::fs::write(&config, text).unwrap();
     let (code, out) = serve(&["--config", config.to_str().unwrap()], None);
     assert_eq!(code, 64, "{out}");
-    assert!(out.contains("POSTBACK_RELAY_TEST_UNSET_TOKEN is not set"), "{out}");
-    assert!(!out.contains("use --no-env"), "serve has no --no-env: {out}");
+    assert!(
+        out.contains("POSTBACK_RELAY_TEST_UNSET_TOKEN is not set"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("use --no-env"),
+        "serve has no --no-env: {out}"
+    );
 }

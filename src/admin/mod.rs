@@ -285,7 +285,11 @@ impl Admin {
             source,
             format!(
                 "a known source (a rule file, waiting records or a pause): {}",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ),
         )))
     }

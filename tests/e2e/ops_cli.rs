@@ -106,7 +106,11 @@ async fn cli_pause_and_resume_are_seen_by_the_running_relay() {
     let rules = env.dir.path().join("rules").display().to_string();
     std::fs::write(&config, format!("[rules]\ndir = {rules:?}\n")).unwrap();
     let config = config.display().to_string();
-    let run = cli(args(&["pause", "--source", "shop", "--config", &config], &data)).await;
+    let run = cli(args(
+        &["pause", "--source", "shop", "--config", &config],
+        &data,
+    ))
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let paused = env.relay().store.paused().await.unwrap();
     assert_eq!(paused.len(), 1);
@@ -194,19 +198,23 @@ async fn operator_commands_need_no_secrets_from_the_production_config() {
     let (_, ok) = env.get("/postback/shop?cid=nosecret&amt=1").await;
     let id = ok["id"].as_i64().unwrap().to_string();
     // The shipped example: its api_key and admin token are ${VAR}s, unset here.
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/relay.example.toml"
-    ))
-    .unwrap()
-    .replace(
-        "path         = \"data\"",
-        &format!("path = {:?}", env.dir.path().join("data").display().to_string()),
-    )
-    .replace(
-        "dir = \"rules\"",
-        &format!("dir = {:?}", env.dir.path().join("rules").display().to_string()),
-    );
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/relay.example.toml"))
+            .unwrap()
+            .replace(
+                "path         = \"data\"",
+                &format!(
+                    "path = {:?}",
+                    env.dir.path().join("data").display().to_string()
+                ),
+            )
+            .replace(
+                "dir = \"rules\"",
+                &format!(
+                    "dir = {:?}",
+                    env.dir.path().join("rules").display().to_string()
+                ),
+            );
     let config = env.dir.path().join("relay.toml");
     std::fs::write(&config, example).unwrap();
     let c = config.display().to_string();
@@ -246,15 +254,23 @@ async fn pause_and_resume_refuse_an_unknown_source_listing_the_known_ones() {
         let run = cli(a).await;
         assert_eq!(run.code, 2, "{verb}: {}", run.stderr);
         assert!(
-            run.stderr.contains("\"nosuch\" is not a known source") && run.stderr.contains("(known: shop)"),
+            run.stderr.contains("\"nosuch\" is not a known source")
+                && run.stderr.contains("(known: shop)"),
             "{verb}: {}",
             run.stderr
         );
-        let (status, answer) =
-            admin_post(&env, &format!("/admin/{verb}"), serde_json::json!({"source": "nosuch"})).await;
+        let (status, answer) = admin_post(
+            &env,
+            &format!("/admin/{verb}"),
+            serde_json::json!({"source": "nosuch"}),
+        )
+        .await;
         assert_eq!(status, 400, "{verb}: {answer}");
         let reason = answer["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("nosuch") && reason.contains("shop"), "{answer}");
+        assert!(
+            reason.contains("nosuch") && reason.contains("shop"),
+            "{answer}"
+        );
     }
     assert!(env.relay().store.paused().await.unwrap().is_empty());
     let (status, _) = admin_post(&env, "/admin/pause", serde_json::json!({"source": "shop"})).await;
@@ -267,7 +283,10 @@ async fn usage_errors_exit_2_in_every_operator_command() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     let data = env.dir.path().join("data");
     for (command, want) in [
-        (vec!["records", "--state", "x"], "state=\"x\": expected one of"),
+        (
+            vec!["records", "--state", "x"],
+            "state=\"x\": expected one of",
+        ),
         (vec!["replay", "--state", "delivered"], "delivered"),
         (vec!["replay"], "give --id N"),
         (vec!["records", "--since", "yesterday"], "RFC 3339"),

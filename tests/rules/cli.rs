@@ -311,7 +311,11 @@ fn test_and_map_use_the_configs_rules_dir() {
         "{}",
         stdout(&o)
     );
-    assert!(stdout(&o).contains("scaleo.base_url is required"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("scaleo.base_url is required"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -337,11 +341,15 @@ fn fields_lists_scaleos_fields_and_the_docs_page_is_its_markdown() {
     assert!(o.status.success());
     let out = stdout(&o);
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("conv_status") && l.contains("pending, approved, rejected, hold")),
+        out.lines().any(
+            |l| l.starts_with("conv_status") && l.contains("pending, approved, rejected, hold")
+        ),
         "{out}"
     );
-    assert!(out.lines().any(|l| l.starts_with("revenue") && l.contains("number")));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("revenue") && l.contains("number"))
+    );
     let o = run(&["fields", "--markdown"]);
     let page = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -360,7 +368,11 @@ fn an_unknown_field_points_to_the_fields_command() {
     let dir = dir_with(&[("x.toml", "[fields]\nclick_id = \"cid\"\nrevenu = \"amt\"\n")]);
     let o = run(&["check", "--no-env", "--rules", p(dir.path())]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains("postback-relay fields"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("postback-relay fields"),
+        "{}",
+        stdout(&o)
+    );
     assert!(!stdout(&o).contains(".md"), "{}", stdout(&o));
 }
 
