@@ -477,9 +477,7 @@ pub fn rules_dir(file: &Path) -> Option<PathBuf> {
 /// the file that sets it, else the file.
 fn locate(file: Option<&Path>, text: Option<&str>, error: &ConfigError) -> Option<String> {
     let file_name = file.map(|f| f.display().to_string());
-    let Some(key) = error.key() else {
-        return None;
-    };
+    let key = error.key()?;
     let var = format!("RELAY__{}", key.replace('.', "__").to_ascii_uppercase());
     if std::env::var_os(&var).is_some() {
         return Some(format!("environment {var}"));
