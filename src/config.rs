@@ -357,13 +357,21 @@ impl std::error::Error for ConfigErrors {}
 impl ConfigErrors {
     fn new(file: Option<&Path>, errors: Vec<ConfigError>) -> ConfigErrors {
         let text = file.and_then(|f| std::fs::read_to_string(f).ok());
-        let problems = errors
+        let mut problems: Vec<Located> = errors
             .into_iter()
             .map(|error| Located {
                 at: locate(file, text.as_deref(), &error),
                 error,
             })
             .collect();
+        // In the file's order; problems without a line (environment, missing keys) last.
+        let line = |l: &Located| {
+            l.at.as_deref()
+                .and_then(|at| at.rsplit_once(':'))
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        };
+        problems.sort_by_key(line);
         ConfigErrors {
             file: file.map(Path::to_path_buf),
             problems,

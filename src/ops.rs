@@ -117,8 +117,8 @@ pub struct ReplayArgs {
 pub struct PauseArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Only this source (default: all forwarding); a source with a rule file, stored
-    /// records or a pause.
+    /// Only this source (default: all forwarding): one with a rule file, stored records or
+    /// a pause.
     #[arg(long)]
     pub source: Option<String>,
 }
@@ -360,10 +360,10 @@ pub fn pause(a: PauseArgs, pause: bool) -> CliResult {
     let (rt, store) = open_store(&a.store, &cfg)?;
     if let PauseScope::Source(source) = &scope {
         let known = rt.block_on(known_sources(&store, &cfg.rules_dir))?;
-        if !known.contains(source) {
+        if !known.contains(source) && !rt.block_on(has_records(&store, source))? {
             return Err(CliError::Usage(format!(
                 "--source {source:?} is not a known source: no rule file {}/{source}.toml, no \
-                 waiting record and no pause (known: {})",
+                 stored record and no pause (known: {})",
                 cfg.rules_dir.display(),
                 if known.is_empty() {
                     "none".to_string()
@@ -427,6 +427,15 @@ async fn known_sources(store: &Store, rules_dir: &Path) -> Result<BTreeSet<Strin
         }
     }
     Ok(known)
+}
+
+/// Whether the store holds any record of `source`.
+async fn has_records(store: &Store, source: &str) -> Result<bool, StoreError> {
+    let filter = crate::store::Filter {
+        source: Some(source.to_string()),
+        ..Default::default()
+    };
+    Ok(!store.list(filter, 1, None).await?.0.is_empty())
 }
 
 /// `postback-relay explain`: a reject is a negative answer (exit 1).

@@ -261,7 +261,7 @@ impl Admin {
         Ok(json_answer(StatusCode::OK, &answer))
     }
 
-    /// A pause or resume names a source with a rule file, waiting records or a pause.
+    /// A pause or resume names a source with a rule file, stored records or a pause.
     async fn known_source(&self, source: &str) -> Result<(), AdminError> {
         let mut known: std::collections::BTreeSet<String> = self
             .replayer
@@ -276,7 +276,11 @@ impl Admin {
                 known.insert(s);
             }
         }
-        if known.contains(source) {
+        let filter = crate::store::Filter {
+            source: Some(source.to_string()),
+            ..Default::default()
+        };
+        if known.contains(source) || !self.store.list(filter, 1, None).await?.0.is_empty() {
             return Ok(());
         }
         let known: Vec<String> = known.into_iter().collect();
@@ -284,7 +288,7 @@ impl Admin {
             "source",
             source,
             format!(
-                "a known source (a rule file, waiting records or a pause): {}",
+                "a known source (a rule file, stored records or a pause): {}",
                 if known.is_empty() {
                     "none".to_string()
                 } else {
