@@ -1,8 +1,9 @@
 //! Service configuration (`relay.toml` plus `RELAY__...` environment overrides), raw -> validated.
 //!
-//! The raw form mirrors PRODUCT.md section 5 key for key (unknown keys are errors); `load`
+//! The raw form mirrors `relay.example.toml` key for key (unknown keys are errors); `load`
 //! layers the file and the environment through the `config` crate, then `validate` turns it
-//! into [`Config`], naming the key, the bad value and what is accepted for every problem.
+//! into [`Config`], collecting every problem at once, each naming the key, where it is set
+//! (the file's line or the environment variable), the bad value and what is accepted.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,21 @@ pub enum ConfigError {
         key: &'static str,
         hint: &'static str,
     },
+    /// The config file given does not exist.
+    #[error("no config file {}: copy relay.example.toml to it, or give the path of yours with --config", .0.display())]
+    NoFile(PathBuf),
+}
+
+impl ConfigError {
+    /// The dotted key the problem is about, if it is about one.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Invalid { key, .. }
+            | ConfigError::UnsetVariable { key, .. }
+            | ConfigError::Missing { key, .. } => Some(key),
+            ConfigError::Source(_) | ConfigError::NoFile(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -290,31 +306,124 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// What a command needs from the config: everything (`serve`, `check`), or only the store,
+/// the rules and the time zone (the operator commands, which never talk to Scaleo and never
+/// check the admin token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Every key validated, `${VAR}` secrets read (an unset one is an error).
+    All,
+    /// Like `All`, but `${VAR}` secrets are kept as written (`check --no-env`).
+    AllWithoutEnv,
+    /// `scaleo.base_url`, `scaleo.api_key` and `admin.token` are neither required nor read
+    /// (`ScaleoConfig::base_url` and `api_key` are then empty); everything else is validated.
+    Operator,
+}
+
+/// Every problem of a service config at once, each with where it was found (the file's line,
+/// or the environment variable that set it).
+#[derive(Debug)]
+pub struct ConfigErrors {
+    /// The config file, if one was given.
+    pub file: Option<PathBuf>,
+    /// The problems, in the order of the keys.
+    pub problems: Vec<Located>,
+}
+
+/// One problem and where its key is set.
+#[derive(Debug)]
+pub struct Located {
+    /// `relay.toml:12`, `environment RELAY__FORWARD__BURST`, or the file (or nothing) when
+    /// the key is set nowhere.
+    pub at: Option<String>,
+    pub error: ConfigError,
+}
+
+impl std::fmt::Display for Located {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.at {
+            Some(at) => write!(f, "{at}: {}", self.error),
+            None => write!(f, "{}", self.error),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "{p}")?;
+        }
+        let n = self.problems.len();
+        match &self.file {
+            Some(file) => write!(f, "{n} problem(s) in the service config {}", file.display()),
+            None => write!(f, "{n} problem(s) in the service config"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn new(file: Option<&Path>, errors: Vec<ConfigError>) -> ConfigErrors {
+        let text = file.and_then(|f| std::fs::read_to_string(f).ok());
+        let mut problems: Vec<Located> = errors
+            .into_iter()
+            .map(|error| Located {
+                at: locate(file, text.as_deref(), &error),
+                error,
+            })
+            .collect();
+        // In the file's order; problems without a line (environment, missing keys) last.
+        let line = |l: &Located| {
+            l.at.as_deref()
+                .and_then(|at| at.rsplit_once(':'))
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        };
+        problems.sort_by_key(line);
+        ConfigErrors {
+            file: file.map(Path::to_path_buf),
+            problems,
+        }
+    }
+}
+
 impl Config {
-    /// Reads `file` (if given) and the `RELAY__` environment, then validates.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with(file, &[])
+    /// Reads `file` (if given) and the `RELAY__` environment, then validates everything.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigErrors> {
+        Self::read(file, &[], Need::All)
     }
 
     /// Like [`Config::load`], with `overrides` (dotted key, value) applied last.
     pub fn load_with(
         file: Option<&Path>,
         overrides: &[(&str, String)],
-    ) -> Result<Config, ConfigError> {
-        Self::read(file, overrides, true)
+    ) -> Result<Config, ConfigErrors> {
+        Self::read(file, overrides, Need::All)
     }
 
     /// Validates without reading `${VAR}` secrets (`check --no-env`): the references are
     /// kept as they are written.
-    pub fn load_without_env(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::read(file, &[], false)
+    pub fn load_without_env(file: Option<&Path>) -> Result<Config, ConfigErrors> {
+        Self::read(file, &[], Need::AllWithoutEnv)
+    }
+
+    /// Loads what `need` asks for.
+    pub fn load_for(file: Option<&Path>, need: Need) -> Result<Config, ConfigErrors> {
+        Self::read(file, &[], need)
     }
 
     fn read(
         file: Option<&Path>,
         overrides: &[(&str, String)],
-        resolve_env: bool,
-    ) -> Result<Config, ConfigError> {
+        need: Need,
+    ) -> Result<Config, ConfigErrors> {
+        let one = |e: ConfigError| ConfigErrors::new(file, vec![e]);
+        if let Some(f) = file
+            && !f.is_file()
+        {
+            return Err(one(ConfigError::NoFile(f.to_path_buf())));
+        }
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
@@ -329,10 +438,16 @@ impl Config {
                 .try_parsing(true),
         );
         for (key, value) in overrides {
-            builder = builder.set_override(*key, value.as_str())?;
+            builder = builder
+                .set_override(*key, value.as_str())
+                .map_err(|e| one(e.into()))?;
         }
-        let raw: RawConfig = builder.build()?.try_deserialize()?;
-        raw.validate(resolve_env)
+        let raw: RawConfig = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| one(e.into()))?;
+        raw.validate(need)
+            .map_err(|errors| ConfigErrors::new(file, errors))
     }
 
     /// Defaults for everything, pointed at `base_url` with `api_key` (tests and the sandbox).
@@ -345,8 +460,77 @@ impl Config {
             },
             ..RawConfig::default()
         };
-        raw.validate(true).expect("defaults are valid")
+        raw.validate(Need::All).expect("defaults are valid")
     }
+}
+
+/// The `rules.dir` of a config file (and the environment), even when other keys are
+/// invalid: `check` still checks the right rules when the config has problems.
+pub fn rules_dir(file: &Path) -> Option<PathBuf> {
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        rules: Option<OnlyRules>,
+    }
+    #[derive(Deserialize)]
+    struct OnlyRules {
+        dir: Option<String>,
+    }
+    let only: Only = config::Config::builder()
+        .add_source(config::File::from(file).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("RELAY")
+                .prefix_separator("__")
+                .separator("__"),
+        )
+        .build()
+        .ok()?
+        .try_deserialize()
+        .ok()?;
+    only.rules?.dir.map(PathBuf::from)
+}
+
+/// Where `error`'s key is set: the environment variable that overrides it, else the line of
+/// the file that sets it, else the file.
+fn locate(file: Option<&Path>, text: Option<&str>, error: &ConfigError) -> Option<String> {
+    let file_name = file.map(|f| f.display().to_string());
+    let key = error.key()?;
+    let var = format!("RELAY__{}", key.replace('.', "__").to_ascii_uppercase());
+    if std::env::var_os(&var).is_some() {
+        return Some(format!("environment {var}"));
+    }
+    match (file_name, text.and_then(|t| line_of(t, key))) {
+        (Some(f), Some(line)) => Some(format!("{f}:{line}")),
+        (Some(f), None) => Some(f),
+        (None, _) => None,
+    }
+}
+
+/// The 1-based line of `section.key = ...` in a TOML text (under its `[section]` header, or
+/// written dotted at the top level).
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.split_once('.')?;
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else {
+            continue;
+        };
+        let name = name.trim().trim_matches('"');
+        if (current == section && name == key) || (current.is_empty() && name == dotted) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn invalid(
@@ -361,6 +545,24 @@ fn invalid(
     }
 }
 
+/// Collects problems while validation goes on with a stand-in value.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value, or the stand-in `or` with the problem kept.
+    fn take<T>(&mut self, r: Result<T, ConfigError>, or: T) -> T {
+        r.unwrap_or_else(|e| {
+            self.0.push(e);
+            or
+        })
+    }
+
+    fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+}
+
 fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
     parse_duration(value).map_err(|e| invalid(key, value, e))
 }
@@ -371,23 +573,29 @@ fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| invalid(key, value, "an address and port such as 127.0.0.1:8080"))
 }
 
+const ANY_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 impl RawConfig {
-    fn validate(self, resolve_env: bool) -> Result<Config, ConfigError> {
+    fn validate(self, need: Need) -> Result<Config, Vec<ConfigError>> {
+        let mut p = Problems::default();
+        let resolve_env = need != Need::AllWithoutEnv;
         let expand = |key, value| expand(key, value, resolve_env);
         let s = self.server;
         let trusted_proxies = s
             .trusted_proxies
             .iter()
-            .map(|p| {
-                parse_cidr(p).ok_or_else(|| {
+            .filter_map(|text| {
+                let net = parse_cidr(text).ok_or_else(|| {
                     invalid(
                         "server.trusted_proxies",
-                        p,
+                        text,
                         "CIDRs such as 10.0.0.0/8 or single addresses",
                     )
-                })
+                });
+                p.take(net.map(Some), None)
             })
-            .collect::<Result<_, _>>()?;
+            .collect();
         for (key, v) in [
             ("server.max_url_bytes", s.max_url_bytes),
             ("server.max_body_bytes", s.max_body_bytes),
@@ -395,45 +603,90 @@ impl RawConfig {
             ("server.max_header_bytes", s.max_header_bytes),
         ] {
             if v == 0 {
-                return Err(invalid(key, "0", "a positive number"));
+                p.push(invalid(key, "0", "a positive number"));
             }
         }
         let server = ServerConfig {
-            listen: addr("server.listen", &s.listen)?,
+            listen: p.take(addr("server.listen", &s.listen), ANY_ADDR),
             max_url_bytes: s.max_url_bytes,
             max_body_bytes: s.max_body_bytes,
             max_params: s.max_params,
             max_header_bytes: s.max_header_bytes,
             trusted_proxies,
-            read_timeout: duration("server.read_timeout", &s.read_timeout)?,
+            read_timeout: p.take(
+                duration("server.read_timeout", &s.read_timeout),
+                Duration::from_secs(10),
+            ),
+        };
+        let token = match need {
+            // The operator commands never serve the admin API: its token is not read.
+            Need::Operator => None,
+            _ => p
+                .take(expand("admin.token", self.admin.token), None)
+                .filter(|t| !t.is_empty()),
         };
         let admin = AdminConfig {
-            listen: addr("admin.listen", &self.admin.listen)?,
-            token: expand("admin.token", self.admin.token)?.filter(|t| !t.is_empty()),
+            listen: p.take(addr("admin.listen", &self.admin.listen), ANY_ADDR),
+            token,
         };
 
         let sc = self.scaleo;
-        let base_url = expand("scaleo.base_url", sc.base_url)?.ok_or(ConfigError::Missing {
-            key: "scaleo.base_url",
-            hint: "your network's tracking domain, e.g. https://track.example-network.com (or RELAY__SCALEO__BASE_URL)",
-        })?;
-        let base_url = base_url.trim_end_matches('/').to_string();
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(invalid(
-                "scaleo.base_url",
-                base_url,
-                "an http:// or https:// URL",
-            ));
-        }
-        let api_key = expand("scaleo.api_key", sc.api_key)?
-            .filter(|k| !k.is_empty())
-            .ok_or(ConfigError::Missing {
-                key: "scaleo.api_key",
-                hint: "a Scaleo manager API key (set RELAY__SCALEO__API_KEY)",
-            })?;
+        let (base_url, api_key) = if need == Need::Operator {
+            (String::new(), String::new())
+        } else {
+            // An unset ${VAR} is reported once, not also as a missing key.
+            let missing = ConfigError::Missing {
+                key: "scaleo.base_url",
+                hint: "your network's tracking domain, e.g. https://track.example-network.com (or RELAY__SCALEO__BASE_URL)",
+            };
+            let base_url = match expand("scaleo.base_url", sc.base_url) {
+                Err(e) => {
+                    p.push(e);
+                    String::new()
+                }
+                Ok(None) => {
+                    p.push(missing);
+                    String::new()
+                }
+                Ok(Some(url)) if url.trim().is_empty() => {
+                    p.push(missing);
+                    String::new()
+                }
+                // `check --no-env` keeps the reference as written.
+                Ok(Some(url)) if url.starts_with("${") => url,
+                Ok(Some(url)) => {
+                    let url = url.trim().trim_end_matches('/').to_string();
+                    if let Some(expected) = base_url_problem(&url) {
+                        p.push(invalid("scaleo.base_url", &url, expected));
+                    }
+                    url
+                }
+            };
+            let api_key = match expand("scaleo.api_key", sc.api_key) {
+                Ok(key) => key.filter(|k| !k.is_empty()),
+                Err(e) => {
+                    p.push(e);
+                    Some(String::new())
+                }
+            };
+            let api_key = api_key.unwrap_or_else(|| {
+                p.push(ConfigError::Missing {
+                    key: "scaleo.api_key",
+                    hint: "a Scaleo manager API key (set RELAY__SCALEO__API_KEY, or api_key = \"${SCALEO_API_KEY}\" in the file)",
+                });
+                String::new()
+            });
+            (base_url, api_key)
+        };
         let tz_text = sc.timezone.unwrap_or_else(|| "UTC".into());
-        let timezone = parse_zone(&tz_text).map_err(|e| invalid("scaleo.timezone", &tz_text, e))?;
-        let timeout = duration("scaleo.timeout", sc.timeout.as_deref().unwrap_or("10s"))?;
+        let timezone = p.take(
+            parse_zone(&tz_text).map_err(|e| invalid("scaleo.timezone", &tz_text, e)),
+            TimeZone::UTC,
+        );
+        let timeout = p.take(
+            duration("scaleo.timeout", sc.timeout.as_deref().unwrap_or("10s")),
+            Duration::from_secs(10),
+        );
         let scaleo = ScaleoConfig {
             base_url,
             api_key,
@@ -443,33 +696,33 @@ impl RawConfig {
 
         let f = self.forward;
         if f.max_attempts == 0 {
-            return Err(invalid("forward.max_attempts", "0", "at least 1"));
+            p.push(invalid("forward.max_attempts", "0", "at least 1"));
         }
         if f.concurrency == 0 {
-            return Err(invalid("forward.concurrency", "0", "at least 1"));
+            p.push(invalid("forward.concurrency", "0", "at least 1"));
         }
         if f.rate_per_second > 0 && f.burst == 0 {
-            return Err(invalid(
+            p.push(invalid(
                 "forward.burst",
                 "0",
                 "at least 1 when rate_per_second is set",
             ));
         }
-        let retry_schedule = f
+        let retry_schedule: Vec<Duration> = f
             .retry_schedule
             .iter()
-            .map(|d| duration("forward.retry_schedule", d))
-            .collect::<Result<Vec<_>, _>>()?;
-        if retry_schedule.is_empty() {
-            return Err(invalid(
+            .filter_map(|d| p.take(duration("forward.retry_schedule", d).map(Some), None))
+            .collect();
+        if f.retry_schedule.is_empty() {
+            p.push(invalid(
                 "forward.retry_schedule",
                 "[]",
                 "at least one delay such as \"10s\"",
             ));
         }
-        let lease = duration("forward.lease", &f.lease)?;
+        let lease = p.take(duration("forward.lease", &f.lease), Duration::MAX);
         if lease <= scaleo.timeout {
-            return Err(invalid(
+            p.push(invalid(
                 "forward.lease",
                 &f.lease,
                 format!("a lease longer than scaleo.timeout ({:?})", scaleo.timeout),
@@ -480,42 +733,53 @@ impl RawConfig {
             burst: f.burst,
             concurrency: f.concurrency,
             retry_schedule,
-            max_age: duration("forward.max_age", &f.max_age)?,
+            max_age: p.take(duration("forward.max_age", &f.max_age), Duration::ZERO),
             max_attempts: f.max_attempts,
             lease,
-            pause_probe: duration("forward.pause_probe", &f.pause_probe)?,
-            grace: duration("forward.grace", &f.grace)?,
+            pause_probe: p.take(
+                duration("forward.pause_probe", &f.pause_probe),
+                Duration::ZERO,
+            ),
+            grace: p.take(duration("forward.grace", &f.grace), Duration::ZERO),
             outage_after: f.outage_after.max(1),
-            max_retry_after: duration("forward.max_retry_after", &f.max_retry_after)?,
+            max_retry_after: p.take(
+                duration("forward.max_retry_after", &f.max_retry_after),
+                Duration::from_secs(600),
+            ),
         };
 
         let st = self.store;
         if st.commit_batch == 0 {
-            return Err(invalid("store.commit_batch", "0", "at least 1"));
+            p.push(invalid("store.commit_batch", "0", "at least 1"));
         }
-        let store = StoreConfig {
-            path: PathBuf::from(st.path),
-            url: expand("store.url", st.url)?,
-            retention: duration("store.retention", &st.retention)?,
-            commit_batch: st.commit_batch,
-        };
-        if let Some(url) = &store.url
+        // The operator commands need the store: its URL is read in every mode.
+        let url = p.take(expand("store.url", st.url), None);
+        if let Some(url) = &url
             && !url.starts_with("${")
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
-            return Err(invalid(
+            p.push(invalid(
                 "store.url",
                 crate::store::redact_url(url),
                 "a postgres://user@host:port/database URL",
             ));
         }
+        let store = StoreConfig {
+            path: PathBuf::from(st.path),
+            url,
+            retention: p.take(duration("store.retention", &st.retention), Duration::ZERO),
+            commit_batch: st.commit_batch,
+        };
         let level = self.log.level;
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            return Err(invalid(
+            p.push(invalid(
                 "log.level",
-                level,
+                &level,
                 "a level such as info, debug or warn",
             ));
+        }
+        if !p.0.is_empty() {
+            return Err(p.0);
         }
         Ok(Config {
             server,
@@ -530,6 +794,61 @@ impl RawConfig {
             },
         })
     }
+}
+
+/// What is wrong with a Scaleo base URL, as the text of what is expected; `None` when it is
+/// a plain `http(s)://host[:port]`. The relay appends the API path itself, so a path, a
+/// query or the Scaleo admin panel's host would make every conversion fail.
+pub fn base_url_problem(url: &str) -> Option<String> {
+    const EXAMPLE: &str = "e.g. https://track.example-network.com";
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Some(format!(
+            "an http:// or https:// URL of your network's tracking domain, {EXAMPLE}"
+        ));
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(end);
+    let scheme = &url[..url.len() - rest.len()];
+    let bare = format!("{scheme}{host}");
+    if host.is_empty() {
+        return Some(format!("a URL with a host, {EXAMPLE}"));
+    }
+    let path = tail.split(['?', '#']).next().unwrap_or_default();
+    if path.contains("/api/") || path.ends_with("/api") || path.contains("conv-click-id") {
+        return Some(format!(
+            "only the scheme and host: the relay appends {} itself; use {bare}",
+            crate::forward::client::CONV_PATH
+        ));
+    }
+    if !path.is_empty() && path != "/" {
+        return Some(format!(
+            "only the scheme and host, without a path; use {bare}"
+        ));
+    }
+    if tail.contains('?') || tail.contains('#') {
+        return Some(format!(
+            "only the scheme and host, without a query (the API key goes in scaleo.api_key); use {bare}"
+        ));
+    }
+    let hostname = host
+        .rsplit('@')
+        .next()
+        .unwrap_or(host)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if hostname == "scaleo.io" || hostname.ends_with(".scaleo.io") {
+        return Some(
+            "your network's tracking domain, not the Scaleo panel's address (*.scaleo.io): the \
+             tracking domain is the one in your offers' tracking links, e.g. https://track.example-network.com"
+                .into(),
+        );
+    }
+    None
 }
 
 /// Reads `${VAR}` from the environment; other values pass through. An unset variable is an

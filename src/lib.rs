@@ -17,18 +17,22 @@
 //!
 //! Around them: [`config`] (service config), [`reload`] (hot rule reload), [`admin`] (the
 //! operator API, `/readyz`, `/metrics`), [`replay`] (re-map and requeue stored records),
-//! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo), and
-//! [`cli`] with [`ops`] (the `postback-relay` commands).
+//! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo),
+//! [`network`] (which Scaleo network a SQLite store belongs to), and
+//! [`cli`] with [`ops`] (the `postback-relay` commands) and [`fields`] (the reference of
+//! Scaleo's conversion fields).
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod fields;
 pub mod forward;
 pub mod ingest;
 pub mod lifecycle;
 pub mod listener;
 pub mod mapping;
 pub mod metrics;
+pub mod network;
 pub mod ops;
 pub mod reload;
 pub mod replay;

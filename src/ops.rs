@@ -1,11 +1,11 @@
 //! The operator commands of the CLI, working on the store directly (SQLite WAL lets them
 //! run next to a live relay): `records`, `record ID`, `replay`, `pause`, `resume`, and
 //! `explain` (which needs only the rules). Each prints a human form by default and the
-//! admin API's JSON with `--json`, and returns the exit code: 0 done, 1 not found or a
-//! store failure, 2 usage or configuration errors.
+//! admin API's JSON with `--json`, and returns a [`Verdict`] or a [`CliError`] (the exit
+//! codes are [`crate::cli::exit`]'s). None needs the Scaleo API key or the admin token.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
@@ -13,31 +13,30 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::admin::view::{self, ExplainJson, ListJson, PauseJson, RecordJson};
-use crate::cli::EXIT_USAGE;
+use crate::cli::{CliError, CliResult, Verdict, load_rules, operator_config, rule_of};
 use crate::config::Config;
-use crate::replay::{Replayer, Report, Selection};
-use crate::rules::{EnvMode, LiveRules, Origin, RuleSet};
-use crate::store::{PauseReason, Store, StoreError};
+use crate::replay::{ReplayError, Replayer, Report, Selection};
+use crate::rules::{LiveRules, Origin};
+use crate::store::{PauseReason, PauseScope, Store, StoreError};
 
-/// Errors of an operator command.
-#[derive(Debug, thiserror::Error)]
-pub enum OpsError {
-    /// Bad arguments or configuration (exit 2).
-    #[error("{0}")]
-    Usage(String),
-    /// The record does not exist (exit 1).
-    #[error("no record {0}")]
-    NotFound(i64),
-    /// The store failed (exit 1).
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Replay(#[from] crate::replay::ReplayError),
+impl From<view::BadParam> for CliError {
+    fn from(e: view::BadParam) -> Self {
+        CliError::Usage(e.to_string())
+    }
 }
 
-impl From<view::BadParam> for OpsError {
-    fn from(e: view::BadParam) -> Self {
-        OpsError::Usage(e.to_string())
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        CliError::Unavailable(format!("store: {e}"))
+    }
+}
+
+impl From<ReplayError> for CliError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::State(_) => CliError::Usage(e.to_string()),
+            ReplayError::Store(s) => s.into(),
+        }
     }
 }
 
@@ -86,6 +85,7 @@ pub struct RecordsArgs {
 pub struct RecordArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The record id (the "id" of an ingest answer, or of a `records` line).
     pub id: i64,
 }
 
@@ -102,7 +102,7 @@ pub struct ReplayArgs {
     /// Only records of this source.
     #[arg(long)]
     pub source: Option<String>,
-    /// rejected or dead (default: both).
+    /// Which records: rejected or dead (default: both).
     #[arg(long)]
     pub state: Option<String>,
     /// Received at or after this RFC 3339 time.
@@ -117,7 +117,8 @@ pub struct ReplayArgs {
 pub struct PauseArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Only this source (default: all forwarding).
+    /// Only this source (default: all forwarding): one with a rule file, stored records or
+    /// a pause.
     #[arg(long)]
     pub source: Option<String>,
 }
@@ -130,6 +131,7 @@ pub struct ExplainArgs {
     /// Rules directory (overrides rules.dir).
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Print the admin API's JSON instead of text.
     #[arg(long)]
     pub json: bool,
     /// The source id (the rule file's stem).
@@ -138,38 +140,17 @@ pub struct ExplainArgs {
     pub query: String,
 }
 
-/// Turns a command's result into its exit code, printing the error.
-pub fn exit(result: Result<(), OpsError>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            match e {
-                OpsError::Usage(_) => ExitCode::from(EXIT_USAGE),
-                _ => ExitCode::FAILURE,
-            }
-        }
-    }
+fn config(file: Option<&std::path::Path>) -> Result<Config, CliError> {
+    // The operator commands never talk to Scaleo nor serve the admin API: they need
+    // neither the Scaleo key nor the admin token.
+    Ok(Config::load_for(file, crate::config::Need::Operator)?)
 }
 
-fn config(file: Option<&std::path::Path>) -> Result<Config, OpsError> {
-    // The operator commands never talk to Scaleo: placeholders keep a config without the
-    // Scaleo keys usable here.
-    let unused = [
-        ("scaleo.base_url", "http://127.0.0.1:9".to_string()),
-        ("scaleo.api_key", "unused".to_string()),
-    ];
-    Config::load_with(file, &unused).map_err(|e| {
-        let name = file.map_or_else(|| "config".to_string(), |p| p.display().to_string());
-        OpsError::Usage(format!("{name}: {e}"))
-    })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, OpsError> {
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| OpsError::Usage(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| CliError::Internal(format!("cannot start the async runtime: {e}")))
 }
 
 /// Opens the store of the config (never creates a data directory): the PostgreSQL store of
@@ -178,15 +159,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, OpsError> {
 fn open_store(
     args: &StoreArgs,
     cfg: &Config,
-) -> Result<(tokio::runtime::Runtime, Store), OpsError> {
+) -> Result<(tokio::runtime::Runtime, Store), CliError> {
     let mut sc = cfg.store.clone();
     if let Some(dir) = &args.data {
         sc.path = dir.clone();
         sc.url = None;
     }
     if sc.url.is_none() && !sc.path.is_dir() {
-        return Err(OpsError::Usage(format!(
-            "no store directory {} (store.path); give --data DIR or --config FILE",
+        return Err(CliError::Unavailable(format!(
+            "no store directory {} (store.path, or --data); give --data DIR or --config FILE \
+             naming the relay's store",
             sc.path.display()
         )));
     }
@@ -203,7 +185,7 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 /// `postback-relay records`.
-pub fn records(a: RecordsArgs) -> Result<(), OpsError> {
+pub fn records(a: RecordsArgs) -> CliResult {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut put = |name: &str, v: &Option<String>| {
         if let Some(v) = v {
@@ -224,7 +206,7 @@ pub fn records(a: RecordsArgs) -> Result<(), OpsError> {
     let list = ListJson::new(&page, next);
     if a.store.json {
         print_json(&list);
-        return Ok(());
+        return Ok(Verdict::Yes);
     }
     println!(
         "{:>10}  {:<30}  {:<20}  {:<18}  CLICK_ID",
@@ -244,20 +226,20 @@ pub fn records(a: RecordsArgs) -> Result<(), OpsError> {
         Some(c) => println!("more: --cursor {c}"),
         None => println!("({} record(s), end)", list.records.len()),
     }
-    Ok(())
+    Ok(Verdict::Yes)
 }
 
 /// `postback-relay record ID`.
-pub fn record(a: RecordArgs) -> Result<(), OpsError> {
+pub fn record(a: RecordArgs) -> CliResult {
     let cfg = config(a.store.config.as_deref())?;
     let (rt, store) = open_store(&a.store, &cfg)?;
     let rec = rt
         .block_on(store.get(a.id))?
-        .ok_or(OpsError::NotFound(a.id))?;
+        .ok_or_else(|| CliError::NotFound(format!("no record {}", a.id)))?;
     let r = RecordJson::from(&rec);
     if a.store.json {
         print_json(&r);
-        return Ok(());
+        return Ok(Verdict::Yes);
     }
     let s = &r.summary;
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -296,14 +278,14 @@ pub fn record(a: RecordArgs) -> Result<(), OpsError> {
             at.at, status, at.outcome, at.duration_ms, at.answer
         );
     }
-    Ok(())
+    Ok(Verdict::Yes)
 }
 
 /// `postback-relay replay`.
-pub fn replay(a: ReplayArgs) -> Result<(), OpsError> {
+pub fn replay(a: ReplayArgs) -> CliResult {
     let selection = if a.ids.is_empty() {
         if a.source.is_none() && a.state.is_none() && a.since.is_none() && a.until.is_none() {
-            return Err(OpsError::Usage(
+            return Err(CliError::Usage(
                 "give --id N (repeatable) or a filter: --source, --state, --since, --until".into(),
             ));
         }
@@ -348,7 +330,7 @@ pub fn replay(a: ReplayArgs) -> Result<(), OpsError> {
     } else {
         print_report(&report);
     }
-    Ok(())
+    Ok(Verdict::Yes)
 }
 
 fn print_report(r: &Report) {
@@ -371,22 +353,26 @@ fn print_report(r: &Report) {
     }
 }
 
-fn load_rules(dir: &std::path::Path) -> Result<RuleSet, OpsError> {
-    RuleSet::load_dir(dir, EnvMode::Ignore).map_err(|problems| {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        OpsError::Usage(format!(
-            "the rules in {} do not load:\n{}",
-            dir.display(),
-            list.join("\n")
-        ))
-    })
-}
-
 /// `postback-relay pause` (`pause == true`) and `resume`.
-pub fn pause(a: PauseArgs, pause: bool) -> Result<(), OpsError> {
+pub fn pause(a: PauseArgs, pause: bool) -> CliResult {
     let scope = view::pause_scope(a.source.as_deref())?;
     let cfg = config(a.store.config.as_deref())?;
     let (rt, store) = open_store(&a.store, &cfg)?;
+    if let PauseScope::Source(source) = &scope {
+        let known = rt.block_on(known_sources(&store, &cfg.rules_dir))?;
+        if !known.contains(source) && !rt.block_on(has_records(&store, source))? {
+            return Err(CliError::Usage(format!(
+                "--source {source:?} is not a known source: no rule file {}/{source}.toml, no \
+                 stored record and no pause (known: {})",
+                cfg.rules_dir.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                }
+            )));
+        }
+    }
     let scope_text = view::scope_name(&scope);
     let removed = rt.block_on(async {
         if pause {
@@ -407,7 +393,7 @@ pub fn pause(a: PauseArgs, pause: bool) -> Result<(), OpsError> {
             serde_json::json!({"resumed": scope_text, "removed": removed, "pauses": pauses})
         };
         print_json(&answer);
-        return Ok(());
+        return Ok(Verdict::Yes);
     }
     if pause {
         println!("paused: {scope_text}");
@@ -420,36 +406,58 @@ pub fn pause(a: PauseArgs, pause: bool) -> Result<(), OpsError> {
     for p in &pauses {
         println!("in force: {} ({}) since {}", p.scope, p.reason, p.since);
     }
-    Ok(())
+    Ok(Verdict::Yes)
 }
 
-/// `postback-relay explain`.
-pub fn explain(a: ExplainArgs) -> Result<(), OpsError> {
-    let (dir, zone) = match &a.config {
-        Some(path) => {
-            let cfg = config(Some(path))?;
-            (cfg.rules_dir, cfg.scaleo.timezone)
+/// The sources a pause or resume may name: those with a rule file in `rules_dir`, with
+/// records waiting, or with a pause in force.
+async fn known_sources(store: &Store, rules_dir: &Path) -> Result<BTreeSet<String>, StoreError> {
+    let mut known: BTreeSet<String> = std::fs::read_dir(rules_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    known.extend(store.pending_sources().await?);
+    for p in store.paused().await? {
+        if let PauseScope::Source(s) = p.scope {
+            known.insert(s);
         }
+    }
+    Ok(known)
+}
+
+/// Whether the store holds any record of `source`.
+async fn has_records(store: &Store, source: &str) -> Result<bool, StoreError> {
+    let filter = crate::store::Filter {
+        source: Some(source.to_string()),
+        ..Default::default()
+    };
+    Ok(!store.list(filter, 1, None).await?.0.is_empty())
+}
+
+/// `postback-relay explain`: a reject is a negative answer (exit 1).
+pub fn explain(a: ExplainArgs) -> CliResult {
+    let (dir, zone) = match operator_config(a.config.as_deref())? {
+        Some(cfg) => (cfg.rules_dir, cfg.scaleo.timezone),
         None => (PathBuf::from("rules"), TimeZone::UTC),
     };
     let dir = a.rules.clone().unwrap_or(dir);
     let set = load_rules(&dir)?;
-    let Some(rule) = set.get(&a.source) else {
-        let known: Vec<&str> = set.iter().map(|r| r.source.as_str()).collect();
-        return Err(OpsError::Usage(format!(
-            "no rule file for source {:?} in {} (known: {})",
-            a.source,
-            dir.display(),
-            known.join(", ")
-        )));
-    };
+    let rule = rule_of(&set, &a.source, &dir)?;
     let e = view::explain(rule, &a.query, &zone, Timestamp::now());
     if a.json {
         print_json(&e);
     } else {
         print_explain(&e);
     }
-    Ok(())
+    Ok(if e.outcome == "reject" {
+        Verdict::No
+    } else {
+        Verdict::Yes
+    })
 }
 
 fn print_explain(e: &ExplainJson) {

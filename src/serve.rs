@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,19 +123,54 @@ async fn settle_pauses(store: &Store, sources: &[String], at_start: bool) {
     }
 }
 
-/// Starts everything on the current runtime; the listeners are bound before this returns.
-pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    let set = RuleSet::load_dir(&cfg.rules_dir, EnvMode::Resolve).map_err(|problems| {
+/// Why the relay did not start; the CLI maps each kind to its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The rules do not load, or the store belongs to another network: fix the config.
+    #[error("{0}")]
+    Config(String),
+    /// The store cannot be opened or a listener cannot be bound.
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
+    /// Anything else (the rules watcher, the forwarder's HTTP client).
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+/// Loads the rules directory, every problem as `file:line:col: message` on its own line; a
+/// missing directory is named as such (with the key that sets it).
+pub fn load_rules(dir: &Path, env: EnvMode) -> Result<RuleSet, String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "no rules directory {}: create it with one {{source}}.toml per advertiser (see the shipped rules/), \
+             or point rules.dir in the config (or --rules) at yours",
+            dir.display()
+        ));
+    }
+    RuleSet::load_dir(dir, env).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!(
-            "the rules in {} do not load:\n{}",
-            cfg.rules_dir.display(),
-            list.join("\n")
+        format!(
+            "{}\n{} problem(s) in the rules under {}",
+            list.join("\n"),
+            problems.len(),
+            dir.display()
         )
-    })?;
+    })
+}
+
+/// Starts everything on the current runtime; the listeners are bound before this returns.
+///
+/// A SQLite store is first checked to belong to `scaleo.base_url` (see [`crate::network`]).
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    let set = load_rules(&cfg.rules_dir, EnvMode::Resolve).map_err(StartError::Config)?;
+    if cfg.store.url.is_none() {
+        crate::network::claim(&cfg.store.path, &cfg.scaleo.base_url)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+    }
     let store = Store::connect(&cfg.store)
         .await
-        .with_context(|| store_name(&cfg.store))?;
+        .with_context(|| store_name(&cfg.store))
+        .map_err(StartError::Unavailable)?;
     settle_pauses(&store, &sources_of(&set), true).await;
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
@@ -151,16 +187,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let listener = crate::listener::bind(cfg.server.listen)
         .await
-        .with_context(|| format!("binding server.listen {}", cfg.server.listen))?;
-    let ingest_addr = listener.local_addr()?;
+        .with_context(|| format!("binding server.listen {}", cfg.server.listen))
+        .map_err(StartError::Unavailable)?;
+    let ingest_addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.into()))?;
     let admin_listener = crate::listener::bind(cfg.admin.listen)
         .await
-        .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
-    let admin_addr = admin_listener.local_addr()?;
+        .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))
+        .map_err(StartError::Unavailable)?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.into()))?;
     // The watcher is the last step that can fail: nothing is spawned before it.
     let watcher = reloader
         .watch(shutdown.clone())
-        .context("watching the rules directory")?;
+        .context("watching the rules directory")
+        .map_err(StartError::Other)?;
 
     let ingest = Arc::new(Ingest {
         rules: rules.clone(),
@@ -183,7 +226,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         routes.clone(),
         shutdown.clone(),
     )
-    .context("starting the forwarder")?;
+    .context("starting the forwarder")
+    .map_err(StartError::Other)?;
     let forward_status = forwarder.status_handle();
     if cfg.admin.token.is_none() {
         tracing::warn!(%admin_addr, "admin.token is not set: every /admin/ endpoint answers 401");

@@ -153,3 +153,198 @@ fn store_url_must_be_postgres_and_its_password_is_never_printed() {
     );
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_line() {
+    let config = "[server]\nlisten = \"everywhere\"\n\n[scaleo]\nbase_url = \"https://track.example.com\"\napi_key = \"${SCALEO_API_KEY}\"\n\n[admin]\ntoken = \"${RELAY_ADMIN_TOKEN}\"\n\n[forward]\nconcurrency = 0\n";
+    let (code, out) = check(config, &[]);
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "relay.toml:2: server.listen = \"everywhere\": an address and port",
+        "relay.toml:6: scaleo.api_key = \"${SCALEO_API_KEY}\": environment variable SCALEO_API_KEY is not set",
+        "relay.toml:9: admin.token = \"${RELAY_ADMIN_TOKEN}\": environment variable RELAY_ADMIN_TOKEN is not set",
+        "relay.toml:12: forward.concurrency = \"0\": at least 1",
+        "4 problem(s) in the service config",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    // A value from the environment is placed there.
+    let (_, out) = check(config, &[("RELAY__FORWARD__BURST", "0")]);
+    assert!(
+        out.contains("environment RELAY__FORWARD__BURST: forward.burst = \"0\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_base_url_with_a_path_a_query_or_the_panel_host_is_refused_with_a_hint() {
+    for (url, want) in [
+        (
+            "https://track.example.com/api/v2/network/tracking/conv-click-id",
+            "the relay appends /api/v2/network/tracking/conv-click-id itself; use https://track.example.com",
+        ),
+        (
+            "https://track.example.com/tracking",
+            "without a path; use https://track.example.com",
+        ),
+        (
+            "https://track.example.com?api-key=k",
+            "without a query (the API key goes in scaleo.api_key)",
+        ),
+        (
+            "https://mynetwork.scaleo.io",
+            "not the Scaleo panel's address",
+        ),
+    ] {
+        let config = format!("[scaleo]\nbase_url = \"{url}\"\napi_key = \"k\"\n");
+        let (code, out) = check(&config, &[]);
+        assert_eq!(code, 1, "accepted {url}: {out}");
+        assert!(
+            out.contains(&format!("relay.toml:2: scaleo.base_url = \"{url}\""))
+                && out.contains(want),
+            "{url}: {want:?} missing from:\n{out}"
+        );
+    }
+    let (code, out) = check(
+        "[scaleo]\nbase_url = \"https://track.example.com/\"\napi_key = \"k\"\n",
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Runs `postback-relay serve` until it exits or `wait_for` appears on stderr (then kills it).
+fn serve(args: &[&str], wait_for: Option<&str>) -> (i32, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .arg("serve")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        text.push_str(&line);
+        text.push('\n');
+        if wait_for.is_some_and(|w| line.contains(w)) {
+            let _ = child.kill();
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), text)
+}
+
+fn local_config(dir: &std::path::Path, base_url: &str) -> std::path::PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[scaleo]\nbase_url = \"{base_url}\"\napi_key = \"k\"\n[store]\npath = {:?}\n[rules]\ndir = {:?}\n",
+            dir.join("data").display().to_string(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn serve_refuses_a_store_made_for_another_network_in_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data/scaleo-network"),
+        "http://127.0.0.1:9100\n",
+    )
+    .unwrap();
+    let config = local_config(dir.path(), "https://track.example.com");
+    let (code, out) = serve(&["--config", config.to_str().unwrap()], None);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("belongs to another Scaleo network")
+            && out.contains("names http://127.0.0.1:9100")
+            && out.contains("scaleo.base_url is https://track.example.com")
+            && out.contains("store.path"),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "no colours into a pipe: {out:?}");
+    assert!(!out.contains("Unable to write an event"), "{out}");
+    assert!(
+        !dir.path().join("data/relay.db").exists(),
+        "nothing is opened"
+    );
+}
+
+#[test]
+fn serve_sandbox_keeps_its_own_store_apart_from_productions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = local_config(dir.path(), "https://track.example.com");
+    let (_, out) = serve(
+        &[
+            "--sandbox",
+            "--sandbox-listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        Some("send a postback"),
+    );
+    assert!(out.contains("the sandbox's store is"), "{out}");
+    let marker = std::fs::read_to_string(dir.path().join("data/sandbox/scaleo-network")).unwrap();
+    assert!(marker.starts_with("http://127.0.0.1:"), "{marker}");
+    assert!(!dir.path().join("data/relay.db").exists(), "{out}");
+    assert!(!out.contains('\x1b'), "no colours into a pipe: {out:?}");
+    // Production on the sandbox's store is refused.
+    let prod = dir.path().join("prod.toml");
+    std::fs::write(
+        &prod,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("/data\"", "/data/sandbox\""),
+    )
+    .unwrap();
+    let (code, out) = serve(&["--config", prod.to_str().unwrap()], None);
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("belongs to another Scaleo network"), "{out}");
+}
+
+#[test]
+fn serve_names_a_missing_config_file_and_an_unset_rule_secret_without_a_flag_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = serve(
+        &["--config", dir.path().join("nope.toml").to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("no config file") && out.contains("relay.example.toml"),
+        "{out}"
+    );
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("s.toml"),
+        "[auth]\ntoken = \"${POSTBACK_RELAY_TEST_UNSET_TOKEN}\"\n[fields]\nclick_id = \"cid\"\n",
+    )
+    .unwrap();
+    let config = local_config(dir.path(), "https://track.example.com");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+        rules.to_str().unwrap(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (code, out) = serve(&["--config", config.to_str().unwrap()], None);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("POSTBACK_RELAY_TEST_UNSET_TOKEN is not set"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("use --no-env"),
+        "serve has no --no-env: {out}"
+    );
+}

@@ -232,6 +232,9 @@ impl Admin {
             })?
         };
         let scope = view::pause_scope(parsed.source.as_deref())?;
+        if let crate::store::PauseScope::Source(s) = &scope {
+            self.known_source(s).await?;
+        }
         let scope_text = view::scope_name(&scope);
         let answer = if pause {
             self.store.pause(scope, PauseReason::Operator).await?;
@@ -256,6 +259,43 @@ impl Admin {
         let mut answer = answer;
         answer["pauses"] = serde_json::to_value(pauses).unwrap_or(Value::Null);
         Ok(json_answer(StatusCode::OK, &answer))
+    }
+
+    /// A pause or resume names a source with a rule file, stored records or a pause.
+    async fn known_source(&self, source: &str) -> Result<(), AdminError> {
+        let mut known: std::collections::BTreeSet<String> = self
+            .replayer
+            .rules
+            .current()
+            .iter()
+            .map(|r| r.source.clone())
+            .collect();
+        known.extend(self.store.pending_sources().await?);
+        for p in self.store.paused().await? {
+            if let crate::store::PauseScope::Source(s) = p.scope {
+                known.insert(s);
+            }
+        }
+        let filter = crate::store::Filter {
+            source: Some(source.to_string()),
+            ..Default::default()
+        };
+        if known.contains(source) || !self.store.list(filter, 1, None).await?.0.is_empty() {
+            return Ok(());
+        }
+        let known: Vec<String> = known.into_iter().collect();
+        Err(AdminError::BadParam(BadParam::new(
+            "source",
+            source,
+            format!(
+                "a known source (a rule file, stored records or a pause): {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )))
     }
 
     async fn explain(&self, source: &str, query: &str) -> Result<Answer, AdminError> {

@@ -217,7 +217,7 @@ impl<'a> Compiler<'_, 'a> {
                     .unwrap_or_default();
                 self.err(
                     Some(at),
-                    format!("{section}: {:?} is not a Scaleo conversion field{hint}; accepted fields are listed in SCALEO.md (click_id, revenue, payout, amount, conv_status, goal_id, goal_alias, adv_order_id, ...)", name.get_ref()),
+                    format!("{section}: {:?} is not a Scaleo conversion field{hint}; `postback-relay fields` lists the accepted ones (click_id, revenue, payout, amount, conv_status, goal_id, goal_alias, adv_order_id, ...)", name.get_ref()),
                 );
                 continue;
             };
@@ -277,7 +277,7 @@ impl<'a> Compiler<'_, 'a> {
         match std::env::var(var) {
             Ok(val) if !val.is_empty() => Some(val),
             _ => {
-                self.err(span(v), format!("{key}: environment variable {var} is not set (or empty); set it, or use --no-env to check without secrets"));
+                self.err(span(v), format!("{key}: environment variable {var} is not set (or empty); set it before starting the relay (`postback-relay check --no-env` checks the rules without reading secrets)"));
                 None
             }
         }

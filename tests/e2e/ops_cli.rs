@@ -7,7 +7,7 @@ use std::process::Command;
 use postback_relay::store::PauseScope;
 use serde_json::Value;
 
-use crate::admin_client::write_rule;
+use crate::admin_client::{admin_post, with_admin, write_rule};
 use crate::support::{Env, SHOP};
 
 struct Run {
@@ -22,6 +22,8 @@ async fn cli(args: Vec<String>) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
             .args(&args)
             .env_remove("RUST_LOG")
+            .env_remove("SCALEO_API_KEY")
+            .env_remove("RELAY_ADMIN_TOKEN")
             .output()
             .expect("run the binary");
         Run {
@@ -99,13 +101,28 @@ async fn cli_lists_and_shows_the_records_of_a_live_store() {
 async fn cli_pause_and_resume_are_seen_by_the_running_relay() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     let data = env.dir.path().join("data");
-    let run = cli(args(&["pause", "--source", "shop"], &data)).await;
+    // The rules directory tells the known sources.
+    let config = env.dir.path().join("ops.toml");
+    let rules = env.dir.path().join("rules").display().to_string();
+    std::fs::write(&config, format!("[rules]\ndir = {rules:?}\n")).unwrap();
+    let config = config.display().to_string();
+    let run = cli(args(
+        &["pause", "--source", "shop", "--config", &config],
+        &data,
+    ))
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let paused = env.relay().store.paused().await.unwrap();
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].scope, PauseScope::Source("shop".into()));
 
-    let answer = json(&cli(args(&["resume", "--source", "shop", "--json"], &data)).await);
+    let answer = json(
+        &cli(args(
+            &["resume", "--source", "shop", "--json", "--config", &config],
+            &data,
+        ))
+        .await,
+    );
     assert_eq!(answer["removed"], 1);
     assert!(env.relay().store.paused().await.unwrap().is_empty());
     env.stop().await;
@@ -170,7 +187,116 @@ async fn cli_explain_prints_each_field_and_its_origin() {
 async fn cli_refuses_a_store_directory_that_does_not_exist() {
     let dir = tempfile::tempdir().unwrap();
     let run = cli(args(&["records"], &dir.path().join("nope"))).await;
-    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.code, 69, "store unavailable: {}", run.stderr);
     assert!(run.stderr.contains("no store directory"), "{}", run.stderr);
     assert!(!dir.path().join("nope").exists(), "nothing is created");
+}
+
+#[tokio::test]
+async fn operator_commands_need_no_secrets_from_the_production_config() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let (_, ok) = env.get("/postback/shop?cid=nosecret&amt=1").await;
+    let id = ok["id"].as_i64().unwrap().to_string();
+    // The shipped example: its api_key and admin token are ${VAR}s, unset here.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/relay.example.toml"))
+            .unwrap()
+            .replace(
+                "path         = \"data\"",
+                &format!(
+                    "path = {:?}",
+                    env.dir.path().join("data").display().to_string()
+                ),
+            )
+            .replace(
+                "dir = \"rules\"",
+                &format!(
+                    "dir = {:?}",
+                    env.dir.path().join("rules").display().to_string()
+                ),
+            );
+    let config = env.dir.path().join("relay.toml");
+    std::fs::write(&config, example).unwrap();
+    let c = config.display().to_string();
+    for command in [
+        vec!["records", "--config", &c],
+        vec!["record", &id, "--config", &c],
+        vec!["pause", "--source", "shop", "--config", &c],
+        vec!["resume", "--source", "shop", "--config", &c],
+        vec!["replay", "--id", &id, "--config", &c],
+        vec!["explain", "shop", "cid=a", "--config", &c],
+    ] {
+        let run = cli(command.iter().map(|s| s.to_string()).collect()).await;
+        assert_eq!(run.code, 0, "{command:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            !run.stderr.contains("SCALEO_API_KEY") && !run.stderr.contains("RELAY_ADMIN_TOKEN"),
+            "{command:?}: {}",
+            run.stderr
+        );
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn pause_and_resume_refuse_an_unknown_source_listing_the_known_ones() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    let data = env.dir.path().join("data");
+    let rules = env.dir.path().join("rules");
+    let config = env.dir.path().join("ops.toml");
+    std::fs::write(
+        &config,
+        format!("[rules]\ndir = {:?}\n", rules.display().to_string()),
+    )
+    .unwrap();
+    for verb in ["pause", "resume"] {
+        let mut a = args(&[verb, "--source", "nosuch", "--config"], &data);
+        a.insert(4, config.display().to_string());
+        let run = cli(a).await;
+        assert_eq!(run.code, 2, "{verb}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("\"nosuch\" is not a known source")
+                && run.stderr.contains("(known: shop)"),
+            "{verb}: {}",
+            run.stderr
+        );
+        let (status, answer) = admin_post(
+            &env,
+            &format!("/admin/{verb}"),
+            serde_json::json!({"source": "nosuch"}),
+        )
+        .await;
+        assert_eq!(status, 400, "{verb}: {answer}");
+        let reason = answer["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("nosuch") && reason.contains("shop"),
+            "{answer}"
+        );
+    }
+    assert!(env.relay().store.paused().await.unwrap().is_empty());
+    let (status, _) = admin_post(&env, "/admin/pause", serde_json::json!({"source": "shop"})).await;
+    assert_eq!(status, 200);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_in_every_operator_command() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let data = env.dir.path().join("data");
+    for (command, want) in [
+        (
+            vec!["records", "--state", "x"],
+            "state=\"x\": expected one of",
+        ),
+        (vec!["replay", "--state", "delivered"], "delivered"),
+        (vec!["replay"], "give --id N"),
+        (vec!["records", "--since", "yesterday"], "RFC 3339"),
+    ] {
+        let run = cli(args(&command, &data)).await;
+        assert_eq!(run.code, 2, "{command:?}: {}", run.stderr);
+        assert!(run.stderr.contains(want), "{command:?}: {}", run.stderr);
+    }
+    let run = cli(args(&["records", "--state", "x", "--json"], &data)).await;
+    let v: Value = serde_json::from_str(run.stdout.trim()).expect("JSON error");
+    assert_eq!(v["error"], "usage");
+    env.stop().await;
 }

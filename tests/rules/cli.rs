@@ -192,11 +192,16 @@ fn map_json_reject_exits_1_with_the_reason() {
 }
 
 #[test]
-fn map_exits_2_for_an_unknown_source_or_broken_rules() {
+fn map_exits_2_for_an_unknown_source_and_64_for_broken_rules() {
     let dir = dir_with(&[("good.toml", GOOD)]);
     let o = run(&["map", "--rules", p(dir.path()), "nosuch", "cid=a", "--json"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("\"nosuch\""), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(known: good)"), "{}", stderr(&o));
+    // --json answers JSON even when there is no outcome.
+    let v: Value = serde_json::from_str(stdout(&o).trim()).expect("JSON on stdout");
+    assert_eq!(v["error"], "usage");
+    assert!(v["reason"].as_str().unwrap().contains("nosuch"), "{v}");
     let broken = dir_with(&[("good.toml", GOOD), ("bad.toml", "[fields]\n")]);
     let o = run(&[
         "map",
@@ -206,10 +211,178 @@ fn map_exits_2_for_an_unknown_source_or_broken_rules() {
         "cid=a",
         "--json",
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(64));
     assert!(stderr(&o).contains("bad.toml:1:1:"), "{}", stderr(&o));
     let o = run(&["map", "--rules", p(dir.path())]);
     assert_eq!(o.status.code(), Some(2), "usage error");
+}
+
+#[test]
+fn map_refuses_a_client_ip_that_is_not_an_address_and_names_the_time_format() {
+    let dir = dir_with(&[("good.toml", GOOD)]);
+    let o = run(&[
+        "map",
+        "--rules",
+        p(dir.path()),
+        "good",
+        "cid=a",
+        "--client-ip",
+        "not-an-ip",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not-an-ip") && stderr(&o).contains("--client-ip"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "map",
+        "--rules",
+        p(dir.path()),
+        "good",
+        "cid=a",
+        "--received-at",
+        "yesterday",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--received-at") && stderr(&o).contains("RFC 3339"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn every_argument_of_every_command_has_a_help_text() {
+    let o = run(&["--help"]);
+    let commands: Vec<String> = stdout(&o)
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 12, "{commands:?}");
+    for c in commands {
+        let o = run(&[&c, "-h"]);
+        let out = stdout(&o);
+        // An argument's help is on its line after a gap, or on the next, indented deeper.
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim();
+            let is_arg = line.starts_with("  ")
+                && !line.starts_with("          ")
+                && (t.starts_with('-') || t.starts_with('<') || t.starts_with('['));
+            let helped = t.contains("  ")
+                || lines
+                    .get(i + 1)
+                    .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+            assert!(
+                !is_arg || helped,
+                "`{c} -h`: no help text for {t:?}:\n{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn test_and_map_use_the_configs_rules_dir() {
+    let rules = dir_with(&[("good.toml", GOOD)]);
+    let cfg = dir_with(&[(
+        "relay.toml",
+        &format!(
+            "[rules]\ndir = {:?}\n[scaleo]\ntimezone = \"UTC\"\n",
+            p(rules.path())
+        ),
+    )]);
+    let config = cfg.path().join("relay.toml");
+    // No Scaleo key, no admin token: map and test do not need them.
+    let o = run(&["map", "--config", p(&config), "good", "cid=a", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["test", "--config", p(&config)]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("ok   good: cents"), "{}", stdout(&o));
+    // check: the rules it checks are the config's (and it reports the config's problems).
+    let o = run(&["check", "--no-env", "--config", p(&config)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("ok: 1 rule file(s) in {}", p(rules.path()))),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("scaleo.base_url is required"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn a_missing_rules_directory_is_named_not_placed_at_line_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let o = run(&["check", "--rules", p(&missing)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(&format!("no rules directory {}", p(&missing)))
+            && !stdout(&o).contains(":1:1"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["test", "--rules", p(&missing)]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("rules.dir"), "{}", stderr(&o));
+}
+
+#[test]
+fn fields_lists_scaleos_fields_and_the_docs_page_is_its_markdown() {
+    let o = run(&["fields"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("conv_status") && l.contains("pending, approved, rejected, hold")
+        ),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("revenue") && l.contains("number"))
+    );
+    let o = run(&["fields", "--markdown"]);
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/scaleo-fields.md"
+    ))
+    .unwrap();
+    assert_eq!(
+        page,
+        stdout(&o),
+        "docs/scaleo-fields.md is out of date: postback-relay fields --markdown > docs/scaleo-fields.md"
+    );
+}
+
+#[test]
+fn an_unknown_field_points_to_the_fields_command() {
+    let dir = dir_with(&[("x.toml", "[fields]\nclick_id = \"cid\"\nrevenu = \"amt\"\n")]);
+    let o = run(&["check", "--no-env", "--rules", p(dir.path())]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("postback-relay fields"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains(".md"), "{}", stdout(&o));
+}
+
+#[test]
+fn explain_exits_1_on_a_reject_like_map() {
+    let dir = dir_with(&[("good.toml", GOOD)]);
+    let o = run(&["explain", "--rules", p(dir.path()), "good", "amt=1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["explain", "--rules", p(dir.path()), "good", "cid=a"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
 }
 
 #[test]
@@ -253,7 +426,7 @@ fn map_human_output_shows_the_body() {
 
 #[test]
 fn forward_base_url_reads_the_environment_like_the_api_key() {
-    // PRODUCT.md: ${VAR} in [auth] or [forward] reads the environment when the rules load.
+    // ${VAR} in [auth] or [forward] reads the environment when the rules load.
     let var = "POSTBACK_RELAY_CLI_TEST_BASE_URL";
     let rule = format!(
         "[fields]\nclick_id = \"cid\"\n[forward]\nbase_url = \"${{{var}}}\"\napi_key = \"${{{var}_KEY}}\"\n"
