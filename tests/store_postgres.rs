@@ -15,10 +15,14 @@ mod suite;
 #[path = "support/wait.rs"]
 mod wait;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postback_relay::store::{State, Store, StoreError};
+use postback_relay::lifecycle::{self, Decision, Transitions};
+use postback_relay::store::{ChangeRoute, Inserted, State, Store, StoreError};
 use records::{queued, store_config};
+use serde_json::{Map, Value, json};
 use suite::{Backend, stored_id};
 
 /// One instance on the database at `url`.
@@ -139,6 +143,72 @@ async fn purge_removes_only_finished_records_past_retention() {
     suite::purge_removes_only_finished_records_past_retention(&Postgres::new().await).await;
 }
 
+#[tokio::test]
+async fn a_plain_resend_of_a_conversion_is_a_duplicate() {
+    suite::a_plain_resend_of_a_conversion_is_a_duplicate(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn a_status_change_after_delivery_is_queued_with_the_lead_id() {
+    suite::a_status_change_after_delivery_is_queued_with_the_lead_id(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn a_status_that_would_move_the_conversion_back_is_stale() {
+    suite::a_status_that_would_move_the_conversion_back_is_stale(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn a_change_of_an_unsent_original_is_folded_into_it() {
+    suite::a_change_of_an_unsent_original_is_folded_into_it(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn a_change_of_an_original_in_flight_waits_and_is_folded_on_retry() {
+    suite::a_change_of_an_original_in_flight_waits_and_is_folded_on_retry(&Postgres::new().await)
+        .await;
+}
+
+#[tokio::test]
+async fn a_change_waiting_for_its_original_goes_once_it_is_delivered() {
+    suite::a_change_waiting_for_its_original_goes_once_it_is_delivered(&Postgres::new().await)
+        .await;
+}
+
+#[tokio::test]
+async fn two_quick_changes_after_delivery_collapse_into_one() {
+    suite::two_quick_changes_after_delivery_collapse_into_one(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn a_change_of_an_original_scaleo_refused_is_dead_naming_it() {
+    suite::a_change_of_an_original_scaleo_refused_is_dead_naming_it(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn an_update_only_postback_finds_its_conversion_by_order_id() {
+    suite::an_update_only_postback_finds_its_conversion_by_order_id(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn the_conversion_memory_outlives_retention() {
+    suite::the_conversion_memory_outlives_retention(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn a_dead_change_replayed_after_its_original_is_delivered_is_queued() {
+    suite::a_dead_change_replayed_after_its_original_is_delivered_is_queued(&Postgres::new().await)
+        .await;
+}
+
+#[tokio::test]
+async fn an_unmatched_update_only_postback_is_replayed_once_the_conversion_exists() {
+    suite::an_unmatched_update_only_postback_is_replayed_once_the_conversion_exists(
+        &Postgres::new().await,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shared_rate_limit_holds_across_two_instances() {
     let url = pg::fresh_db().await;
@@ -195,4 +265,126 @@ async fn a_connect_error_names_the_url_without_its_password() {
         Store::connect(&cfg).await,
         Err(StoreError::Url { .. })
     ));
+}
+
+/// Two instances take postbacks of one delivered conversion at once while both forward: the
+/// outcomes are those of one serial order (no two postbacks decided against the same state),
+/// two changes of the conversion are never in flight at once, and what is sent, in order,
+/// leaves Scaleo with the conversion's latest state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_of_one_conversion_on_two_instances_are_decided_and_sent_one_at_a_time()
+{
+    let url = pg::fresh_db().await;
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let start = json!({"conv_status": "pending", "revenue": 0});
+    let id = stored_id(
+        a.insert(suite::conversion("c1", start.clone()))
+            .await
+            .unwrap(),
+    );
+    let mut create = suite::claim_all(&a).await;
+    assert_eq!(create.len(), 1);
+    create
+        .pop()
+        .unwrap()
+        .delivered(suite::attempt(Some(200), "{}"), None, Some("\"L\"".into()))
+        .await
+        .unwrap();
+    let statuses = ["hold", "pending", "hold", "approved", "pending", "rejected"];
+    let mut inserts = tokio::task::JoinSet::new();
+    for k in 0..30 {
+        let store = if k % 2 == 0 { a.clone() } else { b.clone() };
+        let fields = json!({"conv_status": statuses[k % statuses.len()], "revenue": k % 4});
+        inserts.spawn(async move {
+            let got = store.insert(suite::conversion("c1", fields.clone())).await;
+            (fields, got.unwrap())
+        });
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let in_flight: Arc<Mutex<Option<i64>>> = Arc::default();
+    let sent: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let mut claimers = tokio::task::JoinSet::new();
+    for store in [&a, &b, &a, &b] {
+        let (store, done) = (store.clone(), done.clone());
+        let (in_flight, sent) = (in_flight.clone(), sent.clone());
+        claimers.spawn(async move {
+            loop {
+                let claimed = store.claim(4, Duration::from_secs(60), &[]).await.unwrap();
+                if claimed.is_empty() {
+                    if done.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    continue;
+                }
+                for c in &claimed {
+                    assert_eq!(c.change().map(|o| o.original), Some(id));
+                    let mut now = in_flight.lock().unwrap();
+                    assert!(
+                        now.is_none(),
+                        "changes {now:?} and {} of one conversion in flight at once",
+                        c.id()
+                    );
+                    *now = Some(c.id());
+                }
+                for c in claimed {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    sent.lock()
+                        .unwrap()
+                        .push(serde_json::from_str(c.body()).unwrap());
+                    // Out of flight before the settle commits: only then may the next go.
+                    *in_flight.lock().unwrap() = None;
+                    c.delivered(suite::attempt(Some(200), "{}"), None, None)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = inserts.join_next().await {
+        answers.push(r.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    while let Some(r) = claimers.join_next().await {
+        r.unwrap();
+    }
+    assert!(a.pending_sources().await.unwrap().is_empty());
+    // The records of one conversion's postbacks are written in the order they were decided:
+    // deciding them again in id order gives the same answers.
+    let record = |i: &Inserted| match i {
+        Inserted::Duplicate { id, .. }
+        | Inserted::Update { id, .. }
+        | Inserted::Stale { id, .. } => *id,
+        other => panic!("{other:?}"),
+    };
+    answers.sort_by_key(|(_, i)| record(i));
+    let mut current = lifecycle::tracked(start.as_object().unwrap());
+    let transitions = Transitions::default();
+    for (fields, got) in &answers {
+        match (
+            lifecycle::decide(&current, fields.as_object().unwrap(), &transitions),
+            got,
+        ) {
+            (Decision::Duplicate, Inserted::Duplicate { original, .. }) => {
+                assert_eq!(*original, id)
+            }
+            (Decision::Stale { reason }, Inserted::Stale { reason: r, .. }) => {
+                assert_eq!(&reason, r)
+            }
+            (Decision::Update { change }, Inserted::Update { route, .. }) => {
+                assert_eq!(*route, ChangeRoute::Queued);
+                current = lifecycle::overlay(&current, [&change]);
+            }
+            (want, got) => panic!("{fields}: decided {got:?}, serially {want:?}\n{answers:?}"),
+        }
+    }
+    // Scaleo received the changes in order and ends with the latest state.
+    let sent = sent.lock().unwrap();
+    let bodies: Vec<Map<String, Value>> = sent
+        .iter()
+        .map(|v| v.as_object().unwrap().clone())
+        .collect();
+    let at_scaleo = lifecycle::overlay(start.as_object().unwrap(), &bodies);
+    assert_eq!(lifecycle::tracked(&at_scaleo), current, "sent {sent:?}");
 }

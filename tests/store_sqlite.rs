@@ -123,3 +123,64 @@ async fn requeue_replays_rejected_and_dedupe_applies() {
 async fn purge_removes_only_finished_records_past_retention() {
     suite::purge_removes_only_finished_records_past_retention(&Sqlite::new()).await;
 }
+
+#[tokio::test]
+async fn a_plain_resend_of_a_conversion_is_a_duplicate() {
+    suite::a_plain_resend_of_a_conversion_is_a_duplicate(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_status_change_after_delivery_is_queued_with_the_lead_id() {
+    suite::a_status_change_after_delivery_is_queued_with_the_lead_id(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_status_that_would_move_the_conversion_back_is_stale() {
+    suite::a_status_that_would_move_the_conversion_back_is_stale(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_change_of_an_unsent_original_is_folded_into_it() {
+    suite::a_change_of_an_unsent_original_is_folded_into_it(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_change_of_an_original_in_flight_waits_and_is_folded_on_retry() {
+    suite::a_change_of_an_original_in_flight_waits_and_is_folded_on_retry(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_change_waiting_for_its_original_goes_once_it_is_delivered() {
+    suite::a_change_waiting_for_its_original_goes_once_it_is_delivered(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn two_quick_changes_after_delivery_collapse_into_one() {
+    suite::two_quick_changes_after_delivery_collapse_into_one(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_change_of_an_original_scaleo_refused_is_dead_naming_it() {
+    suite::a_change_of_an_original_scaleo_refused_is_dead_naming_it(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn an_update_only_postback_finds_its_conversion_by_order_id() {
+    suite::an_update_only_postback_finds_its_conversion_by_order_id(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn the_conversion_memory_outlives_retention() {
+    suite::the_conversion_memory_outlives_retention(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_dead_change_replayed_after_its_original_is_delivered_is_queued() {
+    suite::a_dead_change_replayed_after_its_original_is_delivered_is_queued(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn an_unmatched_update_only_postback_is_replayed_once_the_conversion_exists() {
+    suite::an_unmatched_update_only_postback_is_replayed_once_the_conversion_exists(&Sqlite::new())
+        .await;
+}

@@ -28,7 +28,21 @@ pub struct Preview {
 }
 
 impl Preview {
-    fn of(conv: &Conversion, body: &Map<String, Value>, transitions: &Transitions) -> Preview {
+    /// An update-only postback that finds no conversion.
+    pub(crate) fn unmatched(lookup: &Lookup) -> Preview {
+        Preview {
+            original: None,
+            outcome: "rejected",
+            change: None,
+            reason: Some(unmatched(lookup)),
+        }
+    }
+
+    pub(crate) fn of(
+        conv: &Conversion,
+        body: &Map<String, Value>,
+        transitions: &Transitions,
+    ) -> Preview {
         let (outcome, change, reason) = match lifecycle::decide(&conv.tracked, body, transitions) {
             Decision::Duplicate => ("duplicate", None, None),
             Decision::Update { change } => ("update", Some(change), None),
@@ -79,8 +93,67 @@ impl<'a> Memory<'a> {
     }
 }
 
+impl Conversion {
+    /// The conversion of dedupe row `key` (held by `record_id`) when its changes are tracked
+    /// (`tracked` is set); the caller has checked that its window is open.
+    pub fn of(
+        key: &str,
+        record_id: i64,
+        tracked: Option<&str>,
+        lead_id: Option<String>,
+    ) -> Result<Option<Conversion>, StoreError> {
+        let Some(tracked) = tracked else {
+            return Ok(None);
+        };
+        Ok(Some(Conversion {
+            key: key.to_string(),
+            record_id,
+            tracked: parse_map(tracked, "conversion state")?,
+            lead_id,
+        }))
+    }
+}
+
 pub(crate) fn parse_map(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// The reason of a change folded into its original, which was not sent yet.
+pub(crate) fn merged_reason(original: i64) -> String {
+    format!("merged into record {original}, which was not sent yet")
+}
+
+/// The reason of a waiting change collapsed into the later change `into`.
+pub(crate) fn collapsed_reason(into: i64) -> String {
+    format!("collapsed into the later change {into}")
+}
+
+/// The bodies of waiting changes `(id, body)`, in their order.
+pub(crate) fn bodies(waiting: &[(i64, String)]) -> Result<Vec<Map<String, Value>>, StoreError> {
+    waiting
+        .iter()
+        .map(|(_, b)| parse_map(b, "change body"))
+        .collect()
+}
+
+/// The body of a queued change: the waiting changes (oldest first) with `change` set over
+/// them, so one `leads/update` carries the latest state.
+pub(crate) fn collapsed(
+    waiting: &[(i64, String)],
+    change: &Map<String, Value>,
+) -> Result<String, StoreError> {
+    let mut all = bodies(waiting)?;
+    all.push(change.clone());
+    body_text(&lifecycle::overlay(&Map::new(), &all))
+}
+
+/// `body` (an unsent record's, `None`: empty) with `changes` set over it, in order.
+pub(crate) fn folded(
+    body: Option<&str>,
+    changes: &[Map<String, Value>],
+) -> Result<String, StoreError> {
+    let body = parse_map(body.unwrap_or("{}"), "body")?;
+    body_text(&lifecycle::overlay(&body, changes))
 }
 
 /// The tracked conversion of dedupe `key` whose window is still open at `at_ms` (`None`:
@@ -102,15 +175,12 @@ pub(crate) fn conversion(
             ))
         })
         .optional()?;
-    let Some((record_id, Some(tracked), lead_id)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(Conversion {
-        key: key.to_string(),
-        record_id,
-        tracked: parse_map(&tracked, "conversion state")?,
-        lead_id,
-    }))
+    match row {
+        Some((record_id, tracked, lead_id)) => {
+            Conversion::of(key, record_id, tracked.as_deref(), lead_id)
+        }
+        None => Ok(None),
+    }
 }
 
 /// The newest live conversion of `lookup.of` with the lookup's click id and order id.
@@ -141,13 +211,13 @@ pub(crate) enum Target<'a> {
 }
 
 /// The columns of a change's record.
-struct Row<'a> {
-    state: State,
-    body: &'a str,
-    click_id: Option<&'a str>,
-    reason: Option<&'a str>,
-    key: &'a str,
-    original: i64,
+pub(crate) struct Row<'a> {
+    pub state: State,
+    pub body: &'a str,
+    pub click_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub key: &'a str,
+    pub original: i64,
 }
 
 fn write(
@@ -317,7 +387,7 @@ fn apply(
     };
     match lifecycle::route(original) {
         Route::Fold => {
-            let reason = format!("merged into record {orig}, which was not sent yet");
+            let reason = merged_reason(orig);
             row.state = State::Merged;
             row.reason = Some(&reason);
             let id = write(c, target, &row, now_ms)?;
@@ -332,12 +402,7 @@ fn apply(
         }
         Route::Queue => {
             let waiting = waiting(c, orig, now_ms)?;
-            let mut bodies: Vec<Map<String, Value>> = waiting
-                .iter()
-                .map(|(_, b)| parse_map(b, "change body"))
-                .collect::<Result<_, _>>()?;
-            bodies.push(change.clone());
-            let collapsed = body_text(&lifecycle::overlay(&Map::new(), &bodies))?;
+            let collapsed = collapsed(&waiting, change)?;
             row.body = &collapsed;
             let id = write(c, target, &row, now_ms)?;
             let ids: Vec<i64> = waiting
@@ -345,12 +410,7 @@ fn apply(
                 .map(|(w, _)| *w)
                 .filter(|w| *w != id)
                 .collect();
-            merged(
-                c,
-                &ids,
-                &format!("collapsed into the later change {id}"),
-                now_ms,
-            )?;
+            merged(c, &ids, &collapsed_reason(id), now_ms)?;
             *wakes = true;
             Ok((id, ChangeRoute::Queued))
         }
@@ -390,8 +450,7 @@ fn fold(
     let body: Option<String> = c
         .prepare_cached("SELECT body FROM records WHERE id = ?1")?
         .query_row([original], |r| r.get(0))?;
-    let body = parse_map(body.as_deref().unwrap_or("{}"), "body")?;
-    let folded = body_text(&lifecycle::overlay(&body, changes))?;
+    let folded = folded(body.as_deref(), changes)?;
     c.prepare_cached("UPDATE records SET body = ?2, updated_at = ?3 WHERE id = ?1")?
         .execute(params![original, folded, now_ms])?;
     Ok(())
@@ -404,18 +463,9 @@ pub(crate) fn fold_waiting(c: &Connection, original: i64, now_ms: i64) -> Result
     if waiting.is_empty() {
         return Ok(());
     }
-    let changes: Vec<Map<String, Value>> = waiting
-        .iter()
-        .map(|(_, b)| parse_map(b, "change body"))
-        .collect::<Result<_, _>>()?;
-    fold(c, original, &changes, now_ms)?;
+    fold(c, original, &bodies(&waiting)?, now_ms)?;
     let ids: Vec<i64> = waiting.iter().map(|(id, _)| *id).collect();
-    merged(
-        c,
-        &ids,
-        &format!("merged into record {original}, which was not sent yet"),
-        now_ms,
-    )
+    merged(c, &ids, &merged_reason(original), now_ms)
 }
 
 /// Stores a postback of an update-only source: a change of the conversion it finds, or
@@ -469,7 +519,7 @@ pub(crate) fn insert_change(
     }
 }
 
-fn unmatched(lookup: &Lookup) -> String {
+pub(crate) fn unmatched(lookup: &Lookup) -> String {
     format!(
         "no conversion of {lookup} is known: this source only changes conversions; replay this postback once the original exists"
     )
@@ -528,10 +578,8 @@ pub(crate) fn replay_target(
         return Ok(find(c, l, now_ms)?.ok_or_else(|| unmatched(l)));
     }
     match key {
-        Some(k) => Ok(conversion(c, k, now_ms)?.ok_or_else(|| {
-            format!("the conversion of dedupe key {k:?} is no longer known (its window ended)")
-        })),
-        None => Ok(Err("the record has no dedupe key".into())),
+        Some(k) => Ok(conversion(c, k, now_ms)?.ok_or_else(|| key_gone(k))),
+        None => Ok(Err(NO_KEY.into())),
     }
 }
 
@@ -553,14 +601,7 @@ pub(crate) fn preview(c: &Connection, state: &NewState) -> Result<Option<Preview
             ..
         } => match find(c, lookup, now_ms)? {
             Some(conv) => (Some(conv), body, transitions),
-            None => {
-                return Ok(Some(Preview {
-                    original: None,
-                    outcome: "rejected",
-                    change: None,
-                    reason: Some(unmatched(lookup)),
-                }));
-            }
+            None => return Ok(Some(Preview::unmatched(lookup))),
         },
         _ => return Ok(None),
     };
@@ -569,3 +610,11 @@ pub(crate) fn preview(c: &Connection, state: &NewState) -> Result<Option<Preview
     };
     Ok(Some(Preview::of(&conv, body, transitions)))
 }
+
+/// Why a replayed change finds no conversion by its dedupe key `key`.
+pub(crate) fn key_gone(key: &str) -> String {
+    format!("the conversion of dedupe key {key:?} is no longer known (its window ended)")
+}
+
+/// Why a replayed change without a dedupe key finds no conversion.
+pub(crate) const NO_KEY: &str = "the record has no dedupe key";

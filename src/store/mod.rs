@@ -393,8 +393,8 @@ impl Store {
     /// skipped. The attempt history is kept.
     pub async fn requeue(&self, id: i64, state: NewState) -> Result<Requeued, StoreError> {
         if let Some(pg) = self.pg() {
-            let requeued = pg.requeue(id, &state).await?;
-            self.woke(requeued == Requeued::Queued);
+            let (requeued, wakes) = pg.requeue(id, &state).await?;
+            self.woke(wakes);
             return Ok(requeued);
         }
         self.call((id, state), |(id, state), c, now, wakes| {

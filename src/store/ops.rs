@@ -296,8 +296,21 @@ fn live_original(
         return Ok(None);
     };
     let (id, expires, state): (i64, i64, Option<String>) = (row.get(0)?, row.get(1)?, row.get(2)?);
-    let dead = matches!(state.as_deref(), Some("rejected" | "dead"));
-    Ok((expires > at_ms && !dead && Some(id) != this).then_some(id))
+    Ok(live_holder(id, expires, state.as_deref(), at_ms, this))
+}
+
+/// `holder` when it is the live record of a dedupe key at `at_ms`: the key (expiring at
+/// `expires`) has not expired and the record (in `state`; `None`: purged) is neither
+/// rejected nor dead, and it is not record `this`.
+pub(crate) fn live_holder(
+    holder: i64,
+    expires: i64,
+    state: Option<&str>,
+    at_ms: i64,
+    this: Option<i64>,
+) -> Option<i64> {
+    let dead = matches!(state, Some("rejected" | "dead"));
+    (expires > at_ms && !dead && Some(holder) != this).then_some(holder)
 }
 
 /// Takes dedupe `key` for record `id` with the conversion's memory (a new conversion: no

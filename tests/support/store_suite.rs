@@ -3,13 +3,16 @@
 //! instance on it where the backend has several.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use postback_relay::lifecycle::{Lookup, Transitions};
 use postback_relay::store::{
-    Attempt, Filter, Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued, State,
-    Store, StoreError,
+    Attempt, ChangeRoute, Claimed, DedupeKey, Filter, Inserted, NewRecord, NewState, PauseReason,
+    PauseScope, Requeued, State, Store, StoreError,
 };
+use serde_json::{Map, Value, json};
 
 use crate::records::{fill, queued, raw};
 use crate::wait::until;
@@ -548,4 +551,499 @@ pub async fn purge_removes_only_finished_records_past_retention(b: &impl Backend
     assert!(store.get(ids[0]).await.unwrap().is_none());
     assert!(store.get(ids[1]).await.unwrap().is_some());
     assert!(store.get(ids[2]).await.unwrap().is_some());
+}
+
+// The conversion lifecycle: later postbacks of a conversion (same dedupe key) are
+// duplicates, changes or stale; changes are folded, queued, collapsed or dead.
+
+/// A postback of conversion `click` of acme, whose changes are tracked with the default
+/// transitions, with `fields` (status, money, order id) in its mapped body.
+pub fn conversion(click: &str, fields: Value) -> NewRecord {
+    let mut body = Map::new();
+    body.insert("click_id".into(), click.into());
+    if let Value::Object(fields) = fields {
+        body.extend(fields);
+    }
+    NewRecord {
+        source: "acme".into(),
+        raw: raw(&format!("cid={click}")),
+        state: NewState::Queued {
+            body,
+            click_id: click.into(),
+            dedupe: Some(DedupeKey {
+                key: format!("acme|{click}"),
+                window: DAY,
+            }),
+            updates: Some(Arc::new(Transitions::default())),
+        },
+    }
+}
+
+/// A postback of the update-only source `refunds`, changing the acme conversion with
+/// `adv_order_id` `order`.
+pub fn refund(order: &str, fields: Value) -> NewRecord {
+    let Value::Object(body) = fields else {
+        panic!("fields must be an object")
+    };
+    NewRecord {
+        source: "refunds".into(),
+        raw: raw(&format!("order={order}")),
+        state: NewState::Change {
+            body,
+            click_id: None,
+            lookup: Lookup {
+                of: "acme".into(),
+                click_id: None,
+                order_id: Some(order.into()),
+            },
+            transitions: Arc::new(Transitions::default()),
+        },
+    }
+}
+
+/// Every due record, leased for a minute.
+pub async fn claim_all(store: &Store) -> Vec<Claimed> {
+    store
+        .claim(100, Duration::from_secs(60), &[])
+        .await
+        .unwrap()
+}
+
+/// Claims the only due record, which must be `id`.
+async fn claim_only(store: &Store, id: i64) -> Claimed {
+    let mut claimed = claim_all(store).await;
+    assert_eq!(
+        claimed.iter().map(|c| c.id()).collect::<Vec<_>>(),
+        [id],
+        "exactly record {id} is due"
+    );
+    claimed.pop().unwrap()
+}
+
+/// Claims record `id` (the only due one) and settles it delivered with Scaleo's `lead_id`.
+async fn deliver(store: &Store, id: i64, lead_id: Option<&str>) {
+    claim_only(store, id)
+        .await
+        .delivered(
+            attempt(Some(200), "{}"),
+            Some(format!("tx-{id}")),
+            lead_id.map(String::from),
+        )
+        .await
+        .unwrap();
+}
+
+async fn state_of(store: &Store, id: i64) -> State {
+    store.get(id).await.unwrap().unwrap().summary.state
+}
+
+async fn body_of(store: &Store, id: i64) -> Value {
+    Value::Object(store.get(id).await.unwrap().unwrap().body.unwrap())
+}
+
+fn body(c: &Claimed) -> Value {
+    serde_json::from_str(c.body()).unwrap()
+}
+
+/// The id of a change queued (or gone where `route` says) for `original`.
+fn change_id(i: Inserted, original: i64, route: ChangeRoute) -> i64 {
+    match i {
+        Inserted::Update {
+            id,
+            original: o,
+            route: r,
+        } if o == original && r == route => id,
+        other => panic!("not a change of {original} {route:?}: {other:?}"),
+    }
+}
+
+pub async fn a_plain_resend_of_a_conversion_is_a_duplicate(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = json!({"conv_status": "pending", "revenue": 10});
+    let id = stored_id(
+        store
+            .insert(conversion("c1", pending.clone()))
+            .await
+            .unwrap(),
+    );
+    let again = store.insert(conversion("c1", pending)).await.unwrap();
+    assert!(
+        matches!(again, Inserted::Duplicate { original, .. } if original == id),
+        "{again:?}"
+    );
+    // Leaving the money out is no change either, nor is the same amount written otherwise.
+    let omits = json!({"conv_status": "pending"});
+    let same = json!({"conv_status": "pending", "revenue": 10.00});
+    for fields in [omits, same] {
+        let again = store.insert(conversion("c1", fields)).await.unwrap();
+        assert!(
+            matches!(again, Inserted::Duplicate { original, .. } if original == id),
+            "{again:?}"
+        );
+    }
+    claim_only(&store, id).await.release().await.unwrap();
+}
+
+pub async fn a_status_change_after_delivery_is_queued_with_the_lead_id(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = json!({"conv_status": "pending", "revenue": 0});
+    let id = stored_id(store.insert(conversion("c1", pending)).await.unwrap());
+    deliver(&store, id, Some("\"L-1\"")).await;
+    let approved = json!({"conv_status": "approved", "revenue": 25, "payout": 5});
+    let other = b.other(&store).await;
+    let inserted = other.insert(conversion("c1", approved)).await.unwrap();
+    let change = change_id(inserted, id, ChangeRoute::Queued);
+    let c = claim_only(&store, change).await;
+    let of = c.change().expect("a change of a conversion");
+    assert_eq!(of.original, id);
+    assert_eq!(of.lead_id.as_deref(), Some("\"L-1\""));
+    // Only what changes is sent (the payout was not known before, so it changes too).
+    assert_eq!(
+        body(&c),
+        json!({"conv_status": "approved", "revenue": 25, "payout": 5})
+    );
+    c.delivered(attempt(Some(200), "{}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, change).await, State::Delivered);
+    assert_eq!(
+        store.get(change).await.unwrap().unwrap().original_id,
+        Some(id)
+    );
+    // The create is not a change.
+    let next = store.insert(conversion("c2", json!({}))).await.unwrap();
+    assert!(claim_only(&store, stored_id(next)).await.change().is_none());
+}
+
+pub async fn a_status_that_would_move_the_conversion_back_is_stale(b: &impl Backend) {
+    let store = b.open().await;
+    let id = stored_id(
+        store
+            .insert(conversion("c1", json!({"conv_status": "pending"})))
+            .await
+            .unwrap(),
+    );
+    deliver(&store, id, Some("1")).await;
+    let approved = store
+        .insert(conversion("c1", json!({"conv_status": "approved"})))
+        .await;
+    let change = change_id(approved.unwrap(), id, ChangeRoute::Queued);
+    // The late `pending` arrives after `approved`.
+    let late = store
+        .insert(conversion("c1", json!({"conv_status": "pending"})))
+        .await
+        .unwrap();
+    let Inserted::Stale {
+        id: stale,
+        original,
+        reason,
+    } = late
+    else {
+        panic!("not stale: {late:?}")
+    };
+    assert_eq!(original, id);
+    assert!(
+        reason.contains("pending") && reason.contains("approved"),
+        "{reason}"
+    );
+    let view = store.get(stale).await.unwrap().unwrap();
+    assert_eq!(view.summary.state, State::Stale);
+    assert_eq!(view.reason.as_deref(), Some(reason.as_str()));
+    // Never sent: only the approved change is due.
+    claim_only(&store, change).await.release().await.unwrap();
+}
+
+pub async fn a_change_of_an_unsent_original_is_folded_into_it(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = json!({"conv_status": "pending", "revenue": 0});
+    let id = stored_id(store.insert(conversion("c1", pending)).await.unwrap());
+    let approved = json!({"conv_status": "approved", "revenue": 25});
+    let inserted = store.insert(conversion("c1", approved)).await.unwrap();
+    let change = change_id(inserted, id, ChangeRoute::Merged);
+    assert_eq!(state_of(&store, change).await, State::Merged);
+    let latest = json!({"click_id": "c1", "conv_status": "approved", "revenue": 25});
+    assert_eq!(body_of(&store, id).await, latest);
+    // One create with the latest state, nothing else to send.
+    let c = claim_only(&store, id).await;
+    assert!(c.change().is_none());
+    assert_eq!(
+        body(&c),
+        json!({"click_id": "c1", "conv_status": "approved", "revenue": 25})
+    );
+    c.release().await.unwrap();
+    // A resend of the latest state is a duplicate.
+    let again = store
+        .insert(conversion("c1", json!({"conv_status": "approved"})))
+        .await
+        .unwrap();
+    assert!(matches!(again, Inserted::Duplicate { original, .. } if original == id));
+}
+
+pub async fn a_change_of_an_original_in_flight_waits_and_is_folded_on_retry(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = json!({"conv_status": "pending", "revenue": 0});
+    let id = stored_id(store.insert(conversion("c1", pending)).await.unwrap());
+    let in_flight = claim_only(&store, id).await;
+    let approved = json!({"conv_status": "approved", "revenue": 25});
+    let other = b.other(&store).await;
+    let inserted = other.insert(conversion("c1", approved)).await.unwrap();
+    let change = change_id(inserted, id, ChangeRoute::Queued);
+    assert_eq!(state_of(&store, change).await, State::Queued);
+    // It waits for the original's attempt.
+    assert!(claim_all(&store).await.is_empty());
+    let past = Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    in_flight
+        .retry(attempt(Some(503), "busy"), past, "HTTP 503".into())
+        .await
+        .unwrap();
+    // The original was not sent: the change is folded into its next try.
+    assert_eq!(state_of(&store, change).await, State::Merged);
+    let c = claim_only(&store, id).await;
+    assert_eq!(
+        body(&c),
+        json!({"click_id": "c1", "conv_status": "approved", "revenue": 25})
+    );
+    c.delivered(attempt(Some(200), "{}"), None, Some("7".into()))
+        .await
+        .unwrap();
+    assert!(claim_all(&store).await.is_empty());
+}
+
+pub async fn a_change_waiting_for_its_original_goes_once_it_is_delivered(b: &impl Backend) {
+    let store = b.open().await;
+    let id = stored_id(
+        store
+            .insert(conversion("c1", json!({"conv_status": "pending"})))
+            .await
+            .unwrap(),
+    );
+    let in_flight = claim_only(&store, id).await;
+    let approved = store
+        .insert(conversion("c1", json!({"conv_status": "approved"})))
+        .await;
+    let change = change_id(approved.unwrap(), id, ChangeRoute::Queued);
+    in_flight
+        .delivered(
+            attempt(Some(200), "{}"),
+            Some("t".into()),
+            Some("\"L\"".into()),
+        )
+        .await
+        .unwrap();
+    let c = claim_only(&store, change).await;
+    assert_eq!(c.change().unwrap().lead_id.as_deref(), Some("\"L\""));
+    assert_eq!(body(&c), json!({"conv_status": "approved"}));
+    c.release().await.unwrap();
+}
+
+pub async fn two_quick_changes_after_delivery_collapse_into_one(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = json!({"conv_status": "pending", "revenue": 0});
+    let id = stored_id(store.insert(conversion("c1", pending)).await.unwrap());
+    deliver(&store, id, Some("\"L-1\"")).await;
+    let approved = json!({"conv_status": "approved", "revenue": 25});
+    let first = store.insert(conversion("c1", approved)).await.unwrap();
+    let first = change_id(first, id, ChangeRoute::Queued);
+    let chargeback = json!({"conv_status": "rejected"});
+    let other = b.other(&store).await;
+    let second = other.insert(conversion("c1", chargeback)).await.unwrap();
+    let second = change_id(second, id, ChangeRoute::Queued);
+    let older = store.get(first).await.unwrap().unwrap();
+    assert_eq!(older.summary.state, State::Merged);
+    assert!(
+        older
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains(&second.to_string())),
+        "{:?}",
+        older.reason
+    );
+    // One leads/update with the latest state: the revenue of the first, the status of the
+    // second.
+    let c = claim_only(&store, second).await;
+    assert_eq!(body(&c), json!({"conv_status": "rejected", "revenue": 25}));
+    assert_eq!(c.change().unwrap().lead_id.as_deref(), Some("\"L-1\""));
+    c.release().await.unwrap();
+}
+
+pub async fn a_change_of_an_original_scaleo_refused_is_dead_naming_it(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = json!({"conv_status": "pending"});
+    let upstream = stored_id(
+        store
+            .insert(conversion("c1", pending.clone()))
+            .await
+            .unwrap(),
+    );
+    claim_only(&store, upstream)
+        .await
+        .duplicate_upstream(attempt(Some(400), "Multiple Conversions"))
+        .await
+        .unwrap();
+    let dead = stored_id(store.insert(conversion("c2", pending)).await.unwrap());
+    claim_only(&store, dead)
+        .await
+        .dead(attempt(Some(400), "{}"), "HTTP 400".into())
+        .await
+        .unwrap();
+    for (click, original) in [("c1", upstream), ("c2", dead)] {
+        let approved = json!({"conv_status": "approved"});
+        let inserted = store.insert(conversion(click, approved)).await.unwrap();
+        let Inserted::Update {
+            id,
+            original: o,
+            route: ChangeRoute::Dead(reason),
+        } = inserted
+        else {
+            panic!("not dead: {inserted:?}")
+        };
+        assert_eq!(o, original);
+        assert!(reason.contains(&format!("record {original}")), "{reason}");
+        let view = store.get(id).await.unwrap().unwrap();
+        assert_eq!(view.summary.state, State::Dead);
+        assert_eq!(view.reason.as_deref(), Some(reason.as_str()));
+    }
+    assert!(claim_all(&store).await.is_empty());
+}
+
+pub async fn an_update_only_postback_finds_its_conversion_by_order_id(b: &impl Backend) {
+    let store = b.open().await;
+    let sale = json!({"conv_status": "approved", "revenue": 40, "adv_order_id": "o-1"});
+    let id = stored_id(store.insert(conversion("c1", sale)).await.unwrap());
+    deliver(&store, id, Some("\"L-9\"")).await;
+    let refunded = json!({"conv_status": "rejected", "revenue": 0});
+    let other = b.other(&store).await;
+    let change = other.insert(refund("o-1", refunded.clone())).await.unwrap();
+    let change = change_id(change, id, ChangeRoute::Queued);
+    let c = claim_only(&store, change).await;
+    assert_eq!(c.source(), "refunds");
+    assert_eq!(c.change().unwrap().lead_id.as_deref(), Some("\"L-9\""));
+    assert_eq!(body(&c), refunded);
+    c.release().await.unwrap();
+    // The same refund again changes nothing.
+    let again = other.insert(refund("o-1", refunded)).await.unwrap();
+    assert!(
+        matches!(again, Inserted::Duplicate { original, .. } if original == id),
+        "{again:?}"
+    );
+    // An order nobody knows: rejected, kept for a replay, never a conversion.
+    let unknown = store
+        .insert(refund("o-404", json!({"conv_status": "rejected"})))
+        .await
+        .unwrap();
+    let Inserted::Unmatched {
+        id: rejected,
+        reason,
+    } = unknown
+    else {
+        panic!("not unmatched: {unknown:?}")
+    };
+    assert!(reason.contains("o-404"), "{reason}");
+    assert_eq!(state_of(&store, rejected).await, State::Rejected);
+}
+
+pub async fn the_conversion_memory_outlives_retention(b: &impl Backend) {
+    let store = b.open().await;
+    let sale = json!({"conv_status": "approved", "revenue": 40});
+    let id = stored_id(store.insert(conversion("c1", sale)).await.unwrap());
+    deliver(&store, id, Some("\"L-1\"")).await;
+    // Later traffic that retention keeps. (Without it SQLite would give the next record the
+    // purged original's rowid: its ids are not AUTOINCREMENT.)
+    let later = NewRecord {
+        source: "acme".into(),
+        raw: raw("amt=1"),
+        state: NewState::Rejected {
+            reason: "click_id: no value".into(),
+            click_id: None,
+        },
+    };
+    stored_id(store.insert(later).await.unwrap());
+    let gone = until(Duration::from_secs(5), async || {
+        store
+            .purge_delivered(Duration::from_millis(1))
+            .await
+            .unwrap();
+        store.get(id).await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "the delivered record was never purged");
+    // A chargeback weeks later still finds the conversion and Scaleo's lead_id.
+    let chargeback = json!({"conv_status": "rejected", "revenue": -40});
+    let inserted = store.insert(conversion("c1", chargeback)).await.unwrap();
+    let change = change_id(inserted, id, ChangeRoute::Queued);
+    let c = claim_only(&store, change).await;
+    assert_eq!(c.change().unwrap().original, id);
+    assert_eq!(c.change().unwrap().lead_id.as_deref(), Some("\"L-1\""));
+    assert_eq!(body(&c), json!({"conv_status": "rejected", "revenue": -40}));
+    c.release().await.unwrap();
+}
+
+pub async fn a_dead_change_replayed_after_its_original_is_delivered_is_queued(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = conversion("c1", json!({"conv_status": "pending"}));
+    let id = stored_id(store.insert(pending.clone()).await.unwrap());
+    claim_only(&store, id)
+        .await
+        .dead(attempt(Some(400), "{}"), "HTTP 400".into())
+        .await
+        .unwrap();
+    let approved = conversion("c1", json!({"conv_status": "approved"}));
+    let inserted = store.insert(approved.clone()).await.unwrap();
+    let Inserted::Update {
+        id: change,
+        route: ChangeRoute::Dead(_),
+        ..
+    } = inserted
+    else {
+        panic!("not dead: {inserted:?}")
+    };
+    // The operator fixes the original and replays it; Scaleo takes it.
+    assert_eq!(
+        store.requeue(id, pending.state).await.unwrap(),
+        Requeued::Queued
+    );
+    deliver(&store, id, Some("\"L-2\"")).await;
+    // Now the dead change can be sent.
+    let other = b.other(&store).await;
+    assert_eq!(
+        other.requeue(change, approved.state).await.unwrap(),
+        Requeued::Update {
+            original: id,
+            route: ChangeRoute::Queued
+        }
+    );
+    let c = claim_only(&store, change).await;
+    assert_eq!(c.change().unwrap().lead_id.as_deref(), Some("\"L-2\""));
+    assert_eq!(body(&c), json!({"conv_status": "approved"}));
+    c.release().await.unwrap();
+}
+
+pub async fn an_unmatched_update_only_postback_is_replayed_once_the_conversion_exists(
+    b: &impl Backend,
+) {
+    let store = b.open().await;
+    let refunded = refund("o-1", json!({"conv_status": "rejected"}));
+    let early = store.insert(refunded.clone()).await.unwrap();
+    let Inserted::Unmatched { id: early, .. } = early else {
+        panic!("not unmatched: {early:?}")
+    };
+    // Still no conversion: rejected again with the reason.
+    let again = store.requeue(early, refunded.state.clone()).await.unwrap();
+    assert!(
+        matches!(&again, Requeued::Rejected { reason } if reason.contains("o-1")),
+        "{again:?}"
+    );
+    let sale = json!({"conv_status": "approved", "adv_order_id": "o-1"});
+    let id = stored_id(store.insert(conversion("c1", sale)).await.unwrap());
+    deliver(&store, id, Some("3")).await;
+    assert_eq!(
+        store.requeue(early, refunded.state).await.unwrap(),
+        Requeued::Update {
+            original: id,
+            route: ChangeRoute::Queued
+        }
+    );
+    let c = claim_only(&store, early).await;
+    assert_eq!(c.change().unwrap().lead_id.as_deref(), Some("3"));
+    c.release().await.unwrap();
 }

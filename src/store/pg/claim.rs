@@ -8,23 +8,33 @@
 //! exactly as SQLite does: after a lost lease the record is left alone but the attempt row is
 //! kept.
 
+use std::collections::HashMap;
+
 use jiff::Timestamp;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::super::claim::{ANSWER_EXCERPT_BYTES, ClaimRow, Settle, SettleRequest};
+use super::super::claim::{ANSWER_EXCERPT_BYTES, ChangeOf, ClaimRow, Settle, SettleRequest};
 use super::super::ops::ClaimRequest;
 use super::super::{State, StoreError, excerpt, redact_api_key};
-use super::{DB_NOW_MS, PgStore};
+use super::{DB_NOW_MS, PgStore, change};
 
+/// A change (`kind = 'update'`) is due only when no earlier record of its conversion (the
+/// original or an earlier change) is waiting to be sent or in flight, as on SQLite.
 const CLAIM_SQL: &str = "UPDATE records SET claimed_until = $1, claim_owner = $2 WHERE id IN (
-       SELECT id FROM records WHERE state = $3 AND next_attempt_at <= $4
+       SELECT id FROM records r WHERE state = $3 AND next_attempt_at <= $4
          AND (claimed_until IS NULL OR claimed_until <= $4)
          AND ($5::text IS NULL OR source = $5)
          AND NOT (source = ANY($6))
+         AND (kind IS NULL OR NOT EXISTS (SELECT 1 FROM records o
+                WHERE o.original_id = r.original_id AND o.id < r.id AND o.kind = 'update'
+                  AND o.state IN ('queued', 'retrying', 'paused'))
+              AND NOT EXISTS (SELECT 1 FROM records o WHERE o.id = r.original_id
+                  AND o.state IN ('queued', 'retrying', 'paused')))
        ORDER BY next_attempt_at LIMIT $7
        FOR UPDATE SKIP LOCKED)
-     RETURNING id, source, click_id, body, attempts, queued_at, received_at, state";
+     RETURNING id, source, click_id, body, attempts, queued_at, received_at, state,
+               kind, original_id, dedupe_key";
 
 impl PgStore {
     /// Claims due records for `req.lease` (see `Store::claim` for the policy).
@@ -76,6 +86,25 @@ impl PgStore {
         for (state, fill) in ClaimRequest::FILL {
             rows.extend(take(state, req.most(fill, rows.len())).await?);
         }
+        // A claimed change is sent with its conversion's `lead_id`.
+        let keys: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| r.change.as_ref().map(|c| c.key.as_str()))
+            .collect();
+        if !keys.is_empty() {
+            let stmt = tx
+                .prepare_cached("SELECT key, lead_id FROM dedupe WHERE key = ANY($1)")
+                .await?;
+            let leads: HashMap<String, Option<String>> = tx
+                .query(&stmt, &[&keys])
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, StoreError>>()?;
+            for change in rows.iter_mut().filter_map(|r| r.change.as_mut()) {
+                change.lead_id = leads.get(&change.key).cloned().flatten();
+            }
+        }
         tx.commit().await?;
         Ok(rows)
     }
@@ -86,6 +115,19 @@ impl PgStore {
         let now = Timestamp::now().as_millisecond();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        if let Settle::Delivered { .. } = req.settle {
+            // A create's delivery writes its conversion's dedupe row after the record: that
+            // row is locked first, the order every writer takes (see `change`), so a postback
+            // of the conversion deciding meanwhile never waits on this settle in a cycle.
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT 1 FROM dedupe WHERE key = (SELECT dedupe_key FROM records
+                                                      WHERE id = $1 AND kind IS NULL)
+                     FOR UPDATE",
+                )
+                .await?;
+            tx.query_opt(&stmt, &[&req.id]).await?;
+        }
         if let Some(a) = &req.attempt {
             let answer = redact_api_key(excerpt(&a.answer, ANSWER_EXCERPT_BYTES));
             let stmt = tx
@@ -110,22 +152,28 @@ impl PgStore {
         let done = "attempts = attempts + 1, next_attempt_at = NULL, claimed_until = NULL,
                     claim_owner = NULL, updated_at = $1";
         let free = "claimed_until = NULL, claim_owner = NULL, updated_at = $1";
-        let (text, int): (Option<String>, Option<i64>);
+        let (text, int, lead): (Option<String>, Option<i64>, Option<String>);
         let set = match &req.settle {
-            Settle::Delivered { transaction_id, .. } => {
-                (text, int) = (transaction_id.clone(), None);
-                format!("state = 'delivered', transaction_id = $4, last_error = NULL, {done}")
+            Settle::Delivered {
+                transaction_id,
+                lead_id,
+            } => {
+                (text, int, lead) = (transaction_id.clone(), None, lead_id.clone());
+                format!(
+                    "state = 'delivered', transaction_id = $4, lead_id = $5, last_error = NULL,
+                     {done}"
+                )
             }
             Settle::DuplicateUpstream => {
-                (text, int) = (None, None);
+                (text, int, lead) = (None, None, None);
                 format!("state = 'duplicate_upstream', last_error = NULL, {done}")
             }
             Settle::Dead { reason } => {
-                (text, int) = (Some(reason.clone()), None);
+                (text, int, lead) = (Some(reason.clone()), None, None);
                 format!("state = 'dead', reason = $4, last_error = $4, {done}")
             }
             Settle::Retry { at, error } => {
-                (text, int) = (Some(error.clone()), Some(at.as_millisecond()));
+                (text, int, lead) = (Some(error.clone()), Some(at.as_millisecond()), None);
                 format!(
                     "state = 'retrying', attempts = attempts + 1, next_attempt_at = $5,
                      last_error = $4, {free}"
@@ -133,11 +181,11 @@ impl PgStore {
             }
             // Given back without counting: it waits for the resume, first in line.
             Settle::Paused { error } => {
-                (text, int) = (Some(error.clone()), None);
+                (text, int, lead) = (Some(error.clone()), None, None);
                 format!("state = 'paused', next_attempt_at = $1, last_error = $4, {free}")
             }
             Settle::Release => {
-                (text, int) = (None, None);
+                (text, int, lead) = (None, None, None);
                 free.to_string()
             }
         };
@@ -145,7 +193,9 @@ impl PgStore {
         if set.contains("$4") {
             params.push(&text);
         }
-        if set.contains("$5") {
+        if set.contains("lead_id = $5") {
+            params.push(&lead);
+        } else if set.contains("$5") {
             params.push(&int);
         }
         let stmt = tx
@@ -154,8 +204,35 @@ impl PgStore {
             ))
             .await?;
         let n = tx.execute(&stmt, &params).await?;
+        let mut wakes = n > 0 && matches!(req.settle, Settle::Release | Settle::Paused { .. });
+        if n > 0 {
+            match &req.settle {
+                // The conversion learns Scaleo's ids from its create; its waiting changes
+                // may go now.
+                Settle::Delivered {
+                    transaction_id,
+                    lead_id,
+                } => {
+                    let stmt = tx
+                        .prepare_cached(
+                            "UPDATE dedupe SET lead_id = $2, transaction_id = $3
+                             WHERE record_id = $1 AND tracked IS NOT NULL
+                               AND key = (SELECT dedupe_key FROM records
+                                          WHERE id = $1 AND kind IS NULL)",
+                        )
+                        .await?;
+                    let n = tx
+                        .execute(&stmt, &[&req.id, lead_id, transaction_id])
+                        .await?;
+                    wakes |= n > 0;
+                }
+                Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => {
+                    change::fold_waiting(&tx, req.id, now).await?;
+                }
+                Settle::DuplicateUpstream | Settle::Dead { .. } => wakes = true,
+            }
+        }
         tx.commit().await?;
-        let wakes = n > 0 && matches!(req.settle, Settle::Release | Settle::Paused { .. });
         Ok((n > 0, wakes))
     }
 }
@@ -169,8 +246,17 @@ fn claim_row(r: &Row) -> Result<ClaimRow, StoreError> {
     let queued_at: Option<i64> = r.try_get(5)?;
     let state: String = r.try_get(7)?;
     let attempts: i32 = r.try_get(4)?;
+    let kind: Option<&str> = r.try_get(8)?;
+    let change = match (kind, r.try_get(9)?, r.try_get(10)?) {
+        (Some("update"), Some(original), Some(key)) => Some(ChangeOf {
+            original,
+            key,
+            lead_id: None,
+        }),
+        _ => None,
+    };
     Ok(ClaimRow {
-        change: None,
+        change,
         id: r.try_get(0)?,
         source: r.try_get(1)?,
         click_id: r.try_get(2)?,

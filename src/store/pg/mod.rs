@@ -5,6 +5,9 @@
 //! flushes of concurrent commits itself). What makes several instances safe together:
 //! - dedupe keys are a primary key: an insert takes the key with `ON CONFLICT DO NOTHING`
 //!   and, when another record holds it, locks that row to decide (see [`write`]);
+//! - the later postbacks of one conversion (changes, stale, resends) are decided one at a
+//!   time under a lock of its dedupe row, with the original and its waiting changes locked
+//!   in a fixed order after it (see [`change`]);
 //! - claims take rows with `FOR UPDATE SKIP LOCKED` and a lease, compared with the
 //!   database clock, so no two instances get the same record and a crashed instance's
 //!   claims come back when their lease ends (see [`claim`]);
@@ -20,6 +23,7 @@
 //! Connections are plain TCP (`NoTls`): TLS is not supported yet, so the database must be
 //! reached over a trusted network (loopback, a private network or a tunnel).
 
+mod change;
 mod claim;
 mod limit;
 mod read;

@@ -6,7 +6,11 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::super::StoreError;
-use super::super::read::{AttemptView, Cursor, Filter, RecordView, Summary};
+use super::super::change::{Conversion, Preview, parse_map};
+use super::super::read::{
+    AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary,
+};
+use super::super::types::NewState;
 use super::super::types::{PauseReason, PauseScope, Paused, RawPostback, State};
 use super::{PgStore, ts};
 
@@ -60,7 +64,7 @@ impl PgStore {
                 &format!(
                     "SELECT {SUMMARY_COLS}, method, path, query, client_ip, user_agent, referer,
                        body, reason, transaction_id, original_id, attempts, next_attempt_at,
-                       last_error
+                       last_error, kind, lead_id, dedupe_key
                      FROM records WHERE id = $1"
                 ),
                 &[&id],
@@ -88,10 +92,14 @@ impl PgStore {
             referer: r.try_get(10)?,
             received_at: summary.received_at,
         };
+        let conversion = match r.try_get::<_, Option<&str>>(20)? {
+            Some(key) => self.conversion(&client, key).await?,
+            None => None,
+        };
         let mut view = RecordView {
-            is_change: false,
-            lead_id: None,
-            conversion: None,
+            is_change: r.try_get::<_, Option<&str>>(18)? == Some("update"),
+            lead_id: r.try_get(19)?,
+            conversion,
             summary,
             raw,
             body,
@@ -138,7 +146,7 @@ impl PgStore {
         let state_name = f.state.map(State::as_str);
         let since = f.since.map(|t| t.as_millisecond());
         let until = f.until.map(|t| t.as_millisecond());
-        let params: [&(dyn ToSql + Sync); 7] = [
+        let params: [&(dyn ToSql + Sync); 8] = [
             &cursor,
             &f.source,
             &state_name,
@@ -146,6 +154,7 @@ impl PgStore {
             &since,
             &until,
             &fetch,
+            &f.conversion,
         ];
         let client = self.pool.get().await?;
         let stmt = client
@@ -157,6 +166,7 @@ impl PgStore {
                    AND ($4::text IS NULL OR click_id = $4)
                    AND ($5::bigint IS NULL OR received_at >= $5)
                    AND ($6::bigint IS NULL OR received_at < $6)
+                   AND ($8::bigint IS NULL OR id = $8 OR original_id = $8)
                  ORDER BY id DESC LIMIT $7"
             ))
             .await?;
@@ -213,11 +223,88 @@ impl PgStore {
         oldest.map(ts).transpose()
     }
 
-    /// What a postback would be to the stored conversions (`explain`).
-    pub(crate) async fn preview(
+    /// What a postback would be to the stored conversions (`explain`); reads only, locks
+    /// nothing.
+    pub(crate) async fn preview(&self, state: &NewState) -> Result<Option<Preview>, StoreError> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let client = self.pool.get().await?;
+        let cols = "SELECT key, record_id, tracked, lead_id FROM dedupe
+                    WHERE tracked IS NOT NULL AND expires_at > $1";
+        let (row, body, transitions) = match state {
+            NewState::Queued {
+                body,
+                dedupe: Some(d),
+                updates: Some(transitions),
+                ..
+            } => {
+                let sql = format!("{cols} AND key = $2");
+                (
+                    client.query_opt(&sql, &[&now, &d.key]).await?,
+                    body,
+                    transitions,
+                )
+            }
+            NewState::Change {
+                body,
+                lookup,
+                transitions,
+                ..
+            } => {
+                let sql = format!(
+                    "{cols} AND source = $2 AND ($3::text IS NULL OR order_id = $3)
+                       AND ($4::text IS NULL OR click_id = $4)
+                     ORDER BY expires_at DESC LIMIT 1"
+                );
+                let params: [&(dyn ToSql + Sync); 4] =
+                    [&now, &lookup.of, &lookup.order_id, &lookup.click_id];
+                match client.query_opt(&sql, &params).await? {
+                    Some(row) => (Some(row), body, transitions),
+                    None => return Ok(Some(Preview::unmatched(lookup))),
+                }
+            }
+            _ => return Ok(None),
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let key: String = row.try_get(0)?;
+        let conv = Conversion::of(&key, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)?;
+        Ok(conv.map(|c| Preview::of(&c, body, transitions)))
+    }
+
+    /// The tracked conversion of dedupe `key`, with its chain (as `read::conversion`).
+    async fn conversion(
         &self,
-        _state: &super::super::NewState,
-    ) -> Result<Option<super::super::Preview>, StoreError> {
-        Ok(None)
+        client: &deadpool_postgres::Object,
+        key: &str,
+    ) -> Result<Option<ConversionView>, StoreError> {
+        let Some(row) = client
+            .query_opt(
+                "SELECT record_id, tracked, lead_id, transaction_id, expires_at FROM dedupe
+                 WHERE key = $1 AND tracked IS NOT NULL",
+                &[&key],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let original: i64 = row.try_get(0)?;
+        let current: &str = row.try_get(1)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLS} FROM records WHERE original_id = $1 ORDER BY id LIMIT $2"
+                ),
+                &[&original, &(CHAIN_MAX as i64)],
+            )
+            .await?;
+        Ok(Some(ConversionView {
+            original,
+            current: parse_map(current, "conversion state")?,
+            lead_id: row.try_get(2)?,
+            transaction_id: row.try_get(3)?,
+            expires_at: ts(row.try_get(4)?)?,
+            chain: rows.iter().map(summary).collect::<Result<_, _>>()?,
+        }))
     }
 }

@@ -13,7 +13,8 @@ use super::StoreError;
 const MIGRATION_LOCK: i64 = 0x7265_6c61_795f_7067; // "relay_pg"
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source          TEXT    NOT NULL,
@@ -74,7 +75,25 @@ CREATE TABLE rate_limits (
     name   TEXT   PRIMARY KEY,
     tat_us BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The conversion lifecycle (as SQLite's migration 2): a dedupe row is also the conversion's
+-- memory (kept for the dedupe window, after retention deletes its records), and a change is
+-- a record of kind 'update' whose original_id is the record that created the conversion.
+ALTER TABLE records ADD COLUMN kind TEXT;            -- 'update' for a change, NULL for a create
+ALTER TABLE records ADD COLUMN lead_id TEXT;         -- Scaleo's info.lead_id, JSON text as given
+ALTER TABLE dedupe
+    ADD COLUMN source TEXT,
+    ADD COLUMN click_id TEXT,
+    ADD COLUMN order_id TEXT,                        -- adv_order_id, for update-only sources
+    ADD COLUMN tracked TEXT,                         -- JSON: conv_status and money as last accepted; NULL: not tracked
+    ADD COLUMN lead_id TEXT,                         -- JSON text as Scaleo gave it
+    ADD COLUMN transaction_id TEXT;
+CREATE INDEX dedupe_order ON dedupe (source, order_id) WHERE order_id IS NOT NULL AND tracked IS NOT NULL;
+CREATE INDEX dedupe_click ON dedupe (source, click_id) WHERE tracked IS NOT NULL;
+CREATE INDEX records_original ON records (original_id) WHERE original_id IS NOT NULL;
+"#,
+];
 
 /// Brings the schema up to date (idempotent, safe when instances start together).
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {

@@ -2,142 +2,202 @@
 //!
 //! Each operation is one transaction. A dedupe key is taken with
 //! `INSERT ... ON CONFLICT DO NOTHING`; when another record holds it, the key's row is
-//! locked (`FOR UPDATE`) and decided as the SQLite store does: a live holder (key not
-//! expired, record neither rejected nor dead) makes this record a `duplicate`, otherwise this
-//! record takes the key over. Two instances inserting the same new key at once serialise on
-//! the key's unique index, so exactly one of them stores it.
+//! locked (`FOR UPDATE`) and decided as the SQLite store does: a later postback of a tracked
+//! conversion is a change, stale or a duplicate (see [`super::change`]); otherwise a live
+//! holder (key not expired, record neither rejected nor dead) makes this record a
+//! `duplicate`, else this record takes the key over. Two instances inserting the same new key
+//! at once serialise on the key's unique index, so exactly one of them stores it.
 
 use deadpool_postgres::Transaction;
 use jiff::Timestamp;
 
+use super::super::change::{Memory, Target};
 use super::super::ops::{Columns, PURGE_CHUNK, body_text};
 use super::super::types::{Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued};
 use super::super::{State, StoreError, ts_plus};
 use super::PgStore;
+use super::change::{self, lock_key, remember, take_key};
 
-/// How often a key that vanished between the conflict and the lock (a purge) is tried again.
-const KEY_TRIES: usize = 3;
+/// The columns a replay starts afresh (`$1` is now).
+pub(super) const REPLAY_RESET: &str = "attempts = 0, claimed_until = NULL, claim_owner = NULL,
+    last_error = NULL, transaction_id = NULL, updated_at = $1";
 
 impl PgStore {
-    /// Stores `rec`; the flag says whether it made work due (a queued record).
+    /// Stores `rec`; the flag says whether it made work due.
     pub(crate) async fn insert(&self, rec: &NewRecord) -> Result<(Inserted, bool), StoreError> {
-        let recv = rec.raw.received_at.as_millisecond();
-        let Columns {
-            state,
-            body,
-            click_id,
-            reason,
-            dedupe,
-        } = Columns::of(rec)?;
-        let queued = state == State::Queued;
-        let queued_at = queued.then_some(recv);
-        let key = dedupe.map(|d| d.key.as_str());
-        let raw = &rec.raw;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO records (source, state, received_at, queued_at, updated_at, method,
-                     path, query, client_ip, user_agent, referer, body, click_id, reason,
-                     dedupe_key, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $4)
-                 RETURNING id",
-            )
-            .await?;
-        let id: i64 = tx
-            .query_one(
-                &stmt,
-                &[
-                    &rec.source,
-                    &state.as_str(),
-                    &recv,
-                    &queued_at,
-                    &raw.method,
-                    &raw.path,
-                    &raw.query,
-                    &raw.client_ip,
-                    &raw.user_agent,
-                    &raw.referer,
-                    &body,
-                    &click_id,
-                    &reason,
-                    &key,
-                ],
-            )
-            .await?
-            .get(0);
-        let mut inserted = Inserted::Stored { id };
-        if let Some(d) = dedupe {
-            let expires = ts_plus(raw.received_at, d.window).as_millisecond();
-            if let Some(original) = take_key(&tx, &d.key, id, expires, recv).await? {
-                tx.execute(
-                    "UPDATE records SET state = 'duplicate', original_id = $2, queued_at = NULL,
-                       next_attempt_at = NULL WHERE id = $1",
-                    &[&id, &original],
+        let mut wakes = false;
+        let inserted = match &rec.state {
+            NewState::Change {
+                body,
+                click_id,
+                lookup,
+                transitions,
+            } => {
+                change::insert_change(
+                    &tx,
+                    rec,
+                    body,
+                    click_id.as_deref(),
+                    lookup,
+                    transitions,
+                    &mut wakes,
                 )
-                .await?;
-                inserted = Inserted::Duplicate { id, original };
+                .await?
             }
-        }
+            _ => insert_create(&tx, rec, &mut wakes).await?,
+        };
         tx.commit().await?;
-        let wakes = queued && matches!(inserted, Inserted::Stored { .. });
         Ok((inserted, wakes))
     }
 
-    /// Replays record `id` (`rejected` or `dead`) into `new` (see `Store::requeue`).
-    pub(crate) async fn requeue(&self, id: i64, new: &NewState) -> Result<Requeued, StoreError> {
+    /// Replays record `id` (`rejected` or `dead`) into `new` (see `Store::requeue`); the flag
+    /// says whether it made work due.
+    pub(crate) async fn requeue(
+        &self,
+        id: i64,
+        new: &NewState,
+    ) -> Result<(Requeued, bool), StoreError> {
         let now = Timestamp::now();
         let now_ms = now.as_millisecond();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let mut wakes = false;
+        // The conversion's dedupe row is locked before the record: the order every writer
+        // takes (see `change`).
+        // `target`: the conversion an update-only postback changes (only read for one).
+        let (target, held) = match new {
+            NewState::Change { lookup, .. } => (
+                change::replay_target(&tx, Some(lookup), None, now_ms).await?,
+                None,
+            ),
+            NewState::Queued {
+                dedupe: Some(d), ..
+            } => (Err(String::new()), lock_key(&tx, &d.key).await?),
+            _ => (Err(String::new()), None),
+        };
         let row = tx
-            .query_opt("SELECT state FROM records WHERE id = $1 FOR UPDATE", &[&id])
-            .await?;
-        let current: String = row.ok_or(StoreError::NotFound(id))?.get(0);
+            .query_opt(
+                "SELECT state, kind, source FROM records WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        let (current, kind, source): (String, Option<String>, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         let state = State::parse(&current).ok_or_else(|| StoreError::Corrupt(current.clone()))?;
         if !matches!(state, State::Rejected | State::Dead) {
             return Err(StoreError::NotReplayable { id, state });
         }
+        let is_change = kind.as_deref() == Some("update");
         let answer = match new {
+            NewState::Change {
+                body,
+                click_id,
+                transitions,
+                ..
+            } => match target {
+                Ok(conv) => {
+                    let click_id = click_id.as_deref();
+                    change::requeue(
+                        &tx,
+                        id,
+                        state,
+                        body,
+                        click_id,
+                        conv,
+                        transitions,
+                        now,
+                        &mut wakes,
+                    )
+                    .await?
+                }
+                Err(why) => {
+                    replay_unqueued(&tx, id, now_ms, State::Rejected, &why, click_id.as_deref())
+                        .await?;
+                    Requeued::Rejected { reason: why }
+                }
+            },
             NewState::Queued {
                 body,
                 click_id,
                 dedupe,
-                ..
+                updates,
             } => {
-                let body = body_text(body)?;
-                let original = match dedupe {
-                    Some(d) => {
-                        let expires = ts_plus(now, d.window).as_millisecond();
-                        take_key(&tx, &d.key, id, expires, now_ms).await?
+                let memory = Memory::of(&source, body, updates.is_some())?;
+                let expires = dedupe
+                    .as_ref()
+                    .map(|d| ts_plus(now, d.window).as_millisecond());
+                // The key's row: locked above, or, when none held the key, taken now.
+                let (held, fresh) = match (held, dedupe, expires) {
+                    (Some(h), _, _) => (Some(h), false),
+                    (None, Some(d), Some(expires)) => {
+                        let h = take_key(&tx, &d.key, id, expires, &memory).await?;
+                        let fresh = h.is_none();
+                        (h, fresh)
                     }
-                    None => None,
+                    _ => (None, false),
                 };
-                let (state, next) = match original {
-                    Some(_) => (State::Duplicate, None),
-                    None => (State::Queued, Some(now_ms)),
+                let conv = match (&held, updates) {
+                    (Some(h), Some(_)) => h.conversion(now_ms)?,
+                    _ => None,
                 };
-                tx.execute(
-                    "UPDATE records SET state = $2, body = $3, click_id = $4, reason = NULL,
-                       dedupe_key = $5, original_id = $6, next_attempt_at = $7, queued_at = $7,
-                       attempts = 0, claimed_until = NULL, claim_owner = NULL, last_error = NULL,
-                       transaction_id = NULL, updated_at = $1
-                     WHERE id = $8",
-                    &[
-                        &now_ms,
-                        &state.as_str(),
-                        &body,
-                        click_id,
-                        &dedupe.as_ref().map(|d| d.key.as_str()),
-                        &original,
-                        &next,
-                        &id,
-                    ],
-                )
-                .await?;
-                match original {
-                    Some(original) => Requeued::Duplicate { original },
-                    None => Requeued::Queued,
+                match (conv, updates) {
+                    (Some(conv), Some(transitions))
+                        if conv.record_id != id && (is_change || state == State::Rejected) =>
+                    {
+                        change::requeue(
+                            &tx,
+                            id,
+                            state,
+                            body,
+                            Some(click_id),
+                            conv,
+                            transitions,
+                            now,
+                            &mut wakes,
+                        )
+                        .await?
+                    }
+                    _ => {
+                        let key = dedupe.as_ref().map(|d| d.key.as_str());
+                        let original = held.as_ref().and_then(|h| h.live(now_ms, Some(id)));
+                        let (state, next) = match original {
+                            Some(_) => (State::Duplicate, None),
+                            None => (State::Queued, Some(now_ms)),
+                        };
+                        tx.execute(
+                            &format!(
+                                "UPDATE records SET state = $2, body = $3, click_id = $4,
+                                   reason = NULL, dedupe_key = $5, original_id = $6,
+                                   next_attempt_at = $7, queued_at = $7, kind = NULL,
+                                   lead_id = NULL, {REPLAY_RESET}
+                                 WHERE id = $8"
+                            ),
+                            &[
+                                &now_ms,
+                                &state.as_str(),
+                                &body_text(body)?,
+                                click_id,
+                                &key,
+                                &original,
+                                &next,
+                                &id,
+                            ],
+                        )
+                        .await?;
+                        match original {
+                            Some(original) => Requeued::Duplicate { original },
+                            None => {
+                                if let (Some(h), Some(expires), false) = (&held, expires, fresh) {
+                                    remember(&tx, &h.key, id, expires, &memory).await?;
+                                }
+                                wakes = true;
+                                Requeued::Queued
+                            }
+                        }
+                    }
                 }
             }
             NewState::Rejected { reason, click_id } => {
@@ -158,14 +218,9 @@ impl PgStore {
                 replay_unqueued(&tx, id, now_ms, State::Skipped, reason, None).await?;
                 Requeued::Skipped
             }
-            NewState::Change { .. } => {
-                return Err(StoreError::Corrupt(
-                    "update-only sources are not supported on PostgreSQL yet".into(),
-                ));
-            }
         };
         tx.commit().await?;
-        Ok(answer)
+        Ok((answer, wakes))
     }
 
     /// Persists a pause (idempotent).
@@ -260,67 +315,166 @@ async fn replay_unqueued(
     click_id: Option<&str>,
 ) -> Result<(), StoreError> {
     tx.execute(
-        "UPDATE records SET state = $2, body = NULL, reason = $3,
-           click_id = COALESCE($4, click_id), next_attempt_at = NULL, attempts = 0,
-           claimed_until = NULL, claim_owner = NULL, last_error = NULL, transaction_id = NULL,
-           updated_at = $1
-         WHERE id = $5",
+        &format!(
+            "UPDATE records SET state = $2, body = NULL, reason = $3,
+               click_id = COALESCE($4, click_id), next_attempt_at = NULL, {REPLAY_RESET}
+             WHERE id = $5"
+        ),
         &[&now_ms, &state.as_str(), &reason, &click_id, &id],
     )
     .await?;
     Ok(())
 }
 
-/// Takes dedupe `key` for record `id` until `expires` (unix ms), unless a live record holds
-/// it at `at_ms`: then that record's id is returned and the key is left alone.
-async fn take_key(
+/// Stores a postback that creates a conversion (or a repeat, a reject, a skip). A dedupe
+/// key is taken with `INSERT ... ON CONFLICT DO NOTHING`; when another record holds it, its
+/// row is locked and the postback decided as the SQLite store does (`ops::insert`).
+async fn insert_create(
     tx: &Transaction<'_>,
-    key: &str,
-    id: i64,
-    expires: i64,
-    at_ms: i64,
-) -> Result<Option<i64>, StoreError> {
-    for _ in 0..KEY_TRIES {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO dedupe (key, record_id, expires_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO NOTHING",
-            )
-            .await?;
-        let taken = tx.execute(&stmt, &[&key, &id, &expires]).await?;
-        if taken == 1 {
-            return Ok(None);
-        }
-        // Lock the key, then read its record in a statement of its own (a fresh snapshot, so
-        // a holder committed by another instance meanwhile is seen as it is now).
-        let Some(row) = tx
-            .query_opt(
-                "SELECT record_id, expires_at FROM dedupe WHERE key = $1 FOR UPDATE",
-                &[&key],
-            )
-            .await?
-        else {
-            // Purged between the conflict and the lock: take it again.
-            continue;
-        };
-        let (holder, holder_expires): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        let state: Option<String> = tx
-            .query_opt("SELECT state FROM records WHERE id = $1", &[&holder])
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        let dead = matches!(state.as_deref(), Some("rejected" | "dead"));
-        if holder_expires > at_ms && !dead && holder != id {
-            return Ok(Some(holder));
-        }
-        tx.execute(
-            "UPDATE dedupe SET record_id = $2, expires_at = $3 WHERE key = $1",
-            &[&key, &id, &expires],
+    rec: &NewRecord,
+    wakes: &mut bool,
+) -> Result<Inserted, StoreError> {
+    let recv = rec.raw.received_at.as_millisecond();
+    let cols = Columns::of(rec)?;
+    let key = cols.dedupe.map(|d| d.key.as_str());
+    let body = cols.body.as_deref();
+    let id = insert_plain(
+        tx,
+        rec,
+        cols.state,
+        body,
+        cols.click_id,
+        cols.reason,
+        key,
+        None,
+    )
+    .await?;
+    let (
+        Some(d),
+        NewState::Queued {
+            body: mapped,
+            click_id,
+            updates,
+            ..
+        },
+    ) = (cols.dedupe, &rec.state)
+    else {
+        *wakes |= cols.state == State::Queued;
+        return Ok(Inserted::Stored { id });
+    };
+    let memory = Memory::of(&rec.source, mapped, updates.is_some())?;
+    let expires = ts_plus(rec.raw.received_at, d.window).as_millisecond();
+    let Some(held) = take_key(tx, &d.key, id, expires, &memory).await? else {
+        *wakes = true;
+        return Ok(Inserted::Stored { id });
+    };
+    // Another record holds the key and its row is locked now. This postback's record is
+    // written afresh under the lock, so the changes of a conversion get ids in the order
+    // they were decided in.
+    let stmt = tx
+        .prepare_cached("DELETE FROM records WHERE id = $1")
+        .await?;
+    tx.execute(&stmt, &[&id]).await?;
+    if let Some(transitions) = updates
+        && let Some(conv) = held.conversion(recv)?
+    {
+        // A later postback of a tracked conversion: a change, a stale one, or (a plain
+        // resend) a duplicate as below. A change of a dead original is dead too.
+        let target = Target::New(rec);
+        let later = change::later(
+            tx,
+            &conv,
+            mapped,
+            Some(click_id),
+            transitions,
+            target,
+            recv,
+            wakes,
         )
         .await?;
-        return Ok(None);
+        if let Some(inserted) = later.inserted(conv.record_id) {
+            return Ok(inserted);
+        }
     }
-    Err(StoreError::Corrupt(format!(
-        "dedupe key {key:?} vanished {KEY_TRIES} times while being taken"
-    )))
+    Ok(match held.live(recv, None) {
+        Some(original) => {
+            let id = insert_plain(
+                tx,
+                rec,
+                State::Duplicate,
+                body,
+                cols.click_id,
+                cols.reason,
+                key,
+                Some(original),
+            )
+            .await?;
+            Inserted::Duplicate { id, original }
+        }
+        None => {
+            let id = insert_plain(
+                tx,
+                rec,
+                State::Queued,
+                body,
+                cols.click_id,
+                cols.reason,
+                key,
+                None,
+            )
+            .await?;
+            remember(tx, &held.key, id, expires, &memory).await?;
+            *wakes = true;
+            Inserted::Stored { id }
+        }
+    })
+}
+
+/// Inserts a record of kind create (or a duplicate or reject) as it arrived.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn insert_plain(
+    tx: &Transaction<'_>,
+    rec: &NewRecord,
+    state: State,
+    body: Option<&str>,
+    click_id: Option<&str>,
+    reason: Option<&str>,
+    key: Option<&str>,
+    original: Option<i64>,
+) -> Result<i64, StoreError> {
+    let recv = rec.raw.received_at.as_millisecond();
+    let queued_at = (state == State::Queued).then_some(recv);
+    let raw = &rec.raw;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO records (source, state, received_at, queued_at, updated_at, method,
+                 path, query, client_ip, user_agent, referer, body, click_id, reason,
+                 dedupe_key, original_id, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $4)
+             RETURNING id",
+        )
+        .await?;
+    Ok(tx
+        .query_one(
+            &stmt,
+            &[
+                &rec.source,
+                &state.as_str(),
+                &recv,
+                &queued_at,
+                &raw.method,
+                &raw.path,
+                &raw.query,
+                &raw.client_ip,
+                &raw.user_agent,
+                &raw.referer,
+                &body,
+                &click_id,
+                &reason,
+                &key,
+                &original,
+            ],
+        )
+        .await?
+        .try_get(0)?)
 }
