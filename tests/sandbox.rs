@@ -3,13 +3,28 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use postback_relay::sandbox::{MULTIPLE_CONVERSIONS, Sandbox, SandboxConfig, Step};
+use postback_relay::sandbox::{MULTIPLE_CONVERSIONS, Sandbox, SandboxConfig, Step, UPDATE_PATH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const KEY: &str = "sandbox-secret-key";
 
+/// Installs a global subscriber (writing nowhere) once per test binary, before any sandbox
+/// runs: `tracing` caches each callsite's interest process-wide when it is first reached,
+/// and a thread without any subscriber would cache "never", hiding the line from the test
+/// that captures logs with a thread-local subscriber.
+fn quiet_global_subscriber() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
 async fn start() -> Sandbox {
+    quiet_global_subscriber();
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let cfg = SandboxConfig {
         api_key: KEY.to_owned(),
@@ -46,6 +61,44 @@ async fn post(sandbox: &Sandbox, body: &Value) -> (StatusCode, Option<String>, V
         .await
         .expect("answer");
     answer_of(response).await
+}
+
+fn update_url(sandbox: &Sandbox, key: &str) -> String {
+    format!("{}{UPDATE_PATH}?api-key={key}", sandbox.base_url())
+}
+
+/// PUTs `body` as JSON to `leads/update` with the right key; returns the status and answer.
+async fn put(sandbox: &Sandbox, body: &Value) -> (StatusCode, Value) {
+    let response = client()
+        .put(update_url(sandbox, KEY))
+        .json(body)
+        .send()
+        .await
+        .expect("answer");
+    let (status, _, answer) = answer_of(response).await;
+    (status, answer)
+}
+
+/// Creates a conversion for `click_id` with these extra fields; returns its answer's `info`.
+async fn create(sandbox: &Sandbox, click_id: &str, fields: Value) -> Value {
+    let mut body = json!({"click_id": click_id});
+    body.as_object_mut()
+        .expect("object")
+        .extend(fields.as_object().expect("object").clone());
+    let (status, _, answer) = post(sandbox, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["info"].clone()
+}
+
+async fn listing(sandbox: &Sandbox) -> Vec<Value> {
+    let response = client()
+        .get(format!("{}/sandbox/conversions", sandbox.base_url()))
+        .send()
+        .await
+        .expect("answer");
+    let (status, _, listing) = answer_of(response).await;
+    assert_eq!(status, StatusCode::OK);
+    listing.as_array().expect("array").clone()
 }
 
 async fn answer_of(response: reqwest::Response) -> (StatusCode, Option<String>, Value) {
@@ -506,11 +559,14 @@ async fn logs_every_call_with_the_key_redacted() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let sandbox = start().await;
 
-    post(
+    let (_, _, created) = post(
         &sandbox,
         &json!({"click_id": "logged", "email": "a@example.com"}),
     )
     .await;
+    let lead_id = created["info"]["lead_id"].as_str().expect("lead_id");
+    let change = json!({"lead_id": lead_id, "private_notes": "secret-note"});
+    assert_eq!(put(&sandbox, &change).await.0, StatusCode::OK);
 
     let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
     assert!(text.contains("sandbox call"), "{text}");
@@ -518,8 +574,449 @@ async fn logs_every_call_with_the_key_redacted() {
         text.contains("api-key=***") && text.contains("logged"),
         "{text}"
     );
+    assert!(text.contains(&format!("lead_id=\"{lead_id}\"")), "{text}");
     assert!(
-        !text.contains(KEY) && !text.contains("a@example.com"),
+        !text.contains(KEY) && !text.contains("a@example.com") && !text.contains("secret-note"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn create_answers_a_unique_string_lead_id() {
+    let sandbox = start().await;
+    let first = create(&sandbox, "one", json!({})).await;
+    let second = create(&sandbox, "two", json!({})).await;
+
+    let ids = [&first["lead_id"], &second["lead_id"]];
+    assert!(ids.iter().all(|id| id.is_string()), "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+    let kept: Vec<String> = sandbox
+        .conversions()
+        .into_iter()
+        .map(|conversion| conversion.lead_id)
+        .collect();
+    assert_eq!(kept, [ids[0].as_str().unwrap(), ids[1].as_str().unwrap()]);
+}
+
+#[tokio::test]
+async fn update_changes_the_conversion_and_keeps_its_history() {
+    let sandbox = start().await;
+    let info = create(
+        &sandbox,
+        "lead-1",
+        json!({"conv_status": "pending", "revenue": 1, "custom1": "a"}),
+    )
+    .await;
+    let lead_id = info["lead_id"].as_str().expect("lead_id").to_owned();
+    let change = json!({"lead_id": lead_id, "conv_status": "approved", "revenue": 25});
+
+    let (status, answer) = put(&sandbox, &change).await;
+
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "success");
+    assert_eq!(answer["code"].as_u64(), Some(200));
+    assert_eq!(answer["info"]["lead_id"], json!(lead_id));
+    assert_eq!(answer["info"]["transaction_id"], info["transaction_id"]);
+    assert_eq!(answer["info"]["conv_status"], "approved");
+
+    assert_eq!(sandbox.updates(), [change.clone()]);
+    let conversion = sandbox.conversion(&lead_id).expect("kept");
+    assert_eq!(conversion.conv_status(), "approved");
+    assert_eq!(
+        conversion.current,
+        json!({"click_id": "lead-1", "conv_status": "approved", "revenue": 25, "custom1": "a"})
+    );
+    assert_eq!(
+        conversion.body["conv_status"], "pending",
+        "the create body stays"
+    );
+    assert_eq!(conversion.changes.len(), 1);
+    assert_eq!(conversion.changes[0].body, change);
+    assert!(conversion.changes[0].at >= conversion.at);
+    // The money keeps its exact text.
+    assert_eq!(conversion.current["revenue"].to_string(), "25");
+    let calls = sandbox.received();
+    assert_eq!(
+        (calls[1].method.as_str(), calls[1].path.as_str()),
+        ("PUT", UPDATE_PATH)
+    );
+    assert_eq!(calls[1].query_redacted, "api-key=***");
+}
+
+#[tokio::test]
+async fn a_status_only_update_keeps_the_money_and_changes_pile_up_oldest_first() {
+    let sandbox = start().await;
+    let info = create(
+        &sandbox,
+        "cod",
+        json!({"conv_status": "hold", "amount": 40}),
+    )
+    .await;
+    let lead_id = info["lead_id"].as_str().expect("lead_id").to_owned();
+    let changes = [
+        json!({"lead_id": lead_id, "conv_status": "approved"}),
+        json!({"lead_id": lead_id, "conv_status": "rejected", "private_notes": "chargeback"}),
+    ];
+    for change in &changes {
+        assert_eq!(put(&sandbox, change).await.0, StatusCode::OK);
+    }
+
+    let conversion = &sandbox.conversions()[0];
+    assert_eq!(conversion.conv_status(), "rejected");
+    assert_eq!(conversion.current["amount"].to_string(), "40");
+    assert_eq!(conversion.current["private_notes"], "chargeback");
+    let bodies: Vec<&Value> = conversion.changes.iter().map(|c| &c.body).collect();
+    assert_eq!(bodies, [&changes[0], &changes[1]]);
+    assert!(conversion.changes[0].at <= conversion.changes[1].at);
+}
+
+#[tokio::test]
+async fn update_takes_a_numeric_lead_id_by_its_text() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "n", json!({})).await;
+    let text = info["lead_id"].as_str().expect("lead_id");
+    let number: Value = serde_json::from_str(text).expect("decimal text");
+    assert!(number.is_number());
+
+    let (status, answer) = put(&sandbox, &json!({"lead_id": number, "payout": 2.5})).await;
+
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["info"]["lead_id"], info["lead_id"]);
+    assert_eq!(
+        answer["info"]["conv_status"], "approved",
+        "the default status"
+    );
+    assert_eq!(
+        sandbox.conversions()[0].current["payout"].to_string(),
+        "2.5"
+    );
+}
+
+#[tokio::test]
+async fn update_of_an_unknown_lead_id_answers_404_naming_it() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "known", json!({})).await;
+    let unknown = format!("{}0", info["lead_id"].as_str().expect("lead_id"));
+
+    for lead_id in [json!(unknown), json!(7), json!(" 1 ")] {
+        let (status, answer) = put(
+            &sandbox,
+            &json!({"lead_id": lead_id, "conv_status": "approved"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+        assert_eq!(answer["status"], "error");
+        assert_eq!(answer["code"].as_u64(), Some(404));
+        let text = lead_id
+            .as_str()
+            .map_or_else(|| lead_id.to_string(), str::to_owned);
+        assert!(message(&answer).contains(&text), "{answer}");
+    }
+    assert!(sandbox.updates().is_empty());
+    assert!(sandbox.conversions()[0].changes.is_empty());
+}
+
+#[tokio::test]
+async fn update_answers_405_with_allow_put_for_other_methods() {
+    let sandbox = start().await;
+    let http = client();
+    let url = update_url(&sandbox, KEY);
+    for request in [
+        http.post(&url).json(&json!({"lead_id": "1"})),
+        http.get(&url),
+        http.patch(&url).json(&json!({"lead_id": "1"})),
+    ] {
+        let response = request.send().await.expect("answer");
+        assert_eq!(response.headers()["allow"], "PUT");
+        let (status, _, answer) = answer_of(response).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(message(&answer).contains("PUT"), "{answer}");
+    }
+    // The create path still allows POST only.
+    let response = http
+        .put(conversion_url(&sandbox, KEY))
+        .json(&json!({"click_id": "a"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+}
+
+#[tokio::test]
+async fn update_answers_401_for_a_wrong_or_missing_key() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "k", json!({})).await;
+    let body = json!({"lead_id": info["lead_id"], "conv_status": "approved"});
+    let urls = [
+        update_url(&sandbox, "wrong"),
+        format!("{}{UPDATE_PATH}", sandbox.base_url()),
+    ];
+    for url in urls {
+        let response = client().put(url).json(&body).send().await.expect("answer");
+        let (status, _, answer) = answer_of(response).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer["code"].as_u64(), Some(401));
+    }
+    assert!(sandbox.updates().is_empty());
+    assert_eq!(sandbox.conversions()[0].conv_status(), "approved");
+}
+
+#[tokio::test]
+async fn update_answers_400_for_bad_json_and_a_wrong_content_type() {
+    let sandbox = start().await;
+    let url = update_url(&sandbox, KEY);
+    let cases = [
+        ("application/json", "{\"lead_id\": "),
+        ("application/json", "[\"lead_id\"]"),
+        ("text/plain", "{\"lead_id\": \"1\"}"),
+    ];
+    for (content_type, body) in cases {
+        let response = client()
+            .put(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("answer");
+        let (status, _, answer) = answer_of(response).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(message(&answer).starts_with("bad JSON"), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn update_names_every_field_it_cannot_change_in_a_400() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "u", json!({})).await;
+    let body = json!({"lead_id": info["lead_id"], "conv_status": "approved",
+                      "click_id": "u", "goal_id": 3, "custom11": "x"});
+
+    let (status, answer) = put(&sandbox, &body).await;
+
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["status"], "error");
+    for name in ["click_id", "goal_id", "custom11"] {
+        assert!(message(&answer).contains(name), "{answer}");
+    }
+    assert_eq!(
+        answer["info"]["unknown_parameters"],
+        json!(["click_id", "custom11", "goal_id"])
+    );
+    assert!(sandbox.updates().is_empty());
+}
+
+#[tokio::test]
+async fn update_accepts_every_updatable_field() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "all", json!({})).await;
+    let mut body = json!({"lead_id": info["lead_id"], "conv_status": "hold", "revenue": 1,
+                          "payout": 0.5, "amount": 10, "adv_order_id": "o-1",
+                          "public_notes": "p", "private_notes": "q"});
+    for n in 1..=10 {
+        body[format!("custom{n}")] = json!(format!("c{n}"));
+    }
+
+    let (status, answer) = put(&sandbox, &body).await;
+
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(sandbox.conversions()[0].current["custom10"], "c10");
+}
+
+#[tokio::test]
+async fn update_answers_422_for_wrong_types_statuses_and_a_missing_lead_id() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "v", json!({})).await;
+    let lead_id = info["lead_id"].clone();
+    let cases = [
+        (
+            json!({"lead_id": lead_id, "revenue": "25", "payout": null, "custom1": 5}),
+            vec!["custom1", "payout", "revenue"],
+        ),
+        (
+            json!({"lead_id": lead_id, "conv_status": "paid"}),
+            vec!["conv_status"],
+        ),
+        (json!({"conv_status": "approved"}), vec!["lead_id"]),
+        (json!({"lead_id": "", "amount": 1}), vec!["lead_id"]),
+        (json!({"lead_id": true}), vec!["lead_id"]),
+        (json!({"lead_id": [lead_id]}), vec!["lead_id"]),
+    ];
+    for (body, fields) in cases {
+        let (status, answer) = put(&sandbox, &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["status"], "error");
+        let errors = answer["info"]["errors"].as_object().expect("errors");
+        let got: Vec<&str> = errors.keys().map(String::as_str).collect();
+        assert_eq!(got, fields, "{body}");
+        assert!(errors.values().all(Value::is_array), "{answer}");
+    }
+    assert!(sandbox.updates().is_empty());
+    assert!(sandbox.conversions()[0].changes.is_empty());
+}
+
+#[tokio::test]
+async fn scripted_steps_serve_both_paths_in_call_order() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "scripted", json!({"conv_status": "pending"})).await;
+    let lead_id = info["lead_id"].clone();
+    sandbox.script([
+        Step::status(500),
+        Step::too_many(9),
+        Step::status(503),
+        Step::Success,
+    ]);
+    let change = json!({"lead_id": lead_id, "conv_status": "approved"});
+
+    let (status, answer) = put(&sandbox, &change).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    let (status, retry_after, _) = post(&sandbox, &json!({"click_id": "other"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after.as_deref(), Some("9"));
+    assert_eq!(
+        put(&sandbox, &change).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // A scripted success on the update path applies the change, unchecked.
+    let response = client()
+        .put(update_url(&sandbox, "wrong-key"))
+        .json(&change)
+        .send()
+        .await
+        .expect("answer");
+    let (status, _, answer) = answer_of(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["info"]["transaction_id"], info["transaction_id"]);
+    assert_eq!(answer["info"]["conv_status"], "approved");
+    assert_eq!(sandbox.pending_steps(), 0);
+
+    // The queue is empty: the sandbox checks again.
+    assert_eq!(
+        put(&sandbox, &json!({"lead_id": "0"})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let statuses: Vec<(String, u16)> = sandbox
+        .received()
+        .iter()
+        .skip(1)
+        .map(|call| (call.method.clone(), call.status))
+        .collect();
+    let expected = [
+        ("PUT", 500),
+        ("POST", 429),
+        ("PUT", 503),
+        ("PUT", 200),
+        ("PUT", 404),
+    ];
+    let expected: Vec<(String, u16)> = expected
+        .iter()
+        .map(|(method, status)| ((*method).to_owned(), *status))
+        .collect();
+    assert_eq!(statuses, expected);
+    assert_eq!(sandbox.updates(), [change]);
+    assert_eq!(sandbox.conversions()[0].conv_status(), "approved");
+    assert_eq!(
+        sandbox.conversions().len(),
+        1,
+        "the scripted 429 created nothing"
+    );
+}
+
+#[tokio::test]
+async fn scripted_success_on_the_update_path_takes_anything() {
+    let sandbox = start().await;
+    sandbox.script([Step::Success, Step::Success]);
+    let http = client();
+
+    let response = http
+        .put(update_url(&sandbox, KEY))
+        .body("not json")
+        .send()
+        .await
+        .expect("answer");
+    let (status, _, answer) = answer_of(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["info"]["transaction_id"], Value::Null);
+    let (status, answer) = put(&sandbox, &json!({"lead_id": "nobody", "x": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["info"]["lead_id"], "nobody");
+
+    assert_eq!(
+        sandbox.updates(),
+        [Value::Null, json!({"lead_id": "nobody", "x": 1})]
+    );
+    assert!(sandbox.conversions().is_empty());
+}
+
+#[tokio::test]
+async fn hang_on_the_update_path_applies_the_change_before_answering() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "slow-change", json!({"conv_status": "pending"})).await;
+    sandbox.script([Step::Hang(Duration::from_secs(5))]);
+    let impatient = client_with_timeout(Duration::from_millis(200));
+    let change = json!({"lead_id": info["lead_id"], "conv_status": "rejected"});
+
+    let timed_out = impatient
+        .put(update_url(&sandbox, KEY))
+        .json(&change)
+        .send()
+        .await;
+
+    assert!(timed_out.is_err_and(|err| err.is_timeout()));
+    assert!(sandbox.wait_for_updates(1, Duration::from_secs(2)).await);
+    assert_eq!(sandbox.conversions()[0].conv_status(), "rejected");
+}
+
+#[tokio::test]
+async fn waits_for_updates_with_a_bound() {
+    let sandbox = start().await;
+    let info = create(&sandbox, "w", json!({})).await;
+    assert!(!sandbox.wait_for_updates(1, Duration::from_millis(50)).await);
+    put(&sandbox, &json!({"lead_id": info["lead_id"], "revenue": 3})).await;
+    assert!(sandbox.wait_for_updates(1, Duration::from_millis(50)).await);
+}
+
+#[tokio::test]
+async fn lists_each_conversion_with_its_current_state_and_changes() {
+    let sandbox = start().await;
+    let first = create(
+        &sandbox,
+        "first",
+        json!({"conv_status": "pending", "revenue": 1}),
+    )
+    .await;
+    create(&sandbox, "second", json!({})).await;
+    let changes = [
+        json!({"lead_id": first["lead_id"], "conv_status": "hold"}),
+        json!({"lead_id": first["lead_id"], "conv_status": "approved", "revenue": 25}),
+    ];
+    for change in &changes {
+        assert_eq!(put(&sandbox, change).await.0, StatusCode::OK);
+    }
+
+    let entries = listing(&sandbox).await;
+
+    assert_eq!(entries.len(), 2);
+    let entry = &entries[0];
+    assert_eq!(entry["lead_id"], first["lead_id"]);
+    assert_eq!(entry["transaction_id"], first["transaction_id"]);
+    assert_eq!(
+        entry["body"],
+        json!({"click_id": "first", "conv_status": "pending", "revenue": 1})
+    );
+    assert_eq!(
+        entry["current"],
+        json!({"click_id": "first", "conv_status": "approved", "revenue": 25})
+    );
+    let bodies: Vec<&Value> = entry["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|change| &change["body"])
+        .collect();
+    assert_eq!(bodies, [&changes[0], &changes[1]]);
+    assert!(entry["changes"][0]["at"].is_string());
+    assert!(entry["at"].is_string());
+    assert_eq!(entries[1]["changes"], json!([]));
+    assert_eq!(entries[1]["current"], entries[1]["body"]);
 }

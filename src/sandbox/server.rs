@@ -15,13 +15,42 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::query::{api_key, redact_query};
-use super::state::{Accepted, Duplicate, State, shutdown_raised};
+use super::state::{Accepted, DEFAULT_CONV_STATUS, Duplicate, State, shutdown_raised};
 use super::step::Step;
 use super::validate::{self, Rejection};
 use super::{Received, envelope};
 
-/// The one Scaleo endpoint the sandbox implements.
+/// Scaleo's endpoint that creates a conversion (`POST`).
 pub(crate) const CONVERSION_PATH: &str = "/api/v2/network/tracking/conv-click-id";
+
+/// Scaleo's endpoint that changes a conversion (`PUT`), the relay's own constant.
+pub(crate) const UPDATE_PATH: &str = crate::forward::client::UPDATE_PATH;
+
+/// The Scaleo endpoints the sandbox implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `POST conv-click-id`.
+    Create,
+    /// `PUT leads/update`.
+    Update,
+}
+
+impl Endpoint {
+    fn of(path: &str) -> Option<Endpoint> {
+        match path {
+            CONVERSION_PATH => Some(Endpoint::Create),
+            UPDATE_PATH => Some(Endpoint::Update),
+            _ => None,
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Create => Method::POST,
+            Endpoint::Update => Method::PUT,
+        }
+    }
+}
 
 /// Request bodies above this size are answered 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -153,7 +182,7 @@ fn allow_get() -> Reply {
     reply
 }
 
-/// A call to the Scaleo side (the conversion endpoint or any unknown path): decided,
+/// A call to the Scaleo side (one of its endpoints or any unknown path): decided,
 /// recorded, logged, then answered.
 async fn api_call(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Abort> {
     let call = read_call(req).await?;
@@ -209,20 +238,25 @@ async fn read_capped(body: Incoming) -> Result<Option<Bytes>, Abort> {
     }
 }
 
-/// The Scaleo emulation: limits, then the script, then method, key, body and duplicates.
+/// The Scaleo emulation: limits, then the script, then method, key, body and the
+/// endpoint's own checks (duplicates for a create, the `lead_id` for an update).
 fn decide(state: &State, call: &Call) -> Outcome {
-    if call.path != CONVERSION_PATH {
+    let Some(endpoint) = Endpoint::of(&call.path) else {
         return Outcome::Reply(Reply::standard_error(404));
-    }
+    };
     let Some(raw) = &call.raw else {
         return Outcome::Reply(Reply::standard_error(413));
     };
     if let Some(step) = state.next_step() {
-        return scripted(state, step, raw);
+        return scripted(state, endpoint, step, raw);
     }
-    if call.method != Method::POST {
-        let mut reply = Reply::standard_error(405);
-        reply.headers.push((ALLOW, "POST".into()));
+    let allowed = endpoint.method();
+    if call.method != allowed {
+        let message = format!(
+            "Method Not Allowed. This URL can only handle the following request methods: {allowed}."
+        );
+        let mut reply = Reply::error(405, &message, json!({}));
+        reply.headers.push((ALLOW, allowed.to_string()));
         return Outcome::Reply(reply);
     }
     if api_key(&call.query).as_deref() != Some(state.api_key.as_str()) {
@@ -232,7 +266,10 @@ fn decide(state: &State, call: &Call) -> Outcome {
         let message = "bad JSON: Content-Type must be application/json";
         return Outcome::Reply(Reply::error(400, message, json!({})));
     }
-    Outcome::Reply(convert(state, raw))
+    Outcome::Reply(match endpoint {
+        Endpoint::Create => convert(state, raw),
+        Endpoint::Update => update(state, raw),
+    })
 }
 
 /// Validates and accepts a conversion body.
@@ -246,6 +283,37 @@ fn convert(state: &State, raw: &[u8]) -> Reply {
         Ok(accepted) => success(&accepted, &body),
         Err(Duplicate) => multiple_conversions(),
     }
+}
+
+/// Validates an update body and applies it to the conversion its `lead_id` names.
+fn update(state: &State, raw: &[u8]) -> Reply {
+    let update = match validate::validate_update(raw) {
+        Ok(update) => update,
+        Err(rejection) => return rejected(&rejection),
+    };
+    let body = Value::Object(update.body);
+    match state.try_update(&update.lead_id, &body) {
+        Some(conversion) => updated(&conversion),
+        None => {
+            let message = format!(
+                "Lead not found: no conversion has lead_id \"{}\".",
+                update.lead_id
+            );
+            Reply::error(404, &message, json!({"lead_id": update.lead_id}))
+        }
+    }
+}
+
+/// The success answer of an update: the conversion's ids and its status after the change.
+fn updated(conversion: &Accepted) -> Reply {
+    let info = json!({
+        "status": "success",
+        "message": "conversion updated",
+        "lead_id": conversion.lead_id,
+        "transaction_id": conversion.transaction_id,
+        "conv_status": conversion.conv_status(),
+    });
+    Reply::json(200, &envelope::success(info))
 }
 
 fn rejected(rejection: &Rejection) -> Reply {
@@ -268,7 +336,10 @@ fn success(accepted: &Accepted, body: &Value) -> Reply {
         "message": "conversion created",
         "lead_id": accepted.lead_id,
         "transaction_id": accepted.transaction_id,
-        "conv_status": body.get("conv_status").cloned().unwrap_or_else(|| json!("approved")),
+        "conv_status": body
+            .get("conv_status")
+            .cloned()
+            .unwrap_or_else(|| json!(DEFAULT_CONV_STATUS)),
         "affiliate_id": 1,
         "offer_id": 1,
         "goal_id": body.get("goal_id").cloned().unwrap_or_else(|| json!(1)),
@@ -280,8 +351,9 @@ fn success(accepted: &Accepted, body: &Value) -> Reply {
     Reply::json(200, &envelope::success(info))
 }
 
-/// The answer of a scripted step; success steps record the conversion as accepted.
-fn scripted(state: &State, step: Step, raw: &[u8]) -> Outcome {
+/// The answer of a scripted step; success steps record the conversion (create) or the
+/// change (update) as accepted.
+fn scripted(state: &State, endpoint: Endpoint, step: Step, raw: &[u8]) -> Outcome {
     let reply = match step {
         Step::Answer {
             status,
@@ -296,10 +368,10 @@ fn scripted(state: &State, step: Step, raw: &[u8]) -> Outcome {
                 .collect(),
             delay: Duration::ZERO,
         },
-        Step::Success => accept_anything(state, raw),
+        Step::Success => accept_anything(state, endpoint, raw),
         Step::Hang(delay) => Reply {
             delay,
-            ..accept_anything(state, raw)
+            ..accept_anything(state, endpoint, raw)
         },
         Step::MultipleConversions => multiple_conversions(),
         Step::Unauthorized => Reply::standard_error(401),
@@ -309,10 +381,31 @@ fn scripted(state: &State, step: Step, raw: &[u8]) -> Outcome {
     Outcome::Reply(reply)
 }
 
-fn accept_anything(state: &State, raw: &[u8]) -> Reply {
+fn accept_anything(state: &State, endpoint: Endpoint, raw: &[u8]) -> Reply {
     let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-    let key = body.as_object().and_then(validate::duplicate_key);
-    success(&state.force_accept(&body, key), &body)
+    match endpoint {
+        Endpoint::Create => {
+            let key = body.as_object().and_then(validate::duplicate_key);
+            success(&state.force_accept(&body, key), &body)
+        }
+        Endpoint::Update => {
+            let lead_id = body.get("lead_id").and_then(validate::lead_id_text);
+            match state.force_update(lead_id.as_deref(), &body) {
+                Some(conversion) => updated(&conversion),
+                // No such conversion: success all the same, with what was sent.
+                None => {
+                    let info = json!({
+                        "status": "success",
+                        "message": "conversion updated",
+                        "lead_id": body.get("lead_id").cloned().unwrap_or(Value::Null),
+                        "transaction_id": Value::Null,
+                        "conv_status": body.get("conv_status").cloned().unwrap_or(Value::Null),
+                    });
+                    Reply::json(200, &envelope::success(info))
+                }
+            }
+        }
+    }
 }
 
 fn is_json_content_type(content_type: Option<&str>) -> bool {
@@ -328,14 +421,15 @@ fn log_and_record(state: &State, call: Call, status: u16) {
         .map(|raw| String::from_utf8_lossy(raw).into_owned())
         .unwrap_or_default();
     let query_redacted = redact_query(&call.query);
-    let click_id = click_id_of(call.raw.as_deref().unwrap_or_default());
-    // Bodies carry lead data (email, phone): only their size and click id are logged.
+    let ids = ids_of(call.raw.as_deref().unwrap_or_default());
+    // Bodies carry lead data (email, phone): only their size and ids are logged.
     tracing::info!(
         method = %call.method,
         path = %call.path,
         query = %query_redacted,
         status,
-        click_id = click_id.as_deref().unwrap_or_default(),
+        click_id = ids.click_id.as_deref().unwrap_or_default(),
+        lead_id = ids.lead_id.as_deref().unwrap_or_default(),
         body_bytes = raw_body.len(),
         "sandbox call"
     );
@@ -350,13 +444,27 @@ fn log_and_record(state: &State, call: Call, status: u16) {
     });
 }
 
-/// The `click_id` of a JSON object body, for the log line.
-fn click_id_of(raw: &[u8]) -> Option<String> {
+/// The ids of a call, for the log line.
+#[derive(Default)]
+struct Ids {
+    click_id: Option<String>,
+    lead_id: Option<String>,
+}
+
+/// The `click_id` (a string) and `lead_id` (a string or number) of a JSON object body.
+fn ids_of(raw: &[u8]) -> Ids {
     #[derive(serde::Deserialize)]
-    struct ClickId {
-        click_id: Option<String>,
+    struct Raw {
+        click_id: Option<Value>,
+        lead_id: Option<Value>,
     }
-    serde_json::from_slice::<ClickId>(raw).ok()?.click_id
+    let Ok(ids) = serde_json::from_slice::<Raw>(raw) else {
+        return Ids::default();
+    };
+    Ids {
+        click_id: ids.click_id.and_then(|id| id.as_str().map(str::to_owned)),
+        lead_id: ids.lead_id.as_ref().and_then(validate::lead_id_text),
+    }
 }
 
 /// A scripted status that can end an HTTP/1.1 exchange: 200..=999, else 500.

@@ -1,4 +1,5 @@
-//! What the sandbox remembers: calls, accepted conversions, duplicate keys and the script.
+//! What the sandbox remembers: calls, accepted conversions with their changes, accepted
+//! updates, duplicate keys and the script.
 //!
 //! Everything lives behind one `std` mutex that is never held across an `.await`. Memory is
 //! bounded by [`CAPACITY`] entries per list and by a byte budget per list: bodies are kept
@@ -8,45 +9,134 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-use super::Received;
 use super::step::Step;
 use super::validate::DuplicateKey;
+use super::{Change, Conversion, Received};
 
-/// At most this many calls and this many accepted conversions are kept (oldest go first).
+/// At most this many calls, accepted conversions and accepted updates are kept (oldest go
+/// first).
 pub const CAPACITY: usize = 10_000;
 
-/// At most this many bytes of body text are kept per list (calls, accepted conversions);
-/// the newest entry is always kept.
+/// At most this many bytes of body text are kept per list (calls, accepted conversions with
+/// their changes, accepted updates); the newest entry is always kept.
 const BYTES_BUDGET: usize = 64 << 20;
 
-/// A conversion the sandbox answered success for.
+/// The status a conversion has when neither its create nor a change set one.
+pub(crate) const DEFAULT_CONV_STATUS: &str = "approved";
+
+/// A conversion the sandbox answered success for, with the changes applied to it since.
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
     pub(crate) at: Timestamp,
-    pub(crate) lead_id: u64,
+    /// Decimal text, as Scaleo's docs show `lead_id`: a string.
+    pub(crate) lead_id: String,
     pub(crate) transaction_id: String,
-    /// The body as JSON text.
+    /// The create body as JSON text.
     body_json: String,
+    /// Accepted updates of this conversion, oldest first.
+    changes: Vec<Logged>,
     key: Option<DuplicateKey>,
 }
 
-impl Accepted {
-    /// The accepted body.
-    pub(crate) fn body(&self) -> Value {
+/// A body kept as JSON text, with when it was accepted.
+#[derive(Debug, Clone)]
+struct Logged {
+    at: Timestamp,
+    body_json: String,
+}
+
+impl Logged {
+    fn new(body: &Value) -> Logged {
+        Logged {
+            at: Timestamp::now(),
+            body_json: body.to_string(),
+        }
+    }
+
+    fn body(&self) -> Value {
         // The text was serialized from a `Value`, so it always parses back.
         serde_json::from_str(&self.body_json).unwrap_or(Value::Null)
+    }
+}
+
+impl Accepted {
+    /// The create body.
+    pub(crate) fn body(&self) -> Value {
+        serde_json::from_str(&self.body_json).unwrap_or(Value::Null)
+    }
+
+    /// The create body with every accepted change applied in order (every field of an
+    /// update except `lead_id` replaces the field of the same name).
+    pub(crate) fn current(&self) -> Value {
+        let mut current = self.body();
+        for change in &self.changes {
+            let Value::Object(fields) = change.body() else {
+                continue;
+            };
+            if !current.is_object() {
+                current = Value::Object(Map::new());
+            }
+            if let Value::Object(target) = &mut current {
+                target.extend(fields.into_iter().filter(|(name, _)| name != "lead_id"));
+            }
+        }
+        current
+    }
+
+    /// The current `conv_status`, [`DEFAULT_CONV_STATUS`] when none was ever sent.
+    pub(crate) fn conv_status(&self) -> Value {
+        self.current()
+            .get("conv_status")
+            .cloned()
+            .unwrap_or_else(|| json!(DEFAULT_CONV_STATUS))
+    }
+
+    /// Body text kept for this conversion, changes included.
+    fn bytes(&self) -> usize {
+        self.body_json.len()
+            + self
+                .changes
+                .iter()
+                .map(|change| change.body_json.len())
+                .sum::<usize>()
+    }
+
+    /// The public view.
+    pub(crate) fn view(&self) -> Conversion {
+        Conversion {
+            at: self.at,
+            lead_id: self.lead_id.clone(),
+            transaction_id: self.transaction_id.clone(),
+            body: self.body(),
+            current: self.current(),
+            changes: self
+                .changes
+                .iter()
+                .map(|change| Change {
+                    at: change.at,
+                    body: change.body(),
+                })
+                .collect(),
+        }
     }
 
     /// The entry of `GET /sandbox/conversions`.
     pub(crate) fn listing_entry(&self) -> Value {
+        let changes: Vec<Value> = self
+            .changes
+            .iter()
+            .map(|change| json!({"at": change.at.to_string(), "body": change.body()}))
+            .collect();
         json!({
             "at": self.at.to_string(),
             "lead_id": self.lead_id,
             "transaction_id": self.transaction_id,
             "body": self.body(),
+            "current": self.current(),
+            "changes": changes,
         })
     }
 }
@@ -62,6 +152,9 @@ struct Inner {
     received_bytes: usize,
     accepted: VecDeque<Accepted>,
     accepted_bytes: usize,
+    /// Bodies of the updates answered with success (scripted ones included).
+    updates: VecDeque<Logged>,
+    updates_bytes: usize,
     /// Duplicate keys of the kept accepted conversions, with how many carry each.
     seen: HashMap<DuplicateKey, usize>,
     script: VecDeque<Step>,
@@ -74,15 +167,23 @@ pub(crate) struct State {
     pub(crate) api_key: String,
     inner: Mutex<Inner>,
     accepted_total: watch::Sender<usize>,
+    updates_total: watch::Sender<usize>,
     shutdown: watch::Sender<bool>,
 }
 
 impl State {
     pub(crate) fn new(api_key: String) -> State {
+        // Lead ids continue from a random start, so that the ids an earlier sandbox gave (to
+        // a relay that kept them in its database) do not name this sandbox's conversions.
+        let inner = Inner {
+            last_lead_id: fastrand::u64(100_000_000..900_000_000),
+            ..Inner::default()
+        };
         State {
             api_key,
-            inner: Mutex::default(),
+            inner: Mutex::new(inner),
             accepted_total: watch::Sender::new(0),
+            updates_total: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
         }
     }
@@ -167,6 +268,36 @@ impl State {
         self.accepted_total.subscribe()
     }
 
+    /// Applies a validated update to the conversion with this `lead_id`, recording it; the
+    /// conversion after the change, or `None` (nothing recorded) when no kept conversion has
+    /// that id.
+    pub(crate) fn try_update(&self, lead_id: &str, body: &Value) -> Option<Accepted> {
+        let mut inner = self.lock();
+        inner.find(lead_id)?;
+        let updated = inner.update(Some(lead_id), body);
+        drop(inner);
+        self.updates_total.send_modify(|total| *total += 1);
+        updated
+    }
+
+    /// Records whatever was sent as an accepted update (scripted success), applying it to
+    /// the conversion its `lead_id` names when there is one.
+    pub(crate) fn force_update(&self, lead_id: Option<&str>, body: &Value) -> Option<Accepted> {
+        let updated = self.lock().update(lead_id, body);
+        self.updates_total.send_modify(|total| *total += 1);
+        updated
+    }
+
+    /// The kept accepted update bodies, oldest first.
+    pub(crate) fn updates(&self) -> Vec<Value> {
+        let kept: Vec<Logged> = self.lock().updates.iter().cloned().collect();
+        kept.iter().map(Logged::body).collect()
+    }
+
+    pub(crate) fn updates_total(&self) -> watch::Receiver<usize> {
+        self.updates_total.subscribe()
+    }
+
     pub(crate) fn shutdown(&self) {
         self.shutdown.send_replace(true);
     }
@@ -184,20 +315,53 @@ impl Inner {
         }
         let accepted = Accepted {
             at: Timestamp::now(),
-            lead_id: self.last_lead_id,
+            lead_id: self.last_lead_id.to_string(),
             transaction_id: super::envelope::uuid_v4(),
             body_json: body.to_string(),
+            changes: Vec::new(),
             key,
         };
-        self.accepted_bytes += accepted.body_json.len();
+        self.accepted_bytes += accepted.bytes();
         self.accepted.push_back(accepted.clone());
+        self.evict_accepted();
+        accepted
+    }
+
+    /// The kept conversion with this `lead_id` (newest first: updates usually follow soon).
+    fn find(&mut self, lead_id: &str) -> Option<&mut Accepted> {
+        self.accepted
+            .iter_mut()
+            .rev()
+            .find(|accepted| accepted.lead_id == lead_id)
+    }
+
+    /// Records an accepted update and applies it to the conversion `lead_id` names, if
+    /// kept; returns that conversion after the change.
+    fn update(&mut self, lead_id: Option<&str>, body: &Value) -> Option<Accepted> {
+        let logged = Logged::new(body);
+        self.updates_bytes += logged.body_json.len();
+        self.updates.push_back(logged.clone());
+        while over_bounds(self.updates.len(), self.updates_bytes) {
+            if let Some(old) = self.updates.pop_front() {
+                self.updates_bytes -= old.body_json.len();
+            }
+        }
+        let bytes = logged.body_json.len();
+        let conversion = self.find(lead_id?)?;
+        conversion.changes.push(logged);
+        let updated = conversion.clone();
+        self.accepted_bytes += bytes;
+        self.evict_accepted();
+        Some(updated)
+    }
+
+    fn evict_accepted(&mut self) {
         while over_bounds(self.accepted.len(), self.accepted_bytes) {
             if let Some(old) = self.accepted.pop_front() {
-                self.accepted_bytes -= old.body_json.len();
+                self.accepted_bytes -= old.bytes();
                 self.forget(old.key);
             }
         }
-        accepted
     }
 
     fn forget(&mut self, key: Option<DuplicateKey>) {
@@ -267,6 +431,57 @@ mod tests {
         }
         assert!(state.try_accept(&json!({}), key(0)).is_ok());
         assert_eq!(state.accepted().len(), CAPACITY);
+    }
+
+    #[test]
+    fn gives_unique_string_lead_ids() {
+        let state = State::new("k".into());
+        let ids: std::collections::HashSet<String> = (0..100)
+            .map(|_| state.force_accept(&Value::Null, None).lead_id)
+            .collect();
+        assert_eq!(ids.len(), 100);
+        assert!(ids.iter().all(|id| id.parse::<u64>().is_ok()));
+    }
+
+    #[test]
+    fn applies_changes_in_order_and_keeps_the_create_body() {
+        let state = State::new("k".into());
+        let created = state.try_accept(
+            &json!({"click_id": "a", "conv_status": "pending",
+                                               "revenue": 1}),
+            key(1),
+        );
+        let lead_id = created.expect("accepted").lead_id;
+        let first = json!({"lead_id": lead_id, "conv_status": "hold"});
+        let second = json!({"lead_id": lead_id, "conv_status": "approved", "revenue": 25});
+        state.try_update(&lead_id, &first).expect("known");
+        let updated = state.try_update(&lead_id, &second).expect("known");
+
+        assert_eq!(updated.conv_status(), json!("approved"));
+        assert_eq!(
+            updated.current(),
+            json!({"click_id": "a", "conv_status": "approved", "revenue": 25})
+        );
+        assert_eq!(updated.body()["conv_status"], "pending");
+        let view = updated.view();
+        let changes: Vec<Value> = view.changes.into_iter().map(|c| c.body).collect();
+        assert_eq!(changes, [first.clone(), second.clone()]);
+        assert_eq!(state.updates(), [first, second]);
+        assert!(state.try_update("no-such-lead", &json!({})).is_none());
+        assert_eq!(state.updates().len(), 2, "an unknown lead is not recorded");
+        assert_eq!(*state.updates_total().borrow(), 2);
+    }
+
+    #[test]
+    fn a_forced_update_is_recorded_even_for_an_unknown_lead() {
+        let state = State::new("k".into());
+        assert!(state.force_update(None, &Value::Null).is_none());
+        assert!(
+            state
+                .force_update(Some("x"), &json!({"lead_id": "x"}))
+                .is_none()
+        );
+        assert_eq!(state.updates(), [Value::Null, json!({"lead_id": "x"})]);
     }
 
     #[test]

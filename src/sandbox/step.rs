@@ -6,10 +6,11 @@ use serde_json::json;
 
 use super::envelope;
 
-/// One scripted answer, used for exactly one call to the conversion endpoint.
+/// One scripted answer, used for exactly one call to a Scaleo endpoint (the create
+/// `conv-click-id` or the update `leads/update`).
 ///
-/// Steps are consumed in order, one per call, before the method, the key or the body are
-/// looked at. When the queue is empty the sandbox behaves like Scaleo (see the module docs).
+/// Steps are consumed in call order, one per call to either endpoint, before the method,
+/// the key or the body are looked at. When the queue is empty the sandbox behaves like Scaleo (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Sends exactly this status, body and `Retry-After` header (none when `None`).
@@ -23,11 +24,13 @@ pub enum Step {
         /// Raw `Retry-After` header value: seconds or an HTTP date.
         retry_after: Option<String>,
     },
-    /// Records the conversion at once (it "landed"), then sleeps this long before answering
-    /// success, so that a client with a shorter timeout gives up first. A retry of the same
-    /// conversion then meets "Multiple Conversions are not Allowed", as with the real Scaleo.
+    /// Records the conversion (or, on the update path, the change) at once (it "landed"),
+    /// then sleeps this long before answering success, so that a client with a shorter
+    /// timeout gives up first. A retry of the same conversion then meets "Multiple
+    /// Conversions are not Allowed", as with the real Scaleo.
     Hang(Duration),
-    /// Answers success for whatever was sent, without validating it.
+    /// Answers success for whatever was sent, without validating it: a new conversion on
+    /// the create path, a change of the conversion its `lead_id` names on the update path.
     Success,
     /// Answers HTTP 400 with the message "Multiple Conversions are not Allowed".
     MultipleConversions,
@@ -60,7 +63,8 @@ impl Step {
     }
 
     /// HTTP 200 with an outer `status: "success"` but an inner `info.status: "error"` and
-    /// this `info.message`: the *(unverified)* tracking-level failure of SCALEO.md.
+    /// this `info.message`: the tracking-level failure that Scaleo's docs hint at (not
+    /// confirmed).
     pub fn inner_failure(message: &str) -> Step {
         let info = json!({"status": "error", "message": message});
         Step::Answer {
@@ -71,7 +75,7 @@ impl Step {
     }
 
     /// "Multiple Conversions are not Allowed" inside an HTTP 200 (the other reading of
-    /// SCALEO.md: the relay must treat the phrase as delivered whatever the status).
+    /// Scaleo's docs: the relay must treat the phrase as delivered whatever the status).
     pub fn multiple_conversions_in_200() -> Step {
         Step::inner_failure(envelope::MULTIPLE_CONVERSIONS)
     }

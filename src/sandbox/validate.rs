@@ -1,9 +1,11 @@
-//! Checks a conversion body the way Scaleo's conv-click-id endpoint does.
+//! Checks bodies the way Scaleo's `conv-click-id` (create) and `leads/update` (change)
+//! endpoints do.
 //!
-//! Pure: bytes in, a [`Conversion`] or a [`Rejection`] out. The field list, the JSON types
-//! and the restricted value sets are SCALEO.md's, shared with the rules through
-//! [`crate::rules::scaleo`]: `revenue`, `payout`, `amount` are numbers, `goal_id` is an
-//! integer and every other field is a string.
+//! Pure: bytes in, a [`Conversion`] or an [`Update`], or a [`Rejection`] out. The field
+//! list, the JSON types and the restricted value sets are those of Scaleo's API docs, shared
+//! with the rules through [`crate::rules::scaleo`]: `revenue`, `payout`, `amount` are
+//! numbers, `goal_id` is an integer and every other field is a string. An update's
+//! `lead_id` may be a string or a number and is compared by its text.
 
 use std::collections::BTreeMap;
 
@@ -50,6 +52,35 @@ pub(crate) struct Conversion {
     pub(crate) key: DuplicateKey,
 }
 
+/// An update body that passed every check.
+#[derive(Debug, Clone)]
+pub(crate) struct Update {
+    pub(crate) body: Map<String, Value>,
+    /// The text of `lead_id` (a string as is, a number as written).
+    pub(crate) lead_id: String,
+}
+
+/// The fields `PUT leads/update` may change; `lead_id` (required) names the conversion.
+pub(crate) const UPDATABLE: [&str; 17] = [
+    "conv_status",
+    "revenue",
+    "payout",
+    "amount",
+    "adv_order_id",
+    "custom1",
+    "custom2",
+    "custom3",
+    "custom4",
+    "custom5",
+    "custom6",
+    "custom7",
+    "custom8",
+    "custom9",
+    "custom10",
+    "public_notes",
+    "private_notes",
+];
+
 /// Why a body was refused, each variant tied to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub(crate) enum Rejection {
@@ -93,6 +124,56 @@ pub(crate) fn validate(raw: &[u8]) -> Result<Conversion, Rejection> {
         Some(key) => Ok(Conversion { body, key }),
         // Unreachable after `field_errors`, but answered as Scaleo would rather than panicking.
         None => Err(Rejection::Invalid(blank_click_id())),
+    }
+}
+
+/// Validates a raw request body as a change of a conversion (`lead_id` and updatable
+/// fields). Whether the `lead_id` names a conversion is the caller's check.
+pub(crate) fn validate_update(raw: &[u8]) -> Result<Update, Rejection> {
+    let body = parse_object(raw)?;
+    let unknown: Vec<String> = body
+        .keys()
+        .filter(|name| name.as_str() != "lead_id" && !UPDATABLE.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Rejection::UnknownParameters(unknown));
+    }
+    let mut errors = FieldErrors::new();
+    for (name, value) in body.iter().filter(|(name, _)| name.as_str() != "lead_id") {
+        if let Some(message) = field_problem(name, value) {
+            errors.entry(name.clone()).or_default().push(message);
+        }
+    }
+    let lead_id = match body
+        .get("lead_id")
+        .map(|value| (value, lead_id_text(value)))
+    {
+        Some((_, Some(text))) if !text.trim().is_empty() => Some(text),
+        Some((_, None)) => {
+            let message = "lead_id must be a string or a number.".to_owned();
+            errors.insert("lead_id".to_owned(), vec![message]);
+            None
+        }
+        None | Some((_, Some(_))) => {
+            let message = "lead_id cannot be blank.".to_owned();
+            errors.insert("lead_id".to_owned(), vec![message]);
+            None
+        }
+    };
+    match lead_id {
+        Some(lead_id) if errors.is_empty() => Ok(Update { body, lead_id }),
+        _ => Err(Rejection::Invalid(errors)),
+    }
+}
+
+/// The text a `lead_id` is compared by: a string as is, a number as written; `None` for
+/// any other JSON type.
+pub(crate) fn lead_id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
     }
 }
 
@@ -325,6 +406,67 @@ mod tests {
             "2023-11-14 24:00:00",
         ] {
             assert!(!is_scaleo_datetime(bad), "{bad}");
+        }
+    }
+
+    fn check_update(body: Value) -> Result<Update, Rejection> {
+        validate_update(body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn every_updatable_field_is_a_known_scaleo_field() {
+        for name in UPDATABLE {
+            assert!(field_kind(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn accepts_an_update_with_a_string_or_number_lead_id() {
+        let update = check_update(json!({"lead_id": "42", "conv_status": "approved",
+                                         "revenue": 25, "custom10": "x"}))
+        .expect("valid");
+        assert_eq!(update.lead_id, "42");
+        assert_eq!(check_update(json!({"lead_id": 42})).unwrap().lead_id, "42");
+    }
+
+    #[test]
+    fn names_every_field_an_update_cannot_change() {
+        let rejection =
+            check_update(json!({"lead_id": "1", "click_id": "a", "goal_id": 1, "custom11": "x"}))
+                .unwrap_err();
+        assert_eq!(
+            rejection,
+            Rejection::UnknownParameters(vec![
+                "click_id".into(),
+                "custom11".into(),
+                "goal_id".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn reports_update_types_values_and_lead_id_together() {
+        let cases = [
+            (json!({"revenue": "1"}), vec!["lead_id", "revenue"]),
+            (
+                json!({"lead_id": " ", "conv_status": "paid"}),
+                vec!["conv_status", "lead_id"],
+            ),
+            (
+                json!({"lead_id": true, "custom1": 1}),
+                vec!["custom1", "lead_id"],
+            ),
+            (
+                json!({"lead_id": null, "amount": null}),
+                vec!["amount", "lead_id"],
+            ),
+        ];
+        for (body, fields) in cases {
+            let Err(Rejection::Invalid(errors)) = check_update(body.clone()) else {
+                panic!("expected a 422 for {body}");
+            };
+            let got: Vec<&str> = errors.keys().map(String::as_str).collect();
+            assert_eq!(got, fields, "{body}");
         }
     }
 
