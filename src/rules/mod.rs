@@ -102,8 +102,33 @@ impl RuleSet {
 
 /// Decodes a query string or form body the way every rule expects: `+` is a space, names and
 /// values percent-decoded once, malformed `%` kept literally, invalid UTF-8 as U+FFFD.
+///
+/// One exception keeps what arrived: a value that was, as sent, a whole unresolved macro
+/// (`%%AFF_SUB%%`, `%ADV_SUB%`) is kept as that text instead of being decoded, since its `%AF`
+/// or `%AD` would decode into a stray byte and turn a macro into a garbled "real" value. The
+/// rules then see the macro and treat it as no value.
 pub fn decode_form(bytes: &[u8]) -> Vec<(String, String)> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes).unwrap_or_default()
+    bytes
+        .split(|b| *b == b'&')
+        .filter(|piece| !piece.is_empty())
+        .filter_map(|piece| {
+            let (name, value) = form_urlencoded::parse(piece).next()?;
+            let raw = piece.splitn(2, |b| *b == b'=').nth(1).unwrap_or_default();
+            let value = raw_macro(raw).unwrap_or_else(|| value.into_owned());
+            Some((name.into_owned(), value))
+        })
+        .collect()
+}
+
+/// The value as sent (`+` read as a space, nothing percent-decoded) when it is a whole macro
+/// that percent-decoding would change; `None` otherwise.
+fn raw_macro(raw: &[u8]) -> Option<String> {
+    if !raw.contains(&b'%') {
+        return None;
+    }
+    let text = std::str::from_utf8(raw).ok()?.replace('+', " ");
+    let text = text.trim();
+    value::is_macro(text).then(|| text.to_owned())
 }
 
 /// The rule set in force, swapped whole on reload; a postback keeps the `Arc` it started with.
