@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::ops;
 use crate::rules::testing::{self, describe_outcome};
-use crate::rules::{EnvMode, Input, Outcome, RuleSet, decode_form};
+use crate::rules::{BodyKind, EnvMode, Input, Outcome, RuleSet, decode_body, decode_form};
 
 /// Exit code for usage and configuration errors (`map` promises 2).
 pub const EXIT_USAGE: u8 = 2;
@@ -136,7 +136,14 @@ pub struct MapArgs {
     /// The source id (the rule file's stem).
     pub source: String,
     /// The query string as the advertiser sends it (a leading '?' is ignored).
+    #[arg(default_value = "")]
     pub query: String,
+    /// A POST body; its parameters follow the query's (e.g. 'cid=1&amt=2' or '{"cid":"1"}').
+    #[arg(long)]
+    pub body: Option<String>,
+    /// How --body is encoded.
+    #[arg(long, value_parser = ["form", "json"], requires = "body")]
+    pub content_type: Option<String>,
 }
 
 /// Runs one parsed command line.
@@ -434,7 +441,17 @@ fn map(a: MapArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     };
-    let params = decode_form(a.query.strip_prefix('?').unwrap_or(&a.query).as_bytes());
+    let mut params = decode_form(a.query.strip_prefix('?').unwrap_or(&a.query).as_bytes());
+    if let Some(body) = &a.body {
+        let kind = a.content_type.as_deref().and_then(BodyKind::parse);
+        match decode_body(body.as_bytes(), kind.unwrap_or(BodyKind::Form)) {
+            Ok(body_params) => params.extend(body_params),
+            Err(e) => {
+                eprintln!("--body: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     let input = Input {
         params: &params,
         client_ip: a.client_ip.as_deref(),

@@ -511,7 +511,9 @@ impl<'a> Compiler<'_, 'a> {
                 None
             }
         });
+        let body = self.test_body(&key, t.body, t.content_type, at.clone());
         Some(RuleTest {
+            body,
             name: t.name,
             query: t.query,
             expect,
@@ -521,6 +523,44 @@ impl<'a> Compiler<'_, 'a> {
             received_at,
             line,
         })
+    }
+
+    /// A test's `body` and `content_type` ("form" | "json"); a JSON body must be a flat
+    /// object, checked now so that the test cannot fail for its own typo.
+    fn test_body(
+        &mut self,
+        key: &str,
+        body: Option<String>,
+        content_type: Option<Spanned<String>>,
+        at: Range<usize>,
+    ) -> Option<(super::BodyKind, String)> {
+        let kind = match &content_type {
+            None => super::BodyKind::Form,
+            Some(ct) => match super::BodyKind::parse(ct.get_ref()) {
+                Some(kind) => kind,
+                None => {
+                    self.err(
+                        span(ct),
+                        format!(
+                            "{key}: content_type = {:?}: expected \"form\" or \"json\"",
+                            ct.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let Some(body) = body else {
+            if let Some(ct) = &content_type {
+                self.err(span(ct), format!("{key}: content_type needs a `body`"));
+            }
+            return None;
+        };
+        if let Err(e) = super::decode_body(body.as_bytes(), kind) {
+            self.err(Some(at), format!("{key}: body: {e}"));
+            return None;
+        }
+        Some((kind, body))
     }
 
     fn diags_text(&self) -> &'a str {

@@ -120,6 +120,53 @@ pub fn decode_form(bytes: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// How a POST body's parameters are encoded (`map --content-type`, a test's `content_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/x-www-form-urlencoded`, decoded like a query string.
+    Form,
+    /// A flat JSON object.
+    Json,
+}
+
+impl BodyKind {
+    /// `"form"` or `"json"`.
+    pub fn parse(text: &str) -> Option<BodyKind> {
+        match text {
+            "form" => Some(BodyKind::Form),
+            "json" => Some(BodyKind::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a POST body's parameters as ingest does: a form like a query string; a flat JSON
+/// object's members in order, strings as they are, `null` as empty, any other value as its
+/// JSON text (so a JSON-valued member can be read with `json = "/pointer"`).
+pub fn decode_body(body: &[u8], kind: BodyKind) -> Result<Vec<(String, String)>, String> {
+    match kind {
+        BodyKind::Form => Ok(decode_form(body)),
+        BodyKind::Json => {
+            let value: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| format!("not JSON ({e}); expected a flat JSON object"))?;
+            let serde_json::Value::Object(map) = value else {
+                return Err("expected a flat JSON object of parameters".to_owned());
+            };
+            Ok(map
+                .into_iter()
+                .map(|(name, value)| {
+                    let text = match value {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    (name, text)
+                })
+                .collect())
+        }
+    }
+}
+
 /// The value as sent (`+` read as a space, nothing percent-decoded) when it is a whole macro
 /// that percent-decoding would change; `None` otherwise.
 fn raw_macro(raw: &[u8]) -> Option<String> {

@@ -65,6 +65,8 @@ pub struct RuleTest {
     pub user_agent: Option<String>,
     pub referer: Option<String>,
     pub received_at: Option<jiff::Timestamp>,
+    /// A POST body and how it is encoded; its parameters follow the query's.
+    pub body: Option<(super::BodyKind, String)>,
     /// 1-based line of the `[[tests]]` entry, for failure messages.
     pub line: usize,
 }

@@ -315,6 +315,8 @@ pub struct RawForward {
 #[serde(deny_unknown_fields)]
 pub struct RawTest {
     pub name: String,
+    /// Empty for a test whose parameters all come in its `body`.
+    #[serde(default)]
     pub query: String,
     pub expect: Option<toml::Table>,
     pub expect_reject: Option<String>,
@@ -323,4 +325,7 @@ pub struct RawTest {
     pub user_agent: Option<String>,
     pub referer: Option<String>,
     pub received_at: Option<String>,
+    /// A POST body (`content_type` says how it is encoded, "form" by default).
+    pub body: Option<String>,
+    pub content_type: Option<Spanned<String>>,
 }

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::model::{Expectation, Rule, RuleTest};
-use super::{Input, Outcome, decode_form};
+use super::{Input, Outcome, decode_body, decode_form};
 
 /// The result of one `[[tests]]` case.
 #[derive(Debug, Clone)]
@@ -32,9 +32,13 @@ pub fn run(rule: &Rule, zone: &TimeZone) -> Vec<TestResult> {
         .collect()
 }
 
-/// Applies a rule to a test's query and request attributes.
+/// Applies a rule to a test's query, body and request attributes.
 pub fn apply_test(rule: &Rule, t: &RuleTest, zone: &TimeZone) -> Outcome {
-    let params = decode_form(t.query.as_bytes());
+    let mut params = decode_form(t.query.as_bytes());
+    if let Some((kind, body)) = &t.body {
+        // Checked when the rule loaded.
+        params.extend(decode_body(body.as_bytes(), *kind).unwrap_or_default());
+    }
     let input = Input {
         params: &params,
         client_ip: t.client_ip.as_deref(),

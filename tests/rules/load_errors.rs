@@ -559,3 +559,32 @@ fn a_time_list_names_the_bad_entry() {
         &["fields.timestamp.time", "entry 2 (\"dmy\")", "strftime"],
     );
 }
+
+#[test]
+fn a_test_body_is_checked_at_load() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[tests]]\nname = \"t\"\nbody = \"cid=a\"\ncontent_type = \"xml\"\nexpect_reject = \"x\"\n",
+        6,
+        16,
+    );
+    says(
+        &m,
+        &[
+            "tests \"t\"",
+            "content_type = \"xml\"",
+            "\"form\" or \"json\"",
+        ],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[tests]]\nname = \"t\"\nbody = \"[1]\"\ncontent_type = \"json\"\nexpect_reject = \"x\"\n",
+        3,
+        1,
+    );
+    says(&m, &["tests \"t\": body", "flat JSON object"]);
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[tests]]\nname = \"t\"\nquery = \"cid=a\"\ncontent_type = \"json\"\nexpect_reject = \"x\"\n",
+        6,
+        16,
+    );
+    says(&m, &["content_type needs a `body`"]);
+}

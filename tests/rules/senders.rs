@@ -282,3 +282,38 @@ fn time_list_tries_each_pattern_in_order() {
     let reason = rejected(&r, "cid=a&ts=2024-05-20");
     assert!(reason.starts_with("timestamp"), "{reason}");
 }
+
+// --- tests with a POST body ---------------------------------------------------------------
+
+#[test]
+fn a_rule_test_can_send_a_form_or_json_body() {
+    use postback_relay::rules::testing;
+    let r = rule(
+        r#"
+[fields]
+click_id = "cid"
+revenue = "amt"
+adv_order_id = { from = "order", json = "/id" }
+[[tests]]
+name = "form body after the query"
+query = "cid=a"
+body = "amt=12.50"
+expect = { click_id = "a", revenue = 12.5 }
+[[tests]]
+name = "flat JSON body, a nested object read with json"
+body = '{"cid": "b", "amt": 1.5, "order": {"id": "O-1"}}'
+content_type = "json"
+expect = { click_id = "b", revenue = 1.5, adv_order_id = "O-1" }
+"#,
+    );
+    let results = testing::run(&r, &jiff::tz::TimeZone::UTC);
+    assert_eq!(results.len(), 2);
+    for result in results {
+        assert!(
+            result.failure.is_none(),
+            "{}: {:?}",
+            result.name,
+            result.failure
+        );
+    }
+}
