@@ -567,7 +567,7 @@ impl<'a> Ctx<'a, '_> {
             match (m.entries.get(&key), &m.unmapped) {
                 (Some(o), _) => o.clone(),
                 (None, Unmapped::Value(o)) => o.clone(),
-                (None, Unmapped::Keep) => typed(spec.ty, text)?,
+                (None, Unmapped::Keep) => typed_found(spec.ty, text, json_number)?,
                 (None, Unmapped::Reject) => {
                     let mut known: Vec<&str> = m.entries.keys().map(String::as_str).collect();
                     known.sort_unstable();
@@ -595,10 +595,12 @@ impl<'a> Ctx<'a, '_> {
             } else {
                 &tr.format
             };
-            let at = value::parse_time(text, format, &tr.tz)?;
+            // A JSON number (`1.7e9`) is read by its value, as plain digits.
+            let plain = json_number.map(value::format_decimal);
+            let at = value::parse_time(plain.as_deref().unwrap_or(text), format, &tr.tz)?;
             Out::Str(value::format_scaleo_time(at, self.zone))
         } else {
-            typed(spec.ty, text)?
+            typed_found(spec.ty, text, json_number)?
         };
         if let (Some(case), Out::Str(s)) = (t.case, &mut out) {
             *s = match case {
@@ -615,6 +617,14 @@ impl<'a> Ctx<'a, '_> {
             ));
         }
         Ok(Some(out))
+    }
+}
+
+/// [`typed`], except that a JSON number found under `json` is read as the number it is.
+fn typed_found(ty: FieldType, text: &str, json_number: Option<Decimal>) -> Result<Out, String> {
+    match (ty, json_number) {
+        (FieldType::Number, Some(d)) => Ok(Out::Num(d)),
+        _ => typed(ty, text),
     }
 }
 

@@ -317,3 +317,16 @@ expect = { click_id = "b", revenue = 1.5, adv_order_id = "O-1" }
         );
     }
 }
+
+#[test]
+fn json_numbers_keep_their_value_under_map_keep_and_time() {
+    let r = rule(
+        "[fields]\nclick_id = \"cid\"\nrevenue = { from = \"ev\", json = \"/rev\", map = { \"0\" = 0 }, unmapped = \"keep\" }\ntimestamp = { from = \"ev\", json = \"/ts\", time = \"unix\" }\n",
+    );
+    let m = mapped(
+        &r,
+        "cid=a&ev=%7B%22rev%22%3A12.500%2C%22ts%22%3A1.716198088e9%7D",
+    );
+    assert_eq!(m.body["revenue"], num("12.5"));
+    assert_eq!(m.body["timestamp"], json!("2024-05-20 09:41:28"));
+}
