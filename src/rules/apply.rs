@@ -12,6 +12,10 @@ use super::model::*;
 use super::scaleo::{self, FieldType};
 use super::value::{self, NoValue, TimeFormat};
 
+mod condition;
+
+use condition::json_at;
+
 /// One postback as the rules see it: decoded parameters in order plus request attributes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Input<'a> {
@@ -324,39 +328,6 @@ impl<'a> Ctx<'a, '_> {
 
     fn matches(&self, conds: &[Condition]) -> bool {
         conds.iter().all(|c| self.condition(c))
-    }
-
-    /// One `match` entry. A condition never rejects: a value that cannot be read (not JSON,
-    /// not a number) simply does not match, except `absent = true` for which it is no value.
-    fn condition(&self, c: &Condition) -> bool {
-        let given = self.param(&c.param);
-        let found: Option<JsonFound> = match &c.json {
-            None => given.map(|v| JsonFound {
-                text: v.to_owned(),
-                number: None,
-            }),
-            Some(ptr) => given.and_then(|v| json_at(v, ptr).ok().flatten()),
-        };
-        let no_value = |f: &JsonFound| value::no_value(&f.text, &self.rule.params.placeholders);
-        match &c.test {
-            Test::OneOf(values) => found.is_some_and(|f| values.contains(&f.text)),
-            Test::Absent(want) => found.as_ref().is_none_or(|f| no_value(f).is_some()) == *want,
-            Test::Compare(list) => {
-                let number = found.filter(|f| no_value(f).is_none()).and_then(|f| {
-                    f.number
-                        .or_else(|| value::parse_decimal(&f.text, value::DecimalMode::Auto).ok())
-                });
-                number.is_some_and(|n| {
-                    list.iter().all(|(cmp, x)| match cmp {
-                        Cmp::Lt => n < *x,
-                        Cmp::Le => n <= *x,
-                        Cmp::Gt => n > *x,
-                        Cmp::Ge => n >= *x,
-                        Cmp::Eq => n == *x,
-                    })
-                })
-            }
-        }
     }
 
     fn special(&self, s: Special) -> Option<String> {
@@ -701,38 +672,6 @@ struct Found<'a, 'r> {
     number: Option<Decimal>,
     /// `@received_at`: RFC 3339 whatever the rule's time format.
     received_at: bool,
-}
-
-/// A value found inside a JSON parameter, read like a parameter value.
-struct JsonFound {
-    text: String,
-    number: Option<Decimal>,
-}
-
-/// Follows a JSON pointer into a parameter's value: `Err` when the value is not JSON,
-/// `Ok(None)` when the pointer finds nothing or `null`. Strings are trimmed (the caller checks
-/// them for no value like a parameter's), numbers keep their JSON text and exact decimal.
-fn json_at(text: &str, ptr: &str) -> Result<Option<JsonFound>, String> {
-    let doc: Value = serde_json::from_str(text)
-        .map_err(|_| format!("not JSON, but json = {ptr:?} expects a JSON document"))?;
-    Ok(match doc.pointer(ptr) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(JsonFound {
-            text: s.trim().to_string(),
-            number: None,
-        }),
-        Some(Value::Number(n)) => {
-            let text = n.to_string();
-            Some(JsonFound {
-                number: value::parse_json_number(&text).ok(),
-                text,
-            })
-        }
-        Some(other) => Some(JsonFound {
-            text: other.to_string(),
-            number: None,
-        }),
-    })
 }
 
 fn reject(reason: String) -> Outcome {
