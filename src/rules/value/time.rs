@@ -12,9 +12,10 @@ use jiff::tz::{Offset, TimeZone};
 /// How a time parameter is written (`time = ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimeFormat {
-    /// Whole or decimal seconds since 1970 (`1700000000`, `1716198088.000000`).
+    /// Whole or decimal seconds since 1970 (`1700000000`, `1716198088.000000`), from
+    /// 2000-01-01 to 2100-01-01.
     Unix,
-    /// Whole (or decimal) milliseconds since 1970.
+    /// Whole (or decimal) milliseconds since 1970, in the same range.
     UnixMs,
     /// `2024-05-20T10:00:00Z`, `+08:00` / `+0800` / `+08` offsets, a space for `T`; without an
     /// offset the time is read in the rule's `tz`.
