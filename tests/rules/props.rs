@@ -220,6 +220,27 @@ proptest! {
     }
 
     #[test]
+    fn decoding_is_form_decoding_except_for_values_that_arrived_as_whole_macros(
+        bytes in prop::collection::vec(prop_oneof![any::<u8>(), Just(b'%'), Just(b'&'), Just(b'='), Just(b'A')], 0..120),
+        m in a_macro(),
+    ) {
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap();
+        let ours = decode_form(&bytes);
+        prop_assert_eq!(ours.len(), form.len());
+        for ((name, value), (form_name, form_value)) in ours.iter().zip(&form) {
+            prop_assert_eq!(name, form_name);
+            if value != form_value {
+                // Kept as sent: only ever a whole macro, which is no value either way.
+                prop_assert!(postback_relay::rules::value::no_value(value, &[]).is_some(), "{:?}", value);
+            }
+        }
+        let q = format!("a={m}&b=1");
+        let pairs = decode_form(q.as_bytes());
+        prop_assert_eq!(pairs.len(), 2);
+        prop_assert!(postback_relay::rules::value::no_value(pairs[0].1.trim(), &[]).is_some(), "{}: {:?}", q, pairs[0].1);
+    }
+
+    #[test]
     fn shipped_rules_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let set = RuleSet::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")), EnvMode::Ignore).unwrap();
         let params = decode_form(&bytes);
