@@ -1,6 +1,8 @@
 //! `match` conditions of `[[when]]` and `[[skip]]`, and reading a value inside a JSON
 //! parameter (shared with `json = "/pointer"` fields).
 
+use std::borrow::Cow;
+
 use rust_decimal::Decimal;
 use serde_json::Value;
 
@@ -13,22 +15,29 @@ impl Ctx<'_, '_> {
     /// not a number) simply does not match, except `absent = true` for which it is no value.
     pub(super) fn condition(&self, c: &Condition) -> bool {
         let given = self.param(&c.param);
-        let found: Option<JsonFound> = match &c.json {
-            None => given.map(|v| JsonFound {
-                text: v.to_owned(),
-                number: None,
-            }),
-            Some(ptr) => given.and_then(|v| json_at(v, ptr).ok().flatten()),
+        // (text, exact number when it was a JSON number); borrowed unless read from JSON.
+        let found: Option<(Cow<'_, str>, Option<Decimal>)> = match &c.json {
+            None => given.map(|v| (Cow::Borrowed(v), None)),
+            Some(ptr) => given
+                .and_then(|v| json_at(v, ptr).ok().flatten())
+                .map(|j| (Cow::Owned(j.text), j.number)),
         };
-        let no_value = |f: &JsonFound| value::no_value(&f.text, &self.rule.params.placeholders);
+        let no_value = |text: &str| value::no_value(text, &self.rule.params.placeholders);
         match &c.test {
-            Test::OneOf(values) => found.is_some_and(|f| values.contains(&f.text)),
-            Test::Absent(want) => found.as_ref().is_none_or(|f| no_value(f).is_some()) == *want,
+            Test::OneOf(values) => found.is_some_and(|(text, _)| values.iter().any(|x| *x == text)),
+            Test::Absent(want) => {
+                found
+                    .as_ref()
+                    .is_none_or(|(text, _)| no_value(text).is_some())
+                    == *want
+            }
             Test::Compare(list) => {
-                let number = found.filter(|f| no_value(f).is_none()).and_then(|f| {
-                    f.number
-                        .or_else(|| value::parse_decimal(&f.text, value::DecimalMode::Auto).ok())
-                });
+                let number = found.filter(|(text, _)| no_value(text).is_none()).and_then(
+                    |(text, number)| {
+                        number
+                            .or_else(|| value::parse_decimal(&text, value::DecimalMode::Auto).ok())
+                    },
+                );
                 number.is_some_and(|n| {
                     list.iter().all(|(cmp, x)| match cmp {
                         Cmp::Lt => n < *x,
