@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::config::{Config, Need};
 use crate::ops;
 use crate::rules::testing::{self, describe_outcome};
-use crate::rules::{EnvMode, Input, Outcome, RuleSet, decode_form};
+use crate::rules::{BodyKind, EnvMode, Input, Outcome, RuleSet, decode_body, decode_form};
 use crate::serve::StartError;
 
 /// The exit codes of every subcommand (the README's table).
@@ -249,7 +249,14 @@ pub struct MapArgs {
     /// The source id (the rule file's stem).
     pub source: String,
     /// The query string as the advertiser sends it (a leading '?' is ignored).
+    #[arg(default_value = "")]
     pub query: String,
+    /// A POST body; its parameters follow the query's (e.g. 'cid=1&amt=2' or '{"cid":"1"}').
+    #[arg(long)]
+    pub body: Option<String>,
+    /// How --body is encoded.
+    #[arg(long, value_parser = ["form", "json"], requires = "body")]
+    pub content_type: Option<String>,
 }
 
 /// `--received-at`: an RFC 3339 time with an offset.
@@ -576,7 +583,13 @@ fn map(a: MapArgs) -> CliResult {
     let dir = a.rules.dir(cfg.as_ref());
     let set = load_rules(&dir)?;
     let rule = rule_of(&set, &a.source, &dir)?;
-    let params = decode_form(a.query.strip_prefix('?').unwrap_or(&a.query).as_bytes());
+    let mut params = decode_form(a.query.strip_prefix('?').unwrap_or(&a.query).as_bytes());
+    if let Some(body) = &a.body {
+        let kind = a.content_type.as_deref().and_then(BodyKind::parse);
+        let body_params = decode_body(body.as_bytes(), kind.unwrap_or(BodyKind::Form))
+            .map_err(|e| CliError::Usage(format!("--body: {e}")))?;
+        params.extend(body_params);
+    }
     let client_ip = a.client_ip.map(|ip| ip.to_string());
     let input = Input {
         params: &params,

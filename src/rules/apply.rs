@@ -12,6 +12,10 @@ use super::model::*;
 use super::scaleo::{self, FieldType};
 use super::value::{self, NoValue, TimeFormat};
 
+mod condition;
+
+use condition::json_at;
+
 /// One postback as the rules see it: decoded parameters in order plus request attributes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Input<'a> {
@@ -259,7 +263,14 @@ impl<'a> Ctx<'a, '_> {
     /// (the `[fields]` one or a matched `[[when]]`'s).
     fn missing(&self, field: &str, source: &Source) -> String {
         let names: Vec<String> = match source {
-            Source::Params(refs) => refs.iter().map(ref_name).collect(),
+            Source::Params(refs) => refs
+                .iter()
+                .flat_map(|r| match r {
+                    ParamRef::Template(parts) => param_names(parts),
+                    ParamRef::Const(_) => Vec::new(),
+                    other => vec![ref_name(other)],
+                })
+                .collect(),
             Source::Template(parts) => parts
                 .iter()
                 .filter_map(|p| match p {
@@ -269,16 +280,21 @@ impl<'a> Ctx<'a, '_> {
                 .collect(),
             Source::Const(_) => Vec::new(),
         };
+        let mut names = names;
+        let mut unique = std::collections::HashSet::new();
+        names.retain(|n| unique.insert(n.clone()));
         let seen: Vec<String> = names
             .iter()
-            .filter_map(|n| {
-                let v = self.param(n)?;
-                let why = value::no_value(v, &self.rule.params.placeholders)
-                    .map_or("present", NoValue::describe);
-                Some(format!("{n}={v:?} ({why})"))
+            .map(|n| match self.param(n) {
+                None => format!("{n} (absent)"),
+                Some(v) => {
+                    let why = value::no_value(v, &self.rule.params.placeholders)
+                        .map_or("present", NoValue::describe);
+                    format!("{n}={v:?} ({why})")
+                }
             })
             .collect();
-        if seen.is_empty() {
+        if names.iter().all(|n| self.param(n).is_none()) {
             format!(
                 "{field}: required, but no value: none of {} is present",
                 names.join(", ")
@@ -321,10 +337,7 @@ impl<'a> Ctx<'a, '_> {
     }
 
     fn matches(&self, conds: &[Condition]) -> bool {
-        conds.iter().all(|c| {
-            self.param(&c.param)
-                .is_some_and(|v| c.values.iter().any(|x| x == v))
-        })
+        conds.iter().all(|c| self.condition(c))
     }
 
     fn special(&self, s: Special) -> Option<String> {
@@ -348,13 +361,13 @@ impl<'a> Ctx<'a, '_> {
         };
         let spec = &f.spec;
         let tracing = self.trace.is_some();
-        let found: Option<(Option<&ParamRef>, Cow<'a, str>, bool)> = match &spec.source {
+        let found: Result<Option<Found<'a, '_>>, String> = match &spec.source {
             Source::Const(out) => {
                 ft.origin = Some(Origin::Constant);
                 return self.finish(ft, Ok(Some(out.clone())));
             }
             Source::Params(refs) => {
-                let mut found = None;
+                let mut found = Ok(None);
                 for r in refs {
                     let (v, received_at) = match r {
                         ParamRef::Param(p) => match self.param(p) {
@@ -367,42 +380,101 @@ impl<'a> Ctx<'a, '_> {
                             }
                             None => continue,
                         },
+                        ParamRef::Template(parts) => match self.template(parts, &mut ft) {
+                            Some(v) => (Cow::Owned(v), false),
+                            None => continue,
+                        },
+                        ParamRef::Const(out) => {
+                            ft.origin = Some(Origin::Constant);
+                            return self.finish(ft, Ok(Some(out.clone())));
+                        }
                     };
-                    match value::no_value(&v, &self.rule.params.placeholders) {
-                        Some(why) if tracing => ft.ignored.push(Ignored {
-                            param: ref_name(r),
-                            value: v.into_owned(),
-                            why: why.describe(),
-                        }),
-                        Some(_) => {}
-                        None => {
-                            found = Some((Some(r), v, received_at));
+                    if let Some(why) = value::no_value(&v, &self.rule.params.placeholders) {
+                        if tracing {
+                            ft.ignored.push(Ignored {
+                                param: ref_name(r),
+                                value: v.into_owned(),
+                                why: why.describe(),
+                            });
+                        }
+                        continue;
+                    }
+                    let Some(ptr) = &spec.transform.json else {
+                        found = Ok(Some(Found {
+                            from: Some(r),
+                            text: v,
+                            number: None,
+                            received_at,
+                        }));
+                        break;
+                    };
+                    match json_at(&v, ptr) {
+                        Err(e) => {
+                            found = Err(format!(
+                                "{}: parameter {} = {v:?}: {e}",
+                                f.field,
+                                ref_name(r)
+                            ));
+                            break;
+                        }
+                        Ok(None) => {
+                            if tracing {
+                                ft.ignored.push(Ignored {
+                                    param: ref_name(r),
+                                    value: v.into_owned(),
+                                    why: "the JSON pointer finds nothing or null",
+                                });
+                            }
+                        }
+                        Ok(Some(j))
+                            if value::no_value(&j.text, &self.rule.params.placeholders)
+                                .is_some() =>
+                        {
+                            if tracing {
+                                ft.ignored.push(Ignored {
+                                    param: ref_name(r),
+                                    value: j.text,
+                                    why: "no value at the JSON pointer",
+                                });
+                            }
+                        }
+                        Ok(Some(j)) => {
+                            found = Ok(Some(Found {
+                                from: Some(r),
+                                text: Cow::Owned(j.text),
+                                number: j.number,
+                                received_at,
+                            }));
                             break;
                         }
                     }
                 }
                 found
             }
-            Source::Template(parts) => self
-                .template(parts, &mut ft)
-                .map(|s| (None, Cow::Owned(s), false)),
+            Source::Template(parts) => Ok(self.template(parts, &mut ft).map(|s| Found {
+                from: None,
+                text: Cow::Owned(s),
+                number: None,
+                received_at: false,
+            })),
         };
         let result = match found {
-            Some((r, text, received_at)) => {
+            Err(e) => Err(e),
+            Ok(Some(found)) => {
+                let r = found.from.filter(|r| !matches!(r, ParamRef::Template(_)));
                 if tracing {
                     ft.origin =
                         Some(r.map_or(Origin::Template, |r| Origin::Param { name: ref_name(r) }));
                 }
-                self.transform(f.field, spec, &text, received_at)
-                    .map_err(|e| {
-                        let what = r.map_or_else(
-                            || "template value".to_string(),
-                            |r| format!("parameter {}", ref_name(r)),
-                        );
-                        format!("{}: {what} = {text:?}: {e}", f.field)
-                    })
+                self.transform(f.field, spec, &found).map_err(|e| {
+                    let what = r.map_or_else(
+                        || "template value".to_string(),
+                        |r| format!("parameter {}", ref_name(r)),
+                    );
+                    format!("{}: {what} = {:?}: {e}", f.field, found.text)
+                })
             }
-            None => match &spec.default {
+            Ok(None) => match &spec.default {
                 Some(d) => {
                     ft.origin = Some(Origin::Default);
                     Ok(Some(d.clone()))
@@ -446,28 +518,27 @@ impl<'a> Ctx<'a, '_> {
         Some(out)
     }
 
-    /// json, map, number or time, type, case, then Scaleo's value set. `Ok(None)` when a
-    /// JSON pointer finds an empty value.
-    fn transform(&self, field: &str, spec: &Spec, text: &str, received_at: bool) -> Slot {
+    /// regex, map, number or time, type, case, then Scaleo's value set (the JSON pointer
+    /// was followed when the value was found).
+    fn transform(&self, field: &str, spec: &Spec, found: &Found<'_, '_>) -> Slot {
         let t = &spec.transform;
-        let extracted;
-        let mut text = text;
-        if let Some(ptr) = &t.json {
-            let doc: Value = serde_json::from_str(text)
-                .map_err(|_| format!("not JSON, but json = {ptr:?} expects a JSON document"))?;
-            let found = doc
-                .pointer(ptr)
-                .ok_or_else(|| format!("the JSON pointer {ptr:?} finds nothing"))?;
-            extracted = match found {
-                Value::String(s) => s.trim().to_string(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            if value::no_value(&extracted, &self.rule.params.placeholders).is_some() {
-                return Ok(spec.default.clone());
-            }
-            text = &extracted;
+        let mut text: &str = &found.text;
+        let mut json_number = found.number;
+        if let Some(re) = &t.regex {
+            text = re
+                .captures(text)
+                .and_then(|c| c.get(1))
+                .map(|m| m.as_str())
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "does not match regex {:?} (its capture group must match)",
+                        re.as_str()
+                    )
+                })?;
+            json_number = None;
         }
+        let received_at = found.received_at;
         let mut out = if let Some(m) = &t.map {
             let key = if m.ignore_case {
                 text.to_lowercase()
@@ -477,7 +548,7 @@ impl<'a> Ctx<'a, '_> {
             match (m.entries.get(&key), &m.unmapped) {
                 (Some(o), _) => o.clone(),
                 (None, Unmapped::Value(o)) => o.clone(),
-                (None, Unmapped::Keep) => typed(spec.ty, text)?,
+                (None, Unmapped::Keep) => typed_found(spec.ty, text, json_number)?,
                 (None, Unmapped::Reject) => {
                     let mut known: Vec<&str> = m.entries.keys().map(String::as_str).collect();
                     known.sort_unstable();
@@ -488,10 +559,14 @@ impl<'a> Ctx<'a, '_> {
                 }
             }
         } else if let Some(n) = &t.number {
-            let parsed = value::parse_decimal(text, n.decimal)?;
+            let parsed = match json_number {
+                Some(d) => d,
+                None => value::parse_decimal(text, n.decimal)?,
+            };
             match (spec.ty, n.scale) {
                 (FieldType::Number, None) => Out::Num(parsed),
                 (FieldType::Number, Some(s)) => Out::Num(value::scale_decimal(parsed, s)?),
+                (_, None) if json_number.is_some() => Out::Str(value::format_decimal(parsed)),
                 (_, None) => Out::Str(written_decimals(text, parsed)),
                 (_, Some(s)) => Out::Str(value::format_decimal(value::scale_decimal(parsed, s)?)),
             }
@@ -501,10 +576,12 @@ impl<'a> Ctx<'a, '_> {
             } else {
                 &tr.format
             };
-            let at = value::parse_time(text, format, &tr.tz)?;
+            // A JSON number (`1.7e9`) is read by its value, as plain digits.
+            let plain = json_number.map(value::format_decimal);
+            let at = value::parse_time(plain.as_deref().unwrap_or(text), format, &tr.tz)?;
             Out::Str(value::format_scaleo_time(at, self.zone))
         } else {
-            typed(spec.ty, text)?
+            typed_found(spec.ty, text, json_number)?
         };
         if let (Some(case), Out::Str(s)) = (t.case, &mut out) {
             *s = match case {
@@ -521,6 +598,14 @@ impl<'a> Ctx<'a, '_> {
             ));
         }
         Ok(Some(out))
+    }
+}
+
+/// [`typed`], except that a JSON number found under `json` is read as the number it is.
+fn typed_found(ty: FieldType, text: &str, json_number: Option<Decimal>) -> Result<Out, String> {
+    match (ty, json_number) {
+        (FieldType::Number, Some(d)) => Ok(Out::Num(d)),
+        _ => typed(ty, text),
     }
 }
 
@@ -562,7 +647,41 @@ fn ref_name(r: &ParamRef) -> String {
     match r {
         ParamRef::Param(p) => p.clone(),
         ParamRef::Special(s) => s.name().to_string(),
+        ParamRef::Template(parts) => format!("template {:?}", template_text(parts)),
+        ParamRef::Const(_) => "constant".to_string(),
     }
+}
+
+fn param_names(parts: &[Part]) -> Vec<String> {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Param(p) => Some(p.clone()),
+            Part::Lit(_) => None,
+        })
+        .collect()
+}
+
+/// A template as written (`{s2}{s3}`), for reasons and `explain`.
+fn template_text(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Param(p) => format!("{{{p}}}"),
+            Part::Lit(l) => l.clone(),
+        })
+        .collect()
+}
+
+/// The value a field found, before its transforms.
+struct Found<'a, 'r> {
+    /// The alternative it came from; `None` for a template source.
+    from: Option<&'r ParamRef>,
+    text: Cow<'a, str>,
+    /// Set when the value was a JSON number inside a JSON parameter: read exactly as JSON.
+    number: Option<Decimal>,
+    /// `@received_at`: RFC 3339 whatever the rule's time format.
+    received_at: bool,
 }
 
 fn reject(reason: String) -> Outcome {

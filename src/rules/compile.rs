@@ -10,10 +10,11 @@ use toml::Spanned;
 
 use super::diag::{Diagnostic, Diagnostics};
 use super::model::*;
-use super::raw::{RawAuth, RawDedupe, RawField, RawForward, RawMatch, RawRule, RawTest};
+use super::raw::{RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest};
 use super::scaleo;
 use super::value;
 
+mod condition;
 mod field;
 mod updates;
 
@@ -112,8 +113,9 @@ impl<'a> Compiler<'_, 'a> {
                     Repeated::First
                 }
             },
-            placeholders: raw.params.placeholders,
+            placeholders: Vec::new(),
         };
+        self.params.placeholders = self.placeholders(raw.params.placeholders);
 
         let token_param = raw
             .auth
@@ -248,22 +250,6 @@ impl<'a> Compiler<'_, 'a> {
         if is_const("goal_id") && is_const("goal_alias") {
             self.err(at, format!("{section} sets both goal_id and goal_alias as constants: Scaleo takes one or the other, never both (keep one, or set the other in a [[when]])"));
         }
-    }
-
-    /// Compiles one field spec; `None` after reporting a problem.
-    fn conditions(&mut self, key: &str, raw: RawMatch, at: Range<usize>) -> Vec<Condition> {
-        if raw.is_empty() {
-            self.err(
-                Some(at),
-                format!("{key}: empty; name at least one parameter and its value(s)"),
-            );
-        }
-        raw.into_iter()
-            .map(|(param, values)| Condition {
-                param: self.norm(&param),
-                values: values.into_vec(),
-            })
-            .collect()
     }
 
     fn env(&mut self, key: &str, v: &Spanned<String>, env: EnvMode) -> Option<String> {
@@ -423,7 +409,9 @@ impl<'a> Compiler<'_, 'a> {
                 );
             }
             let change = t.expect.map(|b| expect_body(self, b));
+            let body = self.test_body(&key, t.body, t.content_type, at.clone());
             return Some(RuleTest {
+                body,
                 name: t.name,
                 query: t.query,
                 expect: Expectation::Change { outcome, change },
@@ -448,7 +436,9 @@ impl<'a> Compiler<'_, 'a> {
             }
         };
         let received_at = self.test_time(&key, t.received_at, &at);
+        let body = self.test_body(&key, t.body, t.content_type, at.clone());
         Some(RuleTest {
+            body,
             name: t.name,
             query: t.query,
             expect,
@@ -479,6 +469,44 @@ impl<'a> Compiler<'_, 'a> {
                 None
             }
         })
+    }
+
+    /// A test's `body` and `content_type` ("form" | "json"); a JSON body must be a flat
+    /// object, checked now so that the test cannot fail for its own typo.
+    fn test_body(
+        &mut self,
+        key: &str,
+        body: Option<String>,
+        content_type: Option<Spanned<String>>,
+        at: Range<usize>,
+    ) -> Option<(super::BodyKind, String)> {
+        let kind = match &content_type {
+            None => super::BodyKind::Form,
+            Some(ct) => match super::BodyKind::parse(ct.get_ref()) {
+                Some(kind) => kind,
+                None => {
+                    self.err(
+                        span(ct),
+                        format!(
+                            "{key}: content_type = {:?}: expected \"form\" or \"json\"",
+                            ct.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let Some(body) = body else {
+            if let Some(ct) = &content_type {
+                self.err(span(ct), format!("{key}: content_type needs a `body`"));
+            }
+            return None;
+        };
+        if let Err(e) = super::decode_body(body.as_bytes(), kind) {
+            self.err(Some(at), format!("{key}: body: {e}"));
+            return None;
+        }
+        Some((kind, body))
     }
 
     fn diags_text(&self) -> &'a str {
@@ -519,10 +547,20 @@ fn reads(rule: &Rule) -> Vec<String> {
         .chain(rule.whens.iter().flat_map(|w| w.set.iter()));
     for f in specs {
         match &f.spec.source {
-            Source::Params(refs) => names.extend(refs.iter().filter_map(|r| match r {
-                ParamRef::Param(p) => Some(p.clone()),
-                ParamRef::Special(_) => None,
-            })),
+            Source::Params(refs) => {
+                for r in refs {
+                    match r {
+                        ParamRef::Param(p) => names.push(p.clone()),
+                        ParamRef::Template(parts) => {
+                            names.extend(parts.iter().filter_map(|p| match p {
+                                Part::Param(p) => Some(p.clone()),
+                                Part::Lit(_) => None,
+                            }))
+                        }
+                        ParamRef::Special(_) | ParamRef::Const(_) => {}
+                    }
+                }
+            }
             Source::Template(parts) => names.extend(parts.iter().filter_map(|p| match p {
                 Part::Param(p) => Some(p.clone()),
                 Part::Lit(_) => None,

@@ -152,8 +152,80 @@ fn update_targets(rules: &BTreeMap<String, Arc<Rule>>, dir: &Path) -> Vec<Diagno
 
 /// Decodes a query string or form body the way every rule expects: `+` is a space, names and
 /// values percent-decoded once, malformed `%` kept literally, invalid UTF-8 as U+FFFD.
+///
+/// One exception keeps what arrived: a value that was, as sent, a whole unresolved macro
+/// (`%%AFF_SUB%%`, `%ADV_SUB%`) is kept as that text instead of being decoded, since its `%AF`
+/// or `%AD` would decode into a stray byte and turn a macro into a garbled "real" value. The
+/// rules then see the macro and treat it as no value.
 pub fn decode_form(bytes: &[u8]) -> Vec<(String, String)> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes).unwrap_or_default()
+    bytes
+        .split(|b| *b == b'&')
+        .filter(|piece| !piece.is_empty())
+        .filter_map(|piece| {
+            let (name, value) = form_urlencoded::parse(piece).next()?;
+            let raw = piece.splitn(2, |b| *b == b'=').nth(1).unwrap_or_default();
+            let value = raw_macro(raw).unwrap_or_else(|| value.into_owned());
+            Some((name.into_owned(), value))
+        })
+        .collect()
+}
+
+/// How a POST body's parameters are encoded (`map --content-type`, a test's `content_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/x-www-form-urlencoded`, decoded like a query string.
+    Form,
+    /// A flat JSON object.
+    Json,
+}
+
+impl BodyKind {
+    /// `"form"` or `"json"`.
+    pub fn parse(text: &str) -> Option<BodyKind> {
+        match text {
+            "form" => Some(BodyKind::Form),
+            "json" => Some(BodyKind::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a POST body's parameters as ingest does: a form like a query string; a flat JSON
+/// object's members in order, strings as they are, `null` as empty, any other value as its
+/// JSON text (so a JSON-valued member can be read with `json = "/pointer"`).
+pub fn decode_body(body: &[u8], kind: BodyKind) -> Result<Vec<(String, String)>, String> {
+    match kind {
+        BodyKind::Form => Ok(decode_form(body)),
+        BodyKind::Json => {
+            let value: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| format!("not JSON ({e}); expected a flat JSON object"))?;
+            let serde_json::Value::Object(map) = value else {
+                return Err("expected a flat JSON object of parameters".to_owned());
+            };
+            Ok(map
+                .into_iter()
+                .map(|(name, value)| {
+                    let text = match value {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    (name, text)
+                })
+                .collect())
+        }
+    }
+}
+
+/// The value as sent (`+` read as a space, nothing percent-decoded) when it is a whole macro
+/// that percent-decoding would change; `None` otherwise.
+fn raw_macro(raw: &[u8]) -> Option<String> {
+    if !raw.contains(&b'%') {
+        return None;
+    }
+    let text = std::str::from_utf8(raw).ok()?.replace('+', " ");
+    let text = text.trim();
+    value::is_macro(text).then(|| text.to_owned())
 }
 
 /// The rule set in force, swapped whole on reload; a postback keeps the `Arc` it started with.

@@ -72,6 +72,8 @@ pub struct RuleTest {
     pub received_at: Option<jiff::Timestamp>,
     /// Earlier postbacks of the same conversion (`after = [...]`), applied in order first.
     pub after: Vec<String>,
+    /// A POST body and how it is encoded; its parameters follow the query's.
+    pub body: Option<(super::BodyKind, String)>,
     /// 1-based line of the `[[tests]]` entry, for failure messages.
     pub line: usize,
 }
@@ -162,11 +164,16 @@ pub(crate) enum Source {
     Template(Vec<Part>),
 }
 
-/// A parameter name (normalised for `ignore_case`) or a request attribute.
+/// One alternative of a field's list: a parameter name (normalised for `ignore_case`), a
+/// request attribute, or (in a list) a template or a constant.
 #[derive(Debug, Clone)]
 pub(crate) enum ParamRef {
     Param(String),
     Special(Special),
+    /// `{ template = "{s2}{s3}" }`: no value when a name in it has none.
+    Template(Vec<Part>),
+    /// `{ value = ... }`: taken as it is, no transform.
+    Const(Out),
 }
 
 /// `@client_ip`, `@user_agent`, `@referer`, `@received_at`.
@@ -206,10 +213,12 @@ pub(crate) enum Part {
     Param(String),
 }
 
-/// What happens to a present value, in this order: json, map, number or time, case.
+/// What happens to a present value, in this order: json, regex, map, number or time, case.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Transform {
     pub json: Option<String>,
+    /// One capture group; the field keeps what it matched.
+    pub regex: Option<regex::Regex>,
     pub map: Option<MapRule>,
     pub number: Option<NumberRule>,
     pub time: Option<TimeRule>,
@@ -275,9 +284,32 @@ pub(crate) struct Skip {
     pub reason: String,
 }
 
-/// One `match` entry: the parameter's value must equal one of `values`.
+/// One `match` entry: a test on a parameter's value, or on a value inside a JSON parameter.
 #[derive(Debug, Clone)]
 pub(crate) struct Condition {
     pub param: String,
-    pub values: Vec<String>,
+    /// A JSON pointer into the parameter's value.
+    pub json: Option<String>,
+    pub test: Test,
+}
+
+/// What a condition checks.
+#[derive(Debug, Clone)]
+pub(crate) enum Test {
+    /// The value equals one of these, exactly.
+    OneOf(Vec<String>),
+    /// `absent = true`: no value (absent, empty, a macro or a placeholder); `false`: a value.
+    Absent(bool),
+    /// Every comparison holds on the parsed number; a value that is not a number fails.
+    Compare(Vec<(Cmp, rust_decimal::Decimal)>),
+}
+
+/// `lt`, `le`, `gt`, `ge`, `eq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
 }

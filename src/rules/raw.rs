@@ -46,22 +46,94 @@ pub struct RawParams {
     pub ignore_case: bool,
     pub repeated: Option<Spanned<String>>,
     #[serde(default)]
-    pub placeholders: Vec<String>,
+    pub placeholders: Vec<Spanned<String>>,
 }
 
 /// One `[fields]` entry: a parameter name, a fallback list, or a table.
 #[derive(Debug)]
 pub enum RawField {
     Param(String),
-    List(Vec<String>),
+    List(Vec<RawAlt>),
     Spec(Box<RawSpec>),
+}
+
+/// One alternative of a list: a parameter name, `{ template = "..." }` or `{ value = ... }`.
+#[derive(Debug, Clone)]
+pub enum RawAlt {
+    Name(String),
+    Template(String),
+    Value(toml::Value),
+}
+
+/// The table form of an alternative; exactly one key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAltTable {
+    template: Option<String>,
+    value: Option<toml::Value>,
+}
+
+impl<'de> Deserialize<'de> for RawAlt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AltVisitor;
+        impl<'de> Visitor<'de> for AltVisitor {
+            type Value = RawAlt;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a parameter name, { template = \"{a}{b}\" } or { value = \"...\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawAlt, E> {
+                Ok(RawAlt::Name(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAlt, A::Error> {
+                let t = RawAltTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (t.template, t.value) {
+                    (Some(t), None) => Ok(RawAlt::Template(t)),
+                    (None, Some(v)) => Ok(RawAlt::Value(v)),
+                    _ => Err(de::Error::custom(
+                        "an alternative in a list is a parameter name, { template = \"...\" } or { value = ... }: give exactly one of `template` or `value`",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(AltVisitor)
+    }
+}
+
+/// `from = "a"` or `from = ["a", { template = "{b}{c}" }]`.
+#[derive(Debug)]
+pub enum Alts {
+    One(String),
+    Many(Vec<RawAlt>),
+}
+
+impl<'de> Deserialize<'de> for Alts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AltsVisitor;
+        impl<'de> Visitor<'de> for AltsVisitor {
+            type Value = Alts;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a parameter name or a list of alternatives (names, { template = \"...\" }, { value = ... })")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Alts, E> {
+                Ok(Alts::One(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Alts, A::Error> {
+                let mut alts = Vec::new();
+                while let Some(a) = seq.next_element::<RawAlt>()? {
+                    alts.push(a);
+                }
+                Ok(Alts::Many(alts))
+            }
+        }
+        d.deserialize_any(AltsVisitor)
+    }
 }
 
 /// The table form of a field.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpec {
-    pub from: Option<Spanned<Names>>,
+    pub from: Option<Spanned<Alts>>,
     pub value: Option<Spanned<toml::Value>>,
     pub default: Option<Spanned<toml::Value>>,
     pub required: Option<bool>,
@@ -73,10 +145,13 @@ pub struct RawSpec {
     pub number: Option<bool>,
     pub decimal: Option<Spanned<String>>,
     pub scale: Option<Spanned<toml::Value>>,
-    pub time: Option<Spanned<String>>,
+    /// One format or a list tried in order.
+    pub time: Option<Spanned<Names>>,
     pub tz: Option<Spanned<String>>,
     pub case: Option<Spanned<String>>,
     pub json: Option<Spanned<String>>,
+    /// A pattern with one capture group; the field keeps what the group matched.
+    pub regex: Option<Spanned<String>>,
 }
 
 /// `from = "a"` or `from = ["a", "b"]`; also a `match` value or list of values.
@@ -130,11 +205,11 @@ impl<'de> Deserialize<'de> for RawField {
                 Ok(RawField::Param(v.to_string()))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawField, A::Error> {
-                let mut names = Vec::new();
-                while let Some(n) = seq.next_element::<String>()? {
-                    names.push(n);
+                let mut alts = Vec::new();
+                while let Some(a) = seq.next_element::<RawAlt>()? {
+                    alts.push(a);
                 }
-                Ok(RawField::List(names))
+                Ok(RawField::List(alts))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawField, A::Error> {
                 RawSpec::deserialize(de::value::MapAccessDeserializer::new(map))
@@ -145,8 +220,60 @@ impl<'de> Deserialize<'de> for RawField {
     }
 }
 
-/// A match table: parameter -> one value or a list of values.
-pub type RawMatch = BTreeMap<String, Names>;
+/// A match table: parameter -> one value, a list of values, or a condition table.
+pub type RawMatch = BTreeMap<String, Spanned<RawCond>>;
+
+/// One `match` entry.
+#[derive(Debug)]
+pub enum RawCond {
+    /// `"1"` or `["1", "true"]`: the value equals one of these.
+    Values(Names),
+    /// `{ absent = true }`, `{ lt = 0 }`, `{ json = "/event/type", is = "organic" }`...
+    Table(Box<RawCondTable>),
+}
+
+/// The table form of a condition.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondTable {
+    pub absent: Option<bool>,
+    pub lt: Option<toml::Value>,
+    pub le: Option<toml::Value>,
+    pub gt: Option<toml::Value>,
+    pub ge: Option<toml::Value>,
+    pub eq: Option<toml::Value>,
+    pub json: Option<String>,
+    pub is: Option<String>,
+    #[serde(rename = "in")]
+    pub any_of: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawCond {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CondVisitor;
+        impl<'de> Visitor<'de> for CondVisitor {
+            type Value = RawCond;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, a list of strings, or a condition such as { absent = true }, { lt = 0 } or { json = \"/type\", is = \"organic\" } (quote numbers and words: \"1\", not 1)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCond, E> {
+                Ok(RawCond::Values(Names::One(v.to_string())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCond, A::Error> {
+                let mut values = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    values.push(n);
+                }
+                Ok(RawCond::Values(Names::Many(values)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCond, A::Error> {
+                RawCondTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RawCond::Table(Box::new(t)))
+            }
+        }
+        d.deserialize_any(CondVisitor)
+    }
+}
 
 /// `[[when]]`.
 #[derive(Debug, Deserialize)]
@@ -200,6 +327,8 @@ pub struct RawForward {
 #[serde(deny_unknown_fields)]
 pub struct RawTest {
     pub name: String,
+    /// Empty for a test whose parameters all come in its `body`.
+    #[serde(default)]
     pub query: String,
     pub expect: Option<toml::Table>,
     pub expect_reject: Option<String>,
@@ -213,4 +342,7 @@ pub struct RawTest {
     pub after: Vec<String>,
     /// `update` | `stale` | `duplicate`: what `query` is to the conversion of `after`.
     pub expect_outcome: Option<String>,
+    /// A POST body (`content_type` says how it is encoded, "form" by default).
+    pub body: Option<String>,
+    pub content_type: Option<Spanned<String>>,
 }

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::model::{ChangeOutcome, Expectation, Rule, RuleTest};
-use super::{Input, Outcome, RuleSet, decode_form};
+use super::{BodyKind, Input, Outcome, RuleSet, decode_body, decode_form};
 use crate::lifecycle::{self, Decision, Lookup};
 
 /// The result of one `[[tests]]` case.
@@ -39,9 +39,9 @@ pub fn run(rule: &Rule, set: &RuleSet, zone: &TimeZone) -> Vec<TestResult> {
         .collect()
 }
 
-/// Applies a rule to a test's query and request attributes.
+/// Applies a rule to a test's query, body and request attributes.
 pub fn apply_test(rule: &Rule, t: &RuleTest, zone: &TimeZone) -> Outcome {
-    apply_query(rule, t, &t.query, zone)
+    apply_query(rule, t, &t.query, t.body.as_ref(), zone)
 }
 
 /// Plays `after` then `query` as the store would for one conversion and compares what the
@@ -63,7 +63,7 @@ fn check_change(
     };
     let mut conversion: Option<(Map<String, Value>, Map<String, Value>)> = None;
     for (i, q) in t.after.iter().enumerate() {
-        let body = match apply_query(creator, t, q, zone) {
+        let body = match apply_query(creator, t, q, None, zone) {
             Outcome::Forward(m) => m.body,
             other => {
                 return Some(format!(
@@ -147,8 +147,18 @@ fn check_change(
     }
 }
 
-fn apply_query(rule: &Rule, t: &RuleTest, query: &str, zone: &TimeZone) -> Outcome {
-    let params = decode_form(query.as_bytes());
+fn apply_query(
+    rule: &Rule,
+    t: &RuleTest,
+    query: &str,
+    body: Option<&(BodyKind, String)>,
+    zone: &TimeZone,
+) -> Outcome {
+    let mut params = decode_form(query.as_bytes());
+    if let Some((kind, body)) = body {
+        // Checked when the rule loaded.
+        params.extend(decode_body(body.as_bytes(), *kind).unwrap_or_default());
+    }
     let input = Input {
         params: &params,
         client_ip: t.client_ip.as_deref(),

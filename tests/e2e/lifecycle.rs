@@ -83,7 +83,11 @@ async fn lead_id(env: &Env, id: i64) -> Value {
 
 /// Sends the lead and waits until the create is delivered; returns its record id.
 async fn delivered_lead(env: &Env, query: &str) -> i64 {
-    let body = send(env, "life", query).await;
+    delivered_lead_of(env, "life", query).await
+}
+
+async fn delivered_lead_of(env: &Env, source: &str, query: &str) -> i64 {
+    let body = send(env, source, query).await;
     assert_eq!(body["status"], "accepted", "{body}");
     let id = body["id"].as_i64().unwrap();
     wait_state(env, id, "delivered").await;
@@ -126,21 +130,21 @@ async fn lead_then_sale_sends_one_update_with_the_lead_id() {
 
 #[tokio::test]
 async fn operators_see_the_conversion_its_records_and_the_update_metric() {
-    let env = Env::start(&[("life", LIFE)], with_admin).await;
-    let lead = delivered_lead(&env, "subid=clk12&status=lead&revenue=0&tid=T-12").await;
+    let env = Env::start(&[("seen", LIFE)], with_admin).await;
+    let lead = delivered_lead_of(&env, "seen", "subid=clk12&status=lead&revenue=0&tid=T-12").await;
     let (_, explain) = admin_get(
         &env,
-        "/admin/explain/life?subid=clk12&status=sale&revenue=25&tid=T-12",
+        "/admin/explain/seen?subid=clk12&status=sale&revenue=25&tid=T-12",
     )
     .await;
     assert_eq!(
         explain["conversion"],
         json!({"outcome": "update", "original": lead, "change": {"conv_status": "approved", "revenue": 25}, "reason": null})
     );
-    let sale = send(&env, "life", "subid=clk12&status=sale&revenue=25&tid=T-12").await;
+    let sale = send(&env, "seen", "subid=clk12&status=sale&revenue=25&tid=T-12").await;
     let sale = sale["id"].as_i64().unwrap();
     wait_state(&env, sale, "delivered").await;
-    send(&env, "life", "subid=clk12&status=lead&tid=T-12").await;
+    send(&env, "seen", "subid=clk12&status=lead&tid=T-12").await;
     let (status, list) = admin_get(&env, &format!("/admin/records?conversion={lead}")).await;
     assert_eq!(status, 200, "{list}");
     let states: Vec<&str> = list["records"]
@@ -164,7 +168,7 @@ async fn operators_see_the_conversion_its_records_and_the_update_metric() {
     let text = scrape(&env).await;
     for (outcome, n) in [("update", 1.0), ("stale", 1.0), ("accepted", 1.0)] {
         let series =
-            format!(r#"postback_relay_postbacks_total{{source="life",outcome="{outcome}"}}"#);
+            format!(r#"postback_relay_postbacks_total{{source="seen",outcome="{outcome}"}}"#);
         assert_eq!(metric(&text, &series), n, "{series}");
     }
     env.stop().await;

@@ -464,3 +464,66 @@ fn forward_base_url_reads_the_environment_like_the_api_key() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("http://"), "{}", stdout(&o));
 }
+
+#[test]
+fn map_takes_a_post_body_as_a_form_or_json() {
+    let dir = dir_with(&[("good.toml", GOOD)]);
+    let o = run(&[
+        "map",
+        "--rules",
+        p(dir.path()),
+        "good",
+        "cid=a",
+        "--body",
+        "amt=1999&st=1",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["body"]["revenue"], super::num("19.99"));
+    assert_eq!(v["body"]["conv_status"], "approved");
+    let o = run(&[
+        "map",
+        "--rules",
+        p(dir.path()),
+        "good",
+        "--body",
+        r#"{"cid":"b","amt":250,"st":"1"}"#,
+        "--content-type",
+        "json",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        v["body"],
+        json!({"click_id": "b", "revenue": super::num("2.5"), "conv_status": "approved"})
+    );
+}
+
+#[test]
+fn map_refuses_a_json_body_that_is_not_an_object_and_a_content_type_without_body() {
+    let dir = dir_with(&[("good.toml", GOOD)]);
+    let o = run(&[
+        "map",
+        "--rules",
+        p(dir.path()),
+        "good",
+        "--body",
+        "[1]",
+        "--content-type",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("flat JSON object"), "{}", stderr(&o));
+    let o = run(&[
+        "map",
+        "--rules",
+        p(dir.path()),
+        "good",
+        "cid=a",
+        "--content-type",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "usage error");
+}

@@ -3,7 +3,7 @@
 use jiff::tz::TimeZone;
 use serde_json::json;
 
-use super::{Request, body, num, outcome_with, rejected, rule, text_of};
+use super::{Request, body, mapped, num, outcome_with, rejected, rule, text_of};
 
 #[test]
 fn string_field_reads_one_parameter() {
@@ -463,14 +463,59 @@ adv_user_id = { from = "ev", json = "/user/id" }
 }
 
 #[test]
-fn json_pointer_that_finds_nothing_or_a_non_json_value_rejects_naming_the_field() {
+fn json_parameter_that_is_not_json_rejects_naming_the_field() {
     let r = rule(
         "[fields]\nclick_id = \"cid\"\nadv_order_id = { from = \"ev\", json = \"/af_order_id\" }\n",
     );
-    let reason = rejected(&r, "cid=a&ev=%7B%22other%22%3A1%7D");
-    assert!(reason.starts_with("adv_order_id"), "{reason}");
     let reason = rejected(&r, "cid=a&ev=A-1");
     assert!(reason.starts_with("adv_order_id"), "{reason}");
+}
+
+#[test]
+fn json_pointer_that_finds_nothing_is_no_value_so_the_default_applies() {
+    let r = rule(
+        "[fields]\nclick_id = \"cid\"\nadv_order_id = { from = \"ev\", json = \"/af_order_id\", default = \"NONE\" }\n",
+    );
+    assert_eq!(
+        body(&r, "cid=a&ev=%7B%22other%22%3A1%7D"),
+        json!({"click_id": "a", "adv_order_id": "NONE"}).to_string()
+    );
+    // Without a default the field is left out; `required = true` rejects naming it.
+    let r = rule(
+        "[fields]\nclick_id = \"cid\"\nadv_order_id = { from = \"ev\", json = \"/af_order_id\", required = true }\n",
+    );
+    let reason = rejected(&r, "cid=a&ev=%7B%22other%22%3A1%7D");
+    assert!(reason.starts_with("adv_order_id"), "{reason}");
+}
+
+#[test]
+fn json_pointer_that_finds_nothing_falls_through_to_the_next_parameter() {
+    let r = rule(
+        "[fields]\nclick_id = \"cid\"\nadv_order_id = { from = [\"ev\", \"ev2\"], json = \"/id\" }\n",
+    );
+    assert_eq!(
+        body(&r, "cid=a&ev=%7B%7D&ev2=%7B%22id%22%3A%22B-2%22%7D"),
+        json!({"click_id": "a", "adv_order_id": "B-2"}).to_string()
+    );
+}
+
+#[test]
+fn json_numbers_are_json_numbers_never_read_through_decimal() {
+    let r = rule(
+        "[fields]\nclick_id = \"cid\"\nrevenue = { from = \"ev\", json = \"/total\", decimal = \"comma\" }\npayout = { from = \"ev\", json = \"/rev\" }\namount = { from = \"ev\", json = \"/n\" }\nadv_param1 = { from = \"ev\", json = \"/s\", number = true }\n",
+    );
+    let ev = r#"{"total":1.500,"rev":12.500,"n":1e2,"s":"12,50"}"#;
+    let q = format!("cid=a&ev={}", urlencode(ev));
+    let m = mapped(&r, &q);
+    assert_eq!(m.body["revenue"], num("1.5"));
+    assert_eq!(m.body["payout"], num("12.5"));
+    assert_eq!(m.body["amount"], num("100"));
+    // A JSON string is read like a parameter value (decimal comma, here).
+    assert_eq!(m.body["adv_param1"], json!("12.50"));
+}
+
+fn urlencode(text: &str) -> String {
+    serde_urlencoded::to_string([("x", text)]).unwrap()[2..].to_string()
 }
 
 #[test]

@@ -424,3 +424,167 @@ fn a_time_field_constant_must_be_in_scaleos_format() {
     says(&m, &["click_timestamp", "yesterday", "Y-m-d H:i:s"]);
     super::rule("[fields]\nclick_id = \"cid\"\ntimestamp = { value = \"2024-05-20 10:00:00\" }\n");
 }
+
+#[test]
+fn a_placeholder_star_is_accepted_only_at_the_end() {
+    let m = one_problem_at(
+        "[params]\nplaceholders = [\"OK_*\", \"A*B\"]\n[fields]\nclick_id = \"cid\"\n",
+        2,
+        25,
+    );
+    says(
+        &m,
+        &["params.placeholders", "\"A*B\"", "only at the end", "TPL_*"],
+    );
+    let m = one_problem_at(
+        "[params]\nplaceholders = [\"*\"]\n[fields]\nclick_id = \"cid\"\n",
+        2,
+        17,
+    );
+    says(&m, &["\"*\"", "every value"]);
+}
+
+#[test]
+fn a_regex_must_compile_and_have_exactly_one_capture_group() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_order_id = { from = \"o\", regex = \"Order/\\\\d+\" }\n",
+        3,
+        38,
+    );
+    says(
+        &m,
+        &[
+            "fields.adv_order_id.regex",
+            "0 capture groups",
+            "exactly one",
+        ],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_order_id = { from = \"o\", regex = \"(a)(b)\" }\n",
+        3,
+        38,
+    );
+    says(&m, &["2 capture groups", "(?:...)"]);
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_order_id = { from = \"o\", regex = \"(a\" }\n",
+        3,
+        38,
+    );
+    says(&m, &["not a valid regular expression", "\"(a\""]);
+}
+
+#[test]
+fn a_regex_on_a_constant_is_an_error() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\nadv_order_id = { value = \"x\", regex = \"(x)\" }\n",
+        3,
+        16,
+    );
+    says(&m, &["`regex` has no effect on a constant"]);
+}
+
+#[test]
+fn condition_tables_name_what_they_accept() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[skip]]\nmatch = { amt = { lte = 0 } }\n",
+        4,
+        19,
+    );
+    says(&m, &["`lte`", "`le`", "`absent`", "`json`"]);
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[skip]]\nmatch = { amt = { lt = \"abc\" } }\n",
+        4,
+        17,
+    );
+    says(
+        &m,
+        &["skip[0].match.amt.lt", "\"abc\"", "expected a number"],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[when]]\nmatch = { e = { absent = true, is = \"x\" } }\nset = { adv_param1 = \"x\" }\n",
+        4,
+        15,
+    );
+    says(
+        &m,
+        &[
+            "when[0].match.e",
+            "absent = true | false",
+            "`in = [",
+            "`lt`",
+        ],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[skip]]\nmatch = { ev = { json = \"type\", is = \"organic\" } }\n",
+        4,
+        16,
+    );
+    says(&m, &["skip[0].match.ev.json = \"type\"", "starts with '/'"]);
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[skip]]\nmatch = { ev = { in = [] } }\n",
+        4,
+        16,
+    );
+    says(&m, &["skip[0].match.ev.in", "empty list"]);
+}
+
+#[test]
+fn list_alternatives_are_names_templates_or_constants() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = [{ templat = \"{a}\" }, \"b\"]\n",
+        2,
+        15,
+    );
+    says(&m, &["`templat`", "`template`", "`value`"]);
+    let m = problems("[fields]\nclick_id = [{ template = \"{a}\", value = \"x\" }, \"b\"]\n");
+    says(&m.join("\n"), &["exactly one of `template` or `value`"]);
+    let m = problems("[fields]\nclick_id = \"cid\"\ngoal_id = [\"g\", { value = \"x\" }]\n");
+    says(
+        &m.join("\n"),
+        &["fields.goal_id.value = \"x\"", "JSON integer"],
+    );
+    let m = problems("[fields]\nclick_id = [{ template = \"{a\" }, \"b\"]\n");
+    says(&m.join("\n"), &["fields.click_id.template", "unclosed"]);
+}
+
+#[test]
+fn a_time_list_names_the_bad_entry() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\ntimestamp = { from = \"ts\", time = [\"%d/%m/%Y\", \"dmy\"] }\n",
+        3,
+        35,
+    );
+    says(
+        &m,
+        &["fields.timestamp.time", "entry 2 (\"dmy\")", "strftime"],
+    );
+}
+
+#[test]
+fn a_test_body_is_checked_at_load() {
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[tests]]\nname = \"t\"\nbody = \"cid=a\"\ncontent_type = \"xml\"\nexpect_reject = \"x\"\n",
+        6,
+        16,
+    );
+    says(
+        &m,
+        &[
+            "tests \"t\"",
+            "content_type = \"xml\"",
+            "\"form\" or \"json\"",
+        ],
+    );
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[tests]]\nname = \"t\"\nbody = \"[1]\"\ncontent_type = \"json\"\nexpect_reject = \"x\"\n",
+        3,
+        1,
+    );
+    says(&m, &["tests \"t\": body", "flat JSON object"]);
+    let m = one_problem_at(
+        "[fields]\nclick_id = \"cid\"\n[[tests]]\nname = \"t\"\nquery = \"cid=a\"\ncontent_type = \"json\"\nexpect_reject = \"x\"\n",
+        6,
+        16,
+    );
+    says(&m, &["content_type needs a `body`"]);
+}

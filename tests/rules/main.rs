@@ -9,6 +9,7 @@ mod flow;
 mod load_errors;
 mod params;
 mod props;
+mod senders;
 mod shipped;
 mod updates;
 

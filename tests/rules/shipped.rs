@@ -28,9 +28,11 @@ fn shipped_rules_load_without_any_environment_secret() {
         "affise",
         "appsflyer",
         "binom",
+        "cake",
         "everflow",
         "keitaro",
         "pixel",
+        "shopify",
         "tune",
         "voluum",
     ] {

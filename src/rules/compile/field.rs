@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{Compiler, span, toml_scalar_text};
 use crate::rules::model::*;
-use crate::rules::raw::{Names, RawField, RawSpec};
+use crate::rules::raw::{Alts, Names, RawAlt, RawField, RawSpec};
 use crate::rules::scaleo::{self, FieldType};
 use crate::rules::value::{self, DecimalMode, TimeFormat};
 
@@ -25,11 +25,11 @@ impl Compiler<'_, '_> {
         let required = field == "click_id";
         let raw = match raw {
             RawField::Param(p) => RawSpec {
-                from: Some(Spanned::new(at.clone(), Names::One(p))),
+                from: Some(Spanned::new(at.clone(), Alts::One(p))),
                 ..Default::default()
             },
             RawField::List(l) => RawSpec {
-                from: Some(Spanned::new(at.clone(), Names::Many(l))),
+                from: Some(Spanned::new(at.clone(), Alts::Many(l))),
                 ..Default::default()
             },
             RawField::Spec(s) => *s,
@@ -56,6 +56,7 @@ impl Compiler<'_, '_> {
                 (raw.number.is_some(), "number"),
                 (raw.time.is_some(), "time"),
                 (raw.json.is_some(), "json"),
+                (raw.regex.is_some(), "regex"),
                 (raw.default.is_some(), "default"),
                 (raw.case.is_some(), "case"),
             ] {
@@ -80,8 +81,8 @@ impl Compiler<'_, '_> {
         } else {
             let from = raw.from.as_ref()?;
             let list = match from.get_ref() {
-                Names::One(n) => vec![n.clone()],
-                Names::Many(v) => v.clone(),
+                Alts::One(n) => vec![RawAlt::Name(n.clone())],
+                Alts::Many(v) => v.clone(),
             };
             if list.is_empty() {
                 self.err(
@@ -91,7 +92,27 @@ impl Compiler<'_, '_> {
                 return None;
             }
             let mut refs = Vec::new();
-            for n in list {
+            for alt in list {
+                let n = match alt {
+                    RawAlt::Name(n) => n,
+                    RawAlt::Template(t) => {
+                        if raw.json.is_some() {
+                            self.err(span(from), format!("{key}: `json` reads from a parameter; a list with `json` cannot hold a template"));
+                        }
+                        let t = Spanned::new(from.span(), t);
+                        if let Some(parts) = self.template(&key, &t) {
+                            refs.push(ParamRef::Template(parts));
+                        }
+                        continue;
+                    }
+                    RawAlt::Value(v) => {
+                        let v = Spanned::new(from.span(), v);
+                        if let Some(out) = self.constant(&key, "value", ty, field, &v) {
+                            refs.push(ParamRef::Const(out));
+                        }
+                        continue;
+                    }
+                };
                 if n.starts_with('@') {
                     match Special::parse(&n) {
                         Some(s) => refs.push(ParamRef::Special(s)),
@@ -137,6 +158,7 @@ impl Compiler<'_, '_> {
     ) -> Transform {
         let mut t = Transform {
             json: None,
+            regex: None,
             map: None,
             number: None,
             time: None,
@@ -148,6 +170,9 @@ impl Compiler<'_, '_> {
                 self.err(span(p), format!("{key}.json = {ptr:?}: a JSON pointer starts with '/' (e.g. \"/af_order_id\")"));
             }
             t.json = Some(ptr.clone());
+        }
+        if let Some(r) = &raw.regex {
+            t.regex = self.regex(key, r);
         }
         if raw.map.is_none() {
             for (set, opt, opt_at) in [
@@ -271,10 +296,18 @@ impl Compiler<'_, '_> {
         if wants_time {
             let format = match &raw.time {
                 None => TimeFormat::Auto,
-                Some(f) => value::TimeFormat::parse_spec(f.get_ref()).unwrap_or_else(|e| {
-                    self.err(span(f), format!("{key}.time = {:?}: {e}", f.get_ref()));
-                    TimeFormat::Auto
-                }),
+                Some(f) => {
+                    let parsed = match f.get_ref() {
+                        Names::One(one) => value::TimeFormat::parse_spec(one)
+                            .map_err(|e| format!("{key}.time = {one:?}: {e}")),
+                        Names::Many(list) => value::TimeFormat::parse_specs(list)
+                            .map_err(|e| format!("{key}.time: {e}")),
+                    };
+                    parsed.unwrap_or_else(|e| {
+                        self.err(span(f), e);
+                        TimeFormat::Auto
+                    })
+                }
             };
             let tz = match &raw.tz {
                 None => jiff::tz::TimeZone::UTC,
@@ -358,6 +391,29 @@ impl Compiler<'_, '_> {
                     allowed.join(", ")
                 ),
             );
+        }
+    }
+
+    /// `regex = "..."`: compiled now, with exactly one capture group.
+    fn regex(&mut self, key: &str, r: &Spanned<String>) -> Option<regex::Regex> {
+        let pattern = r.get_ref();
+        match regex::Regex::new(pattern) {
+            Ok(re) if re.captures_len() == 2 => Some(re),
+            Ok(re) => {
+                self.err(span(r), format!("{key}.regex = {pattern:?}: has {} capture groups; it needs exactly one, around the part to keep (e.g. \"gid://shopify/Order/(\\\\d+)\"; use (?:...) for groups that only group)", re.captures_len() - 1));
+                None
+            }
+            Err(e) => {
+                let why = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                self.err(span(r), format!("{key}.regex = {pattern:?}: not a valid regular expression ({why}); write it in Rust regex syntax with one capture group, e.g. \"gid://shopify/Order/(\\\\d+)\""));
+                None
+            }
         }
     }
 

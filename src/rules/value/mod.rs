@@ -12,7 +12,7 @@ mod time;
 use std::borrow::Cow;
 use std::time::Duration;
 
-pub use number::{DecimalMode, format_decimal, parse_decimal, scale_decimal};
+pub use number::{DecimalMode, format_decimal, parse_decimal, parse_json_number, scale_decimal};
 pub use time::{TimeFormat, format_scaleo_time, parse_time, parse_zone};
 
 // No value
@@ -43,28 +43,36 @@ impl NoValue {
 /// How many more times a value that is still percent-encoded is decoded and checked again.
 const MAX_REDECODES: usize = 3;
 
-/// The macro dialects as (opening, closing) delimiters around the whole value.
-const MACRO_DELIMITERS: [(&str, &str); 8] = [
+/// The macro dialects as (opening, closing) delimiters around the whole value. `__X__` is
+/// checked apart: its name must be upper case.
+const MACRO_DELIMITERS: [(&str, &str); 11] = [
     ("{{", "}}"),
     ("${", "}"),
+    ("{$", "}"),
     ("{", "}"),
     ("[", "]"),
     ("(", ")"),
     ("#", "#"),
+    ("%%", "%%"),
     ("%", "%"),
+    ("!!!", "!!!"),
     ("<", ">"),
 ];
 
+/// What browser pixels send when a JavaScript variable had no value.
+const SCRIPT_LEFTOVERS: [&str; 3] = ["undefined", "null", "NaN"];
+
 /// Classifies a decoded, trimmed value: `None` means it is a real value.
 ///
-/// Placeholders are compared with the value as received (exact, case-sensitive); macros are
-/// also looked for after decoding a still percent-encoded value again, up to three more times.
-/// A value that decodes to nothing but white space (`%20`) is `Empty`.
+/// Placeholders are compared with the value as received (exact, case-sensitive; one ending in
+/// `*` matches every value that starts with the rest); macros are also looked for after
+/// decoding a still percent-encoded value again, up to three more times. A value that decodes
+/// to nothing but white space (`%20`) is `Empty`.
 pub fn no_value(value: &str, placeholders: &[String]) -> Option<NoValue> {
     if value.is_empty() {
         return Some(NoValue::Empty);
     }
-    if placeholders.iter().any(|placeholder| placeholder == value) {
+    if placeholders.iter().any(|p| placeholder_matches(p, value)) {
         return Some(NoValue::Placeholder);
     }
     if is_macro(value) {
@@ -86,25 +94,60 @@ pub fn no_value(value: &str, placeholders: &[String]) -> Option<NoValue> {
     None
 }
 
-/// True when the whole value is one macro of a known dialect.
-fn is_macro(value: &str) -> bool {
+/// A placeholder is an exact value, or a prefix when it ends in `*` (`"TPL_*"`).
+fn placeholder_matches(placeholder: &str, value: &str) -> bool {
+    match placeholder.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => placeholder == value,
+    }
+}
+
+/// What is wrong with a `placeholders` entry, if anything: a `*` is accepted only at the end,
+/// after at least one other character (a lone `*` would make every value no value).
+pub fn check_placeholder(placeholder: &str) -> Result<(), String> {
+    let stem = placeholder.strip_suffix('*').unwrap_or(placeholder);
+    if placeholder.trim().is_empty() {
+        Err("an empty placeholder would match only what is already no value".to_owned())
+    } else if stem.trim().is_empty() {
+        Err("a placeholder of only `*` would make every value no value; give a prefix such as \"TPL_*\"".to_owned())
+    } else if stem.contains('*') {
+        Err("`*` is accepted only at the end, as a prefix match (e.g. \"TPL_*\")".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// True when the whole value is one macro of a known dialect, or a script's leftover
+/// (`undefined`, `null`, `NaN`).
+pub(crate) fn is_macro(value: &str) -> bool {
+    if SCRIPT_LEFTOVERS.contains(&value) {
+        return true;
+    }
     if is_json_container(value) {
         return false;
     }
-    MACRO_DELIMITERS.iter().any(|(open, close)| {
+    let delimited = MACRO_DELIMITERS.iter().any(|(open, close)| {
         value
             .strip_prefix(open)
             .and_then(|rest| rest.strip_suffix(close))
             .is_some_and(is_macro_name)
-    })
+    });
+    delimited
+        || value
+            .strip_prefix("__")
+            .and_then(|rest| rest.strip_suffix("__"))
+            .is_some_and(|name| {
+                is_macro_name(name) && !name.chars().any(|c| c.is_ascii_lowercase())
+            })
 }
 
-/// A macro name: ASCII letters, digits, `_ . : - ? =` and spaces, not only spaces.
-/// Letters are ASCII only: every tracker's macro names are, and a bracketed word in another
-/// script (`(Москва)`) is far more likely a real value.
+/// A macro name: at least one ASCII letter, and only ASCII letters, digits, spaces and
+/// `_ . : - ? = ~ $ ! ( )`. Letters are ASCII only: every tracker's macro names are, and a
+/// bracketed word in another script (`(Москва)`) is far more likely a real value. A name
+/// without a letter is not a macro: `(12.50)` is an accounting negative, `[1]` data.
 fn is_macro_name(name: &str) -> bool {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:-?= ".contains(c);
-    !name.trim().is_empty() && name.chars().all(allowed)
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:-?=~$!() ".contains(c);
+    name.chars().any(|c| c.is_ascii_alphabetic()) && name.chars().all(allowed)
 }
 
 /// `[1]`, `[true]` or `{"a":1}` are data, never macros.

@@ -19,7 +19,7 @@ pub enum DecimalMode {
 }
 
 const NUMBER_ACCEPTED: &str = "expected digits with an optional sign, currency sign ($ € £ ¥) \
-     and one decimal separator (e.g. 12.50, 12,50, $1,234.56)";
+     and one decimal separator (e.g. 12.50, 12,50, $1,234.56, or (12.50) for -12.50)";
 
 const CURRENCY_SIGNS: [char; 4] = ['$', '€', '£', '¥'];
 
@@ -35,11 +35,28 @@ pub fn parse_decimal(text: &str, mode: DecimalMode) -> Result<Decimal, String> {
     if text.is_empty() {
         return Err(format!("empty: {NUMBER_ACCEPTED}"));
     }
+    let (accounting, text) = split_accounting(text)?;
     let (negative, body) = split_sign_and_currency(text)?;
+    if accounting && negative {
+        return Err(format!(
+            "a sign inside accounting parentheses: {NUMBER_ACCEPTED}"
+        ));
+    }
+    let negative = negative || accounting;
     check_body(body)?;
     let (decimal, thousands) = separators(body, mode)?;
     let (integer, fraction) = split_number(body, decimal, thousands)?;
     build_decimal(negative, &integer, fraction)
+}
+
+/// Accounting notation: `(12.50)` is -12.50. Returns whether the text was in parentheses and
+/// what they held.
+fn split_accounting(text: &str) -> Result<(bool, &str), String> {
+    match text.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+        Some(inner) if inner.trim().is_empty() => Err(format!("no digits: {NUMBER_ACCEPTED}")),
+        Some(inner) => Ok((true, inner.trim())),
+        None => Ok((false, text)),
+    }
 }
 
 /// Strips one optional sign and one optional currency sign (before, with an optional space,
@@ -247,3 +264,60 @@ pub fn format_decimal(value: Decimal) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// Reads a JSON number exactly: a dot decimal with an optional exponent (`12.500` is 12.5,
+/// `1e2` is 100). Never guesses separators: JSON has only one way to write a number.
+pub fn parse_json_number(text: &str) -> Result<Decimal, String> {
+    const ACCEPTED: &str = "expected a JSON number (e.g. 12.5, -3, 1e2)";
+    let text = text.trim();
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => {
+            let e = e.strip_prefix('+').unwrap_or(e);
+            let e: i64 = e.parse().map_err(|_| format!("bad exponent: {ACCEPTED}"))?;
+            (m, e)
+        }
+        None => (unsigned, 0),
+    };
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if integer.is_empty() || !all_digits(integer) || !all_digits(fraction) {
+        return Err(format!("not a number: {ACCEPTED}"));
+    }
+    let digits = format!("{integer}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    // value = digits x 10^(exponent - fraction digits)
+    let shift = exponent
+        .checked_sub(i64::try_from(fraction.len()).unwrap_or(i64::MAX))
+        .ok_or_else(|| format!("exponent out of range: {ACCEPTED}"))?;
+    let len = i64::try_from(digits.len()).unwrap_or(i64::MAX);
+    if shift >= 0 {
+        if shift + len > 40 {
+            return Err(format!("too large for an exact decimal: {ACCEPTED}"));
+        }
+        let zeros = "0".repeat(usize::try_from(shift).unwrap_or(0));
+        build_decimal(negative, &format!("{digits}{zeros}"), "")
+    } else {
+        let places = -shift;
+        if places > 60 {
+            return Err("too many decimal places: at most 28 are accepted".to_owned());
+        }
+        let places = usize::try_from(places).unwrap_or(0);
+        let (integer, fraction) = if places >= digits.len() {
+            (
+                String::new(),
+                format!("{}{digits}", "0".repeat(places - digits.len())),
+            )
+        } else {
+            let cut = digits.len() - places;
+            (digits[..cut].to_owned(), digits[cut..].to_owned())
+        };
+        build_decimal(negative, &integer, &fraction)
+    }
+}

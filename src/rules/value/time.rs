@@ -12,18 +12,23 @@ use jiff::tz::{Offset, TimeZone};
 /// How a time parameter is written (`time = ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimeFormat {
-    /// Whole or decimal seconds since 1970 (`1700000000`, `1716198088.000000`).
+    /// Whole or decimal seconds since 1970 (`1700000000`, `1716198088.000000`), from
+    /// 2000-01-01 to 2100-01-01.
     Unix,
-    /// Whole (or decimal) milliseconds since 1970.
+    /// Whole (or decimal) milliseconds since 1970, in the same range.
     UnixMs,
     /// `2024-05-20T10:00:00Z`, `+08:00` / `+0800` / `+08` offsets, a space for `T`; without an
     /// offset the time is read in the rule's `tz`.
     Rfc3339,
-    /// A number (seconds, or milliseconds from 1e11), else RFC 3339, else `Y-m-d H:i:s`, else
-    /// `Y-m-d` (midnight in `tz`).
+    /// A compact `YYYYMMDD`, `YYYYMMDDHHMM` or `YYYYMMDDHHMMSS`, else a number (seconds, or
+    /// milliseconds from 1e11), else RFC 3339, else `Y-m-d H:i:s`, else `Y-m-d` (midnight in
+    /// `tz`).
     Auto,
     /// A strftime pattern, validated at load time.
     Pattern(String),
+    /// Several formats tried in order (`time = ["%d/%m/%Y %H:%M", "%d/%m/%Y"]`); the first
+    /// that reads the value wins.
+    Any(Vec<TimeFormat>),
 }
 
 const TIME_SPEC_ACCEPTED: &str = "expected \"unix\", \"unix_ms\", \"rfc3339\", \"auto\" or a \
@@ -47,6 +52,24 @@ impl TimeFormat {
             }
             _ => Err(format!("unknown time format: {TIME_SPEC_ACCEPTED}")),
         }
+    }
+
+    /// A list of formats tried in order; each entry is checked like [`TimeFormat::parse_spec`].
+    /// The error names the entry (1-based) that is wrong.
+    pub fn parse_specs(specs: &[String]) -> Result<TimeFormat, String> {
+        if specs.is_empty() {
+            return Err(format!("an empty list: {TIME_SPEC_ACCEPTED}"));
+        }
+        let mut formats = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let format = TimeFormat::parse_spec(spec)
+                .map_err(|e| format!("entry {} ({spec:?}): {e}", i + 1))?;
+            formats.push(format);
+        }
+        Ok(match formats.len() {
+            1 => formats.remove(0),
+            _ => TimeFormat::Any(formats),
+        })
     }
 }
 
@@ -93,6 +116,13 @@ pub fn parse_zone(text: &str) -> Result<TimeZone, String> {
 /// In `auto`, a number from 1e11 on is milliseconds (1e11 seconds would be the year 5138).
 const AUTO_MILLIS_FROM: i64 = 100_000_000_000;
 
+/// Unix times are accepted from 2000-01-01 (inclusive) to 2100-01-01 (exclusive): `0`, a
+/// sender's "unknown", or a compact date misread as seconds must never become a real time.
+const UNIX_FROM: i64 = 946_684_800;
+const UNIX_UNTIL: i64 = 4_102_444_800;
+const UNIX_OUT_OF_RANGE: &str = "out of range: a unix time must fall between 2000-01-01 and \
+     2100-01-01 (0 or a small number means the sender had no time)";
+
 /// The upper bound is jiff's last instant, 9999-12-30 22:00 UTC (so that it exists in every
 /// offset): a time from the year 9999 at the latest.
 const OUT_OF_RANGE: &str = "out of range: times before 1970 or after 9999 are not accepted";
@@ -115,6 +145,29 @@ pub fn parse_time(text: &str, format: &TimeFormat, tz: &TimeZone) -> Result<Time
             .resolve(tz)?,
         TimeFormat::Auto => parse_auto(text, tz)?,
         TimeFormat::Pattern(pattern) => parse_with_pattern(text, pattern, tz)?,
+        TimeFormat::Any(formats) => {
+            let mut errors = Vec::with_capacity(formats.len());
+            let mut found = None;
+            for format in formats {
+                match parse_time(text, format, tz) {
+                    Ok(at) => {
+                        found = Some(at);
+                        break;
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            match found {
+                Some(at) => at,
+                None => {
+                    return Err(format!(
+                        "matches none of the {} time formats ({})",
+                        formats.len(),
+                        errors.join("; ")
+                    ));
+                }
+            }
+        }
     };
     truncate_within_range(at)
 }
@@ -124,17 +177,45 @@ const UNIX_ACCEPTED: &str =
 const UNIX_MS_ACCEPTED: &str = "expected milliseconds since 1970-01-01 UTC (e.g. 1700000000000)";
 const RFC3339_ACCEPTED: &str = "expected e.g. 2024-05-20T10:00:00Z, 2024-05-20T10:00:00+08:00 \
      or 2024-05-20 10:00:00 (read in the rule's tz)";
-const AUTO_ACCEPTED: &str = "expected unix seconds or milliseconds (1700000000, \
-     1700000000000), RFC 3339 (2024-05-20T10:00:00Z), Y-m-d H:i:s (2024-05-20 10:00:00) or \
+const AUTO_ACCEPTED: &str = "expected YYYYMMDD[HHMM[SS]] (20240520094128), unix seconds or \
+     milliseconds (1700000000, 1700000000000), RFC 3339 (2024-05-20T10:00:00Z), Y-m-d H:i:s (2024-05-20 10:00:00) or \
      Y-m-d (2024-05-20)";
 
 fn parse_auto(text: &str, tz: &TimeZone) -> Result<Timestamp, String> {
+    if let Some(datetime) = parse_compact(text) {
+        return tz
+            .to_timestamp(datetime)
+            .map_err(|_| OUT_OF_RANGE.to_owned());
+    }
     if let Some(unix) = parse_unix_auto(text) {
         return unix;
     }
     parse_iso(text)
         .ok_or_else(|| format!("not a time: {AUTO_ACCEPTED}"))?
         .resolve(tz)
+}
+
+/// `YYYYMMDD`, `YYYYMMDDHHMM` or `YYYYMMDDHHMMSS` (exactly 8, 12 or 14 digits) that is a
+/// valid date and time; `None` otherwise (then the digits are read as a unix time).
+fn parse_compact(text: &str) -> Option<DateTime> {
+    if !matches!(text.len(), 8 | 12 | 14) || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut cursor = Cursor(text);
+    let year = i16::try_from(cursor.digits(4)?).ok()?;
+    let month = cursor.two_digits()?;
+    let day = cursor.two_digits()?;
+    let (hour, minute) = if cursor.0.is_empty() {
+        (0, 0)
+    } else {
+        (cursor.two_digits()?, cursor.two_digits()?)
+    };
+    let second = if cursor.0.is_empty() {
+        0
+    } else {
+        cursor.two_digits()?
+    };
+    DateTime::new(year, month, day, hour, minute, second, 0).ok()
 }
 
 /// Seconds or milliseconds, as the rule says.
@@ -169,22 +250,37 @@ fn split_unix_number(text: &str) -> Option<(bool, &str)> {
 
 fn unix_to_timestamp(negative: bool, whole: &str, millis: bool) -> Result<Timestamp, String> {
     if negative {
-        return Err(OUT_OF_RANGE.to_owned());
+        return Err(UNIX_OUT_OF_RANGE.to_owned());
     }
-    let number: i64 = whole.parse().map_err(|_| OUT_OF_RANGE)?;
+    let number: i64 = whole.parse().map_err(|_| UNIX_OUT_OF_RANGE)?;
     let at = if millis {
         Timestamp::from_millisecond(number)
     } else {
         Timestamp::from_second(number)
     };
-    at.map_err(|_| OUT_OF_RANGE.to_owned())
+    let at = at.map_err(|_| UNIX_OUT_OF_RANGE.to_owned())?;
+    unix_within_range(at)
+}
+
+fn unix_within_range(at: Timestamp) -> Result<Timestamp, String> {
+    if (UNIX_FROM..UNIX_UNTIL).contains(&at.as_second()) {
+        Ok(at)
+    } else {
+        Err(UNIX_OUT_OF_RANGE.to_owned())
+    }
 }
 
 fn parse_with_pattern(text: &str, pattern: &str, tz: &TimeZone) -> Result<Timestamp, String> {
     let fail = |e: jiff::Error| format!("does not match the time pattern \"{pattern}\" ({e})");
-    let parsed = strtime::parse(pattern, text).map_err(fail)?;
+    let parsed = match strtime::parse(pattern, text) {
+        Ok(parsed) => parsed,
+        Err(e) => offset_variants(text, pattern)
+            .into_iter()
+            .find_map(|variant| strtime::parse(pattern, &variant).ok())
+            .ok_or_else(|| fail(e))?,
+    };
     if let Some(at) = parsed.timestamp() {
-        return Ok(at);
+        return unix_within_range(at);
     }
     if parsed.iana_time_zone().is_some() {
         return parsed
@@ -198,6 +294,62 @@ fn parse_with_pattern(text: &str, pattern: &str, tz: &TimeZone) -> Result<Timest
     let datetime = parsed.to_datetime().map_err(fail)?;
     tz.to_timestamp(datetime)
         .map_err(|_| OUT_OF_RANGE.to_owned())
+}
+
+/// Under a pattern with an offset directive (`%z`, `%:z`), the other ways a sender writes the
+/// same offset at the end of the time: a `+` sent unencoded arrives as a space (`09:41:28
+/// 0200` or `09:41:28  0200` for `+0200`), with or without a space before it, and `+02:00`
+/// next to `+0200`. Empty when the pattern has no offset or the text ends in none.
+fn offset_variants(text: &str, pattern: &str) -> Vec<String> {
+    if !pattern.contains("z") || !pattern.contains('%') {
+        return Vec::new();
+    }
+    let Some((head, sign, hours, minutes)) = trailing_offset(text) else {
+        return Vec::new();
+    };
+    let mut variants = Vec::new();
+    let heads = [head.to_owned(), format!("{head} ")];
+    for head in &heads {
+        for offset in [
+            format!("{sign}{hours}{minutes}"),
+            format!("{sign}{hours}:{minutes}"),
+        ] {
+            let variant = format!("{head}{offset}");
+            if variant != text {
+                variants.push(variant);
+            }
+        }
+    }
+    variants
+}
+
+/// Splits `… 09:41:28 +02:00` (or ` 0200`, `+0200`, `  02:00`, ` +02`) into the text before
+/// the offset (trailing spaces removed), the sign (`+` when it became a space) and the two
+/// digit hours and minutes.
+fn trailing_offset(text: &str) -> Option<(&str, char, String, String)> {
+    let digits_start = text
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_digit() || *c == ':')
+        .last()
+        .map(|(i, _)| i)?;
+    let offset = &text[digits_start..];
+    let (hours, minutes) = match (offset.len(), offset.split_once(':')) {
+        (5, Some((h, m))) if h.len() == 2 && m.len() == 2 => (h, m),
+        (4, None) => offset.split_at(2),
+        (2, None) => (offset, "00"),
+        _ => return None,
+    };
+    let before = &text[..digits_start];
+    let (sign, head) = if let Some(head) = before.strip_suffix(['+', '-']) {
+        (if before.ends_with('-') { '-' } else { '+' }, head)
+    } else if before.ends_with(' ') {
+        ('+', before)
+    } else {
+        return None;
+    };
+    let head = head.trim_end();
+    (!head.is_empty()).then(|| (head, sign, hours.to_owned(), minutes.to_owned()))
 }
 
 /// Refuses times before 1970 (later than 9999 never gets this far) and drops the fraction of
@@ -265,10 +417,9 @@ fn parse_offset_suffix(rest: &str) -> Option<Option<Offset>> {
     if rest.is_empty() {
         return Some(None);
     }
-    let (spaced, suffix) = match rest.strip_prefix(' ') {
-        Some(suffix) => (true, suffix),
-        None => (false, rest),
-    };
+    // Spaces before the offset: one written, one more when the `+` arrived as a space.
+    let suffix = rest.trim_start_matches(' ');
+    let spaced = suffix.len() < rest.len();
     if matches!(suffix, "Z" | "z" | "UTC") {
         return Some(Some(Offset::UTC));
     }
