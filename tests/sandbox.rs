@@ -619,7 +619,7 @@ async fn update_changes_the_conversion_and_keeps_its_history() {
     assert_eq!(answer["info"]["transaction_id"], info["transaction_id"]);
     assert_eq!(answer["info"]["conv_status"], "approved");
 
-    assert_eq!(sandbox.updates(), [change.clone()]);
+    assert_eq!(sandbox.updates(), std::slice::from_ref(&change));
     let conversion = sandbox.conversion(&lead_id).expect("kept");
     assert_eq!(conversion.conv_status(), "approved");
     assert_eq!(
