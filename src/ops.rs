@@ -67,6 +67,10 @@ pub struct RecordsArgs {
     /// Only records with this click id.
     #[arg(long)]
     pub click_id: Option<String>,
+    /// Only the records of one conversion: the record that created it (this id) and its
+    /// later postbacks (changes, stale ones, resends).
+    #[arg(long)]
+    pub conversion: Option<String>,
     /// Received at or after this RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
@@ -125,9 +129,13 @@ pub struct PauseArgs {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Service config whose rules.dir and scaleo.timezone are used.
+    /// Service config whose rules.dir and scaleo.timezone are used; its store (when it
+    /// exists) tells whether the postback would change a stored conversion.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A store directory to look up stored conversions in (overrides the config's store).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Rules directory (overrides rules.dir).
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -195,6 +203,7 @@ pub fn records(a: RecordsArgs) -> CliResult {
     put("source", &a.source);
     put("state", &a.state);
     put("click_id", &a.click_id);
+    put("conversion", &a.conversion);
     put("since", &a.since);
     put("until", &a.until);
     put("cursor", &a.cursor);
@@ -255,8 +264,17 @@ pub fn record(a: RecordArgs) -> CliResult {
     println!("referer:        {}", or_dash(&r.raw.referer));
     println!("reason:         {}", or_dash(&r.reason));
     println!("transaction_id: {}", or_dash(&r.transaction_id));
+    println!("kind:           {}", r.kind);
+    if let Some(lead) = &r.lead_id {
+        println!("lead_id:        {lead}");
+    }
     if let Some(o) = r.original_id {
-        println!("duplicate of:   {o}");
+        let what = if r.kind == "update" {
+            "change of"
+        } else {
+            "duplicate of"
+        };
+        println!("{what:<15} {o}");
     }
     if let Some(next) = &r.next_attempt_at {
         println!("next attempt:   {next}");
@@ -269,6 +287,28 @@ pub fn record(a: RecordArgs) -> CliResult {
             "body:\n{}",
             serde_json::to_string_pretty(body).unwrap_or_default()
         );
+    }
+    if let Some(c) = &r.conversion {
+        println!(
+            "conversion:     created by record {}, now {}",
+            c.original,
+            serde_json::Value::Object(c.current.clone())
+        );
+        let lead = c
+            .lead_id
+            .as_ref()
+            .map_or_else(|| "-".into(), ToString::to_string);
+        println!(
+            "                lead_id {lead}, transaction_id {}, remembered until {}",
+            c.transaction_id.as_deref().unwrap_or("-"),
+            c.expires_at
+        );
+        for s in &c.changes {
+            println!(
+                "                later: record {} {} {}",
+                s.id, s.state, s.received_at
+            );
+        }
     }
     println!("attempts ({} counted):", r.attempt_count);
     for at in &r.attempts {
@@ -447,7 +487,19 @@ pub fn explain(a: ExplainArgs) -> CliResult {
     let dir = a.rules.clone().unwrap_or(dir);
     let set = load_rules(&dir)?;
     let rule = rule_of(&set, &a.source, &dir)?;
-    let e = view::explain(rule, &a.query, &zone, Timestamp::now());
+    let mut e = view::explain(rule, &a.query, &zone, Timestamp::now());
+    if (a.config.is_some() || a.data.is_some())
+        && let Some(state) = e.state.take()
+    {
+        let args = StoreArgs {
+            config: a.config.clone(),
+            data: a.data.clone(),
+            json: a.json,
+        };
+        let cfg = config(a.config.as_deref())?;
+        let (rt, store) = open_store(&args, &cfg)?;
+        e.conversion = rt.block_on(store.preview(state))?.map(Into::into);
+    }
     if a.json {
         print_json(&e);
     } else {
@@ -501,5 +553,20 @@ fn print_explain(e: &ExplainJson) {
         ),
         (None, Some(reason)) => println!("reason: {reason}"),
         (None, None) => {}
+    }
+    if let Some(c) = &e.conversion {
+        let of = c.original.map_or_else(String::new, |o| {
+            format!(" of the conversion created by record {o}")
+        });
+        println!("later postback{of}: {}", c.outcome);
+        if let Some(change) = &c.change {
+            println!(
+                "  leads/update would send {}",
+                serde_json::Value::Object(change.clone())
+            );
+        }
+        if let Some(reason) = &c.reason {
+            println!("  {reason}");
+        }
     }
 }

@@ -300,3 +300,73 @@ async fn usage_errors_exit_2_in_every_operator_command() {
     assert_eq!(v["error"], "usage");
     env.stop().await;
 }
+
+#[tokio::test]
+async fn cli_explain_says_a_postback_would_change_a_stored_conversion() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let data = env.dir.path().join("data");
+    let rules = env.dir.path().join("rules").display().to_string();
+    let (_, lead) = env.get("/postback/shop?cid=cx1&oid=O-1&amt=0&st=2").await;
+    let lead = lead["id"].as_i64().unwrap();
+    for _ in 0..250 {
+        let rec = env.relay().store.get(lead).await.unwrap().unwrap();
+        if rec.summary.state.as_str() == "delivered" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let sale = "cid=cx1&oid=O-1&amt=2500&st=1";
+    let run = cli(args(
+        &["explain", "--rules", &rules, "shop", sale, "--json"],
+        &data,
+    ))
+    .await;
+    let e = json(&run);
+    assert_eq!(e["conversion"]["outcome"], "update", "{e}");
+    assert_eq!(e["conversion"]["original"], lead);
+    assert_eq!(
+        e["conversion"]["change"],
+        serde_json::json!({"conv_status": "approved", "revenue": 25})
+    );
+    let text = cli(args(&["explain", "--rules", &rules, "shop", sale], &data)).await;
+    assert!(
+        text.stdout
+            .contains(&format!("conversion created by record {lead}: update")),
+        "{}",
+        text.stdout
+    );
+    // Without a store, explain is the rules' answer alone.
+    let rules_only = cli(vec![
+        "explain".into(),
+        "--rules".into(),
+        rules.clone(),
+        "shop".into(),
+        sale.into(),
+        "--json".into(),
+    ])
+    .await;
+    assert!(json(&rules_only).get("conversion").is_none());
+
+    let (_, change) = env.get(&format!("/postback/shop?{sale}")).await;
+    let list = json(
+        &cli(args(
+            &["records", "--conversion", &lead.to_string(), "--json"],
+            &data,
+        ))
+        .await,
+    );
+    let ids: Vec<i64> = list["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![change["id"].as_i64().unwrap(), lead]);
+    let text = cli(args(&["record", &lead.to_string()], &data)).await;
+    assert!(
+        text.stdout.contains("conversion:") && text.stdout.contains("later: record"),
+        "{}",
+        text.stdout
+    );
+    env.stop().await;
+}
