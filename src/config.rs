@@ -160,6 +160,7 @@ struct RawStore {
     url: Option<String>,
     retention: String,
     commit_batch: usize,
+    timeout: String,
 }
 
 impl Default for RawStore {
@@ -168,6 +169,7 @@ impl Default for RawStore {
             path: "data".into(),
             url: None,
             retention: "30d".into(),
+            timeout: "2s".into(),
             commit_batch: 256,
         }
     }
@@ -286,6 +288,8 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// Most records one group commit may hold.
     pub commit_batch: usize,
+    /// The longest a store operation may take before it fails (ingest answers 503).
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -295,6 +299,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &self.url.as_deref().map(crate::store::redact_url))
             .field("retention", &self.retention)
             .field("commit_batch", &self.commit_batch)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -769,6 +774,10 @@ impl RawConfig {
             url,
             retention: p.take(duration("store.retention", &st.retention), Duration::ZERO),
             commit_batch: st.commit_batch,
+            timeout: p.take(
+                duration("store.timeout", &st.timeout),
+                Duration::from_secs(2),
+            ),
         };
         let level = self.log.level;
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {

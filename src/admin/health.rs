@@ -1,7 +1,7 @@
 //! `/readyz`: ready only when every check passes, and the JSON body says which did not.
 //!
-//! - `store`: a no-op write transaction goes through the store's writer and commits
-//!   (the writer is alive and can take the database's write lock), within a timeout;
+//! - `store`: a write that changes the database (the probe row) goes through the store's
+//!   writer and commits, so a full, read-only or vanished disk fails it;
 //! - `rules`: the last load of the rules directory succeeded (a refused reload lists each
 //!   problem as `file:line:col: message` until the directory loads again);
 //! - `forwarding`: no pause covers all forwarding and Scaleo has not refused the API key
@@ -19,12 +19,9 @@ use super::view::PauseJson;
 use crate::reload::Reloader;
 use crate::store::{PauseReason, PauseScope, State, Store};
 
-/// How long the store check may take before it counts as failed.
-pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A scope no source can have (source ids are `[a-z0-9_-]`): the store probe resumes it,
-/// which changes nothing but needs a committed write transaction.
-const PROBE_SCOPE: &str = "(readyz probe)";
+/// How long each check may take before it counts as failed: `/readyz` answers within a
+/// second even when the store stalls.
+pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_millis(900);
 
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,10 +77,24 @@ pub struct Probes {
 impl Probes {
     /// Runs every check.
     pub async fn readiness(&self) -> Readiness {
-        let store = self.store_check().await;
+        // The checks run side by side, each bounded: a stalled store cannot hold the answer.
+        let bounded =
+            async |what: &str,
+                   check: std::pin::Pin<Box<dyn Future<Output = Check> + Send + '_>>| {
+                tokio::time::timeout(STORE_PROBE_TIMEOUT, check)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Check::failed(format!(
+                            "{what}: the store did not answer within {STORE_PROBE_TIMEOUT:?}"
+                        ))
+                    })
+            };
+        let (store, forwarding, progress) = tokio::join!(
+            bounded("store", Box::pin(self.store_check())),
+            bounded("forwarding", Box::pin(self.forwarding_check())),
+            bounded("progress", Box::pin(self.progress_check())),
+        );
         let rules = self.rules_check();
-        let forwarding = self.forwarding_check().await;
-        let progress = self.progress_check().await;
         Readiness {
             ready: store.ok && rules.ok && forwarding.ok && progress.ok,
             store,
@@ -94,19 +105,12 @@ impl Probes {
     }
 
     async fn store_check(&self) -> Check {
-        let probe = self.store.resume_reason(
-            PauseScope::Source(PROBE_SCOPE.to_string()),
-            PauseReason::Operator,
-        );
-        match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe).await {
-            Ok(Ok(_)) => Check::ok("a write transaction commits"),
-            Ok(Err(e)) => {
+        match self.store.probe_write().await {
+            Ok(()) => Check::ok("a write transaction commits"),
+            Err(e) => {
                 tracing::warn!(error = %e, "readiness: store write probe failed");
                 Check::failed(format!("the store cannot commit: {e}"))
             }
-            Err(_) => Check::failed(format!(
-                "the store writer did not answer within {STORE_PROBE_TIMEOUT:?}"
-            )),
         }
     }
 

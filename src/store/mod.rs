@@ -71,6 +71,10 @@ pub enum StoreError {
     /// `store.url` is not a usable PostgreSQL URL (the password, if any, is redacted).
     #[error("store.url {url}: {message}")]
     Url { url: String, message: String },
+    /// The store did not finish an operation within `store.timeout` (a stalled disk, a hung
+    /// or unreachable database): nothing is acknowledged.
+    #[error("the store did not answer within {0:?} (store.timeout)")]
+    Timeout(Duration),
     /// A settle came after the lease ran out and another claim took the record; the attempt
     /// itself was still recorded.
     #[error("record {0}: lease lost before settling (the attempt was recorded)")]
@@ -114,6 +118,8 @@ struct Inner {
     backend: Backend,
     /// Signalled after a local commit that made work due.
     notify: Arc<Notify>,
+    /// `store.timeout`: the longest any operation may take (a stalled disk or database).
+    timeout: Duration,
     /// Random per process, so claims by a previous process (crashed) never match ours.
     instance: u64,
     claim_seq: AtomicU64,
@@ -140,17 +146,19 @@ impl Store {
                 Ok(Store::with_backend(
                     Backend::Postgres(pg),
                     Arc::new(Notify::new()),
+                    cfg.timeout,
                 ))
             }
             None => Store::open(cfg),
         }
     }
 
-    fn with_backend(backend: Backend, notify: Arc<Notify>) -> Store {
+    fn with_backend(backend: Backend, notify: Arc<Notify>, timeout: Duration) -> Store {
         Store {
             inner: Arc::new(Inner {
                 backend,
                 notify,
+                timeout,
                 instance: fastrand::u64(..),
                 claim_seq: AtomicU64::new(0),
             }),
@@ -182,7 +190,8 @@ impl Store {
                 message: format!("cannot start the writer thread: {e}"),
             })?;
         let reader = ReadPool::new(file);
-        Ok(Store::with_backend(Backend::Sqlite { tx, reader }, notify))
+        let backend = Backend::Sqlite { tx, reader };
+        Ok(Store::with_backend(backend, notify, cfg.timeout))
     }
 
     /// The PostgreSQL backend, if this store is one.
@@ -191,6 +200,20 @@ impl Store {
             Backend::Postgres(pg) => Some(pg),
             Backend::Sqlite { .. } => None,
         }
+    }
+
+    /// Runs `op` within `store.timeout`: a store that stalls (a frozen disk, a hung or
+    /// unreachable database) fails the operation with [`StoreError::Timeout`] instead of
+    /// hanging its caller. An operation given up on may still commit later; it was never
+    /// acknowledged, and a sender's retry meets the dedupe key.
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.inner.timeout;
+        tokio::time::timeout(limit, op)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(limit)))
     }
 
     /// Wakes the forwarder after a PostgreSQL commit that made work due.
@@ -209,13 +232,16 @@ impl Store {
 
     /// Stores a new record durably; `Ok` only after COMMIT returned.
     pub async fn insert(&self, rec: NewRecord) -> Result<Inserted, StoreError> {
-        if let Some(pg) = self.pg() {
-            let (inserted, wakes) = pg.insert(&rec).await?;
-            self.woke(wakes);
-            return Ok(inserted);
-        }
-        self.call(rec, |rec, c, _, wakes| ops::insert(c, rec, wakes))
-            .await
+        self.bounded(async {
+            if let Some(pg) = self.pg() {
+                let (inserted, wakes) = pg.insert(&rec).await?;
+                self.woke(wakes);
+                return Ok(inserted);
+            }
+            self.call(rec, |rec, c, _, wakes| ops::insert(c, rec, wakes))
+                .await
+        })
+        .await
     }
 
     /// A notifier signalled after each commit that made work due (new queued records,
@@ -261,38 +287,44 @@ impl Store {
         exclude: Vec<String>,
         probe: Option<PauseScope>,
     ) -> Result<Vec<Claimed>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let seq = self.inner.claim_seq.fetch_add(1, Ordering::Relaxed);
-        let owner = format!("{:016x}-{seq}", self.inner.instance);
-        let req = ops::ClaimRequest {
-            limit,
-            lease,
-            owner: owner.clone(),
-            exclude,
-            probe,
-            prefer_retry: seq % 4 == 3,
-        };
-        let rows = match self.pg() {
-            Some(pg) => pg.claim(&req).await?,
-            None => {
-                self.call(req, |req, c, now, _| ops::claim(c, req, now))
-                    .await?
+        self.bounded(async {
+            if limit == 0 {
+                return Ok(Vec::new());
             }
-        };
-        Ok(rows
-            .into_iter()
-            .map(|row| Claimed::new(self.clone(), owner.clone(), row))
-            .collect())
+            let seq = self.inner.claim_seq.fetch_add(1, Ordering::Relaxed);
+            let owner = format!("{:016x}-{seq}", self.inner.instance);
+            let req = ops::ClaimRequest {
+                limit,
+                lease,
+                owner: owner.clone(),
+                exclude,
+                probe,
+                prefer_retry: seq % 4 == 3,
+            };
+            let rows = match self.pg() {
+                Some(pg) => pg.claim(&req).await?,
+                None => {
+                    self.call(req, |req, c, now, _| ops::claim(c, req, now))
+                        .await?
+                }
+            };
+            Ok(rows
+                .into_iter()
+                .map(|row| Claimed::new(self.clone(), owner.clone(), row))
+                .collect())
+        })
+        .await
     }
 
     /// Persists a pause of `scope` for `reason` (idempotent).
     pub async fn pause(&self, scope: PauseScope, reason: PauseReason) -> Result<(), StoreError> {
-        match self.pg() {
-            Some(pg) => pg.pause(&scope, reason).await,
-            None => self.call((scope, reason), ops::pause).await,
-        }
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.pause(&scope, reason).await,
+                None => self.call((scope, reason), ops::pause).await,
+            }
+        })
+        .await
     }
 
     /// Removes every pause of `scope` (an operator's resume). Returns how many were removed.
@@ -305,14 +337,17 @@ impl Store {
         scope: PauseScope,
         reason: Option<PauseReason>,
     ) -> Result<u64, StoreError> {
-        match self.pg() {
-            Some(pg) => {
-                let n = pg.resume(&scope, reason).await?;
-                self.woke(n > 0);
-                Ok(n)
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => {
+                    let n = pg.resume(&scope, reason).await?;
+                    self.woke(n > 0);
+                    Ok(n)
+                }
+                None => self.call((scope, reason), ops::resume).await,
             }
-            None => self.call((scope, reason), ops::resume).await,
-        }
+        })
+        .await
     }
 
     /// Removes only the pause of `scope` with `reason` (a successful probe, a config reload).
@@ -324,23 +359,45 @@ impl Store {
         self.resume_inner(scope, Some(reason)).await
     }
 
+    /// Rewrites the readiness probe row: a committed write that really changes the database
+    /// (so a full or read-only disk, a deleted file, a database refusing writes fail it).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let now = Timestamp::now().as_millisecond();
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.probe_write(now).await,
+                None => {
+                    self.call(now, |now, c, _, _| ops::probe_write(c, *now))
+                        .await
+                }
+            }
+        })
+        .await
+    }
+
     /// Moves the start of the age bound of every waiting record (`queued`, `retrying`,
     /// `paused`) `by` later: the time an outage lasted does not count toward
     /// `forward.max_age`. Returns how many records moved.
     pub async fn extend_age(&self, by: Duration) -> Result<u64, StoreError> {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        match self.pg() {
-            Some(pg) => pg.extend_age(ms).await,
-            None => self.call(ms, |ms, c, _, _| ops::extend_age(c, *ms)).await,
-        }
+        self.bounded(async {
+            let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+            match self.pg() {
+                Some(pg) => pg.extend_age(ms).await,
+                None => self.call(ms, |ms, c, _, _| ops::extend_age(c, *ms)).await,
+            }
+        })
+        .await
     }
 
     /// The persisted pauses.
     pub async fn paused(&self) -> Result<Vec<Paused>, StoreError> {
-        match self.pg() {
-            Some(pg) => pg.paused().await,
-            None => self.read(read::paused).await,
-        }
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.paused().await,
+                None => self.read(read::paused).await,
+            }
+        })
+        .await
     }
 
     /// Deletes `delivered`, `duplicate`, `duplicate_upstream` and `skipped` records received
@@ -392,13 +449,16 @@ impl Store {
     /// (dedupe applies; the age bound and the retry schedule restart), rejected again, or
     /// skipped. The attempt history is kept.
     pub async fn requeue(&self, id: i64, state: NewState) -> Result<Requeued, StoreError> {
-        if let Some(pg) = self.pg() {
-            let (requeued, wakes) = pg.requeue(id, &state).await?;
-            self.woke(wakes);
-            return Ok(requeued);
-        }
-        self.call((id, state), |(id, state), c, now, wakes| {
-            ops::requeue(c, *id, state, now, wakes)
+        self.bounded(async {
+            if let Some(pg) = self.pg() {
+                let (requeued, wakes) = pg.requeue(id, &state).await?;
+                self.woke(wakes);
+                return Ok(requeued);
+            }
+            self.call((id, state), |(id, state), c, now, wakes| {
+                ops::requeue(c, *id, state, now, wakes)
+            })
+            .await
         })
         .await
     }
@@ -406,18 +466,24 @@ impl Store {
     /// What `state` (a freshly mapped postback) would be to the conversions stored now:
     /// `None` when it would create a new one. Stores nothing.
     pub async fn preview(&self, state: NewState) -> Result<Option<Preview>, StoreError> {
-        match self.pg() {
-            Some(pg) => pg.preview(&state).await,
-            None => self.read(move |c| change::preview(c, &state)).await,
-        }
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.preview(&state).await,
+                None => self.read(move |c| change::preview(c, &state)).await,
+            }
+        })
+        .await
     }
 
     /// One record with its attempts.
     pub async fn get(&self, id: i64) -> Result<Option<RecordView>, StoreError> {
-        match self.pg() {
-            Some(pg) => pg.get(id).await,
-            None => self.read(move |c| read::get(c, id)).await,
-        }
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.get(id).await,
+                None => self.read(move |c| read::get(c, id)).await,
+            }
+        })
+        .await
     }
 
     /// Summaries matching `filter`, newest first, at most `limit`, continuing after `cursor`;
@@ -428,50 +494,65 @@ impl Store {
         limit: usize,
         cursor: Option<Cursor>,
     ) -> Result<(Vec<Summary>, Option<Cursor>), StoreError> {
-        match self.pg() {
-            Some(pg) => pg.list(&filter, limit, cursor).await,
-            None => {
-                self.read(move |c| read::list(c, &filter, limit, cursor))
-                    .await
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.list(&filter, limit, cursor).await,
+                None => {
+                    self.read(move |c| read::list(c, &filter, limit, cursor))
+                        .await
+                }
             }
-        }
+        })
+        .await
     }
 
     /// How many records are in each state (states with none are left out).
     pub async fn counts_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
-        match self.pg() {
-            Some(pg) => pg.counts_by_state().await,
-            None => self.read(read::counts_by_state).await,
-        }
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.counts_by_state().await,
+                None => self.read(read::counts_by_state).await,
+            }
+        })
+        .await
     }
 
     /// The sources that have records waiting to be forwarded.
     pub async fn pending_sources(&self) -> Result<Vec<String>, StoreError> {
-        match self.pg() {
-            Some(pg) => pg.pending_sources().await,
-            None => self.read(read::pending_sources).await,
-        }
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.pending_sources().await,
+                None => self.read(read::pending_sources).await,
+            }
+        })
+        .await
     }
 
     /// The receive time of the oldest record waiting to be forwarded
     /// (`queued`, `retrying` or `paused`).
     pub async fn oldest_queued(&self) -> Result<Option<Timestamp>, StoreError> {
-        match self.pg() {
-            Some(pg) => pg.oldest_queued().await,
-            None => self.read(read::oldest_queued).await,
-        }
+        self.bounded(async {
+            match self.pg() {
+                Some(pg) => pg.oldest_queued().await,
+                None => self.read(read::oldest_queued).await,
+            }
+        })
+        .await
     }
 
     /// Settles a claim (records the attempt, moves the record); `false` when the lease was
     /// lost. Committed before it returns.
     pub(crate) async fn settle(&self, req: claim::SettleRequest) -> Result<bool, StoreError> {
-        if let Some(pg) = self.pg() {
-            let (applied, wakes) = pg.settle(&req).await?;
-            self.woke(wakes);
-            return Ok(applied);
-        }
-        self.call(req, |req, c, now, wakes| req.apply(c, now, wakes))
-            .await
+        self.bounded(async {
+            if let Some(pg) = self.pg() {
+                let (applied, wakes) = pg.settle(&req).await?;
+                self.woke(wakes);
+                return Ok(applied);
+            }
+            self.call(req, |req, c, now, wakes| req.apply(c, now, wakes))
+                .await
+        })
+        .await
     }
 
     /// Has the SQLite writer run `run` on `req` in its next group commit; answers after

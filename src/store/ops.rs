@@ -468,6 +468,15 @@ impl ClaimQuery<'_> {
     }
 }
 
+/// See `Store::probe_write`.
+pub(crate) fn probe_write(c: &Connection, now_ms: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )?
+    .execute([now_ms])?;
+    Ok(())
+}
+
 /// See `Store::extend_age`.
 pub(crate) fn extend_age(c: &Connection, ms: i64) -> Result<u64, StoreError> {
     let n = c

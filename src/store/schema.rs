@@ -131,6 +131,13 @@ UPDATE sqlite_sequence SET seq = MAX(seq,
         (SELECT COALESCE(MAX(record_id), 0) FROM dedupe),
         (SELECT COALESCE(MAX(record_id), 0) FROM attempts))
     WHERE name = 'records';
+
+-- One row that /readyz rewrites: a write that really changes the file, so a disk that is
+-- full or read-only fails readiness (a write that changes nothing would commit anyway).
+CREATE TABLE probe (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL
+);
 "#,
 ];
 

@@ -15,6 +15,7 @@ mod outage;
 mod pg;
 mod reload;
 mod scale_out;
+mod stall;
 mod support;
 #[path = "../support/wait.rs"]
 mod wait;

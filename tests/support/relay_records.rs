@@ -14,6 +14,7 @@ pub fn store_config(dir: &Path) -> StoreConfig {
         url: None,
         retention: Duration::from_secs(30 * 86_400),
         commit_batch: 64,
+        timeout: Duration::from_secs(2),
     }
 }
 

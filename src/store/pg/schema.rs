@@ -92,6 +92,13 @@ ALTER TABLE dedupe
 CREATE INDEX dedupe_order ON dedupe (source, order_id) WHERE order_id IS NOT NULL AND tracked IS NOT NULL;
 CREATE INDEX dedupe_click ON dedupe (source, click_id) WHERE tracked IS NOT NULL;
 CREATE INDEX records_original ON records (original_id) WHERE original_id IS NOT NULL;
+
+-- One row that /readyz rewrites: a write that really changes the database, so a database
+-- that cannot write fails readiness.
+CREATE TABLE probe (
+    id BIGINT PRIMARY KEY,
+    at BIGINT NOT NULL
+);
 "#,
 ];
 

@@ -269,6 +269,19 @@ impl PgStore {
         Ok(n)
     }
 
+    /// See `Store::probe_write`.
+    pub(crate) async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO probe (id, at) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                &[&now_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// See `Store::extend_age`.
     pub(crate) async fn extend_age(&self, ms: i64) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;

@@ -1,0 +1,74 @@
+//! A store that stalls is bounded: with the SQLite write lock held by another process (an
+//! operator's `sqlite3` shell left in a write transaction), ingest answers 503 within
+//! `store.timeout` instead of hanging, `/readyz` answers within a second and says why, and
+//! both recover by themselves once the lock is released, losing nothing acknowledged.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Env, SHOP};
+
+async fn readyz(env: &Env) -> (u16, serde_json::Value, Duration) {
+    let start = Instant::now();
+    let url = format!("http://{}/readyz", env.relay().admin_addr);
+    let resp = env.client.get(url).send().await.unwrap();
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap(), start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_answers_503_in_bounded_time_and_recovers() {
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        c.store.timeout = Duration::from_millis(500);
+    })
+    .await;
+    let (status, ok) = env.get("/postback/shop?cid=before&amt=1").await;
+    assert_eq!(status, 200, "{ok}");
+
+    // Another process takes the database's write lock and keeps it.
+    let db = env.dir.path().join("data/relay.db");
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let start = Instant::now();
+    let (status, body) = env.get("/postback/shop?cid=during&amt=1").await;
+    let waited = start.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert!(
+        waited < Duration::from_secs(4),
+        "the answer took {waited:?}: ingest hung on the stalled store"
+    );
+    let (code, ready, took) = readyz(&env).await;
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!(ready["store"]["ok"], false, "{ready}");
+    assert!(took < Duration::from_secs(3), "/readyz took {took:?}");
+
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    let mut recovered = false;
+    for _ in 0..100 {
+        let (status, _) = env.get("/postback/shop?cid=after&amt=1").await;
+        if status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "ingest did not recover after the lock was released"
+    );
+    let mut ready_again = false;
+    for _ in 0..100 {
+        if readyz(&env).await.1["store"]["ok"] == true {
+            ready_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready_again, "readiness did not recover");
+    // The postback acknowledged before the stall is still there and forwarded.
+    let id = ok["id"].as_i64().unwrap();
+    assert!(env.relay().store.get(id).await.unwrap().is_some());
+    env.stop().await;
+}
