@@ -275,3 +275,62 @@ async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
     assert_eq!((before, landed.len()), (total as usize, total as usize));
     sandbox.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_send_a_conversions_changes_in_order_and_once() {
+    let (url, sandbox) = bed().await;
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relays = [
+        relay(&sandbox, &url, &root_a).await,
+        relay(&sandbox, &url, &root_b).await,
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // The lead through one relay; once Scaleo has it, its later postbacks alternate
+    // between the relays, a resend and a late one among them.
+    let lead = send(&client, &relays[0], "cid=life1&oid=L-1&amt=0&st=2").await;
+    assert_eq!(lead["status"], "accepted", "{lead}");
+    assert!(sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
+    let lead = lead["id"].as_i64().unwrap();
+    let delivered = until(Duration::from_secs(10), async || {
+        let rec = relays[0].store.get(lead).await.unwrap().unwrap();
+        rec.summary.state == State::Delivered
+    })
+    .await;
+    assert!(delivered);
+    let later = [
+        ("cid=life1&oid=L-1&amt=2500&st=1", "update"),
+        ("cid=life1&oid=L-1&amt=2500&st=1", "duplicate"),
+        ("cid=life1&oid=L-1&amt=0&st=2", "stale"),
+        ("cid=life1&oid=L-1&amt=-2500&st=0", "update"),
+    ];
+    for (i, (query, want)) in later.iter().enumerate() {
+        let answer = send(&client, &relays[(i + 1) % 2], query).await;
+        assert_eq!(answer["status"], *want, "{query}: {answer}");
+    }
+    let sent = until(Duration::from_secs(15), async || {
+        let conv = sandbox.conversions();
+        conv.len() == 1 && conv[0].conv_status() == "rejected"
+    })
+    .await;
+    assert!(sent, "{:?}", sandbox.conversions());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let conv = &sandbox.conversions()[0];
+    let statuses: Vec<&str> = conv
+        .changes
+        .iter()
+        .map(|c| c.body["conv_status"].as_str().unwrap_or("-"))
+        .collect();
+    // Either both changes went one after the other, or the second one collapsed the first
+    // (it arrived while the first was still waiting): never out of order, never twice.
+    assert!(
+        statuses == ["approved", "rejected"] || statuses == ["rejected"],
+        "{statuses:?}"
+    );
+    assert_eq!(conv.current["revenue"], serde_json::json!(-25));
+    for r in relays {
+        r.stop().await;
+    }
+}
