@@ -202,6 +202,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             forwarder: Some(forward_status.clone()),
             stall_after: stall_after(&cfg),
         },
+        sessions: Default::default(),
     });
     tasks.push(tokio::spawn(admin::server::serve(
         admin_listener,

@@ -24,6 +24,7 @@ mod pg;
 mod read;
 mod schema;
 mod sqlite;
+mod stats;
 mod types;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use change::Preview;
 pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, ChangeOf, Claimed, excerpt, redact_api_key};
 pub use pg::{SharedLimit, redact_url};
 pub use read::{AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary};
+pub use stats::{ReasonCount, SourceActivity};
 pub use types::{
     ChangeRoute, DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused,
     RawPostback, Requeued, State,
@@ -448,6 +450,53 @@ impl Store {
         match self.pg() {
             Some(pg) => pg.oldest_queued().await,
             None => self.read(read::oldest_queued).await,
+        }
+    }
+
+    /// For each of `sources`: the time of its last postback and its records received since
+    /// `hour` and since `day`, by state (index range reads, no table scan).
+    pub async fn activity(
+        &self,
+        sources: Vec<String>,
+        hour: Timestamp,
+        day: Timestamp,
+    ) -> Result<Vec<SourceActivity>, StoreError> {
+        match self.pg() {
+            Some(pg) => pg.activity(&sources, hour, day).await,
+            None => {
+                self.read(move |c| stats::activity(c, &sources, hour, day))
+                    .await
+            }
+        }
+    }
+
+    /// The newest `scan` records in state `of`, counted by source and reason, largest first.
+    pub async fn reason_groups(
+        &self,
+        of: State,
+        scan: usize,
+    ) -> Result<Vec<ReasonCount>, StoreError> {
+        match self.pg() {
+            Some(pg) => pg.reason_groups(of, scan).await,
+            None => self.read(move |c| stats::reason_groups(c, of, scan)).await,
+        }
+    }
+
+    /// The ids, newest first, of the records of one [`Store::reason_groups`] group (the
+    /// same `scan` bound).
+    pub async fn reason_ids(
+        &self,
+        of: State,
+        source: String,
+        reason: String,
+        scan: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        match self.pg() {
+            Some(pg) => pg.reason_ids(of, &source, &reason, scan).await,
+            None => {
+                self.read(move |c| stats::reason_ids(c, of, &source, &reason, scan))
+                    .await
+            }
         }
     }
 

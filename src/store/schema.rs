@@ -78,6 +78,11 @@ CREATE INDEX dedupe_order ON dedupe (source, order_id) WHERE order_id IS NOT NUL
 CREATE INDEX dedupe_click ON dedupe (source, click_id) WHERE tracked IS NOT NULL;
 CREATE INDEX records_original ON records (original_id) WHERE original_id IS NOT NULL;
 "#,
+    r#"
+-- The console and the metrics read per source: the time of its last postback and what it
+-- sent in the last day, without scanning the table.
+CREATE INDEX records_source_received ON records (source, received_at);
+"#,
 ];
 
 /// Settings every connection gets.

@@ -356,7 +356,10 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
         r.json().await.unwrap()
     };
     // The lead is delivered (Scaleo's lead_id stored) ...
-    assert_eq!(get("cid=kc1&oid=O-1&amt=0&st=2").await["status"], "accepted");
+    assert_eq!(
+        get("cid=kc1&oid=O-1&amt=0&st=2").await["status"],
+        "accepted"
+    );
     assert!(sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ... then Scaleo stops answering, the sale is acknowledged, and the relay is killed
@@ -368,7 +371,9 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
     relay.kill().expect("kill -9");
     let _ = relay.wait();
     assert!(
-        update_calls(&sandbox).iter().all(|(status, _)| *status == 0),
+        update_calls(&sandbox)
+            .iter()
+            .all(|(status, _)| *status == 0),
         "no attempt of the change was answered before the kill"
     );
 
@@ -376,7 +381,10 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
     let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
     wait_healthy(&client, port).await;
     for _ in 0..500 {
-        if update_calls(&sandbox).iter().any(|(status, _)| *status == 200) {
+        if update_calls(&sandbox)
+            .iter()
+            .any(|(status, _)| *status == 200)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -75,7 +75,9 @@ fn calls(env: &Env, path: &str) -> Vec<Value> {
 /// The `lead_id` the relay stored from the create of record `id` (as Scaleo gave it).
 async fn lead_id(env: &Env, id: i64) -> Value {
     let rec = env.relay().store.get(id).await.unwrap().expect("record");
-    let lead = rec.lead_id.expect("a lead_id stored from the create answer");
+    let lead = rec
+        .lead_id
+        .expect("a lead_id stored from the create answer");
     serde_json::from_str(&lead).expect("lead_id is JSON text")
 }
 
@@ -113,7 +115,10 @@ async fn lead_then_sale_sends_one_update_with_the_lead_id() {
     let rec = env.relay().store.get(lead).await.unwrap().unwrap();
     let conv = rec.conversion.expect("the original shows its conversion");
     assert_eq!(conv.current["conv_status"], "approved");
-    assert_eq!(conv.chain.iter().map(|s| s.id).collect::<Vec<_>>(), vec![change]);
+    assert_eq!(
+        conv.chain.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![change]
+    );
     env.stop().await;
 }
 
@@ -139,7 +144,10 @@ async fn a_late_pending_after_approved_is_stale_naming_both_statuses() {
     assert_eq!(body["status"], "stale", "{body}");
     assert_eq!(body["original"], lead, "{body}");
     let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains("pending") && reason.contains("approved"), "{reason}");
+    assert!(
+        reason.contains("pending") && reason.contains("approved"),
+        "{reason}"
+    );
     assert_eq!(state_of(&env, body["id"].as_i64().unwrap()).await, "stale");
     no_more_calls(&env, UPDATE_PATH, 0).await;
     env.stop().await;
@@ -149,7 +157,12 @@ async fn a_late_pending_after_approved_is_stale_naming_both_statuses() {
 async fn a_chargeback_is_sent_and_a_sale_after_it_is_stale() {
     let env = start().await;
     let lead = delivered_lead(&env, "subid=clk4&status=sale&revenue=25&tid=T-4").await;
-    let back = send(&env, "life", "subid=clk4&status=rejected&revenue=-25&tid=T-4").await;
+    let back = send(
+        &env,
+        "life",
+        "subid=clk4&status=rejected&revenue=-25&tid=T-4",
+    )
+    .await;
     assert_eq!(back["status"], "update", "{back}");
     wait_state(&env, back["id"].as_i64().unwrap(), "delivered").await;
     let again = send(&env, "life", "subid=clk4&status=sale&revenue=25&tid=T-4").await;
@@ -224,8 +237,14 @@ async fn a_refund_by_order_id_changes_the_conversion_and_an_unknown_order_is_rej
     assert_eq!(status, 422, "{unknown}");
     assert_eq!(unknown["status"], "rejected");
     let reason = unknown["reason"].as_str().unwrap();
-    assert!(reason.contains("NOPE") && reason.contains("life"), "{reason}");
-    assert_eq!(state_of(&env, unknown["id"].as_i64().unwrap()).await, "rejected");
+    assert!(
+        reason.contains("NOPE") && reason.contains("life"),
+        "{reason}"
+    );
+    assert_eq!(
+        state_of(&env, unknown["id"].as_i64().unwrap()).await,
+        "rejected"
+    );
     env.stop().await;
 }
 
@@ -252,7 +271,11 @@ async fn a_change_scaleo_refuses_is_dead_and_one_failing_with_500_is_retried() {
     wait_state(&env, back, "dead").await;
     let rec = env.relay().store.get(back).await.unwrap().unwrap();
     assert_eq!(rec.attempts.len(), 1, "not retried");
-    assert!(rec.attempts[0].answer.contains("invoice"), "{:?}", rec.attempts);
+    assert!(
+        rec.attempts[0].answer.contains("invoice"),
+        "{:?}",
+        rec.attempts
+    );
     assert_eq!(calls(&env, UPDATE_PATH).len(), 3);
     let _ = lead;
     env.stop().await;
@@ -271,7 +294,10 @@ async fn a_change_of_a_conversion_scaleo_called_a_duplicate_is_dead_naming_it() 
     wait_state(&env, sale, "dead").await;
     let rec = env.relay().store.get(sale).await.unwrap().unwrap();
     let reason = rec.reason.unwrap();
-    assert!(reason.contains(&format!("record {lead}")) && reason.contains("lead_id"), "{reason}");
+    assert!(
+        reason.contains(&format!("record {lead}")) && reason.contains("lead_id"),
+        "{reason}"
+    );
     no_more_calls(&env, UPDATE_PATH, 0).await;
     env.stop().await;
 }
@@ -324,7 +350,11 @@ async fn a_dead_change_is_replayed_once_its_original_is_delivered() {
         let body = Some(json!({"ids": [id]}));
         let (status, answer) =
             admin_call(&env, Method::POST, "/admin/replay", body, Some(&auth)).await;
-        assert_eq!((status, answer["queued"].as_i64()), (200, Some(1)), "{answer}");
+        assert_eq!(
+            (status, answer["queued"].as_i64()),
+            (200, Some(1)),
+            "{answer}"
+        );
     };
     replay(lead).await;
     wait_state(&env, lead, "delivered").await;

@@ -21,25 +21,38 @@ fn updates_are_on_by_default_with_the_default_transitions() {
 
 #[test]
 fn an_unknown_status_in_the_transitions_is_a_load_error_at_its_place() {
-    let text = format!("{FIELDS}\n[updates]\ntransitions = {{ pending = [\"approved\", \"aproved\"] }}\n");
+    let text =
+        format!("{FIELDS}\n[updates]\ntransitions = {{ pending = [\"approved\", \"aproved\"] }}\n");
     let list = problems(&text);
     assert_eq!(list.len(), 1, "{list:#?}");
     let m = &list[0];
     assert!(m.starts_with("acme.toml:8:40: "), "{m}");
-    for part in ["updates.transitions.pending", "\"aproved\"", "pending, approved, rejected, hold"] {
+    for part in [
+        "updates.transitions.pending",
+        "\"aproved\"",
+        "pending, approved, rejected, hold",
+    ] {
         assert!(m.contains(part), "{part:?} missing from {m}");
     }
 }
 
 #[test]
 fn an_unknown_key_in_updates_is_a_load_error() {
-    let list = problems(&format!("{FIELDS}\n[updates]\nonly = true\nkeys = [\"adv_order_id\"]\n"));
-    assert!(list.iter().any(|m| m.contains("keys") && m.contains("`key`")), "{list:#?}");
+    let list = problems(&format!(
+        "{FIELDS}\n[updates]\nonly = true\nkeys = [\"adv_order_id\"]\n"
+    ));
+    assert!(
+        list.iter()
+            .any(|m| m.contains("keys") && m.contains("`key`")),
+        "{list:#?}"
+    );
 }
 
 #[test]
 fn update_only_needs_a_key_that_can_find_a_conversion() {
-    let list = problems(&format!("{FIELDS}\n[updates]\nonly = true\nof = \"shop\"\n"));
+    let list = problems(&format!(
+        "{FIELDS}\n[updates]\nonly = true\nof = \"shop\"\n"
+    ));
     assert!(list.iter().any(|m| m.contains("needs key")), "{list:#?}");
     let list = problems(&format!(
         "{FIELDS}\n[updates]\nonly = true\nof = \"shop\"\nkey = [\"adv_user_id\"]\n"
@@ -55,12 +68,18 @@ fn update_only_needs_a_key_that_can_find_a_conversion() {
 #[test]
 fn of_and_key_without_only_are_load_errors() {
     let list = problems(&format!("{FIELDS}\n[updates]\nof = \"shop\"\n"));
-    assert!(list.iter().any(|m| m.contains("updates.of") && m.contains("only = true")), "{list:#?}");
+    assert!(
+        list.iter()
+            .any(|m| m.contains("updates.of") && m.contains("only = true")),
+        "{list:#?}"
+    );
 }
 
 #[test]
 fn an_update_only_source_needs_no_click_id() {
-    let r = rule("[fields]\nadv_order_id = \"order\"\nconv_status = { value = \"rejected\" }\n\n[updates]\nonly = true\nof = \"shop\"\nkey = [\"adv_order_id\"]\n");
+    let r = rule(
+        "[fields]\nadv_order_id = \"order\"\nconv_status = { value = \"rejected\" }\n\n[updates]\nonly = true\nof = \"shop\"\nkey = [\"adv_order_id\"]\n",
+    );
     assert_eq!(r.updates.only.as_ref().unwrap().of, "shop");
 }
 
@@ -86,7 +105,10 @@ fn of_must_name_a_loaded_source_that_creates_conversions() {
     let no_dedupe = format!("{FIELDS}\n[dedupe]\nkey = []\n");
     let fixed = REFUNDS.replace("shpo", "shop");
     let problems = set_in(&[("shop", &no_dedupe), ("refunds", &fixed)]).unwrap_err();
-    assert!(problems[0].contains("does not track its conversions"), "{problems:#?}");
+    assert!(
+        problems[0].contains("does not track its conversions"),
+        "{problems:#?}"
+    );
     assert!(set_in(&[("shop", FIELDS), ("refunds", &fixed)]).is_ok());
 }
 
@@ -119,9 +141,15 @@ expect = {{ conv_status = \"approved\" }}
     let results = testing::run(&r, &RuleSet::default(), &TimeZone::UTC);
     assert_eq!(results[0].failure, None);
     let stale = results[1].failure.as_deref().unwrap();
-    assert!(stale.contains("expected update") && stale.contains("got stale"), "{stale}");
+    assert!(
+        stale.contains("expected update") && stale.contains("got stale"),
+        "{stale}"
+    );
     let diff = results[2].failure.as_deref().unwrap();
-    assert!(diff.contains("revenue") && diff.contains("not expected"), "{diff}");
+    assert!(
+        diff.contains("revenue") && diff.contains("not expected"),
+        "{diff}"
+    );
 }
 
 #[test]
@@ -133,5 +161,9 @@ fn expect_outcome_without_after_is_a_load_error() {
     let list = problems(&format!(
         "{FIELDS}\n[[tests]]\nname = \"x\"\nafter = [\"cid=a\"]\nquery = \"cid=a\"\nexpect_outcome = \"changed\"\n"
     ));
-    assert!(list.iter().any(|m| m.contains("\"changed\"") && m.contains("\"stale\"")), "{list:#?}");
+    assert!(
+        list.iter()
+            .any(|m| m.contains("\"changed\"") && m.contains("\"stale\"")),
+        "{list:#?}"
+    );
 }

@@ -13,7 +13,8 @@ use super::StoreError;
 const MIGRATION_LOCK: i64 = 0x7265_6c61_795f_7067; // "relay_pg"
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source          TEXT    NOT NULL,
@@ -74,7 +75,13 @@ CREATE TABLE rate_limits (
     name   TEXT   PRIMARY KEY,
     tat_us BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The console and the metrics read per source: the time of its last postback and what it
+-- sent in the last day, without scanning the table.
+CREATE INDEX records_source_received ON records (source, received_at);
+"#,
+];
 
 /// Brings the schema up to date (idempotent, safe when instances start together).
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {

@@ -1,0 +1,137 @@
+//! Overview: one row per source (time since its last postback, what it sent in the last hour
+//! and day by outcome, forward success rate, paused or not), the queue by state, the age of
+//! the oldest waiting record, the pauses (an operator's, or Scaleo refusing the API key) and
+//! the readiness checks, with every rule reload problem.
+
+use askama::Template;
+use hyper::StatusCode;
+use jiff::ToSpan;
+
+use super::layout::{Page, age, ago, when};
+use super::{Answer, ConsoleError, Ctx, html};
+use crate::store::{PauseReason, PauseScope, State};
+
+struct SourceRow {
+    source: String,
+    last: String,
+    last_ago: String,
+    hour: Vec<(&'static str, u64)>,
+    day: Vec<(&'static str, u64)>,
+    success: String,
+    paused: bool,
+}
+
+struct CheckRow {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    problems: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "console/overview.html")]
+struct Overview {
+    page: Page,
+    ready: bool,
+    sources: Vec<SourceRow>,
+    queue: Vec<(&'static str, u64)>,
+    oldest: String,
+    pauses: Vec<String>,
+    checks: Vec<CheckRow>,
+}
+
+/// `delivered / (delivered + dead)` among the records of the day, as a percentage.
+fn success_rate(day: &[(State, u64)]) -> String {
+    let n = |s: State| day.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n);
+    let ok = n(State::Delivered) + n(State::DuplicateUpstream);
+    let failed = n(State::Dead);
+    if ok + failed == 0 {
+        return String::new();
+    }
+    format!("{:.0}%", ok as f64 * 100.0 / (ok + failed) as f64)
+}
+
+fn named(counts: &[(State, u64)]) -> Vec<(&'static str, u64)> {
+    counts.iter().map(|(s, n)| (s.as_str(), *n)).collect()
+}
+
+/// `GET /`.
+pub(super) async fn page(ctx: &Ctx<'_>) -> Result<Answer, ConsoleError> {
+    let admin = ctx.admin;
+    let rules = admin.replayer.rules.current();
+    let sources: Vec<String> = rules.iter().map(|r| r.source.clone()).collect();
+    let hour = ctx.now - 1.hour();
+    let day = ctx.now - 24.hours();
+    let store = &admin.store;
+    let (activity, counts, oldest, pauses, readiness) = tokio::join!(
+        store.activity(sources, hour, day),
+        store.counts_by_state(),
+        store.oldest_queued(),
+        store.paused(),
+        admin.probes.readiness(),
+    );
+    let (activity, counts, oldest, pauses) = (activity?, counts?, oldest?, pauses?);
+    let paused_all = pauses.iter().any(|p| p.scope == PauseScope::All);
+    let rows = activity
+        .iter()
+        .map(|a| SourceRow {
+            source: a.source.clone(),
+            last: a.last.map(when).unwrap_or_default(),
+            last_ago: a
+                .last
+                .map(|t| ago(t, ctx.now))
+                .unwrap_or_else(|| "never (no stored record)".into()),
+            hour: named(&a.hour),
+            day: named(&a.day),
+            success: success_rate(&a.day),
+            paused: paused_all
+                || pauses
+                    .iter()
+                    .any(|p| p.scope == PauseScope::Source(a.source.clone())),
+        })
+        .collect();
+    let pause_lines = pauses
+        .iter()
+        .map(|p| {
+            let what = match &p.scope {
+                PauseScope::All => "All forwarding".to_string(),
+                PauseScope::Source(s) => format!("Source {s}"),
+            };
+            let why = match p.reason {
+                PauseReason::Operator => "paused by an operator",
+                PauseReason::UpstreamAuth => {
+                    "paused: Scaleo refused the API key or the base URL (401/403)"
+                }
+                PauseReason::MissingRule => "paused: its rule file is missing",
+            };
+            format!("{what} {why} since {}", when(p.since))
+        })
+        .collect();
+    let check = |name, c: &crate::admin::health::Check| CheckRow {
+        name,
+        ok: c.ok,
+        detail: c.detail.clone(),
+        problems: c.problems.clone(),
+    };
+    let page = Overview {
+        page: Page::new(ctx, "Overview", "overview"),
+        ready: readiness.ready,
+        sources: rows,
+        queue: counts
+            .iter()
+            .filter(|(s, _)| s.is_pending() || *s == State::Dead || *s == State::Rejected)
+            .map(|(s, n)| (s.as_str(), *n))
+            .collect(),
+        oldest: oldest
+            .map(|t| age(ctx.now.duration_since(t).unsigned_abs()))
+            .unwrap_or_default(),
+        pauses: pause_lines,
+        checks: vec![
+            check("rules", &readiness.rules),
+            check("forwarding", &readiness.forwarding),
+            check("progress", &readiness.progress),
+            check("store", &readiness.store),
+        ],
+    };
+    Ok(html(StatusCode::OK, &page, &[]))
+}
