@@ -102,9 +102,13 @@ pub async fn handle(admin: &Admin, req: Request<Incoming>) -> Answer {
         .unwrap_or("")
         .to_string();
 
+    // Browsers ask for it on their own; it must not lead to the sign-in form.
+    if path == "/favicon.ico" {
+        return error_page(None, &ConsoleError::NotFound("no icon".into()));
+    }
     if path == "/console/signin" {
         return match method {
-            Method::GET => signin::form(admin, None),
+            Method::GET => signin::form(admin, &cookies, None),
             Method::POST => match crate::admin::read_body(req).await {
                 Ok(body) => signin::submit(admin, &cookies, &body),
                 Err(_) => error_page(None, &ConsoleError::BadRequest("unreadable form".into())),

@@ -23,9 +23,12 @@ struct SignIn {
     disabled: bool,
 }
 
-/// The sign-in form (with a fresh double-submit token).
-pub(super) fn form(admin: &Admin, error: Option<&'static str>) -> Answer {
-    let token = admin.sessions.random_token();
+/// The sign-in form, with the double-submit token of the browser's sign-in cookie when it
+/// has one (another tab, or a stray request, must not invalidate an open form) or a fresh one.
+pub(super) fn form(admin: &Admin, cookies: &str, error: Option<&'static str>) -> Answer {
+    let token = session::cookie(cookies, SIGNIN_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(|| admin.sessions.random_token(), str::to_string);
     let page = SignIn {
         page: Page::signed_out("Sign in"),
         csrf: token.clone(),
@@ -55,6 +58,7 @@ pub(super) fn submit(admin: &Admin, cookies: &str, body: &[u8]) -> Answer {
     if sent.is_empty() || !bool::from(sent.as_bytes().ct_eq(kept.as_bytes())) {
         return form_error(
             admin,
+            cookies,
             "this sign-in form is stale or did not come from the console: try again",
             StatusCode::FORBIDDEN,
         );
@@ -62,6 +66,7 @@ pub(super) fn submit(admin: &Admin, cookies: &str, body: &[u8]) -> Answer {
     let Some(expected) = &admin.token else {
         return form(
             admin,
+            cookies,
             Some(
                 "admin.token is not set in the service config: the console is disabled until it is",
             ),
@@ -70,7 +75,7 @@ pub(super) fn submit(admin: &Admin, cookies: &str, body: &[u8]) -> Answer {
     let given = field(&fields, "token").unwrap_or("").trim();
     if given.is_empty() || !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         tracing::warn!("console: sign-in with a wrong admin token refused");
-        return form(admin, Some("wrong admin token"));
+        return form(admin, cookies, Some("wrong admin token"));
     }
     let id = admin.sessions.create();
     tracing::info!("console: an operator signed in");
@@ -83,8 +88,8 @@ pub(super) fn submit(admin: &Admin, cookies: &str, body: &[u8]) -> Answer {
     )
 }
 
-fn form_error(admin: &Admin, message: &'static str, status: StatusCode) -> Answer {
-    let mut resp = form(admin, Some(message));
+fn form_error(admin: &Admin, cookies: &str, message: &'static str, status: StatusCode) -> Answer {
+    let mut resp = form(admin, cookies, Some(message));
     *resp.status_mut() = status;
     resp
 }
