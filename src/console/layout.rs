@@ -29,6 +29,7 @@ main { padding:20px; max-width:1280px; }
 h1 { font-size:20px; margin:4px 0 16px; }
 h2 { font-size:16px; margin:24px 0 8px; }
 .card { background:var(--card); border:1px solid var(--line); border-radius:6px; padding:14px 16px; margin-bottom:16px; }
+.card > h2:first-child, .card > h1:first-child { margin-top:0; }
 table { border-collapse:collapse; width:100%; background:var(--card); }
 th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
 th { font-weight:600; color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.03em; }

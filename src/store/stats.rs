@@ -145,3 +145,132 @@ pub(crate) fn reason_ids(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migrated store file (WAL needs a file), kept while the directory lives.
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("relay.db")).unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        (dir, c)
+    }
+
+    fn add(c: &Connection, source: &str, state: State, at: i64, reason: Option<&str>) {
+        c.execute(
+            "INSERT INTO records (source, state, received_at, updated_at, method, path, query, reason)
+             VALUES (?1, ?2, ?3, ?3, 'GET', '/', '', ?4)",
+            rusqlite::params![source, state.as_str(), at, reason],
+        )
+        .unwrap();
+    }
+
+    fn plan(c: &Connection, sql: &str) -> String {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn activity_counts_the_hour_and_the_day_by_state_and_finds_the_last_postback() {
+        let (_dir, c) = db();
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        add(
+            &c,
+            "shop",
+            State::Delivered,
+            t(-90_000).as_millisecond(),
+            None,
+        );
+        add(
+            &c,
+            "shop",
+            State::Delivered,
+            t(-7_000).as_millisecond(),
+            None,
+        );
+        add(
+            &c,
+            "shop",
+            State::Rejected,
+            t(-60).as_millisecond(),
+            Some("no click"),
+        );
+        add(&c, "shop", State::Delivered, t(-30).as_millisecond(), None);
+        let got = activity(&c, &["shop".into(), "quiet".into()], t(-3600), t(-86_400)).unwrap();
+        assert_eq!(got[0].last, Some(t(-30)));
+        assert_eq!(
+            got[0].hour,
+            vec![(State::Rejected, 1), (State::Delivered, 1)]
+        );
+        assert_eq!(
+            got[0].day,
+            vec![(State::Rejected, 1), (State::Delivered, 2)]
+        );
+        assert_eq!(
+            got[1],
+            SourceActivity {
+                source: "quiet".into(),
+                last: None,
+                hour: vec![],
+                day: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn reason_groups_count_only_the_newest_records_and_give_their_ids() {
+        let (_dir, c) = db();
+        for at in 0..5 {
+            add(&c, "shop", State::Rejected, at, Some("no click"));
+        }
+        add(&c, "shop", State::Rejected, 10, Some("bad amount"));
+        add(&c, "other", State::Rejected, 11, None);
+        add(&c, "shop", State::Dead, 12, Some("no click"));
+        let all = reason_groups(&c, State::Rejected, 100).unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|g| (g.source.as_str(), g.reason.as_str(), g.count))
+                .collect::<Vec<_>>(),
+            vec![
+                ("shop", "no click", 5),
+                ("other", "", 1),
+                ("shop", "bad amount", 1)
+            ]
+        );
+        let newest = reason_groups(&c, State::Rejected, 4).unwrap();
+        assert_eq!(newest.iter().map(|g| g.count).sum::<u64>(), 4);
+        assert_eq!(
+            reason_ids(&c, State::Rejected, "shop", "no click", 100).unwrap(),
+            vec![5, 4, 3, 2, 1]
+        );
+        assert_eq!(
+            reason_ids(&c, State::Rejected, "other", "", 100).unwrap(),
+            vec![7]
+        );
+    }
+
+    #[test]
+    fn the_queries_read_through_indexes_not_the_table() {
+        let (_dir, c) = db();
+        let last = plan(
+            &c,
+            "SELECT MAX(received_at) FROM records WHERE source = 'a'",
+        );
+        assert!(last.contains("records_source_received"), "{last}");
+        let counts = plan(
+            &c,
+            "SELECT state, COUNT(*) FROM records WHERE source = 'a' AND received_at >= 5 GROUP BY state",
+        );
+        assert!(counts.contains("records_source_received"), "{counts}");
+        let groups = plan(
+            &c,
+            "SELECT source, reason, COUNT(*) FROM (SELECT source, COALESCE(reason, '') AS reason FROM records
+             WHERE state = 'dead' ORDER BY received_at DESC LIMIT 10) GROUP BY source, reason",
+        );
+        assert!(groups.contains("records_state_received"), "{groups}");
+        assert!(!groups.contains("SCAN records"), "{groups}");
+    }
+}
