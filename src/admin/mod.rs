@@ -289,11 +289,34 @@ impl Admin {
 
     async fn metrics(&self) -> Answer {
         let store = &self.store;
-        let (counts, oldest, pauses) = tokio::join!(
+        let rules = self.replayer.rules.current();
+        let now = Timestamp::now();
+        // An empty time range: only each source's last postback is read (one index probe).
+        let sources = rules.iter().map(|r| r.source.clone()).collect();
+        let (counts, oldest, pauses, activity) = tokio::join!(
             store.counts_by_state(),
             store.oldest_queued(),
-            store.paused()
+            store.paused(),
+            store.activity(sources, now, now)
         );
+        match activity {
+            Ok(list) => {
+                let signals: Vec<metrics::SourceSignal> = list
+                    .iter()
+                    .map(|a| metrics::SourceSignal {
+                        source: a.source.clone(),
+                        last: a.last.map(|t| t.as_millisecond() as f64 / 1000.0),
+                        silent: rules
+                            .get(&a.source)
+                            .is_some_and(|r| r.alerts.is_silent(a.last, now)),
+                    })
+                    .collect();
+                metrics::set_sources(&signals);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: the per-source gauges could not be refreshed");
+            }
+        }
         match (counts, oldest, pauses) {
             (Ok(counts), Ok(oldest), Ok(pauses)) => {
                 let age = oldest.map(|t| Timestamp::now().duration_since(t).as_secs_f64().max(0.0));

@@ -19,6 +19,8 @@ struct SourceRow {
     day: Vec<(&'static str, u64)>,
     success: String,
     paused: bool,
+    /// Set while the source is silent beyond its `[alerts] silent_after`.
+    silent: Option<String>,
 }
 
 struct CheckRow {
@@ -33,6 +35,8 @@ struct CheckRow {
 struct Overview {
     page: Page,
     ready: bool,
+    /// `(source, what)` for every silent source.
+    silent: Vec<(String, String)>,
     sources: Vec<SourceRow>,
     queue: Vec<(&'static str, u64)>,
     oldest: String,
@@ -72,9 +76,21 @@ pub(super) async fn page(ctx: &Ctx<'_>) -> Result<Answer, ConsoleError> {
     );
     let (activity, counts, oldest, pauses) = (activity?, counts?, oldest?, pauses?);
     let paused_all = pauses.iter().any(|p| p.scope == PauseScope::All);
-    let rows = activity
+    let silence = |a: &crate::store::SourceActivity| {
+        let rule = rules.get(&a.source)?;
+        let (last, after) = (a.last?, rule.alerts.silent_after?);
+        rule.alerts.is_silent(Some(last), ctx.now).then(|| {
+            format!(
+                "no postback for {} (its rule expects one at least every {})",
+                age(ctx.now.duration_since(last).unsigned_abs()),
+                age(after)
+            )
+        })
+    };
+    let rows: Vec<SourceRow> = activity
         .iter()
         .map(|a| SourceRow {
+            silent: silence(a),
             source: a.source.clone(),
             last: a.last.map(when).unwrap_or_default(),
             last_ago: a
@@ -116,6 +132,10 @@ pub(super) async fn page(ctx: &Ctx<'_>) -> Result<Answer, ConsoleError> {
     let page = Overview {
         page: Page::new(ctx, "Overview", "overview"),
         ready: readiness.ready,
+        silent: rows
+            .iter()
+            .filter_map(|r| Some((r.source.clone(), r.silent.clone()?)))
+            .collect(),
         sources: rows,
         queue: counts
             .iter()

@@ -42,6 +42,7 @@ struct SourceBox {
     updates: String,
     rate: String,
     target: String,
+    silent_after: String,
     pauses: Vec<PauseLine>,
 }
 
@@ -102,6 +103,10 @@ fn source_box(rule: &Rule, pauses: &[Paused]) -> SourceBox {
         updates,
         rate,
         target,
+        silent_after: match rule.alerts.silent_after {
+            Some(d) => format!("warn when no postback comes for {}", super::layout::age(d)),
+            None => "not set ([alerts] silent_after)".to_string(),
+        },
         pauses: pause_lines(pauses, &PauseScope::Source(rule.source.clone())),
     }
 }

@@ -9,7 +9,7 @@ use postback_relay::store::{PauseReason, PauseScope};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 
-use crate::admin_client::{ADMIN_TOKEN, admin_url, with_admin, write_rule};
+use crate::admin_client::{ADMIN_TOKEN, admin_url, metric, poll, scrape, with_admin, write_rule};
 use crate::browser::Browser;
 use crate::support::{Env, SHOP};
 
@@ -450,6 +450,53 @@ async fn console_in_a_browser_pauses_and_resumes_a_source_and_tries_a_postback()
         .unwrap();
     assert!(records.is_empty(), "trying stores nothing");
     assert!(env.sandbox.received().is_empty(), "and forwards nothing");
+    b.close().await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn console_in_a_browser_warns_of_a_silent_source_and_metrics_expose_it() {
+    let quiet = format!("{SHOP_FIXED}\n[alerts]\nsilent_after = \"1s\"\n");
+    let env = Env::start(&[("quiet", &quiet), ("shop", SHOP)], with_admin).await;
+    postback(&env, "quiet", &[("cid", "q1"), ("oid", "o1")]).await;
+    postback(&env, "shop", &[("cid", "s1"), ("oid", "o1")]).await;
+    // The registry is process-wide and other tests' relays refresh it too: poll.
+    let series = |name: &str, source: &str| format!("{name}{{source=\"{source}\"}}");
+    let silent = series("postback_relay_source_silent", "quiet");
+    let shows = |want: f64| {
+        let (env, silent) = (&env, &silent);
+        poll(Duration::from_secs(5), move || async move {
+            metric(&scrape(env).await, silent) == want
+        })
+    };
+    assert!(shows(0.0).await, "quiet right after its postback");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(shows(1.0).await, "quiet after silent_after");
+    let shop_silent = series("postback_relay_source_silent", "shop");
+    let last_series = series(
+        "postback_relay_source_last_postback_timestamp_seconds",
+        "quiet",
+    );
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!(
+        poll(Duration::from_secs(5), || async {
+            let text = scrape(&env).await;
+            let last = metric(&text, &last_series);
+            text.contains(&format!("{shop_silent} 0")) && (now - 10.0..=now).contains(&last)
+        })
+        .await,
+        "shop has no [alerts] (never silent); quiet's last postback time is exposed"
+    );
+
+    let b = browser_sign_in(&env).await;
+    let warning = b.text(".alert.silent").await;
+    assert!(
+        warning.contains("quiet is silent") && warning.contains("at least every 1 s"),
+        "{warning}"
+    );
+    assert!(b.text("#row-quiet").await.contains("silent"));
+    assert!(!b.text("#row-shop").await.contains("silent"));
+    b.shot("overview-silent").await;
     b.close().await;
     env.stop().await;
 }
