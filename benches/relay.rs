@@ -45,10 +45,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use postback_relay::config::{Config, StoreConfig};
+use postback_relay::mapping;
 use postback_relay::rules::{EnvMode, Input, Outcome, Rule, compile, decode_form};
-use postback_relay::store::{
-    DedupeKey, NewRecord, NewState, PauseReason, PauseScope, RawPostback, State, Store,
-};
+use postback_relay::store::{NewRecord, PauseReason, PauseScope, RawPostback, State, Store};
 use tokio::net::TcpListener;
 
 /// The shipped rule every benchmark maps with.
@@ -392,9 +391,12 @@ fn record(rule: &Rule, tag: &str, i: u64) -> NewRecord {
         referer: None,
         received_at: Some(now),
     };
-    let Outcome::Forward(m) = rule.apply(&input, &jiff::tz::TimeZone::UTC) else {
-        panic!("the bench postback does not map to a forward");
-    };
+    let outcome = rule.apply(&input, &jiff::tz::TimeZone::UTC);
+    assert!(
+        matches!(outcome, Outcome::Forward(_)),
+        "the bench postback does not map to a forward"
+    );
+    let state = mapping::new_state(rule, &input, outcome);
     NewRecord {
         source: rule.source.clone(),
         raw: RawPostback {
@@ -406,14 +408,7 @@ fn record(rule: &Rule, tag: &str, i: u64) -> NewRecord {
             referer: None,
             received_at: now,
         },
-        state: NewState::Queued {
-            body: m.body,
-            click_id: m.click_id,
-            dedupe: m.dedupe_key.map(|key| DedupeKey {
-                key,
-                window: rule.dedupe.window,
-            }),
-        },
+        state,
     }
 }
 

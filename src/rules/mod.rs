@@ -113,9 +113,10 @@ fn update_targets(rules: &BTreeMap<String, Arc<Rule>>, dir: &Path) -> Vec<Diagno
         };
         let of = only.of.as_str();
         let problem = match rules.get(of) {
-            _ if of == rule.source => Some(format!(
+            _ if of == rule.source => Some(
                 "updates: an update-only source never creates conversions, so it cannot change its own; set of = \"SOURCE\" to the source whose conversions it changes"
-            )),
+                    .to_string(),
+            ),
             None => {
                 let known: Vec<&str> = rules.keys().map(String::as_str).collect();
                 Some(format!(

@@ -213,6 +213,7 @@ fn write(
 }
 
 /// Decides what `body` (a later postback of `conv`) is and stores it accordingly.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn later(
     c: &Connection,
     conv: &Conversion,
@@ -320,7 +321,7 @@ fn apply(
             row.state = State::Merged;
             row.reason = Some(&reason);
             let id = write(c, target, &row, now_ms)?;
-            fold(c, orig, &[change.clone()], now_ms)?;
+            fold(c, orig, std::slice::from_ref(change), now_ms)?;
             Ok((id, ChangeRoute::Merged))
         }
         Route::Dead(reason) => {
@@ -476,6 +477,7 @@ fn unmatched(lookup: &Lookup) -> String {
 
 /// Replays record `id` as a change: a rejected update-only postback is decided like a new
 /// one; a dead change is sent again with the tracked fields of its re-mapped body.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn requeue(
     c: &Connection,
     id: i64,

@@ -582,6 +582,7 @@ fn source_of(c: &Connection, id: i64) -> Result<String, StoreError> {
 pub(crate) const REPLAY_RESET: &str = "attempts = 0, claimed_until = NULL, claim_owner = NULL,
     last_error = NULL, transaction_id = NULL, updated_at = ?1";
 
+#[allow(clippy::too_many_arguments)]
 fn requeue_queued(
     c: &Connection,
     id: i64,
