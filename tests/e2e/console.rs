@@ -256,7 +256,7 @@ async fn console_in_a_browser_shows_records_and_renders_advertiser_markup_as_tex
             ("cid", "click-1"),
             ("amt", "1250"),
             ("oid", "o1"),
-            ("st", "1"),
+            ("st", "5"),
         ],
     )
     .await;
@@ -315,8 +315,42 @@ async fn console_in_a_browser_shows_records_and_renders_advertiser_markup_as_tex
         .await;
     assert_eq!(dom, serde_json::json!([0, 0]));
 
+    // A later postback of the same conversion approves it: the record page shows the
+    // conversion's current status and its chain.
+    let update = postback(
+        &env,
+        "shop",
+        &[
+            ("cid", "click-1"),
+            ("amt", "1250"),
+            ("oid", "o1"),
+            ("st", "1"),
+        ],
+    )
+    .await;
+    // Settled either way (this sandbox may not know leads/update): the chain is what counts.
+    let store = env.relay().store.clone();
+    assert!(
+        poll(Duration::from_secs(10), || {
+            let store = store.clone();
+            async move {
+                let state = store.get(update).await.unwrap().map(|r| r.summary.state);
+                state.is_some_and(|s| !s.is_pending())
+            }
+        })
+        .await,
+        "the update was sent"
+    );
     b.open(&format!("/console/records/{good}")).await;
+    let conversion = b.text("#conversion").await;
+    assert!(conversion.contains("approved"), "{conversion}");
+    let chain = b
+        .eval("return Array.from(document.querySelectorAll('#conversion td.num a')).map(a => a.textContent)")
+        .await;
+    assert_eq!(chain, serde_json::json!([update.to_string()]));
     b.shot("record").await;
+    b.open(&format!("/console/records/{update}")).await;
+    assert!(b.text("table.kv").await.contains("update of a conversion"));
     b.close().await;
     env.stop().await;
 }
