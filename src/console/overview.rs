@@ -37,6 +37,8 @@ struct Overview {
     ready: bool,
     /// `(source, what)` for every silent source.
     silent: Vec<(String, String)>,
+    /// `(source, what)` for every source whose recent forwards all fail.
+    failing: Vec<(String, String)>,
     sources: Vec<SourceRow>,
     queue: Vec<(&'static str, u64)>,
     oldest: String,
@@ -53,6 +55,17 @@ fn success_rate(day: &[(State, u64)]) -> String {
         return String::new();
     }
     format!("{:.0}%", ok as f64 * 100.0 / (ok + failed) as f64)
+}
+
+/// Set when the records a source sent in the last hour went dead or are retrying and none
+/// was delivered: forwarding to Scaleo fails for it (a wrong base_url, key or field).
+fn failing(hour: &[(State, u64)]) -> Option<String> {
+    let n = |s: State| hour.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n);
+    let delivered = n(State::Delivered) + n(State::DuplicateUpstream);
+    let (dead, retrying) = (n(State::Dead), n(State::Retrying));
+    (delivered == 0 && dead + retrying > 0).then(|| {
+        format!("of its postbacks of the last hour {dead} went dead and {retrying} are retrying, none was delivered")
+    })
 }
 
 fn named(counts: &[(State, u64)]) -> Vec<(&'static str, u64)> {
@@ -132,6 +145,10 @@ pub(super) async fn page(ctx: &Ctx<'_>) -> Result<Answer, ConsoleError> {
     let page = Overview {
         page: Page::new(ctx, "Overview", "overview"),
         ready: readiness.ready,
+        failing: activity
+            .iter()
+            .filter_map(|a| Some((a.source.clone(), failing(&a.hour)?)))
+            .collect(),
         silent: rows
             .iter()
             .filter_map(|r| Some((r.source.clone(), r.silent.clone()?)))
@@ -154,4 +171,38 @@ pub(super) async fn page(ctx: &Ctx<'_>) -> Result<Answer, ConsoleError> {
         ],
     };
     Ok(html(StatusCode::OK, &page, &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_fails_when_its_recent_records_die_or_retry_and_none_is_delivered() {
+        assert_eq!(failing(&[]), None);
+        assert_eq!(
+            failing(&[(State::Rejected, 3)]),
+            None,
+            "rejects are the rule's"
+        );
+        let f = failing(&[(State::Retrying, 1), (State::Dead, 2)]).unwrap();
+        assert!(
+            f.contains("2 went dead") && f.contains("1 are retrying"),
+            "{f}"
+        );
+        assert_eq!(failing(&[(State::Delivered, 1), (State::Dead, 5)]), None);
+    }
+
+    #[test]
+    fn the_success_rate_counts_delivered_against_dead() {
+        assert_eq!(success_rate(&[]), "");
+        assert_eq!(
+            success_rate(&[
+                (State::Delivered, 3),
+                (State::Dead, 1),
+                (State::Rejected, 9)
+            ]),
+            "75%"
+        );
+    }
 }

@@ -534,3 +534,42 @@ async fn console_in_a_browser_warns_of_a_silent_source_and_metrics_expose_it() {
     b.close().await;
     env.stop().await;
 }
+
+#[tokio::test]
+async fn console_overview_says_when_deliveries_of_a_source_are_failing() {
+    // A wrong base_url: Scaleo's host answers 404 to every conversion, which goes dead.
+    let env = Env::start(&[("shop", SHOP)], |cfg| {
+        with_admin(cfg);
+        cfg.scaleo.base_url.push_str("/wrong-prefix");
+    })
+    .await;
+    let id = postback(&env, "shop", &[("cid", "c1"), ("oid", "o1")]).await;
+    let store = env.relay().store.clone();
+    assert!(
+        poll(Duration::from_secs(10), || {
+            let store = store.clone();
+            async move {
+                store.get(id).await.unwrap().map(|r| r.summary.state)
+                    == Some(postback_relay::store::State::Dead)
+            }
+        })
+        .await,
+        "the 404 makes it dead"
+    );
+    let (_, session) = http_sign_in(&env, ADMIN_TOKEN).await;
+    let page = plain_client()
+        .get(admin_url(&env, "/"))
+        .header("cookie", format!("relay_session={}", session.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Deliveries of shop are failing")
+            && page.contains("1 went dead and 0 are retrying, none was delivered"),
+        "{page}"
+    );
+    env.stop().await;
+}
