@@ -65,7 +65,7 @@ static CSP: LazyLock<String> = LazyLock::new(|| {
     let hash = ring::digest::digest(&ring::digest::SHA256, CSS.as_bytes());
     let b64 = base64::engine::general_purpose::STANDARD.encode(hash.as_ref());
     format!(
-        "default-src 'none'; style-src 'sha256-{b64}'; img-src 'self'; form-action 'self'; \
+        "default-src 'none'; style-src 'sha256-{b64}'; form-action 'self'; \
          frame-ancestors 'none'; base-uri 'none'"
     )
 });

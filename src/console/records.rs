@@ -86,9 +86,10 @@ pub(super) async fn list(ctx: &Ctx<'_>, query: &str) -> Result<Answer, ConsoleEr
     let ListQuery { filter, cursor, .. } = view::list_query(&api_pairs)?;
     let (summaries, next) = ctx.admin.store.list(filter, PAGE, cursor).await?;
     let next = next.map(|crate::store::Cursor(id)| {
-        let mut kept: Vec<(String, String)> = api_pairs
+        // The filters as typed, so the form on the next page shows them again.
+        let mut kept: Vec<(String, String)> = pairs
             .iter()
-            .filter(|(n, v)| n != "cursor" && !v.is_empty())
+            .filter(|(n, v)| n != "cursor" && n != "limit" && !v.trim().is_empty())
             .cloned()
             .collect();
         kept.push(("cursor".into(), id.to_string()));

@@ -573,3 +573,64 @@ async fn console_overview_says_when_deliveries_of_a_source_are_failing() {
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn console_pages_records_by_cursor_and_keeps_the_filters() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    for n in 0..55 {
+        postback(
+            &env,
+            "shop",
+            &[("cid", &format!("c{n}")), ("oid", &format!("o{n}"))],
+        )
+        .await;
+    }
+    postback(&env, "shop", &[("oid", "no-click")]).await;
+    let (_, session) = http_sign_in(&env, ADMIN_TOKEN).await;
+    let cookie = format!("relay_session={}", session.unwrap());
+    let get = |path: String| {
+        let cookie = cookie.clone();
+        let url = admin_url(&env, &path);
+        async move {
+            plain_client()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let rows = |page: &str| {
+        page.matches("<td class=\"num\"><a href=\"/console/records/")
+            .count()
+    };
+    let older = |page: &str| {
+        let at = page.find("id=\"older\"")?;
+        let href = page[..at].rfind("href=\"")? + 6;
+        Some(
+            page[href..]
+                .split('"')
+                .next()?
+                .replace("&#38;", "&")
+                .replace("&amp;", "&"),
+        )
+    };
+    let first = get("/console/records?source=shop&click_id=".into()).await;
+    assert_eq!(rows(&first), 50, "a page holds 50 records");
+    let next = older(&first).expect("a link to older records");
+    assert!(
+        next.contains("source=shop") && next.contains("cursor="),
+        "{next}"
+    );
+    let second = get(next.clone()).await;
+    assert_eq!(rows(&second), 6, "the rest after {next}");
+    assert!(older(&second).is_none(), "the last page has no older link");
+    assert!(
+        second.contains("<option value=\"shop\" selected>"),
+        "the filter is kept"
+    );
+    env.stop().await;
+}
