@@ -40,8 +40,9 @@ pre { background:#f0f2f5; border:1px solid var(--line); border-radius:4px; paddi
 .muted { color:var(--muted); }
 .badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; background:#eaeef2; color:var(--fg); white-space:nowrap; }
 .s-delivered, .s-forward, .ok { background:#dafbe1; color:var(--ok); }
-.s-rejected, .s-dead, .bad { background:#ffebe9; color:var(--bad); }
-.s-retrying, .s-paused, .s-stale, .warn { background:#fff8c5; color:var(--warn); }
+.s-rejected, .s-dead, .s-reject, .bad { background:#ffebe9; color:var(--bad); }
+.s-retrying, .s-paused, .s-stale, .s-skip, .s-skipped, .warn { background:#fff8c5; color:var(--warn); }
+.err { color:var(--bad); font-weight:600; }
 .s-queued, .s-update { background:#ddf4ff; color:var(--info); }
 .flash { background:#ddf4ff; border:1px solid #54aeff; border-radius:6px; padding:10px 14px; margin-bottom:16px; }
 .alert { background:#ffebe9; border:1px solid #ff8182; border-radius:6px; padding:10px 14px; margin-bottom:16px; }
