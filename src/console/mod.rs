@@ -4,7 +4,8 @@
 //! - sign-in with the admin token ([`signin`]) starts a server-side session ([`session`]):
 //!   an `HttpOnly; SameSite=Strict` cookie holding a random id, and a CSRF token that every
 //!   POST must carry (403 without it);
-//! - one view module per page: [`overview`], [`records`] (list and record page, replay),
+//! - one view module per page: [`overview`], [`records`] (list and record page, replay,
+//!   "send now" for a retrying record),
 //!   [`sources`] (rules, pause and resume, "try a postback"), [`problems`] (rejected and
 //!   dead records grouped by reason, group replay after a confirm page);
 //! - the pages are askama templates (`templates/console/`, checked at compile time) sharing
@@ -210,6 +211,7 @@ async fn post(
     match segments.as_slice() {
         ["signout"] => Ok(signin::signout(ctx)),
         ["records", id, "replay"] => records::replay(ctx, id).await,
+        ["records", id, "send"] => records::send_now(ctx, id).await,
         ["sources", "pause"] => sources::pause(ctx, form, true).await,
         ["sources", "resume"] => sources::pause(ctx, form, false).await,
         ["problems", "replay"] => problems::replay(ctx, form).await,

@@ -166,6 +166,8 @@ struct RecordPage {
     attempts: Vec<AttemptRow>,
     conversion: Option<ConversionBox>,
     replayable: bool,
+    /// Retrying: it can be sent now instead of after its backoff.
+    retrying: bool,
 }
 
 fn pretty(map: &Map<String, Value>) -> String {
@@ -236,6 +238,7 @@ fn record_page(ctx: &Ctx<'_>, r: RecordView) -> RecordPage {
             chain: c.chain.iter().map(|s| Row::new(s, ctx.now)).collect(),
         }),
         replayable: matches!(s.state, State::Rejected | State::Dead),
+        retrying: s.state == State::Retrying,
     }
 }
 
@@ -274,5 +277,18 @@ pub(super) async fn replay(ctx: &Ctx<'_>, id: &str) -> Result<Answer, ConsoleErr
     let report = ctx.admin.replayer.run(Selection::Ids(vec![id])).await?;
     tracing::info!(id, queued = report.queued, "console: record replayed");
     ctx.flash(report_line(&report));
+    Ok(redirect(&format!("/console/records/{id}"), &[]))
+}
+
+/// `POST /console/records/{id}/send`: a retrying record is due now.
+pub(super) async fn send_now(ctx: &Ctx<'_>, id: &str) -> Result<Answer, ConsoleError> {
+    let id = view::record_id("id", id)?;
+    let due = ctx.admin.store.send_now(id).await?;
+    ctx.flash(if due {
+        tracing::info!(id, "console: a retrying record is sent now");
+        "Sending it now: the attempt shows below in a moment (reload the page).".to_string()
+    } else {
+        "It is not retrying any more: nothing changed.".to_string()
+    });
     Ok(redirect(&format!("/console/records/{id}"), &[]))
 }

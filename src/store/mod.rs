@@ -297,6 +297,19 @@ impl Store {
         }
     }
 
+    /// Makes retrying record `id` due now (the console's "send now"): the next claim takes
+    /// it without waiting for its backoff. `false` when the record is not `retrying`.
+    pub async fn send_now(&self, id: i64) -> Result<bool, StoreError> {
+        match self.pg() {
+            Some(pg) => {
+                let due = pg.send_now(id).await?;
+                self.woke(due);
+                Ok(due)
+            }
+            None => self.call(id, ops::send_now).await,
+        }
+    }
+
     /// Removes every pause of `scope` (an operator's resume). Returns how many were removed.
     pub async fn resume(&self, scope: PauseScope) -> Result<u64, StoreError> {
         self.resume_inner(scope, None).await

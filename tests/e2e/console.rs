@@ -634,3 +634,72 @@ async fn console_pages_records_by_cursor_and_keeps_the_filters() {
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn console_sends_a_retrying_record_now_instead_of_after_its_backoff() {
+    let env = Env::start(&[("shop", SHOP)], |cfg| {
+        with_admin(cfg);
+        cfg.forward.retry_schedule = vec![Duration::from_secs(3600)];
+    })
+    .await;
+    env.sandbox
+        .script([postback_relay::sandbox::Step::status(500)]);
+    let id = postback(&env, "shop", &[("cid", "c1"), ("oid", "o1")]).await;
+    let store = env.relay().store.clone();
+    let state = |store: postback_relay::store::Store| async move {
+        store.get(id).await.unwrap().map(|r| r.summary.state)
+    };
+    use postback_relay::store::State;
+    assert!(
+        poll(Duration::from_secs(10), || {
+            let store = store.clone();
+            async move { state(store).await == Some(State::Retrying) }
+        })
+        .await,
+        "the 500 makes it retry in an hour"
+    );
+    let (_, session) = http_sign_in(&env, ADMIN_TOKEN).await;
+    let session = session.unwrap();
+    let page = plain_client()
+        .get(admin_url(&env, &format!("/console/records/{id}")))
+        .header("cookie", format!("relay_session={session}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"send-now\""),
+        "a retrying record offers to send it now"
+    );
+    let csrf = csrf_in(&page);
+    let path = format!("/console/records/{id}/send");
+    assert_eq!(
+        console_post(&env, Some(&session), &path, &[])
+            .await
+            .as_u16(),
+        403,
+        "not without the CSRF token"
+    );
+    assert_eq!(
+        console_post(&env, Some(&session), &path, &[("csrf", &csrf)])
+            .await
+            .as_u16(),
+        303
+    );
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await,
+        "sent at once, not in an hour"
+    );
+    assert!(
+        poll(Duration::from_secs(10), || {
+            let store = store.clone();
+            async move { state(store).await == Some(State::Delivered) }
+        })
+        .await
+    );
+    env.stop().await;
+}
