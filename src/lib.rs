@@ -16,7 +16,8 @@
 //! API share [`listener`] (the accept loop with graceful drain).
 //!
 //! Around them: [`config`] (service config), [`reload`] (hot rule reload), [`admin`] (the
-//! operator API, `/readyz`, `/metrics`), [`replay`] (re-map and requeue stored records),
+//! operator API, `/readyz`, `/metrics`), [`console`] (the operator's pages in the browser, on
+//! the admin listener), [`replay`] (re-map and requeue stored records),
 //! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo),
 //! [`network`] (which Scaleo network a SQLite store belongs to), and
 //! [`cli`] with [`ops`] (the `postback-relay` commands) and [`fields`] (the reference of
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod fields;
 pub mod forward;
 pub mod ingest;

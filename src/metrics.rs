@@ -124,6 +124,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PauseLabel {
     scope: String,
     reason: &'static str,
@@ -142,6 +147,8 @@ struct Metrics {
     oldest_queued_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     dead_letter_depth: Gauge,
     paused: Family<PauseLabel, Gauge>,
+    source_last_postback: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    source_silent: Family<SourceLabel, Gauge>,
 }
 
 /// Latency buckets from 50 ms to about 14 h: a delivery can wait out retries for hours.
@@ -167,6 +174,8 @@ fn metrics() -> &'static Metrics {
             oldest_queued_age: Gauge::default(),
             dead_letter_depth: Gauge::default(),
             paused: Family::default(),
+            source_last_postback: Family::default(),
+            source_silent: Family::default(),
         };
         registry.register(
             "postbacks",
@@ -224,6 +233,17 @@ fn metrics() -> &'static Metrics {
             "forwarding_paused",
             "1 for each persisted pause of forwarding, by scope (all or a source) and reason (operator, upstream_auth)",
             m.paused.clone(),
+        );
+        registry.register_with_unit(
+            "source_last_postback_timestamp",
+            "Unix time of the newest stored postback of each source (absent while it has none)",
+            Unit::Seconds,
+            m.source_last_postback.clone(),
+        );
+        registry.register(
+            "source_silent",
+            "1 while a source has sent no postback for longer than its rule's [alerts] silent_after, else 0",
+            m.source_silent.clone(),
         );
         // Fixed label values start at 0 so that rate() and alerts see them from the start.
         for outcome in AttemptOutcome::ALL {
@@ -297,6 +317,34 @@ pub fn rules_loaded(n: usize) {
 
 /// Refreshes the queue gauges from a store snapshot: records per state (missing states are
 /// 0), the age of the oldest waiting record, and the persisted pauses.
+/// One source's signals for [`set_sources`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSignal {
+    pub source: String,
+    /// Unix seconds of its newest stored postback.
+    pub last: Option<f64>,
+    pub silent: bool,
+}
+
+/// Replaces the per-source gauges (last postback time, silent) with `sources`: a source
+/// whose rule file is gone loses its series.
+pub fn set_sources(sources: &[SourceSignal]) {
+    let m = metrics();
+    m.source_last_postback.clear();
+    m.source_silent.clear();
+    for s in sources {
+        let label = SourceLabel {
+            source: s.source.clone(),
+        };
+        if let Some(t) = s.last {
+            m.source_last_postback.get_or_create(&label).set(t);
+        }
+        m.source_silent
+            .get_or_create(&label)
+            .set(i64::from(s.silent));
+    }
+}
+
 pub fn set_queue(counts: &[(State, u64)], oldest_age_seconds: Option<f64>, pauses: &[Paused]) {
     let m = metrics();
     let count = |s: State| {

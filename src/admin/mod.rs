@@ -2,6 +2,9 @@
 //! pause/resume and explain under `/admin/` (each behind `Authorization: Bearer
 //! {admin.token}`), plus `/healthz`, `/readyz` and `/metrics` without a token.
 //!
+//! Every other path belongs to the operator [`console`](crate::console) (HTML, its own
+//! sign-in and session).
+//!
 //! JSON in and out; times RFC 3339. Errors answer `{"error": code, "reason": text}` with a
 //! few fixed status codes; a store failure is logged and answered 503 without internals.
 
@@ -82,6 +85,8 @@ pub struct Admin {
     pub store: Store,
     pub replayer: Replayer,
     pub probes: Probes,
+    /// The console's signed-in sessions.
+    pub sessions: crate::console::Sessions,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -99,9 +104,7 @@ impl Admin {
                 Ok(()) => self.route(req).await,
                 Err(e) => Err(e),
             },
-            _ => Err(AdminError::NotFound(format!(
-                "no endpoint {path:?}; see /admin/records, /admin/replay, /admin/pause, /admin/resume, /admin/explain/{{source}}, /healthz, /readyz, /metrics"
-            ))),
+            _ => return crate::console::handle(self, req).await,
         };
         result.unwrap_or_else(|e| {
             if let AdminError::Store(s) = &e {
@@ -326,11 +329,34 @@ impl Admin {
 
     async fn metrics(&self) -> Answer {
         let store = &self.store;
-        let (counts, oldest, pauses) = tokio::join!(
+        let rules = self.replayer.rules.current();
+        let now = Timestamp::now();
+        // An empty time range: only each source's last postback is read (one index probe).
+        let sources = rules.iter().map(|r| r.source.clone()).collect();
+        let (counts, oldest, pauses, activity) = tokio::join!(
             store.counts_by_state(),
             store.oldest_queued(),
-            store.paused()
+            store.paused(),
+            store.activity(sources, now, now)
         );
+        match activity {
+            Ok(list) => {
+                let signals: Vec<metrics::SourceSignal> = list
+                    .iter()
+                    .map(|a| metrics::SourceSignal {
+                        source: a.source.clone(),
+                        last: a.last.map(|t| t.as_millisecond() as f64 / 1000.0),
+                        silent: rules
+                            .get(&a.source)
+                            .is_some_and(|r| r.alerts.is_silent(a.last, now)),
+                    })
+                    .collect();
+                metrics::set_sources(&signals);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: the per-source gauges could not be refreshed");
+            }
+        }
         match (counts, oldest, pauses) {
             (Ok(counts), Ok(oldest), Ok(pauses)) => {
                 let age = oldest.map(|t| Timestamp::now().duration_since(t).as_secs_f64().max(0.0));
@@ -417,7 +443,7 @@ pub fn replay_selection(body: &[u8]) -> Result<Selection, AdminError> {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
     match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await

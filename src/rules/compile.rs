@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::diag::{Diagnostic, Diagnostics};
 use super::model::*;
-use super::raw::{RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest};
+use super::raw::{RawAlerts, RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest};
 use super::scaleo;
 use super::value;
 
@@ -176,6 +176,7 @@ impl<'a> Compiler<'_, 'a> {
         let auth = self.auth(raw.auth, env);
         let dedupe = self.dedupe(raw.dedupe);
         let forward = self.forward(raw.forward, env);
+        let alerts = self.alerts(raw.alerts);
         let tests = raw.tests.into_iter().filter_map(|t| self.test(t)).collect();
 
         let mut rule = Rule {
@@ -185,6 +186,7 @@ impl<'a> Compiler<'_, 'a> {
             dedupe,
             updates,
             forward,
+            alerts,
             tests,
             updates_of_at: of_at.map(|at| super::diag::line_col(self.diags_text(), at.start)),
             params: self.params,
@@ -327,6 +329,33 @@ impl<'a> Compiler<'_, 'a> {
             })
         });
         Dedupe { fields, window }
+    }
+
+    fn alerts(&mut self, raw: Option<RawAlerts>) -> Alerts {
+        let silent_after =
+            raw.and_then(|a| a.silent_after).and_then(|w| {
+                match value::parse_duration(w.get_ref()) {
+                    Ok(d) if d.is_zero() => {
+                        self.err(
+                            span(&w),
+                            format!(
+                                "alerts.silent_after = {:?}: expected more than zero (e.g. \"6h\")",
+                                w.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        self.err(
+                            span(&w),
+                            format!("alerts.silent_after = {:?}: {e}", w.get_ref()),
+                        );
+                        None
+                    }
+                }
+            });
+        Alerts { silent_after }
     }
 
     fn forward(&mut self, raw: Option<RawForward>, env: EnvMode) -> ForwardOverride {

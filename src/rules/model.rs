@@ -22,6 +22,7 @@ pub struct Rule {
     /// `[updates]`: later postbacks of a conversion change it (status, money).
     pub updates: Updates,
     pub forward: ForwardOverride,
+    pub alerts: Alerts,
     pub tests: Vec<RuleTest>,
     /// Line and column of `[updates] of`, for the check that it names a loaded source.
     pub(crate) updates_of_at: Option<(usize, usize)>,
@@ -58,6 +59,25 @@ pub struct ForwardOverride {
     pub burst: Option<u32>,
     pub base_url: Option<String>,
     pub api_key: Option<String>,
+}
+
+/// `[alerts]`: when the source counts as silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alerts {
+    /// No postback for longer than this: the source is silent (console warning, metric).
+    pub silent_after: Option<Duration>,
+}
+
+impl Alerts {
+    /// Whether a source whose last postback came at `last` is silent at `now`: only with
+    /// `silent_after` set and a last postback known (a source that never sent is new, not
+    /// silent).
+    pub fn is_silent(&self, last: Option<jiff::Timestamp>, now: jiff::Timestamp) -> bool {
+        match (self.silent_after, last) {
+            (Some(after), Some(t)) => now.duration_since(t).unsigned_abs() > after,
+            _ => false,
+        }
+    }
 }
 
 /// One `[[tests]]` case.

@@ -24,6 +24,7 @@ pub struct RawRule {
     pub dedupe: Option<RawDedupe>,
     pub updates: Option<Spanned<RawUpdates>>,
     pub forward: Option<RawForward>,
+    pub alerts: Option<RawAlerts>,
     #[serde(default)]
     pub tests: Vec<Spanned<RawTest>>,
 }
@@ -320,6 +321,13 @@ pub struct RawForward {
     pub burst: Option<Spanned<u32>>,
     pub base_url: Option<Spanned<String>>,
     pub api_key: Option<Spanned<String>>,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub silent_after: Option<Spanned<String>>,
 }
 
 /// `[[tests]]`.

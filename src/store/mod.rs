@@ -24,6 +24,7 @@ mod pg;
 mod read;
 mod schema;
 mod sqlite;
+mod stats;
 mod types;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use change::Preview;
 pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, ChangeOf, Claimed, excerpt, redact_api_key};
 pub use pg::{SharedLimit, redact_url};
 pub use read::{AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary};
+pub use stats::{ReasonCount, SourceActivity};
 pub use types::{
     ChangeRoute, DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused,
     RawPostback, Requeued, State,
@@ -327,6 +329,19 @@ impl Store {
         .await
     }
 
+    /// Makes retrying record `id` due now (the console's "send now"): the next claim takes
+    /// it without waiting for its backoff. `false` when the record is not `retrying`.
+    pub async fn send_now(&self, id: i64) -> Result<bool, StoreError> {
+        match self.pg() {
+            Some(pg) => {
+                let due = pg.send_now(id).await?;
+                self.woke(due);
+                Ok(due)
+            }
+            None => self.call(id, ops::send_now).await,
+        }
+    }
+
     /// Removes every pause of `scope` (an operator's resume). Returns how many were removed.
     pub async fn resume(&self, scope: PauseScope) -> Result<u64, StoreError> {
         self.resume_inner(scope, None).await
@@ -538,6 +553,53 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// For each of `sources`: the time of its last postback and its records received since
+    /// `hour` and since `day`, by state (index range reads, no table scan).
+    pub async fn activity(
+        &self,
+        sources: Vec<String>,
+        hour: Timestamp,
+        day: Timestamp,
+    ) -> Result<Vec<SourceActivity>, StoreError> {
+        match self.pg() {
+            Some(pg) => pg.activity(&sources, hour, day).await,
+            None => {
+                self.read(move |c| stats::activity(c, &sources, hour, day))
+                    .await
+            }
+        }
+    }
+
+    /// The newest `scan` records in state `of`, counted by source and reason, largest first.
+    pub async fn reason_groups(
+        &self,
+        of: State,
+        scan: usize,
+    ) -> Result<Vec<ReasonCount>, StoreError> {
+        match self.pg() {
+            Some(pg) => pg.reason_groups(of, scan).await,
+            None => self.read(move |c| stats::reason_groups(c, of, scan)).await,
+        }
+    }
+
+    /// The ids, newest first, of the records of one [`Store::reason_groups`] group (the
+    /// same `scan` bound).
+    pub async fn reason_ids(
+        &self,
+        of: State,
+        source: String,
+        reason: String,
+        scan: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        match self.pg() {
+            Some(pg) => pg.reason_ids(of, &source, &reason, scan).await,
+            None => {
+                self.read(move |c| stats::reason_ids(c, of, &source, &reason, scan))
+                    .await
+            }
+        }
     }
 
     /// Settles a claim (records the attempt, moves the record); `false` when the lease was

@@ -354,6 +354,23 @@ pub(crate) fn pause(
     Ok(())
 }
 
+/// Makes retrying record `id` due now (an operator's "send now"); `false` when it is not
+/// retrying. The retry count and the age bound are unchanged.
+pub(crate) fn send_now(
+    id: &i64,
+    c: &Connection,
+    now: Timestamp,
+    wakes: &mut bool,
+) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached(
+            "UPDATE records SET next_attempt_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'retrying'",
+        )?
+        .execute(params![id, now.as_millisecond()])?;
+    *wakes |= n > 0;
+    Ok(n > 0)
+}
+
 /// Removes the pauses of `scope` (only the one with `reason` when given); returns how many.
 pub(crate) fn resume(
     (scope, reason): &(PauseScope, Option<PauseReason>),

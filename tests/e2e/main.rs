@@ -4,6 +4,8 @@
 mod admin;
 mod admin_client;
 mod bad_input;
+mod browser;
+mod console;
 mod crash;
 mod forwarding;
 mod ingest;

@@ -3,6 +3,7 @@
 //! format on small inline rule files (`fields`, `params`, `flow`), load-time diagnostics
 //! (`load_errors`) and the `check` / `test` / `map` commands (`cli`).
 
+mod alerts;
 mod cli;
 mod fields;
 mod flow;

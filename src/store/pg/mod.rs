@@ -28,6 +28,7 @@ mod claim;
 mod limit;
 mod read;
 mod schema;
+mod stats;
 mod write;
 
 use std::time::Duration;

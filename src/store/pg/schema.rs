@@ -99,6 +99,10 @@ CREATE TABLE probe (
     id BIGINT PRIMARY KEY,
     at BIGINT NOT NULL
 );
+
+-- The console and the metrics read per source: the time of its last postback and what it
+-- sent in the last day, without scanning the table.
+CREATE INDEX records_source_received ON records (source, received_at);
 "#,
 ];
 

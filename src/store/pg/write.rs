@@ -244,6 +244,19 @@ impl PgStore {
         Ok(())
     }
 
+    /// Makes retrying record `id` due now; `false` when it is not retrying.
+    pub(crate) async fn send_now(&self, id: i64) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE records SET next_attempt_at = $2, updated_at = $2
+                 WHERE id = $1 AND state = 'retrying'",
+                &[&id, &Timestamp::now().as_millisecond()],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     /// Removes the pauses of `scope` (only the one with `reason` when given); how many.
     pub(crate) async fn resume(
         &self,
