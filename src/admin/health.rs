@@ -6,7 +6,10 @@
 //!   problem as `file:line:col: message` until the directory loads again);
 //! - `forwarding`: no pause covers all forwarding and Scaleo has not refused the API key
 //!   (an operator's pause of one source is listed but does not make the relay unready);
-//! - `progress`: when records are queued, the forwarder settled an attempt recently.
+//! - `progress`: when records are queued, the forwarder settled an attempt recently;
+//! - `deliveries`: the latest forward attempts did not all fail: [`FAILING_AFTER`] in a row
+//!   that went dead or were retried, with no delivery between, fail it (a wrong `base_url`
+//!   answering 404 to every conversion, a wrong host) until one is delivered.
 
 use crate::forward::ForwardStatus;
 use std::sync::Arc;
@@ -18,6 +21,9 @@ use serde::Serialize;
 use super::view::PauseJson;
 use crate::reload::Reloader;
 use crate::store::{PauseReason, PauseScope, State, Store};
+
+/// Attempts in a row that fail (dead or retried) before readiness says deliveries fail.
+pub const FAILING_AFTER: usize = 10;
 
 /// How long each check may take before it counts as failed: `/readyz` answers within a
 /// second even when the store stalls.
@@ -62,6 +68,9 @@ pub struct Readiness {
     pub rules: Check,
     pub forwarding: Check,
     pub progress: Check,
+    /// The latest forward attempts did not all fail (a wrong `base_url` answering 404 to
+    /// every conversion, a key refused...).
+    pub deliveries: Check,
 }
 
 /// What the checks look at.
@@ -95,12 +104,14 @@ impl Probes {
             bounded("progress", Box::pin(self.progress_check())),
         );
         let rules = self.rules_check();
+        let deliveries = self.deliveries_check();
         Readiness {
-            ready: store.ok && rules.ok && forwarding.ok && progress.ok,
+            ready: store.ok && rules.ok && forwarding.ok && progress.ok && deliveries.ok,
             store,
             rules,
             forwarding,
             progress,
+            deliveries,
         }
     }
 
@@ -177,6 +188,22 @@ impl Probes {
         };
         check.pauses = list;
         check
+    }
+
+    fn deliveries_check(&self) -> Check {
+        let Some(fwd) = &self.forwarder else {
+            return Check::ok("forwarder status not available");
+        };
+        let failing = fwd.snapshot().failing_in_row;
+        if failing < FAILING_AFTER {
+            return Check::ok(format!(
+                "{failing} failed attempt(s) in a row since the last delivery"
+            ));
+        }
+        Check::failed(format!(
+            "the last {failing} forward attempts all failed, none delivered (latest: {}); check scaleo.base_url, the API key and the rules",
+            fwd.last_failure().unwrap_or_default()
+        ))
     }
 
     async fn progress_check(&self) -> Check {

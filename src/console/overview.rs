@@ -170,6 +170,7 @@ pub(super) async fn page(ctx: &Ctx<'_>) -> Result<Answer, ConsoleError> {
             check("rules", &readiness.rules),
             check("forwarding", &readiness.forwarding),
             check("progress", &readiness.progress),
+            check("deliveries", &readiness.deliveries),
             check("store", &readiness.store),
         ],
     };

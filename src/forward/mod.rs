@@ -58,6 +58,10 @@ pub struct ForwardStatus {
     in_flight: AtomicUsize,
     /// Unix ms of the last settled attempt; 0 = none yet.
     last_progress_ms: AtomicI64,
+    /// Attempts in a row that did not get a conversion to Scaleo (dead or retried), and the
+    /// last one's reason: a wrong `base_url` (404 for all) or key shows on `/readyz`.
+    failing_in_row: AtomicUsize,
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// A snapshot of [`ForwardStatus`].
@@ -73,6 +77,8 @@ pub struct StatusSnapshot {
     pub in_flight: usize,
     /// When an attempt was last settled.
     pub last_progress: Option<Timestamp>,
+    /// Attempts in a row that failed (dead or retried) since the last delivery.
+    pub failing_in_row: usize,
 }
 
 impl ForwardStatus {
@@ -84,9 +90,34 @@ impl ForwardStatus {
             upstream_auth: self.upstream_auth.load(Ordering::Relaxed),
             outage: self.outage.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            failing_in_row: self.failing_in_row.load(Ordering::Relaxed),
             last_progress: (ms != 0)
                 .then(|| Timestamp::from_millisecond(ms).ok())
                 .flatten(),
+        }
+    }
+
+    /// The reason of the last failed attempt, when the latest ones all failed.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Counts an attempt's result: `Some(reason)` when it did not get the conversion to
+    /// Scaleo (dead or retried), `None` when it did (delivered, already there).
+    fn attempted(&self, failure: Option<&str>) {
+        match failure {
+            None => {
+                self.failing_in_row.store(0, Ordering::Relaxed);
+                if let Ok(mut g) = self.last_failure.lock() {
+                    *g = None;
+                }
+            }
+            Some(why) => {
+                self.failing_in_row.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut g) = self.last_failure.lock() {
+                    *g = Some(why.to_string());
+                }
+            }
         }
     }
 

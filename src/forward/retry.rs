@@ -74,7 +74,14 @@ pub fn classify(
     let Some(code) = status else {
         return Verdict::Retry {
             after: None,
-            reason: "no answer".into(),
+            // The client's error text (the key already redacted): connection refused, a TLS
+            // failure, a timeout... so a log line says which.
+            reason: match body.lines().next().map(str::trim) {
+                Some(why) if !why.is_empty() => {
+                    format!("no answer: {}", crate::store::excerpt(why, 300))
+                }
+                _ => "no answer".into(),
+            },
         };
     };
     let message = json.as_ref().map(describe).unwrap_or_default();

@@ -360,6 +360,13 @@ impl Worker {
             duration: answer.duration,
         };
         crate::metrics::forward_attempt((&verdict).into());
+        match &verdict {
+            Verdict::Delivered { .. } | Verdict::DuplicateUpstream => self.status.attempted(None),
+            Verdict::Dead { reason } | Verdict::Retry { reason, .. } => {
+                self.status.attempted(Some(reason))
+            }
+            Verdict::Paused { .. } => {}
+        }
         if matches!(verdict, Verdict::Delivered { .. }) {
             let waited = Timestamp::now().duration_since(c.received_at());
             crate::metrics::delivered_latency(waited.as_secs_f64());
