@@ -488,7 +488,7 @@ async fn tls_verify_full_with_the_right_ca_connects_and_stores() {
         ),
         (format!("{url}?sslmode=verify-ca"), Some(&bed.ca_file)),
     ] {
-        let store = connect_with(&url, ca_file.map(|p| p.as_ref()))
+        let store = connect_with(&url, ca_file)
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"));
         let id = stored_id(store.insert(queued("acme", "tls1", None)).await.unwrap());
