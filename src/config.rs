@@ -161,6 +161,11 @@ struct RawStore {
     retention: String,
     commit_batch: usize,
     timeout: String,
+    pool_size: usize,
+    connect_timeout: String,
+    /// Unset: `store.timeout` plus a second.
+    statement_timeout: Option<String>,
+    ca_file: Option<String>,
 }
 
 impl Default for RawStore {
@@ -171,6 +176,10 @@ impl Default for RawStore {
             retention: "30d".into(),
             timeout: "2s".into(),
             commit_batch: 256,
+            pool_size: 16,
+            connect_timeout: "5s".into(),
+            statement_timeout: None,
+            ca_file: None,
         }
     }
 }
@@ -290,6 +299,16 @@ pub struct StoreConfig {
     pub commit_batch: usize,
     /// The longest a store operation may take before it fails (ingest answers 503).
     pub timeout: Duration,
+    /// PostgreSQL: most connections one instance holds.
+    pub pool_size: usize,
+    /// PostgreSQL: the longest opening one connection (TCP, TLS, authentication) may take.
+    pub connect_timeout: Duration,
+    /// PostgreSQL: `SET statement_timeout` on every connection, so the server stops work
+    /// the relay gave up on (`store.timeout`) instead of holding its locks.
+    pub statement_timeout: Duration,
+    /// PostgreSQL: the CA file checking the server's certificate (`sslrootcert` in
+    /// `store.url` wins).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -300,6 +319,10 @@ impl std::fmt::Debug for StoreConfig {
             .field("retention", &self.retention)
             .field("commit_batch", &self.commit_batch)
             .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -578,6 +601,12 @@ fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| invalid(key, value, "an address and port such as 127.0.0.1:8080"))
 }
 
+/// Most PostgreSQL connections one instance may hold (`store.pool_size`).
+const MAX_POOL_SIZE: usize = 1000;
+/// `store.statement_timeout` when unset: this much above `store.timeout`, so the server never
+/// cancels a statement the relay still waits for, and stops one it gave up on soon after.
+const STATEMENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 const ANY_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
@@ -769,15 +798,70 @@ impl RawConfig {
                 "a postgres://user@host:port/database URL",
             ));
         }
+        let timeout = p.take(
+            duration("store.timeout", &st.timeout),
+            Duration::from_secs(2),
+        );
+        if !(1..=MAX_POOL_SIZE).contains(&st.pool_size) {
+            p.push(invalid(
+                "store.pool_size",
+                st.pool_size.to_string(),
+                format!(
+                    "between 1 and {MAX_POOL_SIZE} connections (each instance holds up to \
+                     this many; keep the sum over instances under PostgreSQL's max_connections)"
+                ),
+            ));
+        }
+        let connect_timeout = p.take(
+            duration("store.connect_timeout", &st.connect_timeout),
+            Duration::from_secs(5),
+        );
+        if connect_timeout.is_zero() {
+            p.push(invalid(
+                "store.connect_timeout",
+                &st.connect_timeout,
+                "a duration above zero such as \"5s\"",
+            ));
+        }
+        let statement_timeout = match &st.statement_timeout {
+            None => timeout + STATEMENT_TIMEOUT_MARGIN,
+            Some(text) => {
+                let d = p.take(duration("store.statement_timeout", text), Duration::ZERO);
+                if d.is_zero() {
+                    p.push(invalid(
+                        "store.statement_timeout",
+                        text,
+                        "a duration above zero such as \"3s\" (PostgreSQL's 0 would let an \
+                         abandoned statement run forever), or leave it unset for store.timeout \
+                         plus 1s",
+                    ));
+                } else if d.as_millis() > i32::MAX as u128 {
+                    p.push(invalid(
+                        "store.statement_timeout",
+                        text,
+                        "at most 24 days (PostgreSQL's limit)",
+                    ));
+                }
+                d
+            }
+        };
+        let ca_file = st.ca_file.map(PathBuf::from);
+        if let Some(url) = &url
+            && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && let Err(message) = crate::store::check_tls(url, ca_file.as_deref())
+        {
+            p.push(invalid("store.url", crate::store::redact_url(url), message));
+        }
         let store = StoreConfig {
             path: PathBuf::from(st.path),
             url,
             retention: p.take(duration("store.retention", &st.retention), Duration::ZERO),
             commit_batch: st.commit_batch,
-            timeout: p.take(
-                duration("store.timeout", &st.timeout),
-                Duration::from_secs(2),
-            ),
+            timeout,
+            pool_size: st.pool_size,
+            connect_timeout,
+            statement_timeout,
+            ca_file,
         };
         let level = self.log.level;
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {

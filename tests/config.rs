@@ -155,6 +155,56 @@ fn store_url_must_be_postgres_and_its_password_is_never_printed() {
 }
 
 #[test]
+fn the_postgres_pool_timeouts_and_tls_settings_are_validated() {
+    let head = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\n";
+    for (store, want) in [
+        (
+            "pool_size = 0",
+            "store.pool_size = \"0\": between 1 and 1000",
+        ),
+        (
+            "connect_timeout = \"0s\"",
+            "store.connect_timeout = \"0s\": a duration above zero",
+        ),
+        (
+            "connect_timeout = \"soon\"",
+            "store.connect_timeout = \"soon\"",
+        ),
+        (
+            "statement_timeout = \"0s\"",
+            "store.statement_timeout = \"0s\": a duration above zero",
+        ),
+        (
+            "url = \"postgres://relay:pw-s3cret@db/relay?sslmode=verify-full\"",
+            "sslmode=verify-full needs the CA",
+        ),
+        (
+            "url = \"postgres://relay@db/relay?sslmode=strict\"",
+            "sslmode=strict: expected disable, prefer, require, verify-ca or verify-full",
+        ),
+        (
+            "url = \"postgres://relay@db/relay?sslmode=verify-full\"\nca_file = \"/nonexistent/ca.pem\"",
+            "CA file /nonexistent/ca.pem: cannot read it",
+        ),
+    ] {
+        let config = format!("{head}{store}\n");
+        let (code, out) = check(&config, &[]);
+        assert_ne!(code, 0, "{config}: {out}");
+        assert!(
+            out.contains(want),
+            "for {store:?} expected {want:?} in:\n{out}"
+        );
+        assert!(!out.contains("pw-s3cret"), "{out}");
+    }
+    let config = format!(
+        "{head}url = \"postgres://relay@db/relay?sslmode=require\"\npool_size = 4\n\
+         connect_timeout = \"2s\"\nstatement_timeout = \"10s\"\n"
+    );
+    let (code, out) = check(&config, &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn every_problem_is_reported_at_once_with_its_line() {
     let config = "[server]\nlisten = \"everywhere\"\n\n[scaleo]\nbase_url = \"https://track.example.com\"\napi_key = \"${SCALEO_API_KEY}\"\n\n[admin]\ntoken = \"${RELAY_ADMIN_TOKEN}\"\n\n[forward]\nconcurrency = 0\n";
     let (code, out) = check(config, &[]);
@@ -347,4 +397,16 @@ fn serve_names_a_missing_config_file_and_an_unset_rule_secret_without_a_flag_it_
         !out.contains("use --no-env"),
         "serve has no --no-env: {out}"
     );
+}
+
+#[test]
+fn the_postgres_defaults_are_16_connections_5s_to_connect_and_a_second_above_store_timeout() {
+    let store = postback_relay::config::Config::for_local("http://127.0.0.1:9", "k").store;
+    assert_eq!(store.pool_size, 16);
+    assert_eq!(store.connect_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(
+        store.statement_timeout,
+        store.timeout + std::time::Duration::from_secs(1)
+    );
+    assert_eq!(store.ca_file, None);
 }

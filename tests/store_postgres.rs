@@ -388,3 +388,220 @@ async fn concurrent_changes_of_one_conversion_on_two_instances_are_decided_and_s
     let at_scaleo = lifecycle::overlay(start.as_object().unwrap(), &bodies);
     assert_eq!(lifecycle::tracked(&at_scaleo), current, "sent {sent:?}");
 }
+
+/// A CA and a server certificate it signs for `localhost` and 127.0.0.1 (PEM): the CA, the
+/// server certificate, the server key.
+fn certificates(ca_name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut server =
+        CertificateParams::new(vec!["db.relay.test".into(), "127.0.0.1".into()]).unwrap();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "db.relay.test");
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+const TLS_PASSWORD: &str = "tls-s3cret";
+
+/// The server with TLS (and a password) shared by the TLS tests, and its CA file.
+struct TlsBed {
+    server: pg::PrivateServer,
+    ca_file: std::path::PathBuf,
+    other_ca_file: std::path::PathBuf,
+}
+
+static TLS_BED: tokio::sync::OnceCell<TlsBed> = tokio::sync::OnceCell::const_new();
+
+async fn tls_bed() -> &'static TlsBed {
+    TLS_BED
+        .get_or_init(async || {
+            let (ca, cert, key) = certificates("relay test CA");
+            let (other_ca, _, _) = certificates("someone else's CA");
+            let server = pg::PrivateServer::new(pg::Options {
+                tls: Some((cert, key)),
+                password: Some(TLS_PASSWORD.into()),
+            })
+            .await;
+            let dir = tempfile::tempdir().unwrap().keep();
+            let (ca_file, other_ca_file) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+            std::fs::write(&ca_file, ca).unwrap();
+            std::fs::write(&other_ca_file, other_ca).unwrap();
+            TlsBed {
+                server,
+                ca_file,
+                other_ca_file,
+            }
+        })
+        .await
+}
+
+/// Connects with `url` (and `store.ca_file`), returning the error text if it fails.
+async fn connect_with(url: &str, ca_file: Option<&std::path::Path>) -> Result<Store, String> {
+    let mut cfg = store_config(&std::env::temp_dir());
+    cfg.url = Some(url.to_string());
+    cfg.ca_file = ca_file.map(std::path::Path::to_path_buf);
+    Store::connect(&cfg).await.map_err(|e| e.to_string())
+}
+
+/// Whether every relay connection to the database of `url` is encrypted (seen by the server).
+async fn relay_connections_encrypted(bed: &TlsBed, url: &str) -> (i64, i64) {
+    let db = url.split('?').next().unwrap().rsplit('/').next().unwrap();
+    let admin = format!(
+        "host=127.0.0.1 port={} user=relay password={TLS_PASSWORD} dbname=postgres",
+        bed.server.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.datname = $1 \
+             AND a.application_name = 'postback-relay'",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verify_full_with_the_right_ca_connects_and_stores() {
+    let bed = tls_bed().await;
+    let url = bed.server.fresh_db().await;
+    let ca = bed.ca_file.display();
+    for (url, ca_file) in [
+        // The CA in the URL, as libpq reads it, or in store.ca_file.
+        (format!("{url}?sslmode=verify-full&sslrootcert={ca}"), None),
+        (
+            format!("{url}?sslmode=verify-full"),
+            Some(bed.ca_file.as_path()),
+        ),
+        (format!("{url}?sslmode=verify-ca"), Some(&bed.ca_file)),
+    ] {
+        let store = connect_with(&url, ca_file)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let id = stored_id(store.insert(queued("acme", "tls1", None)).await.unwrap());
+        assert!(store.get(id).await.unwrap().is_some());
+        let (all, encrypted) = relay_connections_encrypted(bed, &url).await;
+        assert!(
+            all >= 1 && encrypted == all,
+            "{encrypted} of {all} encrypted"
+        );
+        drop(store);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_require_encrypts_without_a_ca() {
+    let bed = tls_bed().await;
+    let url = format!("{}?sslmode=require", bed.server.fresh_db().await);
+    let store = connect_with(&url, None).await.unwrap();
+    store.insert(queued("acme", "req1", None)).await.unwrap();
+    let (all, encrypted) = relay_connections_encrypted(bed, &url).await;
+    assert!(
+        all >= 1 && encrypted == all,
+        "{encrypted} of {all} encrypted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_wrong_ca_or_host_name_is_refused_as_not_trusted() {
+    let bed = tls_bed().await;
+    let url = bed.server.fresh_db().await;
+    let wrong = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        bed.other_ca_file.display()
+    );
+    let err = connect_with(&wrong, None).await.err().expect("refused");
+    assert!(err.contains("certificate was not trusted"), "{err}");
+    assert!(
+        err.contains(&bed.other_ca_file.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains(TLS_PASSWORD), "{err}");
+    // `require` with a CA file checks the chain, as libpq's does.
+    let err = connect_with(&format!("{url}?sslmode=require"), Some(&bed.other_ca_file))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.contains("certificate was not trusted"), "{err}");
+    // The right CA, but the certificate does not name the host connected to ("localhost").
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let err = connect_with(
+        &format!("{by_name}?sslmode=verify-full"),
+        Some(&bed.ca_file),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        err.contains("not valid for the host name localhost"),
+        "{err}"
+    );
+    // verify-ca does not check the name.
+    connect_with(&format!("{by_name}?sslmode=verify-ca"), Some(&bed.ca_file))
+        .await
+        .unwrap();
+    // A CA that is not a file fails before any connection, naming it.
+    let err = connect_with(
+        &format!("{url}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"),
+        None,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        err.contains("CA file /nonexistent/ca.pem: cannot read it"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tls_required_of_a_server_without_tls_fails_clearly() {
+    let url = format!("{}?sslmode=require", pg::fresh_db().await);
+    let err = connect_with(&url, None).await.err().expect("refused");
+    assert!(err.contains("does not offer TLS"), "{err}");
+    // The default (prefer) falls back to plain TCP there, as libpq does.
+    connect_with(&url.replace("require", "prefer"), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_password_says_authentication_failed_for_whom_and_where() {
+    let bed = tls_bed().await;
+    let url = bed
+        .server
+        .fresh_db()
+        .await
+        .replace(TLS_PASSWORD, "not-the-password");
+    let err = connect_with(&url, None).await.err().expect("refused");
+    let port = bed.server.port();
+    assert!(
+        err.contains(&format!(
+            "authentication failed for user relay at 127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
+    let no_password = url.replace(":not-the-password", "");
+    let err = connect_with(&no_password, None)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("authentication failed for user relay"),
+        "{err}"
+    );
+}

@@ -39,7 +39,7 @@ use crate::config::StoreConfig;
 
 pub use change::Preview;
 pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, ChangeOf, Claimed, excerpt, redact_api_key};
-pub use pg::{SharedLimit, redact_url};
+pub use pg::{SharedLimit, check_tls, redact_url};
 pub use read::{AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary};
 pub use stats::{ReasonCount, SourceActivity};
 pub use types::{
@@ -65,10 +65,10 @@ pub enum StoreError {
     #[error("store.url is set: open the PostgreSQL store with Store::connect")]
     NeedsConnect,
     /// PostgreSQL refused an operation (or the connection broke).
-    #[error("database error: {0}")]
+    #[error("database error: {}", error_chain(.0.as_ref()))]
     Pg(Arc<tokio_postgres::Error>),
     /// No PostgreSQL connection could be had from the pool.
-    #[error("database pool: {0}")]
+    #[error("database pool: {}", error_chain(.0.as_ref()))]
     Pool(Arc<deadpool_postgres::PoolError>),
     /// `store.url` is not a usable PostgreSQL URL (the password, if any, is redacted).
     #[error("store.url {url}: {message}")]
@@ -90,6 +90,22 @@ pub enum StoreError {
     /// A stored value could not be read back (a corrupt row or a bug).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+}
+
+/// `e` and its causes, each once: tokio-postgres' errors show only their kind ("db error",
+/// "error performing TLS handshake") and keep the reason in their source.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -144,7 +160,7 @@ impl Store {
     pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
         match &cfg.url {
             Some(url) => {
-                let pg = pg::PgStore::connect(url).await?;
+                let pg = pg::PgStore::connect(url, cfg).await?;
                 Ok(Store::with_backend(
                     Backend::Postgres(pg),
                     Arc::new(Notify::new()),

@@ -276,6 +276,197 @@ async fn claims_of_a_killed_instance_are_taken_over_by_the_other() {
     sandbox.shutdown();
 }
 
+/// What the senders saw during [`a_database_restart_costs_only_503s_and_loses_nothing_acknowledged`].
+#[derive(Default)]
+struct Seen {
+    /// Click ids answered 200 `accepted`.
+    acked: Vec<String>,
+    unavailable: usize,
+    /// Anything but 200 or 503: (status, body).
+    other: Vec<(u16, String)>,
+    slowest: Duration,
+}
+
+/// PostgreSQL stopped (`pg_ctl stop -m fast`) for about ten seconds and started again while
+/// postbacks keep coming: ingest answers 503 within `store.timeout` while it is down (never
+/// 200), `/readyz` says the store cannot commit and why, forwarding waits, and both recover
+/// by themselves once it is back (the pool replaces its broken connections); every
+/// acknowledged postback reaches Scaleo exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_restart_costs_only_503s_and_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = pg::PrivateServer::new(pg::Options::default()).await;
+    let url = server.fresh_db().await;
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("rules")).unwrap();
+    std::fs::write(root.path().join("rules/shop.toml"), SHOP).unwrap();
+    let store_timeout = Duration::from_secs(1);
+    let cfg = config(&sandbox, root.path().to_path_buf(), |c| {
+        c.store.url = Some(url.clone());
+        c.store.timeout = store_timeout;
+        c.store.connect_timeout = Duration::from_secs(1);
+    });
+    let relay = serve::start(cfg).await.expect("relay starts on PostgreSQL");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = tokio::task::JoinSet::new();
+    for s in 0..4 {
+        let (client, seen, stop) = (client.clone(), seen.clone(), stop.clone());
+        let base = format!("http://{}/postback/shop", relay.ingest_addr);
+        senders.spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let cid = format!("r{s}x{n}");
+                let start = Instant::now();
+                let resp = client
+                    .get(format!("{base}?cid={cid}&amt=100"))
+                    .send()
+                    .await
+                    .expect("the relay answers");
+                let status = resp.status().as_u16();
+                let body = resp.text().await.unwrap_or_default();
+                let took = start.elapsed();
+                {
+                    let mut seen = seen.lock().unwrap();
+                    seen.slowest = seen.slowest.max(took);
+                    match status {
+                        200 if body.contains("\"accepted\"") => seen.acked.push(cid),
+                        503 => seen.unavailable += 1,
+                        _ => seen.other.push((status, body)),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    let readyz = async || {
+        let resp = client
+            .get(format!("http://{}/readyz", relay.admin_addr))
+            .send()
+            .await
+            .unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.json::<serde_json::Value>().await.unwrap())
+    };
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked_before = seen.lock().unwrap().acked.len();
+    assert!(acked_before > 0, "nothing accepted before the outage");
+    server.stop().await;
+    let down_at = Instant::now();
+
+    // Down: not ready, saying why.
+    let mut body = serde_json::Value::Null;
+    let unready = until(Duration::from_secs(5), async || {
+        let (code, b) = readyz().await;
+        body = b;
+        code == 503 && body["store"]["ok"] == false
+    })
+    .await;
+    assert!(unready, "/readyz while the database is down: {body}");
+    let why = body["store"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("cannot commit") && why.contains("connect"),
+        "/readyz does not say why: {why}"
+    );
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(down_at.elapsed())).await;
+    // Forwarding waits: nothing goes to Scaleo while the database is down.
+    let calls_down = sandbox.received().len();
+    let acked_down = seen.lock().unwrap().acked.len();
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_at.elapsed())).await;
+    assert_eq!(sandbox.received().len(), calls_down, "forwarded while down");
+    assert_eq!(
+        seen.lock().unwrap().acked.len(),
+        acked_down,
+        "200 while the database was down"
+    );
+
+    server.start().await;
+    let back_at = Instant::now();
+    // Both recover by themselves.
+    let recovered = until(Duration::from_secs(15), async || {
+        seen.lock().unwrap().acked.len() > acked_down
+    })
+    .await;
+    assert!(
+        recovered,
+        "ingest did not recover once the database was back"
+    );
+    let ready = until(Duration::from_secs(15), async || {
+        let (code, b) = readyz().await;
+        body = b;
+        code == 200
+    })
+    .await;
+    assert!(ready, "/readyz after the restart: {body}");
+    let recovery = back_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = senders.join_next().await {
+        r.unwrap();
+    }
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.other.is_empty(),
+        "neither 200 nor 503: {:?}",
+        seen.other
+    );
+    assert!(seen.unavailable > 0, "no 503 while the database was down");
+    assert!(
+        seen.slowest < store_timeout + Duration::from_millis(1500),
+        "an answer took {:?}: ingest hung past store.timeout",
+        seen.slowest
+    );
+    // Every acknowledged postback lands at Scaleo exactly once.
+    let mut landed: Vec<String> = Vec::new();
+    let all = until(Duration::from_secs(30), async || {
+        landed = sandbox
+            .accepted()
+            .iter()
+            .filter_map(|b| b["click_id"].as_str().map(str::to_string))
+            .collect();
+        seen.acked.iter().all(|c| landed.contains(c))
+    })
+    .await;
+    let missing: Vec<&String> = seen.acked.iter().filter(|c| !landed.contains(c)).collect();
+    assert!(all, "acknowledged but never forwarded: {missing:?}");
+    let mut unique = landed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), landed.len(), "a conversion landed twice");
+    eprintln!(
+        "database restart: {} accepted, {} answered 503, slowest answer {:?}, ingest and \
+         readiness back {recovery:?} after the start; /readyz while down: {why}",
+        seen.acked.len(),
+        seen.unavailable,
+        seen.slowest
+    );
+    relay.stop().await;
+    sandbox.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_relays_send_a_conversions_changes_in_order_and_once() {
     let (url, sandbox) = bed().await;

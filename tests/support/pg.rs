@@ -7,6 +7,9 @@
 //! as root (PostgreSQL refuses root). A watchdog shell waits for the test process to end
 //! (normally or by a panic) and then stops the server and removes the directory. Missing
 //! binaries fail the test with what to install: a PostgreSQL test never passes silently.
+//!
+//! A test that needs a server of its own (TLS, a password, or one it stops and starts again)
+//! takes a [`PrivateServer`]: the same setup with [`Options`], stopped and removed on drop.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -24,19 +27,25 @@ static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// The URL of a new, empty database on this binary's server (started on first use).
 pub async fn fresh_db() -> String {
-    let server = match SERVER.get_or_init(start) {
+    let server = match SERVER.get_or_init(|| start(&Options::default()).map(|i| i.server)) {
         Ok(s) => s,
         Err(e) => panic!("{e}"),
     };
+    create_db(server.port, None).await
+}
+
+/// Creates a database on the server at `port` and returns its URL.
+async fn create_db(port: u16, password: Option<&str>) -> String {
     let name = format!(
         "t{}_{}",
         std::process::id(),
         NEXT_DB.fetch_add(1, Ordering::Relaxed)
     );
-    let admin = format!(
-        "host=127.0.0.1 port={} user=relay dbname=postgres connect_timeout=10",
-        server.port
-    );
+    let mut admin =
+        format!("host=127.0.0.1 port={port} user=relay dbname=postgres connect_timeout=10");
+    if let Some(pw) = password {
+        admin.push_str(&format!(" password={pw}"));
+    }
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
         .expect("connecting to the test PostgreSQL server");
@@ -47,7 +56,94 @@ pub async fn fresh_db() -> String {
         .expect("CREATE DATABASE");
     drop(client);
     let _ = conn.await;
-    format!("postgres://relay@127.0.0.1:{}/{name}", server.port)
+    match password {
+        Some(pw) => format!("postgres://relay:{pw}@127.0.0.1:{port}/{name}"),
+        None => format!("postgres://relay@127.0.0.1:{port}/{name}"),
+    }
+}
+
+/// What a [`PrivateServer`] has beyond the shared one.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// `ssl=on` with this certificate chain and key (PEM).
+    pub tls: Option<(String, String)>,
+    /// TCP connections authenticate with SCRAM as `relay` with this password (else trust).
+    pub password: Option<String>,
+}
+
+/// A server of one test's own: stopped and started again at will ([`PrivateServer::stop`],
+/// [`PrivateServer::start`]), stopped and removed when dropped (or by the watchdog).
+pub struct PrivateServer {
+    port: u16,
+    password: Option<String>,
+    dir: PathBuf,
+    data: PathBuf,
+    bin: PathBuf,
+    root: bool,
+    options: String,
+}
+
+impl PrivateServer {
+    /// Starts a server with `opts` (initdb and pg_ctl start, off the async runtime).
+    pub async fn new(opts: Options) -> PrivateServer {
+        let password = opts.password.clone();
+        let inst = tokio::task::spawn_blocking(move || start(&opts))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+        PrivateServer {
+            port: inst.server.port,
+            password,
+            dir: inst.dir,
+            data: inst.data,
+            bin: inst.bin,
+            root: inst.root,
+            options: inst.options,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A new database on this server (its URL has the password, if any).
+    pub async fn fresh_db(&self) -> String {
+        create_db(self.port, self.password.as_deref()).await
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are ended, the server is gone when this returns.
+    pub async fn stop(&self) {
+        let mut ctl = pg_command(&self.bin, "pg_ctl", self.root);
+        ctl.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "30", "stop"]);
+        tokio::task::spawn_blocking(move || run(ctl, "pg_ctl stop"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub async fn start(&self) {
+        let ctl = start_command(&self.bin, self.root, &self.dir, &self.data, &self.options);
+        tokio::task::spawn_blocking(move || run(ctl, "pg_ctl start"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let mut ctl = pg_command(&self.bin, "pg_ctl", self.root);
+        ctl.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "-t", "10", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = ctl.status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Where `initdb` and `pg_ctl` are: PATH first, then Debian's versioned directories.
@@ -118,7 +214,18 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("local_addr: {e}"))
 }
 
-fn start() -> Result<Server, String> {
+/// A started server and where it lives.
+struct Instance {
+    server: Server,
+    dir: PathBuf,
+    data: PathBuf,
+    bin: PathBuf,
+    root: bool,
+    /// The `-o` options of `pg_ctl start` (with the port).
+    options: String,
+}
+
+fn start(opts: &Options) -> Result<Instance, String> {
     let bin = bin_dir()?;
     let root = is_root();
     let dir = tempfile::Builder::new()
@@ -127,6 +234,24 @@ fn start() -> Result<Server, String> {
         .map_err(|e| format!("temp dir: {e}"))?
         .keep();
     let data = dir.join("data");
+    let mut extra = String::new();
+    if let Some(pw) = &opts.password {
+        std::fs::write(dir.join("pwfile"), pw).map_err(|e| format!("pwfile: {e}"))?;
+    }
+    if let Some((cert, key)) = &opts.tls {
+        use std::os::unix::fs::PermissionsExt;
+        let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&cert_file, cert).map_err(|e| format!("server.crt: {e}"))?;
+        std::fs::write(&key_file, key).map_err(|e| format!("server.key: {e}"))?;
+        // PostgreSQL refuses a key file others can read.
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod server.key: {e}"))?;
+        extra = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert_file.display(),
+            key_file.display()
+        );
+    }
     if root {
         let mut chown = Command::new("chown");
         chown.args(["-R", "postgres:postgres"]).arg(&dir);
@@ -137,30 +262,55 @@ fn start() -> Result<Server, String> {
     initdb
         .arg("-D")
         .arg(&data)
-        .args(["-U", "relay", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        .args(["-U", "relay", "-E", "UTF8", "--no-sync"]);
+    if opts.password.is_some() {
+        initdb
+            .arg(format!("--pwfile={}", dir.join("pwfile").display()))
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
+    } else {
+        initdb.arg("--auth=trust");
+    }
     run(initdb, "initdb")?;
     let mut last = String::new();
     for _ in 0..3 {
         let port = free_port()?;
-        let mut ctl = pg_command(&bin, "pg_ctl", root);
-        ctl.arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-w", "-t", "30", "-o"])
-            .arg(format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} \
-                 -c fsync=on -c max_connections=300",
-                dir.display()
-            ))
-            .arg("start");
-        match run(ctl, "pg_ctl start") {
-            Ok(()) => return Ok(Server { port }),
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} \
+             -c fsync=on -c max_connections=300{extra}",
+            dir.display()
+        );
+        match run(
+            start_command(&bin, root, &dir, &data, &options),
+            "pg_ctl start",
+        ) {
+            Ok(()) => {
+                return Ok(Instance {
+                    server: Server { port },
+                    dir,
+                    data,
+                    bin,
+                    root,
+                    options,
+                });
+            }
             Err(e) => last = e,
         }
     }
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     Err(format!("{last}\nserver.log:\n{log}"))
+}
+
+/// `pg_ctl start` of the server in `data` with `options`, waiting until it accepts.
+fn start_command(bin: &Path, root: bool, dir: &Path, data: &Path, options: &str) -> Command {
+    let mut ctl = pg_command(bin, "pg_ctl", root);
+    ctl.arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .args(["-w", "-t", "30", "-o"])
+        .arg(options)
+        .arg("start");
+    ctl
 }
 
 /// Stops the server and removes `dir` once this test process is gone, however it ends.

@@ -15,6 +15,10 @@ pub fn store_config(dir: &Path) -> StoreConfig {
         retention: Duration::from_secs(30 * 86_400),
         commit_batch: 64,
         timeout: Duration::from_secs(2),
+        pool_size: 16,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(3),
+        ca_file: None,
     }
 }
 

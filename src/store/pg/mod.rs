@@ -20,8 +20,12 @@
 //! Due times (`next_attempt_at`) come from the instances' clocks, leases from the database
 //! clock: keep the instances' clocks in sync (NTP) as for any service.
 //!
-//! Connections are plain TCP (`NoTls`): TLS is not supported yet, so the database must be
-//! reached over a trusted network (loopback, a private network or a tunnel).
+//! Connections ([`PgStore::connect`]): a pool of up to `store.pool_size` per instance, TLS
+//! as libpq's `sslmode` says (see [`tls`]), each connection opened within
+//! `store.connect_timeout` and given `SET statement_timeout` (`store.statement_timeout`), and
+//! checked with an empty query before each use (`RecyclingMethod::Verified`, bounded by
+//! [`RECYCLE_WAIT`]): a connection broken by a database restart or a network that dropped it
+//! is replaced instead of failing an operation, so the relay recovers by itself.
 
 mod change;
 mod claim;
@@ -29,32 +33,40 @@ mod limit;
 mod read;
 mod schema;
 mod stats;
+mod tls;
 mod write;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use jiff::Timestamp;
-use tokio_postgres::NoTls;
 
 use super::StoreError;
+use crate::config::StoreConfig;
 
 pub use limit::SharedLimit;
 
-/// Most connections one instance holds.
-const POOL_SIZE: usize = 16;
-/// How long an operation waits for a connection (or to open one) before it fails.
-const POOL_WAIT: Duration = Duration::from_secs(10);
+/// The longest the check of a pooled connection before its use may take; a connection that
+/// does not answer in time (a half-open TCP connection) is dropped and another one used.
+const RECYCLE_WAIT: Duration = Duration::from_secs(1);
 
 /// A pool of connections to the shared database.
 pub(crate) struct PgStore {
     pool: Pool,
 }
 
+/// Checks the TLS settings of `url` and `store.ca_file` (the CA file read): `check` and the
+/// config validation report them before a connection is tried.
+pub fn check_tls(url: &str, ca_file: Option<&std::path::Path>) -> Result<(), String> {
+    tls::check(url, ca_file)
+}
+
 impl PgStore {
-    /// Connects to `url` (`postgres://user[:password]@host[:port]/db`) and brings the schema
-    /// up to date.
-    pub(crate) async fn connect(url: &str) -> Result<PgStore, StoreError> {
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/db[?sslmode=...]`) with the
+    /// pool and timeouts of `cfg`, and brings the schema up to date.
+    pub(crate) async fn connect(url: &str, cfg: &StoreConfig) -> Result<PgStore, StoreError> {
         let bad = |message: String| StoreError::Url {
             url: redact_url(url),
             message,
@@ -62,35 +74,131 @@ impl PgStore {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(bad("not a postgres:// URL".into()));
         }
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("{e}")))?;
-        config.connect_timeout(POOL_WAIT);
+        let (plain_url, settings) = tls::split_url(url, cfg.ca_file.as_deref()).map_err(bad)?;
+        let tls = tls::MakeRustls::new(&settings).map_err(bad)?;
+        let mut config: tokio_postgres::Config =
+            plain_url.parse().map_err(|e| bad(format!("{e}")))?;
+        config.ssl_mode(settings.mode.for_postgres());
+        config.connect_timeout(cfg.connect_timeout);
         if config.get_application_name().is_none() {
             config.application_name("postback-relay");
         }
+        let target = Target::of(&config);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                recycling_method: RecyclingMethod::Verified,
             },
         );
+        let set_timeout = format!(
+            "SET statement_timeout = {}",
+            cfg.statement_timeout.as_millis().min(i32::MAX as u128)
+        );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(cfg.pool_size.max(1))
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .recycle_timeout(Some(POOL_WAIT))
+            .wait_timeout(Some(cfg.connect_timeout))
+            .create_timeout(Some(cfg.connect_timeout))
+            .recycle_timeout(Some(RECYCLE_WAIT.min(cfg.connect_timeout)))
+            .post_create(Hook::async_fn(move |client, _| {
+                let sql = set_timeout.clone();
+                Box::pin(async move {
+                    client
+                        .simple_query(&sql)
+                        .await
+                        .map(|_| ())
+                        .map_err(HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| bad(format!("{e}")))?;
         let store = PgStore { pool };
         let mut client = store.pool.get().await.map_err(|e| {
             bad(format!(
                 "cannot connect: {}",
-                StoreError::Pool(std::sync::Arc::new(e))
+                target.explain(&e, cfg.connect_timeout)
             ))
         })?;
         schema::migrate(&mut client).await?;
         Ok(store)
+    }
+}
+
+/// Who connects where, for errors (never the password).
+struct Target {
+    user: String,
+    hosts: String,
+}
+
+impl Target {
+    fn of(config: &tokio_postgres::Config) -> Target {
+        let ports = config.get_ports();
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match h {
+                    tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                    tokio_postgres::config::Host::Unix(path) => {
+                        format!("{} (port {port})", path.display())
+                    }
+                }
+            })
+            .collect();
+        Target {
+            user: config.get_user().unwrap_or("(none)").to_string(),
+            hosts: if hosts.is_empty() {
+                "localhost:5432".into()
+            } else {
+                hosts.join(", ")
+            },
+        }
+    }
+
+    /// A failure to connect, saying what to look at.
+    fn explain(&self, e: &PoolError, connect_timeout: Duration) -> String {
+        let Target { user, hosts } = self;
+        match e {
+            PoolError::Backend(pe) | PoolError::PostCreateHook(HookError::Backend(pe)) => {
+                if let Some(db) = pe.as_db_error() {
+                    use tokio_postgres::error::SqlState;
+                    if *db.code() == SqlState::INVALID_PASSWORD
+                        || *db.code() == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                    {
+                        return format!(
+                            "authentication failed for user {user} at {hosts}: {} (check the \
+                             user and password in store.url, and the server's pg_hba.conf)",
+                            db.message()
+                        );
+                    }
+                }
+                let text = super::error_chain(pe);
+                if text.contains("password missing") {
+                    return format!(
+                        "authentication failed for user {user} at {hosts}: the server asks for \
+                         a password and store.url has none"
+                    );
+                }
+                if text.contains("server does not support TLS") {
+                    return format!(
+                        "{text}: the server at {hosts} does not offer TLS, and the sslmode in \
+                         store.url requires it (turn ssl on in the server, or use \
+                         sslmode=disable only on a trusted network)"
+                    );
+                }
+                format!("{text} (user {user} at {hosts})")
+            }
+            PoolError::Timeout(_) => format!(
+                "no connection to {hosts} within store.connect_timeout ({connect_timeout:?})"
+            ),
+            other => format!(
+                "database pool: {} (user {user} at {hosts})",
+                super::error_chain(other)
+            ),
+        }
     }
 }
 

@@ -109,6 +109,9 @@ CREATE INDEX records_source_received ON records (source, received_at);
 /// Brings the schema up to date (idempotent, safe when instances start together).
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    // A migration of a large table, or waiting for another instance's, may take longer than
+    // store.statement_timeout: lifted for this transaction only.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
