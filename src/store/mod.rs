@@ -56,6 +56,10 @@ pub enum StoreError {
     /// The data directory could not be created.
     #[error("cannot create store directory {path}: {message}")]
     Dir { path: PathBuf, message: String },
+    /// The SQLite file was deleted or replaced while the relay ran: nothing more is written
+    /// (it would be lost), every write fails until the file is back or the relay restarts.
+    #[error("the store file {} {what} while the relay was running: nothing is acknowledged until it is restored or the relay restarts", path.display())]
+    FileGone { path: PathBuf, what: String },
     /// The writer thread is gone (the store is shutting down or it crashed).
     #[error("the store writer has stopped")]
     Closed,
