@@ -268,17 +268,36 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     })
 }
 
+/// The process signals, registered before the listeners open: a SIGHUP sent as soon as the
+/// relay answers must reload the rules, never kill the process (the default action).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the rules.
-pub async fn run_until_signal(running: Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
+pub async fn run_until_signal(running: Running, signals: Signals) -> anyhow::Result<()> {
+    let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             // The reloader logs the outcome (each problem with file:line:col).
-            _ = hup.recv() => { let _ = running.reload(); }
+            // Off the signal loop, bounded: a reload stuck on a file never stops SIGTERM.
+            _ = hup.recv() => {
+                let reloader = running.reloader.clone();
+                tokio::spawn(async move { let _ = reloader.reload_bounded(Trigger::Signal).await; });
+            }
         }
     }
     tracing::info!("shutting down: no new postbacks, finishing in-flight work");
