@@ -348,3 +348,30 @@ fn serve_names_a_missing_config_file_and_an_unset_rule_secret_without_a_flag_it_
         "serve has no --no-env: {out}"
     );
 }
+
+#[test]
+fn a_syntax_error_names_the_line_but_never_prints_an_inline_secret() {
+    let cases = [
+        (
+            "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\nurl = \"postgres://relay:pw-s3cret@db:5432/relay\n",
+            "pw-s3cret",
+            "line 5",
+        ),
+        (
+            "[scaleo]\nbase_url = \"http://x\"\napi_key = \"key-s3cret\n",
+            "key-s3cret",
+            "line 3",
+        ),
+        (
+            "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[admin]\ntoken = \"tok-s3cret\" trailing\n",
+            "tok-s3cret",
+            "line 5",
+        ),
+    ];
+    for (config, secret, line) in cases {
+        let (code, out) = check(config, &[]);
+        assert_ne!(code, 0, "{out}");
+        assert!(!out.contains(secret), "the secret is printed:\n{out}");
+        assert!(out.contains(line), "the line is not named:\n{out}");
+    }
+}
