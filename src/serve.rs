@@ -246,6 +246,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             forwarder: Some(forward_status.clone()),
             stall_after: stall_after(&cfg),
         },
+        read_timeout: cfg.server.read_timeout,
     });
     tasks.push(tokio::spawn(admin::server::serve(
         admin_listener,
