@@ -66,8 +66,9 @@ pub enum StoreError {
     /// `store.url` is set: the PostgreSQL store is opened with [`Store::connect`].
     #[error("store.url is set: open the PostgreSQL store with Store::connect")]
     NeedsConnect,
-    /// PostgreSQL refused an operation (or the connection broke).
-    #[error("database error: {0}")]
+    /// PostgreSQL refused an operation (or the connection broke); its own message is shown
+    /// (tokio-postgres alone says only "db error").
+    #[error("database error: {}", pg_message(.0))]
     Pg(Arc<tokio_postgres::Error>),
     /// No PostgreSQL connection could be had from the pool.
     #[error("database pool: {0}")]
@@ -92,6 +93,14 @@ pub enum StoreError {
     /// A stored value could not be read back (a corrupt row or a bug).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+}
+
+/// The server's message and code for an error PostgreSQL reported, else the error itself.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -66,6 +66,8 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("postback-relay");
         }
+        let user = config.get_user().unwrap_or("(none)").to_string();
+        let host = where_of(&config);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -83,13 +85,69 @@ impl PgStore {
             .map_err(|e| bad(format!("{e}")))?;
         let store = PgStore { pool };
         let mut client = store.pool.get().await.map_err(|e| {
-            bad(format!(
-                "cannot connect: {}",
-                StoreError::Pool(std::sync::Arc::new(e))
-            ))
+            let auth = match &e {
+                deadpool_postgres::PoolError::Backend(pg) => auth_failure(
+                    pg.as_db_error().map(|d| (d.code(), d.message())),
+                    &pg.to_string(),
+                    &user,
+                    &host,
+                ),
+                _ => None,
+            };
+            bad(auth.unwrap_or_else(|| {
+                format!(
+                    "cannot connect: {}",
+                    StoreError::Pool(std::sync::Arc::new(e))
+                )
+            }))
         })?;
         schema::migrate(&mut client).await?;
         Ok(store)
+    }
+}
+
+/// `host:port` (each of them, for several hosts) of a connection config, for errors.
+fn where_of(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Says "authentication failed" with the user and host when that is why a connection was
+/// refused (a wrong password, a missing one, a role that may not log in); `None` for any
+/// other failure. Never includes the password: PostgreSQL's message names only the user.
+fn auth_failure(
+    db: Option<(&tokio_postgres::error::SqlState, &str)>,
+    text: &str,
+    user: &str,
+    host: &str,
+) -> Option<String> {
+    use tokio_postgres::error::SqlState;
+    match db {
+        Some((code, message))
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            Some(format!(
+                "authentication failed for user {user:?} at {host}: {message} (check the password in store.url or RELAY__STORE__URL, and pg_hba.conf)"
+            ))
+        }
+        None if text.contains("password missing") => Some(format!(
+            "authentication failed for user {user:?} at {host}: the server asks for a password and store.url has none"
+        )),
+        _ => None,
     }
 }
 
@@ -136,7 +194,46 @@ const DB_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{auth_failure, redact_url};
+    use tokio_postgres::error::SqlState;
+
+    #[test]
+    fn a_refused_password_says_authentication_failed_for_which_user_and_host() {
+        let msg = auth_failure(
+            Some((
+                &SqlState::INVALID_PASSWORD,
+                "password authentication failed for user \"relay\"",
+            )),
+            "db error",
+            "relay",
+            "db.internal:5432",
+        )
+        .unwrap();
+        assert!(
+            msg.starts_with("authentication failed for user \"relay\" at db.internal:5432"),
+            "{msg}"
+        );
+        let missing = auth_failure(
+            None,
+            "invalid configuration: password missing",
+            "relay",
+            "127.0.0.1:5432",
+        )
+        .unwrap();
+        assert!(
+            missing.contains("authentication failed") && missing.contains("127.0.0.1:5432"),
+            "{missing}"
+        );
+        assert_eq!(
+            auth_failure(
+                Some((&SqlState::UNDEFINED_TABLE, "x")),
+                "db error",
+                "relay",
+                "h:1"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn the_password_never_shows() {
