@@ -134,6 +134,7 @@ struct RawServer {
     max_header_bytes: usize,
     trusted_proxies: Vec<String>,
     read_timeout: String,
+    max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -146,6 +147,7 @@ impl Default for RawServer {
             max_header_bytes: 16384,
             trusted_proxies: Vec::new(),
             read_timeout: "10s".into(),
+            max_connections: 10_000,
         }
     }
 }
@@ -286,6 +288,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// How long a client may take to send its request head, and then its body (408).
     pub read_timeout: Duration,
+    /// Most ingest connections open at once; more wait in the listen backlog (their file
+    /// descriptors are not taken), so the admin listener and outbound sockets keep a reserve.
+    pub max_connections: usize,
 }
 
 /// `[admin]`: the admin listener; without a token every `/admin/` path answers 401.
@@ -664,6 +669,7 @@ impl RawConfig {
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_params", s.max_params),
             ("server.max_header_bytes", s.max_header_bytes),
+            ("server.max_connections", s.max_connections),
         ] {
             if v == 0 {
                 p.push(invalid(key, "0", "a positive number"));
@@ -680,6 +686,7 @@ impl RawConfig {
                 duration("server.read_timeout", &s.read_timeout),
                 Duration::from_secs(10),
             ),
+            max_connections: s.max_connections,
         };
         let token = match need {
             // The operator commands never serve the admin API: its token is not read.

@@ -217,6 +217,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         ingest,
         shutdown.clone(),
         cfg.forward.grace,
+        crate::listener::connection_cap(cfg.server.max_connections),
     )));
     tasks.push(store.spawn_retention(cfg.store.retention, RETENTION_EVERY, shutdown.clone()));
     let forwarder = Forwarder::spawn(
