@@ -378,11 +378,8 @@ async fn ingest_connections_are_capped_and_admin_keeps_answering() {
         .await
         .unwrap();
     let mut buf = [0u8; 256];
-    let early = tokio::time::timeout(
-        std::time::Duration::from_millis(500),
-        extra.read(&mut buf),
-    )
-    .await;
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(500), extra.read(&mut buf)).await;
     assert!(
         early.is_err(),
         "a connection over the cap was served at once"
