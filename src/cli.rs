@@ -392,6 +392,8 @@ fn serve(a: ServeArgs) -> CliResult {
         );
         let store_dir = cfg.store.path.clone();
         log_guard = Some(init_logging(a.log_json || cfg.log.json, &cfg.log.level));
+        let signals = crate::serve::Signals::install()
+            .map_err(|e| CliError::Internal(format!("cannot install signal handlers: {e}")))?;
         let running = crate::serve::start(cfg).await?;
         if let Some(s) = &sandbox {
             let rules = running.rules.current();
@@ -412,7 +414,7 @@ fn serve(a: ServeArgs) -> CliResult {
                 store = store_dir.display(),
             );
         }
-        crate::serve::run_until_signal(running)
+        crate::serve::run_until_signal(running, signals)
             .await
             .map_err(|e| CliError::Internal(format!("{e:#}")))?;
         Ok(Verdict::Yes)

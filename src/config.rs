@@ -19,8 +19,9 @@ use crate::rules::value::{parse_duration, parse_zone};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or parsed, or an environment override has the wrong type.
+    /// The message is redacted ([`redact_secrets`]): a syntax error never shows the line.
     #[error("{0}")]
-    Source(#[from] config::ConfigError),
+    Source(String),
     /// A key holds a value outside what it accepts.
     #[error("{key} = {value:?}: {expected}")]
     Invalid {
@@ -40,6 +41,63 @@ pub enum ConfigError {
     /// The config file given does not exist.
     #[error("no config file {}: copy relay.example.toml to it, or give the path of yours with --config", .0.display())]
     NoFile(PathBuf),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Source(redact_secrets(&e.to_string()))
+    }
+}
+
+/// Removes what a parse error may quote of the file: the offending line of a TOML syntax
+/// error (it may hold a secret written inline: `url = "postgres://relay:PW@..."`,
+/// `api_key = "..."`, `token = "..."`) keeps only its key, the caret lines go, and any
+/// `user:password@` left in the text is masked.
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let digits = trimmed.chars().take_while(char::is_ascii_digit).count();
+        let rest = &trimmed[digits..];
+        if digits > 0 && rest.starts_with(" |") {
+            // `3 | api_key = "k` -> `3 | api_key = [redacted]`
+            let indent = &line[..line.len() - trimmed.len()];
+            let content = rest[2..].trim_start();
+            let shown = match content.split_once('=') {
+                Some((key, _)) => format!("{} = [redacted]", key.trim_end()),
+                None => "[redacted]".to_string(),
+            };
+            out.push(format!("{indent}{} | {shown}", &trimmed[..digits]));
+        } else if trimmed.starts_with('|') {
+            // Gutter and caret lines point into the removed text.
+            continue;
+        } else {
+            out.push(mask_userinfo(line));
+        }
+    }
+    out.join("\n")
+}
+
+/// `scheme://user:password@host` -> `scheme://user:***@host`, anywhere in `line`.
+fn mask_userinfo(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest
+            .find(|c: char| c == '/' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            out.push_str(&rest[..colon]);
+            out.push_str(":***");
+            rest = &rest[at..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl ConfigError {
@@ -76,6 +134,7 @@ struct RawServer {
     max_header_bytes: usize,
     trusted_proxies: Vec<String>,
     read_timeout: String,
+    max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -88,6 +147,7 @@ impl Default for RawServer {
             max_header_bytes: 16384,
             trusted_proxies: Vec::new(),
             read_timeout: "10s".into(),
+            max_connections: 10_000,
         }
     }
 }
@@ -237,6 +297,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// How long a client may take to send its request head, and then its body (408).
     pub read_timeout: Duration,
+    /// Most ingest connections open at once; more wait in the listen backlog (their file
+    /// descriptors are not taken), so the admin listener and outbound sockets keep a reserve.
+    pub max_connections: usize,
 }
 
 /// `[admin]`: the admin listener; without a token every `/admin/` path answers 401.
@@ -635,6 +698,7 @@ impl RawConfig {
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_params", s.max_params),
             ("server.max_header_bytes", s.max_header_bytes),
+            ("server.max_connections", s.max_connections),
         ] {
             if v == 0 {
                 p.push(invalid(key, "0", "a positive number"));
@@ -651,6 +715,7 @@ impl RawConfig {
                 duration("server.read_timeout", &s.read_timeout),
                 Duration::from_secs(10),
             ),
+            max_connections: s.max_connections,
         };
         let token = match need {
             // The operator commands never serve the admin API: its token is not read.

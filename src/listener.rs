@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// An HTTP/1.1 connection builder with the tokio timer and a head read timeout set.
@@ -24,8 +26,44 @@ pub fn http1(read_timeout: Duration) -> http1::Builder {
     http
 }
 
+/// File descriptors kept free for everything but ingest connections: the admin listener and
+/// its clients, outbound sockets to Scaleo and the database, the store's files, logs.
+pub const FD_RESERVE: u64 = 256;
+
+/// The ingest connection cap actually used: `wanted`, lowered (with a warning) when the
+/// process's open-file limit leaves less than [`FD_RESERVE`] besides it.
+pub fn connection_cap(wanted: usize) -> usize {
+    let Some(limit) = open_file_limit() else {
+        return wanted;
+    };
+    let room = limit.saturating_sub(FD_RESERVE).max(1);
+    if (wanted as u64) > room {
+        tracing::warn!(
+            wanted,
+            cap = room,
+            open_file_limit = limit,
+            "server.max_connections lowered to keep {FD_RESERVE} file descriptors for the admin listener, Scaleo and the store; raise the open-file limit (ulimit -n) to allow more"
+        );
+        return room as usize;
+    }
+    wanted
+}
+
+/// The soft open-file limit of this process (`Max open files` in `/proc/self/limits`).
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Serves `handler` on `listener` until `shutdown`, then lets open requests finish within
-/// `grace`. `name` labels the log lines.
+/// `grace`. `name` labels the log lines. With `max_connections`, at most that many
+/// connections are open at once: the next is accepted only when one closes (until then it
+/// waits in the kernel's backlog and takes no file descriptor of ours).
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
@@ -33,12 +71,43 @@ pub async fn serve<H, F>(
     handler: H,
     shutdown: CancellationToken,
     grace: Duration,
+    max_connections: Option<usize>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let slots = max_connections.map(|n| Arc::new(Semaphore::new(n.max(1))));
+    let mut full_logged = false;
     loop {
+        let permit = match &slots {
+            Some(slots) => {
+                let permit = match slots.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        if !full_logged {
+                            tracing::warn!(
+                                listener = name,
+                                "connection cap reached (server.max_connections): new connections wait until one closes"
+                            );
+                            full_logged = true;
+                        }
+                        tokio::select! {
+                            p = slots.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            },
+                            () = shutdown.cancelled() => break,
+                        }
+                    }
+                };
+                Some(permit)
+            }
+            None => None,
+        };
+        if slots.as_ref().is_some_and(|s| s.available_permits() > 0) {
+            full_logged = false;
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -58,6 +127,8 @@ pub async fn serve<H, F>(
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
+            // The slot is free again when the connection ends.
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(listener = name, error = %e, %peer, "connection ended with an error");
             }

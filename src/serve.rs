@@ -217,6 +217,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         ingest,
         shutdown.clone(),
         cfg.forward.grace,
+        crate::listener::connection_cap(cfg.server.max_connections),
     )));
     tasks.push(store.spawn_retention(cfg.store.retention, RETENTION_EVERY, shutdown.clone()));
     let forwarder = Forwarder::spawn(
@@ -247,6 +248,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             stall_after: stall_after(&cfg),
         },
         sessions: Default::default(),
+        read_timeout: cfg.server.read_timeout,
     });
     tasks.push(tokio::spawn(admin::server::serve(
         admin_listener,
@@ -269,17 +271,36 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     })
 }
 
+/// The process signals, registered before the listeners open: a SIGHUP sent as soon as the
+/// relay answers must reload the rules, never kill the process (the default action).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the rules.
-pub async fn run_until_signal(running: Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
+pub async fn run_until_signal(running: Running, signals: Signals) -> anyhow::Result<()> {
+    let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             // The reloader logs the outcome (each problem with file:line:col).
-            _ = hup.recv() => { let _ = running.reload(); }
+            // Off the signal loop, bounded: a reload stuck on a file never stops SIGTERM.
+            _ = hup.recv() => {
+                let reloader = running.reloader.clone();
+                tokio::spawn(async move { let _ = reloader.reload_bounded(Trigger::Signal).await; });
+            }
         }
     }
     tracing::info!("shutting down: no new postbacks, finishing in-flight work");

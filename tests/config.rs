@@ -410,3 +410,30 @@ fn the_postgres_defaults_are_16_connections_5s_to_connect_and_a_second_above_sto
     );
     assert_eq!(store.ca_file, None);
 }
+
+#[test]
+fn a_syntax_error_names_the_line_but_never_prints_an_inline_secret() {
+    let cases = [
+        (
+            "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\nurl = \"postgres://relay:pw-s3cret@db:5432/relay\n",
+            "pw-s3cret",
+            "line 5",
+        ),
+        (
+            "[scaleo]\nbase_url = \"http://x\"\napi_key = \"key-s3cret\n",
+            "key-s3cret",
+            "line 3",
+        ),
+        (
+            "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[admin]\ntoken = \"tok-s3cret\" trailing\n",
+            "tok-s3cret",
+            "line 5",
+        ),
+    ];
+    for (config, secret, line) in cases {
+        let (code, out) = check(config, &[]);
+        assert_ne!(code, 0, "{out}");
+        assert!(!out.contains(secret), "the secret is printed:\n{out}");
+        assert!(out.contains(line), "the line is not named:\n{out}");
+    }
+}

@@ -34,12 +34,14 @@ struct Running {
 }
 
 impl Running {
-    async fn stop(self) -> Store {
+    /// Stops the forwarder; the store's directory is handed back with it, since a store
+    /// whose file is deleted refuses to write.
+    async fn stop(self) -> (Store, tempfile::TempDir) {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.forwarder.join())
             .await
             .expect("forwarder stops");
-        self.store
+        (self.store, self._dir)
     }
 }
 
@@ -186,7 +188,7 @@ async fn unauthorized_pauses_and_keeps_queue() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(mock.received().len(), sent);
     // The pause survives a restart.
-    let store = r.stop().await;
+    let (store, _dir) = r.stop().await;
     assert_eq!(store.paused().await.unwrap().len(), 1);
 }
 
@@ -281,7 +283,7 @@ async fn shutdown_releases_records_waiting_on_the_rate_limit() {
     }
     mock.wait_for(1, WAIT).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let store = r.stop().await;
+    let (store, _dir) = r.stop().await;
     // Everything not sent is queued and claimable at once (released, not left leased).
     let claimable = store.claim(10, Duration::from_secs(5), &[]).await.unwrap();
     assert_eq!(claimable.len() + mock.received().len(), 4);

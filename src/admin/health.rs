@@ -128,7 +128,14 @@ impl Probes {
     fn rules_check(&self) -> Check {
         let status = self.reloader.status();
         match status.last_error {
-            None => Check::ok(format!("{} rule file(s) loaded", status.loaded)),
+            None if status.skipped.is_empty() => {
+                Check::ok(format!("{} rule file(s) loaded", status.loaded))
+            }
+            None => Check::ok(format!(
+                "{} rule file(s) loaded; skipped: {}",
+                status.loaded,
+                status.skipped.join("; ")
+            )),
             Some(failure) => Check {
                 problems: failure.problems.iter().map(ToString::to_string).collect(),
                 ..Check::failed(format!(

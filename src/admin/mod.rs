@@ -31,6 +31,9 @@ use view::BadParam;
 /// Largest request body the admin API reads.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// Most distinct record ids one `POST /admin/replay` takes (repeated ids count once).
+pub const MAX_REPLAY_IDS: usize = 10_000;
+
 /// Why an admin request failed; each maps to one status code.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -50,6 +53,8 @@ pub enum AdminError {
     },
     #[error("request body over {MAX_BODY_BYTES} bytes")]
     TooLarge,
+    #[error("the request body did not arrive within {0:?} (server.read_timeout)")]
+    BodyTimeout(std::time::Duration),
     #[error("the store is unavailable; try again")]
     Store(#[from] StoreError),
 }
@@ -64,6 +69,7 @@ impl AdminError {
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AdminError::Method { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AdminError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            AdminError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -87,6 +93,8 @@ pub struct Admin {
     pub probes: Probes,
     /// The console's signed-in sessions.
     pub sessions: crate::console::Sessions,
+    /// `server.read_timeout`: the longest a request body may take to arrive.
+    pub read_timeout: std::time::Duration,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -165,17 +173,17 @@ impl Admin {
             }
             ["replay"] => {
                 only(Method::POST, "POST")?;
-                let body = read_body(req).await?;
+                let body = read_body(req, self.read_timeout).await?;
                 self.replay(&body).await
             }
             ["pause"] => {
                 only(Method::POST, "POST")?;
-                let body = read_body(req).await?;
+                let body = read_body(req, self.read_timeout).await?;
                 self.pause(&body, true).await
             }
             ["resume"] => {
                 only(Method::POST, "POST")?;
-                let body = read_body(req).await?;
+                let body = read_body(req, self.read_timeout).await?;
                 self.pause(&body, false).await
             }
             ["explain", source] => {
@@ -401,7 +409,22 @@ pub fn replay_selection(body: &[u8]) -> Result<Selection, AdminError> {
         (Some(ids), false) if ids.is_empty() => {
             Err(AdminError::BadRequest("\"ids\" is empty".into()))
         }
-        (Some(ids), false) => Ok(Selection::Ids(ids)),
+        (Some(ids), false) => {
+            // Each id once, in the order given: repeats would replay nothing new.
+            let mut seen = std::collections::HashSet::with_capacity(ids.len().min(MAX_REPLAY_IDS));
+            let mut unique = Vec::new();
+            for id in ids {
+                if seen.insert(id) {
+                    if unique.len() == MAX_REPLAY_IDS {
+                        return Err(AdminError::BadRequest(format!(
+                            "\"ids\" holds more than {MAX_REPLAY_IDS} distinct record ids, the most one replay takes; split the list, or replay by a filter (source, state, since, until)"
+                        )));
+                    }
+                    unique.push(id);
+                }
+            }
+            Ok(Selection::Ids(unique))
+        }
         (None, false) => Err(AdminError::BadRequest(
             "give \"ids\" or at least one filter key (source, state, since, until)".into(),
         )),
@@ -443,11 +466,17 @@ pub fn replay_selection(body: &[u8]) -> Result<Selection, AdminError> {
     }
 }
 
-pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+/// Reads a request body of at most [`MAX_BODY_BYTES`] within `timeout` (a slow body must
+/// not hold a connection and its task open).
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    timeout: std::time::Duration,
+) -> Result<Bytes, AdminError> {
+    let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let Ok(collected) = tokio::time::timeout(timeout, collect).await else {
+        return Err(AdminError::BodyTimeout(timeout));
+    };
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AdminError::TooLarge),
         Err(_) => Err(AdminError::BadRequest(

@@ -21,5 +21,5 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         async move { admin.handle(req).await }
     };
     let http = crate::listener::http1(HEADER_READ_TIMEOUT);
-    crate::listener::serve("admin", listener, http, handler, shutdown, GRACE).await;
+    crate::listener::serve("admin", listener, http, handler, shutdown, GRACE, None).await;
 }

@@ -110,7 +110,7 @@ pub async fn handle(admin: &Admin, req: Request<Incoming>) -> Answer {
     if path == "/console/signin" {
         return match method {
             Method::GET => signin::form(admin, &cookies, None),
-            Method::POST => match crate::admin::read_body(req).await {
+            Method::POST => match crate::admin::read_body(req, admin.read_timeout).await {
                 Ok(body) => signin::submit(admin, &cookies, &body),
                 Err(_) => error_page(None, &ConsoleError::BadRequest("unreadable form".into())),
             },
@@ -139,7 +139,7 @@ pub async fn handle(admin: &Admin, req: Request<Incoming>) -> Answer {
     let result = match method {
         Method::GET | Method::HEAD => get(&ctx, &path, &query).await,
         Method::POST => {
-            let form = match crate::admin::read_body(req).await {
+            let form = match crate::admin::read_body(req, admin.read_timeout).await {
                 Ok(body) => crate::rules::decode_form(&body),
                 Err(_) => {
                     return error_page(

@@ -15,6 +15,7 @@ pub async fn serve(
     ingest: Arc<Ingest>,
     shutdown: CancellationToken,
     grace: Duration,
+    max_connections: usize,
 ) {
     let limits = &ingest.limits;
     // Heads between the configured limits and this buffer get our own 414/431 with a reason;
@@ -28,5 +29,14 @@ pub async fn serve(
         let ingest = ingest.clone();
         async move { ingest.handle(req, peer).await }
     };
-    crate::listener::serve("ingest", listener, http, handler, shutdown, grace).await;
+    crate::listener::serve(
+        "ingest",
+        listener,
+        http,
+        handler,
+        shutdown,
+        grace,
+        Some(max_connections),
+    )
+    .await;
 }

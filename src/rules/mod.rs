@@ -12,8 +12,11 @@ pub mod testing;
 pub mod value;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 pub use apply::{FieldTrace, Ignored, Input, Mapped, Origin, Outcome, Trace, decimal_json};
 pub use compile::{EnvMode, compile, valid_source_id};
@@ -30,46 +33,44 @@ pub struct RuleSet {
 
 impl RuleSet {
     /// Loads and compiles every `*.toml` in `dir`; all problems of all files, or the set.
+    /// Files that are not regular files (a FIFO, a device) are skipped with a warning: reading
+    /// them could block forever.
     pub fn load_dir(dir: &Path, env: EnvMode) -> Result<RuleSet, Vec<Diagnostic>> {
-        let problem = |file: String, message: String| Diagnostic {
-            file,
-            line: 1,
-            col: 1,
-            message,
-        };
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            vec![problem(
-                dir.display().to_string(),
-                format!("cannot read the rules directory: {e}"),
-            )]
-        })?;
-        let mut paths: Vec<_> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            // Hidden files are editor locks (`.#x.toml`) or macOS metadata (`._x.toml`).
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        paths.sort();
+        let files = RuleFiles::read(dir)?;
+        for s in &files.skipped {
+            tracing::warn!(file = %s, "rules: skipped, not a regular file");
+        }
+        RuleSet::from_files(dir, &files, env)
+    }
+
+    /// Compiles files already read by [`RuleFiles::read`] (no I/O).
+    pub fn from_files(
+        dir: &Path,
+        files: &RuleFiles,
+        env: EnvMode,
+    ) -> Result<RuleSet, Vec<Diagnostic>> {
         let mut rules = BTreeMap::new();
         let mut problems = Vec::new();
-        for path in paths {
-            let file = path.display().to_string();
-            let source = path
+        for f in &files.files {
+            let file = f.path.display().to_string();
+            let source = f
+                .path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let text = match std::fs::read_to_string(&path) {
+            let text = match &f.text {
                 Ok(t) => t,
                 Err(e) => {
-                    problems.push(problem(file, format!("cannot read: {e}")));
+                    problems.push(Diagnostic {
+                        file,
+                        line: 1,
+                        col: 1,
+                        message: format!("cannot read: {e}"),
+                    });
                     continue;
                 }
             };
-            match compile(&source, &file, &text, env) {
+            match compile(&source, &file, text, env) {
                 Ok(rule) => {
                     rules.insert(source, Arc::new(rule));
                 }
@@ -101,6 +102,92 @@ impl RuleSet {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// One `*.toml` file of a rules directory as read: its size and modification time (taken
+/// from the open file, so they describe what was read) and its text or read error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFile {
+    pub path: PathBuf,
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+    pub text: Result<String, String>,
+}
+
+/// The rule files of a directory, read without ever blocking on a special file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleFiles {
+    /// The regular `*.toml` files, sorted by path.
+    pub files: Vec<RuleFile>,
+    /// `*.toml` entries that are not regular files (FIFOs, devices, sockets), with why.
+    pub skipped: Vec<String>,
+}
+
+impl RuleFiles {
+    /// Reads every `*.toml` in `dir` (hidden files excluded). A FIFO or device named `*.toml`
+    /// is never read (opening with `O_NONBLOCK` and checking the open file, so a file
+    /// swapped between the check and the read cannot block either): it is listed in
+    /// `skipped`.
+    pub fn read(dir: &Path) -> Result<RuleFiles, Vec<Diagnostic>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            vec![Diagnostic {
+                file: dir.display().to_string(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read the rules directory: {e}"),
+            }]
+        })?;
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            // Hidden files are editor locks (`.#x.toml`) or macOS metadata (`._x.toml`).
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        let mut out = RuleFiles::default();
+        for path in paths {
+            match read_regular(&path) {
+                Ok(Some(f)) => out.files.push(f),
+                Ok(None) => out.skipped.push(format!(
+                    "{}: not a regular file (a FIFO, device or socket is never read)",
+                    path.display()
+                )),
+                Err(e) => out.files.push(RuleFile {
+                    path,
+                    len: 0,
+                    modified: None,
+                    text: Err(e.to_string()),
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads `path` if it is a regular file (following symlinks); `None` for anything else.
+fn read_regular(path: &Path) -> std::io::Result<Option<RuleFile>> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)?;
+    let after = file.metadata()?;
+    Ok(Some(RuleFile {
+        path: path.to_path_buf(),
+        len: after.len(),
+        modified: after.modified().ok(),
+        text: String::from_utf8(bytes)
+            .map_err(|_| "stream did not contain valid UTF-8".to_string()),
+    }))
 }
 
 /// Checks every update-only source's `[updates] of` against the loaded set: it must name

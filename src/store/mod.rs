@@ -58,14 +58,19 @@ pub enum StoreError {
     /// The data directory could not be created.
     #[error("cannot create store directory {path}: {message}")]
     Dir { path: PathBuf, message: String },
+    /// The SQLite file was deleted or replaced while the relay ran: nothing more is written
+    /// (it would be lost), every write fails until the file is back or the relay restarts.
+    #[error("the store file {} {what} while the relay was running: nothing is acknowledged until it is restored or the relay restarts", path.display())]
+    FileGone { path: PathBuf, what: String },
     /// The writer thread is gone (the store is shutting down or it crashed).
     #[error("the store writer has stopped")]
     Closed,
     /// `store.url` is set: the PostgreSQL store is opened with [`Store::connect`].
     #[error("store.url is set: open the PostgreSQL store with Store::connect")]
     NeedsConnect,
-    /// PostgreSQL refused an operation (or the connection broke).
-    #[error("database error: {}", error_chain(.0.as_ref()))]
+    /// PostgreSQL refused an operation (or the connection broke); its own message is shown
+    /// (tokio-postgres alone says only "db error").
+    #[error("database error: {}", pg_message(.0))]
     Pg(Arc<tokio_postgres::Error>),
     /// No PostgreSQL connection could be had from the pool.
     #[error("database pool: {}", error_chain(.0.as_ref()))]
@@ -106,6 +111,14 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         next = cause.source();
     }
     text
+}
+
+/// The server's message and code for an error PostgreSQL reported, else the error itself.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error_chain(e),
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -8,6 +8,7 @@
 //! involved: batches form from whatever arrived while the previous commit was syncing.
 //! The SQL of each operation is in [`super::ops`].
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -103,6 +104,17 @@ pub(crate) struct Writer {
     conn: Connection,
     batch: usize,
     notify: Arc<Notify>,
+    /// The store file's path and its (device, inode) when it was opened.
+    path: PathBuf,
+    identity: (u64, u64),
+    /// Set while the path no longer names the file we write into (logged once per change).
+    gone: Option<StoreError>,
+}
+
+/// The (device, inode) of the file at `path`.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 impl Writer {
@@ -111,11 +123,50 @@ impl Writer {
         let mut conn = Connection::open(path)?;
         schema::configure(&conn)?;
         schema::migrate(&mut conn)?;
+        let identity = identity(path).map_err(|e| StoreError::Dir {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         Ok(Writer {
             conn,
             batch,
             notify,
+            path: path.to_path_buf(),
+            identity,
+            gone: None,
         })
+    }
+
+    /// Whether the path still names the file this writer opened. A deleted or replaced file
+    /// must never be written into again: what is committed there is lost at the next
+    /// restart. Costs one `stat` per group commit.
+    fn check_file(&mut self) -> Result<(), StoreError> {
+        let problem = match identity(&self.path) {
+            Ok(id) if id == self.identity => None,
+            Ok(_) => Some("was replaced by another file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("was deleted"),
+            // Cannot tell (a permission change, an I/O error): SQLite itself will say.
+            Err(_) => None,
+        };
+        match problem {
+            None => {
+                if self.gone.take().is_some() {
+                    tracing::warn!(path = %self.path.display(), "the store file is back: writing again");
+                }
+                Ok(())
+            }
+            Some(what) => {
+                if self.gone.is_none() {
+                    let err = StoreError::FileGone {
+                        path: self.path.clone(),
+                        what: what.into(),
+                    };
+                    tracing::error!(error = %err, "the store file is no longer the store's: refusing every write (restore the file or restart)");
+                    self.gone = Some(err);
+                }
+                Err(self.gone.clone().expect("set above"))
+            }
+        }
     }
 
     /// Runs until every [`super::Store`] handle is gone.
@@ -138,6 +189,13 @@ impl Writer {
     /// writes in the commit: the group is then rolled back and redone with a savepoint per
     /// operation (savepoints cost about a tenth of the writer's time, so only then).
     fn commit_group(&mut self, ops: &mut Vec<Op>) {
+        if let Err(e) = self.check_file() {
+            let failed = Err(e);
+            for op in ops.drain(..) {
+                op.finish(&failed);
+            }
+            return;
+        }
         let now = Timestamp::now();
         let mut wakes = false;
         let mut commit = self.try_group(ops, now, &mut wakes, Mode::Straight);

@@ -491,3 +491,64 @@ async fn readyz_and_healthz_answer_without_a_token() {
     }
     env.stop().await;
 }
+
+#[tokio::test]
+async fn replay_ids_are_deduplicated_and_capped() {
+    let env = Env::start(&[("shop", SHOP_NO_CID)], with_admin).await;
+    let (status, id) = postback(&env, "shop", "cid=dup&amt=1").await;
+    assert_eq!(status, 422);
+    // One id 20,000 times is one replay, not 20,000.
+    let (status, report) =
+        admin_post(&env, "/admin/replay", json!({ "ids": vec![id; 20_000] })).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["rejected"], 1, "{report}");
+    assert_eq!(report["reasons"][0]["ids"], json!([id]), "{report}");
+    // More distinct ids than one replay takes: refused at once, naming the limit.
+    let many: Vec<i64> = (1..=10_001).collect();
+    let (status, body) = admin_post(&env, "/admin/replay", json!({ "ids": many })).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("10000"), "{body}");
+    env.stop().await;
+}
+
+/// A POST whose body never finishes arriving is answered 408 after `server.read_timeout`
+/// instead of holding the connection open.
+#[tokio::test]
+async fn a_slow_admin_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        with_admin(c);
+        c.server.read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(env.relay().admin_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /admin/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"sou"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "no answer within 5 s to a body that stopped arriving"
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    env.stop().await;
+}

@@ -355,3 +355,48 @@ async fn a_rejected_postback_keeps_its_click_id_for_lookups() {
     assert_eq!(found[0].click_id.as_deref(), Some("look1"));
     env.stop().await;
 }
+
+/// Over `server.max_connections` a new ingest connection waits (in the backlog) until one
+/// closes, while the admin listener keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_connections_are_capped_and_admin_keeps_answering() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = crate::support::Env::start(&[("shop", crate::support::SHOP)], |c| {
+        c.server.max_connections = 3;
+    })
+    .await;
+    let addr = env.relay().ingest_addr;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the relay accept them.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(500), extra.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a connection over the cap was served at once"
+    );
+    let ready = env
+        .client
+        .get(format!("http://{}/healthz", env.relay().admin_addr))
+        .send()
+        .await
+        .expect("the admin listener answers while ingest is full");
+    assert_eq!(ready.status().as_u16(), 200);
+
+    drop(idle.pop());
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    env.stop().await;
+}

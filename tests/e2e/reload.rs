@@ -298,3 +298,236 @@ async fn records_of_a_removed_rule_still_go_to_their_own_network() {
     assert!(env.sandbox.received().is_empty());
     env.stop().await;
 }
+
+/// `mv rules old; cp -r new rules`, a common deploy: the watcher follows the new directory,
+/// `/readyz` recovers and the new files load, without SIGHUP.
+#[tokio::test]
+async fn a_replaced_rules_directory_is_watched_again() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    let rules = env.dir.path().join("rules");
+    std::fs::rename(&rules, env.dir.path().join("old")).unwrap();
+    // The gap a real `cp -r` leaves between the two steps.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::create_dir(&rules).unwrap();
+    write_rule(&rules, "shop", SHOP);
+    write_rule(&rules, "fresh", SHOP);
+    let mut n = 0;
+    let live = poll(RELOAD_WAIT, || {
+        n += 1;
+        let path = format!("/postback/fresh?cid=r{n}&amt=1");
+        let env = &env;
+        async move { status_of(env, &path).await == 200 }
+    })
+    .await;
+    assert!(live, "a file of the new rules directory never loaded");
+    let ready = poll(RELOAD_WAIT, || {
+        let env = &env;
+        async move { admin_call(env, Method::GET, "/readyz", None, None).await.0 == 200 }
+    })
+    .await;
+    let (_, body) = admin_call(&env, Method::GET, "/readyz", None, None).await;
+    assert!(ready, "readyz never recovered: {body}");
+
+    // And it keeps watching the new directory.
+    write_rule(&rules, "later", SHOP);
+    let later = poll(RELOAD_WAIT, || {
+        let env = &env;
+        async move { status_of(env, "/postback/later?cid=l&amt=1").await == 200 }
+    })
+    .await;
+    assert!(later, "a file added after the swap never loaded");
+    env.stop().await;
+}
+
+fn shop_with_auth(goal: u32) -> String {
+    format!(
+        "{}\n[auth]\ntoken_param = \"tok\"\ntoken = \"s3cret\"\n",
+        shop_with_goal(goal)
+    )
+}
+
+/// A rule file rewritten in place, pausing mid-write longer than the debounce, with its
+/// `[auth]` last: the valid prefix must not load (it would drop the token check).
+#[tokio::test]
+async fn a_half_written_rule_file_never_loads() {
+    use std::io::Write;
+    let env = Env::start(&[("shop", &shop_with_auth(7))], with_admin).await;
+    assert_eq!(status_of(&env, "/postback/shop?cid=a&amt=1").await, 401);
+    assert_eq!(
+        status_of(&env, "/postback/shop?cid=b&amt=1&tok=s3cret").await,
+        200
+    );
+
+    let path = env.dir.path().join("rules/shop.toml");
+    let full = shop_with_auth(9);
+    let half = full.find("[auth]").unwrap();
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&full.as_bytes()[..half]).unwrap();
+    f.flush().unwrap();
+    // Longer than the debounce: the watcher looks at the half-written file.
+    tokio::time::sleep(postback_relay::reload::DEBOUNCE + Duration::from_millis(300)).await;
+    for i in 0..5 {
+        assert_eq!(
+            status_of(&env, &format!("/postback/shop?cid=h{i}&amt=1")).await,
+            401,
+            "a postback without the token was accepted: the half-written file loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.write_all(&full.as_bytes()[half..]).unwrap();
+    drop(f);
+
+    let mut n = 0;
+    let edited = poll(RELOAD_WAIT, || {
+        n += 1;
+        let path = format!("/postback/shop?cid=e{n}&amt=1&tok=s3cret");
+        let env = &env;
+        async move {
+            let (_, body) = env.get(&path).await;
+            let Some(id) = body["id"].as_i64() else {
+                return false;
+            };
+            let rec = env.relay().store.get(id).await.unwrap().unwrap();
+            rec.body.is_some_and(|b| b["goal_id"] == 9)
+        }
+    })
+    .await;
+    assert!(edited, "the completed file never loaded");
+    assert_eq!(status_of(&env, "/postback/shop?cid=z&amt=1").await, 401);
+    env.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A FIFO named `x.toml` in the rules directory, then a real SIGHUP to the real binary: the
+/// reload must not block anything. `/readyz`, `/healthz` and ingest keep answering, the FIFO
+/// is skipped and reported, and SIGTERM still stops the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
+    use postback_relay::sandbox::{Sandbox, SandboxConfig};
+    use std::process::{Command, Stdio};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let rules = root.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("shop.toml"), SHOP).unwrap();
+    let sandbox = Sandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            api_key: crate::support::KEY.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[scaleo]\nbase_url = \"{}\"\napi_key = \"{}\"\n\
+         [store]\npath = \"{}\"\n[rules]\ndir = \"{}\"\n",
+        sandbox.base_url(),
+        crate::support::KEY,
+        root.path().join("data").display(),
+        rules.display(),
+    );
+    let config_path = root.path().join("relay.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the relay binary");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..500 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(up, "the relay did not come up");
+
+    let made = Command::new("mkfifo")
+        .arg(rules.join("x.toml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let hup = Command::new("kill")
+        .args(["-HUP", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // Past the debounce: the watcher and the SIGHUP reload both looked at the FIFO.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            match client.get(&url).send().await {
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    (code, r.text().await.unwrap_or_default())
+                }
+                Err(e) => (0, format!("no answer: {e}")),
+            }
+        }
+    };
+    let (code, body) = get(format!("http://127.0.0.1:{admin}/readyz")).await;
+    let (health, _) = get(format!("http://127.0.0.1:{port}/healthz")).await;
+    let (ingest, answer) = get(format!("http://127.0.0.1:{port}/postback/shop?cid=f&amt=1")).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut exited = false;
+    for _ in 0..250 {
+        if relay.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !exited {
+        relay.kill().ok();
+        relay.wait().ok();
+    }
+    // Unblock any reader still stuck on the FIFO before failing.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags_nonblock()
+        .open(rules.join("x.toml"));
+    assert_eq!(code, 200, "/readyz: {body}");
+    assert!(body.contains("x.toml"), "the FIFO is not reported: {body}");
+    assert_eq!(health, 200);
+    assert_eq!(ingest, 200, "{answer}");
+    assert!(exited, "SIGTERM did not stop the process");
+    sandbox.shutdown();
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}

@@ -72,3 +72,50 @@ async fn a_locked_store_answers_503_in_bounded_time_and_recovers() {
     assert!(env.relay().store.get(id).await.unwrap().is_some());
     env.stop().await;
 }
+
+/// `rm data/relay.db` while the relay runs: it must stop acknowledging (every postback would
+/// go into an unlinked file and vanish at the next restart), and `/readyz` must say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_store_file_stops_acknowledging() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let (status, ok) = env.get("/postback/shop?cid=before&amt=1").await;
+    assert_eq!(status, 200, "{ok}");
+
+    let db = env.dir.path().join("data/relay.db");
+    std::fs::remove_file(&db).unwrap();
+
+    let (status, body) = env.get("/postback/shop?cid=after&amt=1").await;
+    assert_eq!(status, 503, "a postback went into the deleted file: {body}");
+    let (status, _) = env.get("/postback/shop?cid=again&amt=1").await;
+    assert_eq!(status, 503);
+    let (code, ready, _) = readyz(&env).await;
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!(ready["store"]["ok"], false, "{ready}");
+    let why = ready["store"].to_string();
+    assert!(
+        why.contains("relay.db") && why.contains("deleted"),
+        "/readyz does not name the deleted file: {ready}"
+    );
+    env.stop().await;
+}
+
+/// The file replaced by another one (a restore copied over it, `mv other.db relay.db`): the
+/// same, the relay never writes into the file that is no longer at the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_store_file_stops_acknowledging() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let (status, ok) = env.get("/postback/shop?cid=before&amt=1").await;
+    assert_eq!(status, 200, "{ok}");
+
+    let db = env.dir.path().join("data/relay.db");
+    let other = env.dir.path().join("data/other.db");
+    std::fs::copy(&db, &other).unwrap();
+    std::fs::rename(&other, &db).unwrap();
+
+    let (status, body) = env.get("/postback/shop?cid=after&amt=1").await;
+    assert_eq!(status, 503, "{body}");
+    let (code, ready, _) = readyz(&env).await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready["store"].to_string().contains("replaced"), "{ready}");
+    env.stop().await;
+}
