@@ -19,6 +19,28 @@ pub fn without_token(
         .collect()
 }
 
+/// [`without_token`], keeping `numbers` (indices of JSON numbers) pointing at the same pairs.
+pub fn without_token_marked(
+    rule: &Rule,
+    pairs: Vec<(String, String)>,
+    numbers: &[usize],
+) -> (Vec<(String, String)>, Vec<usize>) {
+    let token = rule.auth.token_param.as_str();
+    let ic = rule.params_ignore_case();
+    let mut kept = Vec::with_capacity(pairs.len());
+    let mut kept_numbers = Vec::new();
+    for (i, (n, v)) in pairs.into_iter().enumerate() {
+        if is_token_param(&n, token, ic) {
+            continue;
+        }
+        if numbers.contains(&i) {
+            kept_numbers.push(kept.len());
+        }
+        kept.push((n, v));
+    }
+    (kept, kept_numbers)
+}
+
 /// Whether a decoded parameter name is the source's token parameter.
 pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool {
     if ignore_case {

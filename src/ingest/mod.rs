@@ -198,13 +198,17 @@ impl Ingest {
         }
         let query_had_token = params.query.iter().any(|(n, _)| is_token(n));
         let body_had_token = params.body.iter().any(|(n, _)| is_token(n));
-        let body_params = mapping::without_token(rule, params.body);
+        let query_pairs = params.query.len();
+        let (body_params, body_numbers) =
+            mapping::without_token_marked(rule, params.body, &params.body_numbers);
         let mut params = mapping::without_token(rule, params.query);
+        let json_numbers: Vec<usize> = body_numbers.iter().map(|i| i + params.len()).collect();
         params.extend(body_params.iter().cloned());
 
         let ip_text = ip.to_string();
         let input = Input {
             params: &params,
+            json_numbers: &json_numbers,
             client_ip: Some(&ip_text),
             user_agent: user_agent.as_deref(),
             referer: referer.as_deref(),
@@ -240,6 +244,25 @@ impl Ingest {
             stored_query.push_str(&request::encode_pairs(&[(
                 auth.token_param.clone(),
                 "***".into(),
+            )]));
+        }
+        // Which stored pairs were JSON numbers, so that a replay reads them as such (a
+        // sender's own pair of that name, last in its query, is kept by an empty marker).
+        let ends_with_marker = stored_query.contains("json_numbers")
+            && crate::rules::decode_form(stored_query.as_bytes())
+                .last()
+                .is_some_and(|(n, _)| n == crate::rules::JSON_NUMBERS_PARAM);
+        if !body_numbers.is_empty() || ends_with_marker {
+            let positions: Vec<String> = body_numbers
+                .iter()
+                .map(|i| (i + query_pairs).to_string())
+                .collect();
+            if !stored_query.is_empty() {
+                stored_query.push('&');
+            }
+            stored_query.push_str(&request::encode_pairs(&[(
+                crate::rules::JSON_NUMBERS_PARAM.to_string(),
+                positions.join(","),
             )]));
         }
         let raw = RawPostback {

@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::rules::decode_form;
@@ -80,6 +79,8 @@ pub struct Params {
     pub query: Vec<(String, String)>,
     /// From a form or flat JSON object body (POST).
     pub body: Vec<(String, String)>,
+    /// Indices into `body` of JSON numbers (see [`crate::rules::BodyParams`]).
+    pub body_numbers: Vec<usize>,
 }
 
 /// Reads the query's parameters, then the body's (form or flat JSON object).
@@ -99,20 +100,19 @@ pub fn params(
     }
     let query = decode_form(query.as_bytes());
     let mut out = Vec::new();
+    let mut body_numbers = Vec::new();
     if body.is_empty() {
-        return Ok(Params { query, body: out });
+        return Ok(Params {
+            query,
+            body: out,
+            body_numbers,
+        });
     }
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     if ct.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            ParamsError::Body(format!("not JSON ({e}); expected a flat JSON object"))
-        })?;
-        let Value::Object(map) = v else {
-            return Err(ParamsError::Body(
-                "expected a flat JSON object of parameters".into(),
-            ));
-        };
-        count += map.len();
+        let decoded = crate::rules::decode_body(body, crate::rules::BodyKind::Json)
+            .map_err(ParamsError::Body)?;
+        count += decoded.pairs.len();
         if count > max {
             return Err(ParamsError::TooMany {
                 count,
@@ -120,14 +120,8 @@ pub fn params(
                 in_query: false,
             });
         }
-        out.extend(map.into_iter().map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s,
-                Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            (k, text)
-        }));
+        out.extend(decoded.pairs);
+        body_numbers = decoded.numbers;
     } else if ct.is_empty()
         || ct.starts_with("application/x-www-form-urlencoded")
         || ct.starts_with("text/plain")
@@ -146,7 +140,11 @@ pub fn params(
             "content type {ct:?} is not accepted; send application/x-www-form-urlencoded or a flat application/json object"
         )));
     }
-    Ok(Params { query, body: out })
+    Ok(Params {
+        query,
+        body: out,
+        body_numbers,
+    })
 }
 
 /// Constant-time token comparison (only the length can leak).
@@ -240,7 +238,7 @@ mod tests {
     fn json_body_is_flattened_into_parameters() {
         let p = params(
             "a=1",
-            br#"{"cid":"x","amt":12.5,"n":null}"#,
+            br#"{"cid":"x","amt":12.500,"n":null,"e":1e2}"#,
             Some("application/json"),
             10,
         )
@@ -251,9 +249,11 @@ mod tests {
             vec![
                 ("amt".into(), "12.5".into()),
                 ("cid".into(), "x".into()),
+                ("e".into(), "100".into()),
                 ("n".into(), String::new())
             ]
         );
+        assert_eq!(p.body_numbers, vec![0, 2]);
     }
 
     #[test]

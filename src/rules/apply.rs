@@ -21,6 +21,9 @@ use condition::json_at;
 pub struct Input<'a> {
     /// Form-decoded (name, value) pairs in arrival order, values not yet trimmed.
     pub params: &'a [(String, String)],
+    /// Indices into `params` of values that came as JSON numbers (a JSON body's members):
+    /// read as JSON numbers, never through a field's `decimal`.
+    pub json_numbers: &'a [usize],
     pub client_ip: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
@@ -306,8 +309,25 @@ impl<'a> Ctx<'a, '_> {
 
     /// The decoded, trimmed value of a parameter per `[params]` (first or last occurrence).
     fn param(&self, name: &str) -> Option<&'a str> {
+        self.param_hit(name).map(|(_, v)| v)
+    }
+
+    /// [`Self::param`] and, when the value came as a JSON number, that number.
+    fn param_typed(&self, name: &str) -> Option<(&'a str, Option<Decimal>)> {
+        self.param_hit(name).map(|(i, v)| {
+            let number = self
+                .input
+                .json_numbers
+                .contains(&i)
+                .then(|| value::parse_json_number(v).ok())
+                .flatten();
+            (v, number)
+        })
+    }
+
+    fn param_hit(&self, name: &str) -> Option<(usize, &'a str)> {
         let ic = self.rule.params.ignore_case;
-        let mut hits = self.input.params.iter().filter(|(n, _)| {
+        let mut hits = self.input.params.iter().enumerate().filter(|(_, (n, _))| {
             if ic {
                 n.eq_ignore_ascii_case(name)
             } else {
@@ -318,7 +338,7 @@ impl<'a> Ctx<'a, '_> {
             Repeated::Last => hits.next_back(),
             Repeated::First | Repeated::Reject => hits.next(),
         };
-        hit.map(|(_, v)| v.trim())
+        hit.map(|(i, (_, v))| (i, v.trim()))
     }
 
     fn count(&self, name: &str) -> usize {
@@ -369,19 +389,21 @@ impl<'a> Ctx<'a, '_> {
             Source::Params(refs) => {
                 let mut found = Ok(None);
                 for r in refs {
-                    let (v, received_at) = match r {
-                        ParamRef::Param(p) => match self.param(p) {
-                            Some(v) => (Cow::Borrowed(v), false),
+                    let (v, received_at, number) = match r {
+                        ParamRef::Param(p) => match self.param_typed(p) {
+                            Some((v, number)) => (Cow::Borrowed(v), false, number),
                             None => continue,
                         },
                         ParamRef::Special(s) => match self.special(*s) {
-                            Some(v) => {
-                                (Cow::Owned(v.trim().to_string()), *s == Special::ReceivedAt)
-                            }
+                            Some(v) => (
+                                Cow::Owned(v.trim().to_string()),
+                                *s == Special::ReceivedAt,
+                                None,
+                            ),
                             None => continue,
                         },
                         ParamRef::Template(parts) => match self.template(parts, &mut ft) {
-                            Some(v) => (Cow::Owned(v), false),
+                            Some(v) => (Cow::Owned(v), false, None),
                             None => continue,
                         },
                         ParamRef::Const(out) => {
@@ -403,7 +425,7 @@ impl<'a> Ctx<'a, '_> {
                         found = Ok(Some(Found {
                             from: Some(r),
                             text: v,
-                            number: None,
+                            number,
                             received_at,
                         }));
                         break;
@@ -678,7 +700,8 @@ struct Found<'a, 'r> {
     /// The alternative it came from; `None` for a template source.
     from: Option<&'r ParamRef>,
     text: Cow<'a, str>,
-    /// Set when the value was a JSON number inside a JSON parameter: read exactly as JSON.
+    /// Set when the value was a JSON number (a JSON body's member, or inside a JSON
+    /// parameter): read exactly as JSON, never through `decimal`.
     number: Option<Decimal>,
     /// `@received_at`: RFC 3339 whatever the rule's time format.
     received_at: bool,
