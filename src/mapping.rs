@@ -5,17 +5,16 @@ use crate::lifecycle::Lookup;
 use crate::rules::{Input, Outcome, Rule};
 use crate::store::{DedupeKey, NewState};
 
-/// The parameters a rule may see: everything except the source's token parameter, which is
-/// never mapped (names follow `[params].ignore_case`).
+/// The parameters a rule may see: everything except the source's token parameter and
+/// signature parameter, which are never mapped (names follow `[params].ignore_case`).
 pub fn without_token(
     rule: &Rule,
     pairs: impl IntoIterator<Item = (String, String)>,
 ) -> Vec<(String, String)> {
-    let token = rule.auth.token_param.as_str();
     let ic = rule.params_ignore_case();
     pairs
         .into_iter()
-        .filter(|(n, _)| !is_token_param(n, token, ic))
+        .filter(|(n, _)| !rule.auth.is_secret_param(n, ic))
         .collect()
 }
 
@@ -25,12 +24,11 @@ pub fn without_token_marked(
     pairs: Vec<(String, String)>,
     numbers: &[usize],
 ) -> (Vec<(String, String)>, Vec<usize>) {
-    let token = rule.auth.token_param.as_str();
     let ic = rule.params_ignore_case();
     let mut kept = Vec::with_capacity(pairs.len());
     let mut kept_numbers = Vec::new();
     for (i, (n, v)) in pairs.into_iter().enumerate() {
-        if is_token_param(&n, token, ic) {
+        if rule.auth.is_secret_param(&n, ic) {
             continue;
         }
         if numbers.contains(&i) {

@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod request;
 pub mod server;
+pub mod signature;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use jiff::tz::TimeZone;
 use crate::config::ServerConfig;
 use crate::mapping;
 use crate::metrics::{self, PostbackOutcome};
-use crate::rules::{Input, LiveRules, Outcome, Rule};
+use crate::rules::{Input, LiveRules, Outcome, Rule, SigLocation};
 use crate::store::{ChangeRoute, Inserted, NewRecord, NewState, RawPostback, Store};
 use answer::{Answer, Style};
 use request::ParamsError;
@@ -120,6 +121,13 @@ impl Ingest {
         let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
         let (content_type, header_token) = (header("content-type"), header("x-postback-token"));
         let (user_agent, referer) = (header("user-agent"), header("referer"));
+        let signature_header = match &rule.auth.signature {
+            Some(crate::rules::Signature {
+                location: SigLocation::Header(h),
+                ..
+            }) => header(h),
+            _ => None,
+        };
         let ip = request::client_ip(
             peer.ip(),
             forwarded.as_deref(),
@@ -196,8 +204,44 @@ impl Ingest {
                 );
             }
         }
-        let query_had_token = params.query.iter().any(|(n, _)| is_token(n));
-        let body_had_token = params.body.iter().any(|(n, _)| is_token(n));
+        if let Some(sig) = &auth.signature {
+            let given = match &sig.location {
+                SigLocation::Param(name) => params
+                    .query
+                    .iter()
+                    .chain(&params.body)
+                    .find(|(n, _)| mapping::is_token_param(n, name, ic))
+                    .map(|(_, v)| v.clone()),
+                SigLocation::Header(_) => signature_header,
+            };
+            let all: Vec<(String, String)> =
+                params.query.iter().chain(&params.body).cloned().collect();
+            let valid = given
+                .as_deref()
+                .is_some_and(|g| signature::verify(sig, &all, &body, g, ic));
+            if !valid {
+                let what = if given.is_some() { "wrong" } else { "missing" };
+                tracing::warn!(source, client_ip = %ip, "postback refused: signature {what}");
+                metrics::postback(source, PostbackOutcome::Unauthorized);
+                let place = match &sig.location {
+                    SigLocation::Param(p) => format!("parameter {p:?}"),
+                    SigLocation::Header(h) => format!("header {h:?}"),
+                };
+                return Answer::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    Some(format!("signature {what} ({place})")),
+                );
+            }
+        }
+        let is_secret = |n: &str| auth.is_secret_param(n, ic);
+        let query_had_token = params.query.iter().any(|(n, _)| is_secret(n));
+        let body_secrets: Vec<String> = params
+            .body
+            .iter()
+            .filter(|(n, _)| is_secret(n))
+            .map(|(n, _)| n.clone())
+            .collect();
         let query_pairs = params.query.len();
         let (body_params, body_numbers) =
             mapping::without_token_marked(rule, params.body, &params.body_numbers);
@@ -226,7 +270,7 @@ impl Ingest {
 
         let state = mapping::new_state(rule, &input, outcome);
         let mut stored_query = if query_had_token {
-            request::redact_query(&query, &auth.token_param, ic)
+            request::redact_query(&query, is_secret)
         } else {
             query
         };
@@ -236,15 +280,16 @@ impl Ingest {
             }
             stored_query.push_str(&request::encode_pairs(&body_params));
         }
-        if body_had_token {
-            // The record shows that a token came in the body, never its value.
+        if !body_secrets.is_empty() {
+            // The record shows that a token or signature came in the body, never its value.
+            let redacted: Vec<(String, String)> = body_secrets
+                .into_iter()
+                .map(|n| (n, "***".to_string()))
+                .collect();
             if !stored_query.is_empty() {
                 stored_query.push('&');
             }
-            stored_query.push_str(&request::encode_pairs(&[(
-                auth.token_param.clone(),
-                "***".into(),
-            )]));
+            stored_query.push_str(&request::encode_pairs(&redacted));
         }
         // Which stored pairs were JSON numbers, so that a replay reads them as such (a
         // sender's own pair of that name, last in its query, is kept by an empty marker).

@@ -16,6 +16,7 @@ use super::value;
 
 mod condition;
 mod field;
+mod signature;
 mod updates;
 
 /// How `${VAR}` in `[auth]` and `[forward]` is treated.
@@ -58,6 +59,7 @@ pub fn compile(
         params: Default::default(),
         key_spans: HashMap::new(),
         token_param: String::new(),
+        signature_param: None,
     }
     .rule(source, raw, env);
     // Report in file order, whatever order the checks ran in.
@@ -85,6 +87,8 @@ struct Compiler<'d, 'a> {
     key_spans: HashMap<&'static str, Range<usize>>,
     /// `auth.token_param` (normalised): ingest never shows it to the rule.
     token_param: String,
+    /// `auth.signature.param` (normalised), stripped like the token.
+    signature_param: Option<String>,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -123,6 +127,12 @@ impl<'a> Compiler<'_, 'a> {
             .and_then(|a| a.token_param.as_ref())
             .map_or("token", |p| p.get_ref().as_str());
         self.token_param = self.norm(token_param);
+        self.signature_param = raw
+            .auth
+            .as_ref()
+            .and_then(|a| a.signature.as_ref())
+            .and_then(|s| Self::signature_param(s.get_ref()))
+            .map(|p| self.norm(p));
 
         let fields_at = raw.fields.as_ref().map(|f| f.span());
         let fields = match raw.fields {
@@ -236,6 +246,9 @@ impl<'a> Compiler<'_, 'a> {
 
     /// A field that reads the token parameter would never get a value from a real postback.
     fn reads_token(&mut self, key: &str, name: &str, at: Option<Range<usize>>) {
+        if self.signature_param.as_deref() == Some(name) {
+            self.err(at.clone(), format!("{key}: {name:?} is the signature parameter (auth.signature.param), which ingest strips before mapping, so this field would never get its value"));
+        }
         if name == self.token_param {
             self.err(at, format!("{key}: {name:?} is the token parameter (auth.token_param, default \"token\"), which ingest strips before mapping, so this field would never get its value; set auth.token_param to the parameter that carries the token"));
         }
@@ -257,16 +270,7 @@ impl<'a> Compiler<'_, 'a> {
         let Some(var) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
             return Some(text.clone());
         };
-        if env == EnvMode::Ignore {
-            return None;
-        }
-        match std::env::var(var) {
-            Ok(val) if !val.is_empty() => Some(val),
-            _ => {
-                self.err(span(v), format!("{key}: environment variable {var} is not set (or empty); set it before starting the relay (`postback-relay check --no-env` checks the rules without reading secrets)"));
-                None
-            }
-        }
+        self.env_var(key, var, span(v), env)
     }
 
     fn auth(&mut self, raw: Option<RawAuth>, env: EnvMode) -> Auth {
@@ -275,6 +279,7 @@ impl<'a> Compiler<'_, 'a> {
                 token: None,
                 token_param: "token".into(),
                 allow_ips: Vec::new(),
+                signature: None,
             };
         };
         let token = raw
@@ -295,10 +300,12 @@ impl<'a> Compiler<'_, 'a> {
                 None => self.err(span(ip), format!("auth.allow_ips: {:?} is not a CIDR or address (e.g. 203.0.113.0/24, 2001:db8::/32)", ip.get_ref())),
             }
         }
+        let signature = raw.signature.and_then(|s| self.signature(s, env));
         Auth {
             token,
             token_param,
             allow_ips,
+            signature,
         }
     }
 

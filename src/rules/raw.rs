@@ -36,6 +36,20 @@ pub struct RawAuth {
     pub token_param: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_ips: Vec<Spanned<String>>,
+    /// `[auth.signature]`: the sender signs its calls instead of sending a token.
+    pub signature: Option<Spanned<RawSignature>>,
+}
+
+/// `[auth.signature]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    pub algorithm: Spanned<String>,
+    pub message: Spanned<String>,
+    pub param: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+    pub encoding: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
 }
 
 /// `[params]`.
