@@ -410,6 +410,7 @@ fn record(rule: &Rule, tag: &str, i: u64) -> NewRecord {
             received_at: now,
         },
         state,
+        repeat_window: None,
     }
 }
 

@@ -388,3 +388,9 @@ async fn concurrent_changes_of_one_conversion_on_two_instances_are_decided_and_s
     let at_scaleo = lifecycle::overlay(start.as_object().unwrap(), &bodies);
     assert_eq!(lifecycle::tracked(&at_scaleo), current, "sent {sent:?}");
 }
+
+#[tokio::test]
+async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window() {
+    suite::a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(&Postgres::new().await)
+        .await;
+}

@@ -259,14 +259,18 @@ impl Ingest {
             received_at: Some(received_at),
         };
         let outcome = rule.apply(&input, &self.zone);
+        let reject_code = if rule.answer.reject_ok {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
         if method == Method::HEAD {
             return match outcome {
-                Outcome::Reject { reason } => {
-                    Answer::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", Some(reason))
-                }
+                Outcome::Reject { reason } => Answer::new(reject_code, "rejected", Some(reason)),
                 _ => Answer::new(StatusCode::OK, "ok", None),
             };
         }
+        let success_text = rule.answer_body(&input);
 
         let state = mapping::new_state(rule, &input, outcome);
         let mut stored_query = if query_had_token {
@@ -319,7 +323,17 @@ impl Ingest {
             referer,
             received_at,
         };
-        self.store_record(rule, raw, state).await
+        let mut answer = self.store_record(rule, raw, state).await;
+        // `[answer]`: the body a sender expects on success, and 200 for a reject.
+        if answer.code == StatusCode::OK
+            && matches!(answer.status, "accepted" | "duplicate" | "update" | "stale")
+        {
+            answer.text = success_text;
+        }
+        if answer.status == "rejected" && answer.id.is_some() {
+            answer.code = reject_code;
+        }
+        answer
     }
 
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Answer> {
@@ -383,6 +397,7 @@ impl Ingest {
                 source: source.clone(),
                 raw,
                 state,
+                repeat_window: Some(rule.dedupe.window),
             })
             .await;
         let (label, id, original, reason) = match inserted {
@@ -416,6 +431,22 @@ impl Ingest {
             }) => (PostbackOutcome::Stale, id, Some(original), Some(reason)),
             Ok(Inserted::Unmatched { id, reason }) => {
                 (PostbackOutcome::Rejected, id, None, Some(reason))
+            }
+            Ok(Inserted::Repeat {
+                id,
+                reason,
+                repeats,
+            }) => {
+                // The same reject as record `id`: counted on it, not stored again.
+                metrics::postback(&source, PostbackOutcome::Rejected);
+                tracing::info!(
+                    source,
+                    id,
+                    repeats,
+                    outcome = "rejected",
+                    "postback: a repeat of a stored reject, counted on it"
+                );
+                return Answer::stored("rejected", id, Some(reason));
             }
             Err(e) => {
                 metrics::postback(&source, PostbackOutcome::Unavailable);

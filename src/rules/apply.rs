@@ -141,6 +141,26 @@ impl Rule {
         }
     }
 
+    /// The `[answer] body` for this postback (`None` when the rule sets none); a parameter
+    /// without a value is empty in it.
+    pub fn answer_body(&self, input: &Input<'_>) -> Option<String> {
+        let parts = self.answer.body.as_ref()?;
+        let ctx = Ctx {
+            rule: self,
+            input,
+            zone: &TimeZone::UTC,
+            trace: None,
+        };
+        let mut out = String::new();
+        for p in parts {
+            match p {
+                Part::Lit(l) => out.push_str(l),
+                Part::Param(name) => out.push_str(ctx.param(name).unwrap_or("")),
+            }
+        }
+        Some(out)
+    }
+
     /// `[params].ignore_case`: parameter names (the token's too) match case-insensitively.
     pub fn params_ignore_case(&self) -> bool {
         self.params.ignore_case

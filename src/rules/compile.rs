@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::diag::{Diagnostic, Diagnostics};
 use super::model::*;
-use super::raw::{RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest};
+use super::raw::{RawAnswer, RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest};
 use super::scaleo;
 use super::value;
 
@@ -186,6 +186,7 @@ impl<'a> Compiler<'_, 'a> {
         let auth = self.auth(raw.auth, env);
         let dedupe = self.dedupe(raw.dedupe);
         let forward = self.forward(raw.forward, env);
+        let answer = self.answer(raw.answer);
         let tests = raw.tests.into_iter().filter_map(|t| self.test(t)).collect();
 
         let mut rule = Rule {
@@ -195,6 +196,7 @@ impl<'a> Compiler<'_, 'a> {
             dedupe,
             updates,
             forward,
+            answer,
             tests,
             updates_of_at: of_at.map(|at| super::diag::line_col(self.diags_text(), at.start)),
             params: self.params,
@@ -373,6 +375,28 @@ impl<'a> Compiler<'_, 'a> {
             base_url,
             api_key,
         }
+    }
+
+    fn answer(&mut self, raw: Option<RawAnswer>) -> AnswerRule {
+        let Some(raw) = raw else {
+            return AnswerRule::default();
+        };
+        let body = raw.body.as_ref().and_then(|t| {
+            if t.get_ref().contains(['{', '}']) {
+                self.template("answer.body", t)
+            } else {
+                Some(vec![Part::Lit(t.get_ref().clone())])
+            }
+        });
+        let reject_ok = match raw.reject.as_ref().map(|r| (r.get_ref(), r.span())) {
+            None | Some((toml::Value::Integer(422), _)) => false,
+            Some((toml::Value::Integer(200), _)) => true,
+            Some((other, at)) => {
+                self.err(Some(at), format!("answer.reject = {other}: expected 422 (the default: a reject is an error the sender sees) or 200 (for senders that retry every non-2xx answer; the postback is still stored as rejected)"));
+                false
+            }
+        };
+        AnswerRule { body, reject_ok }
     }
 
     fn test(&mut self, raw: Spanned<RawTest>) -> Option<RuleTest> {

@@ -19,8 +19,8 @@ pub use apply::{FieldTrace, Ignored, Input, Mapped, Origin, Outcome, Trace, deci
 pub use compile::{EnvMode, compile, valid_source_id};
 pub use diag::Diagnostic;
 pub use model::{
-    Auth, ChangeOutcome, Dedupe, Expectation, ForwardOverride, Rule, RuleTest, SigAlgorithm,
-    SigEncoding, SigLocation, SigPart, Signature, Updates,
+    AnswerRule, Auth, ChangeOutcome, Dedupe, Expectation, ForwardOverride, Rule, RuleTest,
+    SigAlgorithm, SigEncoding, SigLocation, SigPart, Signature, Updates,
 };
 
 /// Every source's compiled rule, keyed by source id.

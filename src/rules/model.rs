@@ -22,6 +22,8 @@ pub struct Rule {
     /// `[updates]`: later postbacks of a conversion change it (status, money).
     pub updates: Updates,
     pub forward: ForwardOverride,
+    /// `[answer]`: the success body and the status of a reject the sender expects.
+    pub answer: AnswerRule,
     pub tests: Vec<RuleTest>,
     /// Line and column of `[updates] of`, for the check that it names a loaded source.
     pub(crate) updates_of_at: Option<(usize, usize)>,
@@ -139,6 +141,23 @@ pub enum SigEncoding {
     Hex,
     /// Standard or URL-safe alphabet, padded or not.
     Base64,
+}
+
+/// `[answer]`.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerRule {
+    /// `body = "{eventId}:OK"`: sent as `text/plain` for accepted, duplicate, update and stale
+    /// postbacks instead of the JSON answer.
+    pub(crate) body: Option<Vec<Part>>,
+    /// `reject = 200`: a reject answers 200 (it is still stored as rejected).
+    pub reject_ok: bool,
+}
+
+impl AnswerRule {
+    /// Whether a success body is set.
+    pub fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
 }
 
 /// `[dedupe]`: the mapped fields that identify a conversion, and how long to remember them.

@@ -24,8 +24,17 @@ pub struct RawRule {
     pub dedupe: Option<RawDedupe>,
     pub updates: Option<Spanned<RawUpdates>>,
     pub forward: Option<RawForward>,
+    pub answer: Option<RawAnswer>,
     #[serde(default)]
     pub tests: Vec<Spanned<RawTest>>,
+}
+
+/// `[answer]`: what the sender expects to read back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnswer {
+    pub body: Option<Spanned<String>>,
+    pub reject: Option<Spanned<toml::Value>>,
 }
 
 /// `[auth]`.

@@ -529,3 +529,87 @@ async fn json_body_numbers_are_stored_marked_and_a_replay_reads_them_the_same() 
     }
     env.stop().await;
 }
+
+// --- the answer a sender expects ---------------------------------------------------------
+
+#[tokio::test]
+async fn answer_body_is_sent_as_text_and_a_reject_answers_200_when_asked() {
+    let rule = r#"
+[answer]
+body   = "{eventId}:OK"
+reject = 200
+
+[fields]
+click_id     = "userId"
+adv_order_id = "eventId"
+revenue      = { from = "amt", required = true }
+"#;
+    let env = Env::start(&[("iron", rule)], |_| {}).await;
+    let get = |q: &str| {
+        env.client
+            .get(env.url(&format!("/postback/iron?{q}")))
+            .send()
+    };
+    for (q, want) in [
+        ("eventId=E1&userId=u1&amt=5", "E1:OK"),
+        ("eventId=E1&userId=u1&amt=5", "E1:OK"),
+    ] {
+        let resp = get(q).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert_eq!(resp.text().await.unwrap(), want, "accepted, then duplicate");
+    }
+    // A reject: 200 with the JSON answer naming the reason, stored as rejected.
+    let resp = get("eventId=E2&userId=u1").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "rejected", "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("revenue"),
+        "{body}"
+    );
+    let id = body["id"].as_i64().unwrap();
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.summary.state.as_str(), "rejected");
+    // The sender retries the same broken postback: the same reject with the same id,
+    // counted on the record instead of stored again.
+    for _ in 0..3 {
+        let resp = get("eventId=E2&userId=u1").await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let again: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            (again["status"].as_str(), again["id"].as_i64()),
+            (Some("rejected"), Some(id))
+        );
+        assert_eq!(again["reason"], body["reason"]);
+    }
+    assert_eq!(env.relay().store.get(id).await.unwrap().unwrap().repeats, 3);
+    assert!(
+        env.relay().store.get(id + 1).await.unwrap().is_none(),
+        "no copies stored"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn without_answer_rejects_are_422_json_and_repeats_are_still_counted() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let (status, first) = env.get("/postback/shop?cid=%7Bclickid%7D&amt=100").await;
+    assert_eq!(status, 422);
+    let (status, again) = env.get("/postback/shop?cid=%7Bclickid%7D&amt=100").await;
+    assert_eq!((status, again["id"].clone()), (422, first["id"].clone()));
+    let id = first["id"].as_i64().unwrap();
+    assert_eq!(env.relay().store.get(id).await.unwrap().unwrap().repeats, 1);
+    // Another broken query is another record.
+    let (_, other) = env.get("/postback/shop?cid=%7Bclickid%7D&amt=101").await;
+    assert_ne!(other["id"], first["id"]);
+    // An accepted postback still answers JSON.
+    let (status, ok) = env.get("/postback/shop?cid=c&amt=1").await;
+    assert_eq!((status, ok["status"].as_str()), (200, Some("accepted")));
+    env.stop().await;
+}

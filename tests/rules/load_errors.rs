@@ -706,3 +706,28 @@ fn a_field_that_reads_the_signature_parameter_is_refused() {
         &["\"sig\" is the signature parameter", "never get its value"],
     );
 }
+
+#[test]
+fn answer_is_validated_at_load() {
+    let list = problems("[answer]\nreject = 500\n[fields]\nclick_id = \"cid\"\n");
+    says(
+        &list.join("\n"),
+        &["answer.reject = 500", "expected 422", "or 200"],
+    );
+    let list = problems("[answer]\nbody = \"{event id}:OK\"\n[fields]\nclick_id = \"cid\"\n");
+    says(
+        &list.join("\n"),
+        &["answer.body", "not a plain parameter name"],
+    );
+    let list = problems("[answer]\nstatus = 200\n[fields]\nclick_id = \"cid\"\n");
+    says(&list.join("\n"), &["unknown field `status`"]);
+    // A constant body needs no parameter.
+    let r = compile(
+        "acme",
+        "acme.toml",
+        "[answer]\nbody = \"OK\"\nreject = 422\n[fields]\nclick_id = \"cid\"\n",
+        EnvMode::Ignore,
+    )
+    .unwrap();
+    assert!(r.answer.has_body() && !r.answer.reject_ok);
+}
