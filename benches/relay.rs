@@ -386,6 +386,7 @@ fn record(rule: &Rule, tag: &str, i: u64) -> NewRecord {
     let now = Timestamp::now();
     let input = Input {
         params: &params,
+        json_numbers: &[],
         client_ip: Some("127.0.0.1"),
         user_agent: Some("bench"),
         referer: None,
@@ -409,6 +410,7 @@ fn record(rule: &Rule, tag: &str, i: u64) -> NewRecord {
             received_at: now,
         },
         state,
+        repeat_window: None,
     }
 }
 

@@ -586,15 +586,18 @@ fn map(a: MapArgs) -> CliResult {
     let set = load_rules(&dir)?;
     let rule = rule_of(&set, &a.source, &dir)?;
     let mut params = decode_form(a.query.strip_prefix('?').unwrap_or(&a.query).as_bytes());
+    let mut json_numbers = Vec::new();
     if let Some(body) = &a.body {
         let kind = a.content_type.as_deref().and_then(BodyKind::parse);
-        let body_params = decode_body(body.as_bytes(), kind.unwrap_or(BodyKind::Form))
+        let decoded = decode_body(body.as_bytes(), kind.unwrap_or(BodyKind::Form))
             .map_err(|e| CliError::Usage(format!("--body: {e}")))?;
-        params.extend(body_params);
+        json_numbers.extend(decoded.numbers.iter().map(|i| i + params.len()));
+        params.extend(decoded.pairs);
     }
     let client_ip = a.client_ip.map(|ip| ip.to_string());
     let input = Input {
         params: &params,
+        json_numbers: &json_numbers,
         client_ip: client_ip.as_deref(),
         user_agent: a.user_agent.as_deref(),
         referer: a.referer.as_deref(),

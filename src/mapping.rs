@@ -5,18 +5,38 @@ use crate::lifecycle::Lookup;
 use crate::rules::{Input, Outcome, Rule};
 use crate::store::{DedupeKey, NewState};
 
-/// The parameters a rule may see: everything except the source's token parameter, which is
-/// never mapped (names follow `[params].ignore_case`).
+/// The parameters a rule may see: everything except the source's token parameter and
+/// signature parameter, which are never mapped (names follow `[params].ignore_case`).
 pub fn without_token(
     rule: &Rule,
     pairs: impl IntoIterator<Item = (String, String)>,
 ) -> Vec<(String, String)> {
-    let token = rule.auth.token_param.as_str();
     let ic = rule.params_ignore_case();
     pairs
         .into_iter()
-        .filter(|(n, _)| !is_token_param(n, token, ic))
+        .filter(|(n, _)| !rule.auth.is_secret_param(n, ic))
         .collect()
+}
+
+/// [`without_token`], keeping `numbers` (indices of JSON numbers) pointing at the same pairs.
+pub fn without_token_marked(
+    rule: &Rule,
+    pairs: Vec<(String, String)>,
+    numbers: &[usize],
+) -> (Vec<(String, String)>, Vec<usize>) {
+    let ic = rule.params_ignore_case();
+    let mut kept = Vec::with_capacity(pairs.len());
+    let mut kept_numbers = Vec::new();
+    for (i, (n, v)) in pairs.into_iter().enumerate() {
+        if rule.auth.is_secret_param(&n, ic) {
+            continue;
+        }
+        if numbers.contains(&i) {
+            kept_numbers.push(kept.len());
+        }
+        kept.push((n, v));
+    }
+    (kept, kept_numbers)
 }
 
 /// Whether a decoded parameter name is the source's token parameter.

@@ -3,7 +3,8 @@
 //! (`POST /admin/replay`) and the CLI (`postback-relay replay`).
 //!
 //! Re-mapping rebuilds exactly what ingest gave the rule: the stored query (the token already
-//! redacted, a POST form's parameters appended) decoded with [`decode_form`], minus the token
+//! redacted, a POST body's parameters appended, the JSON numbers among them marked) decoded
+//! with [`decode_stored`], minus the token
 //! parameter, and the stored caller IP, user agent, referer and receive time.
 //!
 //! A filtered replay walks the matching records newest first in pages of [`BATCH`], with a
@@ -19,7 +20,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::mapping;
-use crate::rules::{Input, LiveRules, Rule, decode_form};
+use crate::rules::{Input, LiveRules, Rule, decode_stored};
 use crate::store::{
     ChangeRoute, Cursor, Filter, NewState, RecordView, Requeued, State, Store, StoreError,
 };
@@ -279,9 +280,11 @@ impl Replayer {
 /// Maps a stored record's raw postback with `rule` into the state a replay stores.
 pub fn remap(rule: &Rule, rec: &RecordView, zone: &TimeZone) -> NewState {
     let raw = &rec.raw;
-    let params = mapping::without_token(rule, decode_form(raw.query.as_bytes()));
+    let stored = decode_stored(&raw.query);
+    let (params, json_numbers) = mapping::without_token_marked(rule, stored.pairs, &stored.numbers);
     let input = Input {
         params: &params,
+        json_numbers: &json_numbers,
         client_ip: raw.client_ip.as_deref(),
         user_agent: raw.user_agent.as_deref(),
         referer: raw.referer.as_deref(),

@@ -605,3 +605,9 @@ async fn a_wrong_password_says_authentication_failed_for_whom_and_where() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window() {
+    suite::a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(&Postgres::new().await)
+        .await;
+}

@@ -184,3 +184,8 @@ async fn an_unmatched_update_only_postback_is_replayed_once_the_conversion_exist
     suite::an_unmatched_update_only_postback_is_replayed_once_the_conversion_exists(&Sqlite::new())
         .await;
 }
+
+#[tokio::test]
+async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window() {
+    suite::a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(&Sqlite::new()).await;
+}

@@ -398,6 +398,7 @@ pub fn explain(rule: &Rule, query: &str, zone: &TimeZone, received_at: Timestamp
             .collect();
     let input = Input {
         params: &params,
+        json_numbers: &[],
         client_ip: None,
         user_agent: None,
         referer: None,

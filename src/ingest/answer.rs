@@ -31,6 +31,8 @@ pub struct Answer {
     pub reason: Option<String>,
     /// For `update`, `stale` and `duplicate`: the record that created the conversion.
     pub original: Option<i64>,
+    /// `[answer] body`: sent as `text/plain` instead of the JSON (not on `/pixel`).
+    pub text: Option<String>,
 }
 
 impl Answer {
@@ -41,6 +43,7 @@ impl Answer {
             id: None,
             reason: reason.into(),
             original: None,
+            text: None,
         }
     }
 
@@ -56,6 +59,7 @@ impl Answer {
             id: Some(id),
             reason,
             original: None,
+            text: None,
         }
     }
 
@@ -74,8 +78,9 @@ impl Answer {
 
     /// Renders the answer; `head` drops the body but keeps the headers.
     pub fn render(&self, style: Style, head: bool) -> Response<Full<Bytes>> {
-        let (ctype, body) = match style {
-            Style::Json => {
+        let (ctype, body) = match (style, &self.text) {
+            (Style::Json, Some(text)) => ("text/plain; charset=utf-8", Bytes::from(text.clone())),
+            (Style::Json, None) => {
                 let mut body = json!({"status": self.status, "id": self.id, "reason": self.reason});
                 if let Some(original) = self.original {
                     body["original"] = original.into();
@@ -83,7 +88,7 @@ impl Answer {
                 let body = body.to_string();
                 ("application/json", Bytes::from(body))
             }
-            Style::Pixel => ("image/gif", Bytes::from_static(PIXEL_GIF)),
+            (Style::Pixel, _) => ("image/gif", Bytes::from_static(PIXEL_GIF)),
         };
         let len = body.len();
         let mut resp = Response::new(Full::new(if head { Bytes::new() } else { body }));

@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod request;
 pub mod server;
+pub mod signature;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use jiff::tz::TimeZone;
 use crate::config::ServerConfig;
 use crate::mapping;
 use crate::metrics::{self, PostbackOutcome};
-use crate::rules::{Input, LiveRules, Outcome, Rule};
+use crate::rules::{Input, LiveRules, Outcome, Rule, SigLocation};
 use crate::store::{ChangeRoute, Inserted, NewRecord, NewState, RawPostback, Store};
 use answer::{Answer, Style};
 use request::ParamsError;
@@ -120,6 +121,13 @@ impl Ingest {
         let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
         let (content_type, header_token) = (header("content-type"), header("x-postback-token"));
         let (user_agent, referer) = (header("user-agent"), header("referer"));
+        let signature_header = match &rule.auth.signature {
+            Some(crate::rules::Signature {
+                location: SigLocation::Header(h),
+                ..
+            }) => header(h),
+            _ => None,
+        };
         let ip = request::client_ip(
             peer.ip(),
             forwarded.as_deref(),
@@ -196,33 +204,77 @@ impl Ingest {
                 );
             }
         }
-        let query_had_token = params.query.iter().any(|(n, _)| is_token(n));
-        let body_had_token = params.body.iter().any(|(n, _)| is_token(n));
-        let body_params = mapping::without_token(rule, params.body);
+        if let Some(sig) = &auth.signature {
+            let given = match &sig.location {
+                SigLocation::Param(name) => params
+                    .query
+                    .iter()
+                    .chain(&params.body)
+                    .find(|(n, _)| mapping::is_token_param(n, name, ic))
+                    .map(|(_, v)| v.clone()),
+                SigLocation::Header(_) => signature_header,
+            };
+            let all: Vec<(String, String)> =
+                params.query.iter().chain(&params.body).cloned().collect();
+            let valid = given
+                .as_deref()
+                .is_some_and(|g| signature::verify(sig, &all, &body, g, ic));
+            if !valid {
+                let what = if given.is_some() { "wrong" } else { "missing" };
+                tracing::warn!(source, client_ip = %ip, "postback refused: signature {what}");
+                metrics::postback(source, PostbackOutcome::Unauthorized);
+                let place = match &sig.location {
+                    SigLocation::Param(p) => format!("parameter {p:?}"),
+                    SigLocation::Header(h) => format!("header {h:?}"),
+                };
+                return Answer::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    Some(format!("signature {what} ({place})")),
+                );
+            }
+        }
+        let is_secret = |n: &str| auth.is_secret_param(n, ic);
+        let query_had_token = params.query.iter().any(|(n, _)| is_secret(n));
+        let body_secrets: Vec<String> = params
+            .body
+            .iter()
+            .filter(|(n, _)| is_secret(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let query_pairs = params.query.len();
+        let (body_params, body_numbers) =
+            mapping::without_token_marked(rule, params.body, &params.body_numbers);
         let mut params = mapping::without_token(rule, params.query);
+        let json_numbers: Vec<usize> = body_numbers.iter().map(|i| i + params.len()).collect();
         params.extend(body_params.iter().cloned());
 
         let ip_text = ip.to_string();
         let input = Input {
             params: &params,
+            json_numbers: &json_numbers,
             client_ip: Some(&ip_text),
             user_agent: user_agent.as_deref(),
             referer: referer.as_deref(),
             received_at: Some(received_at),
         };
         let outcome = rule.apply(&input, &self.zone);
+        let reject_code = if rule.answer.reject_ok {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
         if method == Method::HEAD {
             return match outcome {
-                Outcome::Reject { reason } => {
-                    Answer::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", Some(reason))
-                }
+                Outcome::Reject { reason } => Answer::new(reject_code, "rejected", Some(reason)),
                 _ => Answer::new(StatusCode::OK, "ok", None),
             };
         }
+        let success_text = rule.answer_body(&input);
 
         let state = mapping::new_state(rule, &input, outcome);
         let mut stored_query = if query_had_token {
-            request::redact_query(&query, &auth.token_param, ic)
+            request::redact_query(&query, is_secret)
         } else {
             query
         };
@@ -232,14 +284,34 @@ impl Ingest {
             }
             stored_query.push_str(&request::encode_pairs(&body_params));
         }
-        if body_had_token {
-            // The record shows that a token came in the body, never its value.
+        if !body_secrets.is_empty() {
+            // The record shows that a token or signature came in the body, never its value.
+            let redacted: Vec<(String, String)> = body_secrets
+                .into_iter()
+                .map(|n| (n, "***".to_string()))
+                .collect();
+            if !stored_query.is_empty() {
+                stored_query.push('&');
+            }
+            stored_query.push_str(&request::encode_pairs(&redacted));
+        }
+        // Which stored pairs were JSON numbers, so that a replay reads them as such (a
+        // sender's own pair of that name, last in its query, is kept by an empty marker).
+        let ends_with_marker = stored_query.contains("json_numbers")
+            && crate::rules::decode_form(stored_query.as_bytes())
+                .last()
+                .is_some_and(|(n, _)| n == crate::rules::JSON_NUMBERS_PARAM);
+        if !body_numbers.is_empty() || ends_with_marker {
+            let positions: Vec<String> = body_numbers
+                .iter()
+                .map(|i| (i + query_pairs).to_string())
+                .collect();
             if !stored_query.is_empty() {
                 stored_query.push('&');
             }
             stored_query.push_str(&request::encode_pairs(&[(
-                auth.token_param.clone(),
-                "***".into(),
+                crate::rules::JSON_NUMBERS_PARAM.to_string(),
+                positions.join(","),
             )]));
         }
         let raw = RawPostback {
@@ -251,7 +323,17 @@ impl Ingest {
             referer,
             received_at,
         };
-        self.store_record(rule, raw, state).await
+        let mut answer = self.store_record(rule, raw, state).await;
+        // `[answer]`: the body a sender expects on success, and 200 for a reject.
+        if answer.code == StatusCode::OK
+            && matches!(answer.status, "accepted" | "duplicate" | "update" | "stale")
+        {
+            answer.text = success_text;
+        }
+        if answer.status == "rejected" && answer.id.is_some() {
+            answer.code = reject_code;
+        }
+        answer
     }
 
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Answer> {
@@ -315,6 +397,7 @@ impl Ingest {
                 source: source.clone(),
                 raw,
                 state,
+                repeat_window: Some(rule.dedupe.window),
             })
             .await;
         let (label, id, original, reason) = match inserted {
@@ -348,6 +431,22 @@ impl Ingest {
             }) => (PostbackOutcome::Stale, id, Some(original), Some(reason)),
             Ok(Inserted::Unmatched { id, reason }) => {
                 (PostbackOutcome::Rejected, id, None, Some(reason))
+            }
+            Ok(Inserted::Repeat {
+                id,
+                reason,
+                repeats,
+            }) => {
+                // The same reject as record `id`: counted on it, not stored again.
+                metrics::postback(&source, PostbackOutcome::Rejected);
+                tracing::info!(
+                    source,
+                    id,
+                    repeats,
+                    outcome = "rejected",
+                    "postback: a repeat of a stored reject, counted on it"
+                );
+                return Answer::stored("rejected", id, Some(reason));
             }
             Err(e) => {
                 metrics::postback(&source, PostbackOutcome::Unavailable);

@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::rules::decode_form;
@@ -80,6 +79,8 @@ pub struct Params {
     pub query: Vec<(String, String)>,
     /// From a form or flat JSON object body (POST).
     pub body: Vec<(String, String)>,
+    /// Indices into `body` of JSON numbers (see [`crate::rules::BodyParams`]).
+    pub body_numbers: Vec<usize>,
 }
 
 /// Reads the query's parameters, then the body's (form or flat JSON object).
@@ -99,20 +100,19 @@ pub fn params(
     }
     let query = decode_form(query.as_bytes());
     let mut out = Vec::new();
+    let mut body_numbers = Vec::new();
     if body.is_empty() {
-        return Ok(Params { query, body: out });
+        return Ok(Params {
+            query,
+            body: out,
+            body_numbers,
+        });
     }
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     if ct.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            ParamsError::Body(format!("not JSON ({e}); expected a flat JSON object"))
-        })?;
-        let Value::Object(map) = v else {
-            return Err(ParamsError::Body(
-                "expected a flat JSON object of parameters".into(),
-            ));
-        };
-        count += map.len();
+        let decoded = crate::rules::decode_body(body, crate::rules::BodyKind::Json)
+            .map_err(ParamsError::Body)?;
+        count += decoded.pairs.len();
         if count > max {
             return Err(ParamsError::TooMany {
                 count,
@@ -120,14 +120,8 @@ pub fn params(
                 in_query: false,
             });
         }
-        out.extend(map.into_iter().map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s,
-                Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            (k, text)
-        }));
+        out.extend(decoded.pairs);
+        body_numbers = decoded.numbers;
     } else if ct.is_empty()
         || ct.starts_with("application/x-www-form-urlencoded")
         || ct.starts_with("text/plain")
@@ -146,7 +140,11 @@ pub fn params(
             "content type {ct:?} is not accepted; send application/x-www-form-urlencoded or a flat application/json object"
         )));
     }
-    Ok(Params { query, body: out })
+    Ok(Params {
+        query,
+        body: out,
+        body_numbers,
+    })
 }
 
 /// Constant-time token comparison (only the length can leak).
@@ -163,8 +161,9 @@ pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool 
     }
 }
 
-/// The raw query with every token parameter's value replaced by `***`, the rest untouched.
-pub fn redact_query(raw: &str, token_param: &str, ignore_case: bool) -> String {
+/// The raw query with the value of every parameter named by `secret` (the token, the
+/// signature) replaced by `***`, the rest untouched.
+pub fn redact_query(raw: &str, secret: impl Fn(&str) -> bool) -> String {
     raw.split('&')
         .map(|piece| {
             let name = piece.split('=').next().unwrap_or("");
@@ -173,7 +172,7 @@ pub fn redact_query(raw: &str, token_param: &str, ignore_case: bool) -> String {
                 .next()
                 .map(|(n, _)| n)
                 .unwrap_or_default();
-            if crate::mapping::is_token_param(&decoded, token_param, ignore_case) {
+            if secret(&decoded) {
                 format!("{name}=***")
             } else {
                 piece.to_string()
@@ -230,9 +229,9 @@ mod tests {
 
     #[test]
     fn token_is_redacted_in_the_stored_query_only() {
-        let q = redact_query("cid=1&token=s3cret&TOKEN=x&amt=2", "token", false);
+        let q = redact_query("cid=1&token=s3cret&TOKEN=x&amt=2", |n| n == "token");
         assert_eq!(q, "cid=1&token=***&TOKEN=x&amt=2");
-        let q = redact_query("cid=1&TOKEN=s3cret", "token", true);
+        let q = redact_query("cid=1&TOKEN=s3cret", |n| n.eq_ignore_ascii_case("token"));
         assert_eq!(q, "cid=1&TOKEN=***");
     }
 
@@ -240,7 +239,7 @@ mod tests {
     fn json_body_is_flattened_into_parameters() {
         let p = params(
             "a=1",
-            br#"{"cid":"x","amt":12.5,"n":null}"#,
+            br#"{"cid":"x","amt":12.500,"n":null,"e":1e2}"#,
             Some("application/json"),
             10,
         )
@@ -251,9 +250,11 @@ mod tests {
             vec![
                 ("amt".into(), "12.5".into()),
                 ("cid".into(), "x".into()),
+                ("e".into(), "100".into()),
                 ("n".into(), String::new())
             ]
         );
+        assert_eq!(p.body_numbers, vec![0, 2]);
     }
 
     #[test]

@@ -21,6 +21,9 @@ use condition::json_at;
 pub struct Input<'a> {
     /// Form-decoded (name, value) pairs in arrival order, values not yet trimmed.
     pub params: &'a [(String, String)],
+    /// Indices into `params` of values that came as JSON numbers (a JSON body's members):
+    /// read as JSON numbers, never through a field's `decimal`.
+    pub json_numbers: &'a [usize],
     pub client_ip: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
@@ -136,6 +139,26 @@ impl Rule {
             Ok(Some(Out::Str(s))) => Some(s),
             _ => None,
         }
+    }
+
+    /// The `[answer] body` for this postback (`None` when the rule sets none); a parameter
+    /// without a value is empty in it.
+    pub fn answer_body(&self, input: &Input<'_>) -> Option<String> {
+        let parts = self.answer.body.as_ref()?;
+        let ctx = Ctx {
+            rule: self,
+            input,
+            zone: &TimeZone::UTC,
+            trace: None,
+        };
+        let mut out = String::new();
+        for p in parts {
+            match p {
+                Part::Lit(l) => out.push_str(l),
+                Part::Param(name) => out.push_str(ctx.param(name).unwrap_or("")),
+            }
+        }
+        Some(out)
     }
 
     /// `[params].ignore_case`: parameter names (the token's too) match case-insensitively.
@@ -306,8 +329,25 @@ impl<'a> Ctx<'a, '_> {
 
     /// The decoded, trimmed value of a parameter per `[params]` (first or last occurrence).
     fn param(&self, name: &str) -> Option<&'a str> {
+        self.param_hit(name).map(|(_, v)| v)
+    }
+
+    /// [`Self::param`] and, when the value came as a JSON number, that number.
+    fn param_typed(&self, name: &str) -> Option<(&'a str, Option<Decimal>)> {
+        self.param_hit(name).map(|(i, v)| {
+            let number = self
+                .input
+                .json_numbers
+                .contains(&i)
+                .then(|| value::parse_json_number(v).ok())
+                .flatten();
+            (v, number)
+        })
+    }
+
+    fn param_hit(&self, name: &str) -> Option<(usize, &'a str)> {
         let ic = self.rule.params.ignore_case;
-        let mut hits = self.input.params.iter().filter(|(n, _)| {
+        let mut hits = self.input.params.iter().enumerate().filter(|(_, (n, _))| {
             if ic {
                 n.eq_ignore_ascii_case(name)
             } else {
@@ -318,7 +358,7 @@ impl<'a> Ctx<'a, '_> {
             Repeated::Last => hits.next_back(),
             Repeated::First | Repeated::Reject => hits.next(),
         };
-        hit.map(|(_, v)| v.trim())
+        hit.map(|(i, (_, v))| (i, v.trim()))
     }
 
     fn count(&self, name: &str) -> usize {
@@ -369,19 +409,21 @@ impl<'a> Ctx<'a, '_> {
             Source::Params(refs) => {
                 let mut found = Ok(None);
                 for r in refs {
-                    let (v, received_at) = match r {
-                        ParamRef::Param(p) => match self.param(p) {
-                            Some(v) => (Cow::Borrowed(v), false),
+                    let (v, received_at, number) = match r {
+                        ParamRef::Param(p) => match self.param_typed(p) {
+                            Some((v, number)) => (Cow::Borrowed(v), false, number),
                             None => continue,
                         },
                         ParamRef::Special(s) => match self.special(*s) {
-                            Some(v) => {
-                                (Cow::Owned(v.trim().to_string()), *s == Special::ReceivedAt)
-                            }
+                            Some(v) => (
+                                Cow::Owned(v.trim().to_string()),
+                                *s == Special::ReceivedAt,
+                                None,
+                            ),
                             None => continue,
                         },
                         ParamRef::Template(parts) => match self.template(parts, &mut ft) {
-                            Some(v) => (Cow::Owned(v), false),
+                            Some(v) => (Cow::Owned(v), false, None),
                             None => continue,
                         },
                         ParamRef::Const(out) => {
@@ -403,7 +445,7 @@ impl<'a> Ctx<'a, '_> {
                         found = Ok(Some(Found {
                             from: Some(r),
                             text: v,
-                            number: None,
+                            number,
                             received_at,
                         }));
                         break;
@@ -678,7 +720,8 @@ struct Found<'a, 'r> {
     /// The alternative it came from; `None` for a template source.
     from: Option<&'r ParamRef>,
     text: Cow<'a, str>,
-    /// Set when the value was a JSON number inside a JSON parameter: read exactly as JSON.
+    /// Set when the value was a JSON number (a JSON body's member, or inside a JSON
+    /// parameter): read exactly as JSON, never through `decimal`.
     number: Option<Decimal>,
     /// `@received_at`: RFC 3339 whatever the rule's time format.
     received_at: bool,

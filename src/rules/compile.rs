@@ -10,12 +10,15 @@ use toml::Spanned;
 
 use super::diag::{Diagnostic, Diagnostics};
 use super::model::*;
-use super::raw::{RawAlerts, RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest};
+use super::raw::{
+    RawAlerts, RawAnswer, RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest,
+};
 use super::scaleo;
 use super::value;
 
 mod condition;
 mod field;
+mod signature;
 mod updates;
 
 /// How `${VAR}` in `[auth]` and `[forward]` is treated.
@@ -58,6 +61,7 @@ pub fn compile(
         params: Default::default(),
         key_spans: HashMap::new(),
         token_param: String::new(),
+        signature_param: None,
     }
     .rule(source, raw, env);
     // Report in file order, whatever order the checks ran in.
@@ -85,6 +89,8 @@ struct Compiler<'d, 'a> {
     key_spans: HashMap<&'static str, Range<usize>>,
     /// `auth.token_param` (normalised): ingest never shows it to the rule.
     token_param: String,
+    /// `auth.signature.param` (normalised), stripped like the token.
+    signature_param: Option<String>,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -123,6 +129,12 @@ impl<'a> Compiler<'_, 'a> {
             .and_then(|a| a.token_param.as_ref())
             .map_or("token", |p| p.get_ref().as_str());
         self.token_param = self.norm(token_param);
+        self.signature_param = raw
+            .auth
+            .as_ref()
+            .and_then(|a| a.signature.as_ref())
+            .and_then(|s| Self::signature_param(s.get_ref()))
+            .map(|p| self.norm(p));
 
         let fields_at = raw.fields.as_ref().map(|f| f.span());
         let fields = match raw.fields {
@@ -177,6 +189,7 @@ impl<'a> Compiler<'_, 'a> {
         let dedupe = self.dedupe(raw.dedupe);
         let forward = self.forward(raw.forward, env);
         let alerts = self.alerts(raw.alerts);
+        let answer = self.answer(raw.answer);
         let tests = raw.tests.into_iter().filter_map(|t| self.test(t)).collect();
 
         let mut rule = Rule {
@@ -187,6 +200,7 @@ impl<'a> Compiler<'_, 'a> {
             updates,
             forward,
             alerts,
+            answer,
             tests,
             updates_of_at: of_at.map(|at| super::diag::line_col(self.diags_text(), at.start)),
             params: self.params,
@@ -238,6 +252,9 @@ impl<'a> Compiler<'_, 'a> {
 
     /// A field that reads the token parameter would never get a value from a real postback.
     fn reads_token(&mut self, key: &str, name: &str, at: Option<Range<usize>>) {
+        if self.signature_param.as_deref() == Some(name) {
+            self.err(at.clone(), format!("{key}: {name:?} is the signature parameter (auth.signature.param), which ingest strips before mapping, so this field would never get its value"));
+        }
         if name == self.token_param {
             self.err(at, format!("{key}: {name:?} is the token parameter (auth.token_param, default \"token\"), which ingest strips before mapping, so this field would never get its value; set auth.token_param to the parameter that carries the token"));
         }
@@ -259,16 +276,7 @@ impl<'a> Compiler<'_, 'a> {
         let Some(var) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
             return Some(text.clone());
         };
-        if env == EnvMode::Ignore {
-            return None;
-        }
-        match std::env::var(var) {
-            Ok(val) if !val.is_empty() => Some(val),
-            _ => {
-                self.err(span(v), format!("{key}: environment variable {var} is not set (or empty); set it before starting the relay (`postback-relay check --no-env` checks the rules without reading secrets)"));
-                None
-            }
-        }
+        self.env_var(key, var, span(v), env)
     }
 
     fn auth(&mut self, raw: Option<RawAuth>, env: EnvMode) -> Auth {
@@ -277,6 +285,7 @@ impl<'a> Compiler<'_, 'a> {
                 token: None,
                 token_param: "token".into(),
                 allow_ips: Vec::new(),
+                signature: None,
             };
         };
         let token = raw
@@ -297,10 +306,12 @@ impl<'a> Compiler<'_, 'a> {
                 None => self.err(span(ip), format!("auth.allow_ips: {:?} is not a CIDR or address (e.g. 203.0.113.0/24, 2001:db8::/32)", ip.get_ref())),
             }
         }
+        let signature = raw.signature.and_then(|s| self.signature(s, env));
         Auth {
             token,
             token_param,
             allow_ips,
+            signature,
         }
     }
 
@@ -395,6 +406,28 @@ impl<'a> Compiler<'_, 'a> {
             base_url,
             api_key,
         }
+    }
+
+    fn answer(&mut self, raw: Option<RawAnswer>) -> AnswerRule {
+        let Some(raw) = raw else {
+            return AnswerRule::default();
+        };
+        let body = raw.body.as_ref().and_then(|t| {
+            if t.get_ref().contains(['{', '}']) {
+                self.template("answer.body", t)
+            } else {
+                Some(vec![Part::Lit(t.get_ref().clone())])
+            }
+        });
+        let reject_ok = match raw.reject.as_ref().map(|r| (r.get_ref(), r.span())) {
+            None | Some((toml::Value::Integer(422), _)) => false,
+            Some((toml::Value::Integer(200), _)) => true,
+            Some((other, at)) => {
+                self.err(Some(at), format!("answer.reject = {other}: expected 422 (the default: a reject is an error the sender sees) or 200 (for senders that retry every non-2xx answer; the postback is still stored as rejected)"));
+                false
+            }
+        };
+        AnswerRule { body, reject_ok }
     }
 
     fn test(&mut self, raw: Spanned<RawTest>) -> Option<RuleTest> {

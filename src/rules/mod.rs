@@ -22,7 +22,8 @@ pub use apply::{FieldTrace, Ignored, Input, Mapped, Origin, Outcome, Trace, deci
 pub use compile::{EnvMode, compile, valid_source_id};
 pub use diag::Diagnostic;
 pub use model::{
-    Alerts, Auth, ChangeOutcome, Dedupe, Expectation, ForwardOverride, Rule, RuleTest, Updates,
+    Alerts, AnswerRule, Auth, ChangeOutcome, Dedupe, Expectation, ForwardOverride, Rule, RuleTest,
+    SigAlgorithm, SigEncoding, SigLocation, SigPart, Signature, Updates,
 };
 
 /// Every source's compiled rule, keyed by source id.
@@ -277,31 +278,74 @@ impl BodyKind {
     }
 }
 
+/// A POST body's parameters, and which of them (indices into `pairs`) were JSON numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyParams {
+    pub pairs: Vec<(String, String)>,
+    /// A JSON number is read as a JSON number (dot decimal, exponent allowed), never through a
+    /// field's `decimal`; its text is the canonical decimal (`1.500` -> `1.5`, `1e2` -> `100`).
+    pub numbers: Vec<usize>,
+}
+
 /// Decodes a POST body's parameters as ingest does: a form like a query string; a flat JSON
-/// object's members in order, strings as they are, `null` as empty, any other value as its
-/// JSON text (so a JSON-valued member can be read with `json = "/pointer"`).
-pub fn decode_body(body: &[u8], kind: BodyKind) -> Result<Vec<(String, String)>, String> {
+/// object's members in order, strings as they are, `null` as empty, a number as its canonical
+/// decimal text (marked in `numbers`), any other value as its JSON text (so a JSON-valued
+/// member can be read with `json = "/pointer"`).
+pub fn decode_body(body: &[u8], kind: BodyKind) -> Result<BodyParams, String> {
     match kind {
-        BodyKind::Form => Ok(decode_form(body)),
+        BodyKind::Form => Ok(BodyParams {
+            pairs: decode_form(body),
+            numbers: Vec::new(),
+        }),
         BodyKind::Json => {
             let value: serde_json::Value = serde_json::from_slice(body)
                 .map_err(|e| format!("not JSON ({e}); expected a flat JSON object"))?;
             let serde_json::Value::Object(map) = value else {
                 return Err("expected a flat JSON object of parameters".to_owned());
             };
-            Ok(map
-                .into_iter()
-                .map(|(name, value)| {
-                    let text = match value {
-                        serde_json::Value::String(s) => s,
-                        serde_json::Value::Null => String::new(),
-                        other => other.to_string(),
-                    };
-                    (name, text)
-                })
-                .collect())
+            let mut out = BodyParams::default();
+            for (i, (name, value)) in map.into_iter().enumerate() {
+                let text = match value {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => String::new(),
+                    serde_json::Value::Number(n) => {
+                        let text = n.to_string();
+                        match value::parse_json_number(&text) {
+                            Ok(d) => {
+                                out.numbers.push(i);
+                                value::format_decimal(d)
+                            }
+                            Err(_) => text,
+                        }
+                    }
+                    other => other.to_string(),
+                };
+                out.pairs.push((name, text));
+            }
+            Ok(out)
         }
     }
+}
+
+/// The name of the pair that a stored query ends with when some of its values were JSON
+/// numbers: its value lists their positions among the stored pairs (`@json_numbers=2,3`), so a
+/// replay reads them as the JSON numbers they were.
+pub const JSON_NUMBERS_PARAM: &str = "@json_numbers";
+
+/// Decodes a stored query: its pairs and the positions of JSON numbers (see
+/// [`JSON_NUMBERS_PARAM`]), the marker itself removed.
+pub fn decode_stored(query: &str) -> BodyParams {
+    let mut pairs = decode_form(query.as_bytes());
+    let mut numbers = Vec::new();
+    if pairs.last().is_some_and(|(n, _)| n == JSON_NUMBERS_PARAM) {
+        let (_, list) = pairs.pop().unwrap_or_default();
+        numbers = list
+            .split(',')
+            .filter_map(|i| i.trim().parse::<usize>().ok())
+            .filter(|i| *i < pairs.len())
+            .collect();
+    }
+    BodyParams { pairs, numbers }
 }
 
 /// The value as sent (`+` read as a space, nothing percent-decoded) when it is a whole macro

@@ -23,6 +23,8 @@ pub struct Rule {
     pub updates: Updates,
     pub forward: ForwardOverride,
     pub alerts: Alerts,
+    /// `[answer]`: the success body and the status of a reject the sender expects.
+    pub answer: AnswerRule,
     pub tests: Vec<RuleTest>,
     /// Line and column of `[updates] of`, for the check that it names a loaded source.
     pub(crate) updates_of_at: Option<(usize, usize)>,
@@ -42,6 +44,121 @@ pub struct Auth {
     pub token_param: String,
     /// Empty: any caller.
     pub allow_ips: Vec<IpNet>,
+    /// `[auth.signature]`; `None` when absent, or when the environment was not read.
+    pub signature: Option<Signature>,
+}
+
+impl Auth {
+    /// Whether a decoded parameter name carries a credential (the token parameter or the
+    /// signature parameter): never mapped, stored as `***`.
+    pub fn is_secret_param(&self, name: &str, ignore_case: bool) -> bool {
+        let is = |p: &str| {
+            if ignore_case {
+                name.eq_ignore_ascii_case(p)
+            } else {
+                name == p
+            }
+        };
+        is(&self.token_param)
+            || matches!(&self.signature, Some(Signature { location: SigLocation::Param(p), .. }) if is(p))
+    }
+}
+
+/// `[auth.signature]`: how the sender signs a postback, with `${VAR}` already read.
+#[derive(Clone)]
+pub struct Signature {
+    pub algorithm: SigAlgorithm,
+    pub message: Vec<SigPart>,
+    pub location: SigLocation,
+    pub encoding: SigEncoding,
+    /// The HMAC key (`hmac-*` only).
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Signature {
+    /// Never shows a secret: the key and `${VAR}` values of the message are elided.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signature")
+            .field("algorithm", &self.algorithm)
+            .field("location", &self.location)
+            .field("encoding", &self.encoding)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `algorithm = "md5" | "sha1" | "sha256" | "hmac-sha1" | "hmac-sha256"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigAlgorithm {
+    Md5,
+    Sha1,
+    Sha256,
+    HmacSha1,
+    HmacSha256,
+}
+
+impl SigAlgorithm {
+    pub fn parse(text: &str) -> Option<SigAlgorithm> {
+        Some(match text {
+            "md5" => SigAlgorithm::Md5,
+            "sha1" => SigAlgorithm::Sha1,
+            "sha256" => SigAlgorithm::Sha256,
+            "hmac-sha1" => SigAlgorithm::HmacSha1,
+            "hmac-sha256" => SigAlgorithm::HmacSha256,
+            _ => return None,
+        })
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, SigAlgorithm::HmacSha1 | SigAlgorithm::HmacSha256)
+    }
+}
+
+/// A piece of a signature's message.
+#[derive(Clone)]
+pub enum SigPart {
+    Lit(String),
+    /// A parameter's decoded value (names normalised for `ignore_case`); empty when absent.
+    Param(String),
+    /// `{@body}`: the raw POST body, byte for byte.
+    Body,
+    /// A `${VAR}` read from the environment.
+    Secret(String),
+}
+
+/// Where the sender puts the signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigLocation {
+    /// A query or body parameter (decoded).
+    Param(String),
+    /// A request header (lower case).
+    Header(String),
+}
+
+/// `encoding = "hex" | "base64"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigEncoding {
+    /// Either case.
+    Hex,
+    /// Standard or URL-safe alphabet, padded or not.
+    Base64,
+}
+
+/// `[answer]`.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerRule {
+    /// `body = "{eventId}:OK"`: sent as `text/plain` for accepted, duplicate, update and stale
+    /// postbacks instead of the JSON answer.
+    pub(crate) body: Option<Vec<Part>>,
+    /// `reject = 200`: a reject answers 200 (it is still stored as rejected).
+    pub reject_ok: bool,
+}
+
+impl AnswerRule {
+    /// Whether a success body is set.
+    pub fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
 }
 
 /// `[dedupe]`: the mapped fields that identify a conversion, and how long to remember them.

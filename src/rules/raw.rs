@@ -25,8 +25,17 @@ pub struct RawRule {
     pub updates: Option<Spanned<RawUpdates>>,
     pub forward: Option<RawForward>,
     pub alerts: Option<RawAlerts>,
+    pub answer: Option<RawAnswer>,
     #[serde(default)]
     pub tests: Vec<Spanned<RawTest>>,
+}
+
+/// `[answer]`: what the sender expects to read back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnswer {
+    pub body: Option<Spanned<String>>,
+    pub reject: Option<Spanned<toml::Value>>,
 }
 
 /// `[auth]`.
@@ -37,6 +46,20 @@ pub struct RawAuth {
     pub token_param: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_ips: Vec<Spanned<String>>,
+    /// `[auth.signature]`: the sender signs its calls instead of sending a token.
+    pub signature: Option<Spanned<RawSignature>>,
+}
+
+/// `[auth.signature]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    pub algorithm: Spanned<String>,
+    pub message: Spanned<String>,
+    pub param: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+    pub encoding: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
 }
 
 /// `[params]`.

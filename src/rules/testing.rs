@@ -155,12 +155,16 @@ fn apply_query(
     zone: &TimeZone,
 ) -> Outcome {
     let mut params = decode_form(query.as_bytes());
+    let mut json_numbers = Vec::new();
     if let Some((kind, body)) = body {
         // Checked when the rule loaded.
-        params.extend(decode_body(body.as_bytes(), *kind).unwrap_or_default());
+        let decoded = decode_body(body.as_bytes(), *kind).unwrap_or_default();
+        json_numbers.extend(decoded.numbers.iter().map(|i| i + params.len()));
+        params.extend(decoded.pairs);
     }
     let input = Input {
         params: &params,
+        json_numbers: &json_numbers,
         client_ip: t.client_ip.as_deref(),
         user_agent: t.user_agent.as_deref(),
         referer: t.referer.as_deref(),

@@ -166,6 +166,11 @@ pub(crate) fn insert(
         );
     }
     let recv = rec.raw.received_at.as_millisecond();
+    if let (NewState::Rejected { .. }, Some(window)) = (&rec.state, rec.repeat_window)
+        && let Some(repeat) = repeat_of_reject(c, rec, window)?
+    {
+        return Ok(repeat);
+    }
     let cols = Columns::of(rec)?;
     let key = cols.dedupe.map(|d| d.key.as_str());
     let original = match key {
@@ -232,6 +237,34 @@ pub(crate) fn insert(
     }
     *wakes |= queued;
     Ok(Inserted::Stored { id })
+}
+
+/// The newest rejected record of the same source with the same raw query received within
+/// `window` before `rec`: its `repeats` counted up, instead of a new record.
+fn repeat_of_reject(
+    c: &Connection,
+    rec: &NewRecord,
+    window: std::time::Duration,
+) -> Result<Option<Inserted>, StoreError> {
+    let recv = rec.raw.received_at.as_millisecond();
+    let since = recv.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+    let mut stmt = c.prepare_cached(
+        "UPDATE records SET repeats = repeats + 1
+         WHERE id = (SELECT id FROM records
+                     WHERE source = ?1 AND query = ?2 AND state = 'rejected'
+                       AND received_at >= ?3
+                     ORDER BY id DESC LIMIT 1)
+         RETURNING id, COALESCE(reason, ''), repeats",
+    )?;
+    let mut rows = stmt.query(params![rec.source, rec.raw.query, since])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    Ok(Some(Inserted::Repeat {
+        id: row.get(0)?,
+        reason: row.get(1)?,
+        repeats: row.get(2)?,
+    }))
 }
 
 /// Inserts a record of kind create (or a duplicate or reject) as it arrived.

@@ -69,6 +69,8 @@ pub struct RecordView {
     pub lead_id: Option<String>,
     /// The conversion this record created or belongs to, when its changes are tracked.
     pub conversion: Option<ConversionView>,
+    /// For a `rejected` record: how many repeats of it were counted instead of stored.
+    pub repeats: u32,
 }
 
 /// A conversion as the store remembers it, with its chain of later postbacks.
@@ -136,7 +138,7 @@ pub(crate) fn get(c: &Connection, id: i64) -> Result<Option<RecordView>, StoreEr
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {SUMMARY_COLS}, method, path, query, client_ip, user_agent, referer, body, reason,
                 transaction_id, original_id, attempts, next_attempt_at, last_error, kind,
-                lead_id, dedupe_key
+                lead_id, dedupe_key, repeats
          FROM records WHERE id = ?1"
     ))?;
     let mut rows = stmt.query([id])?;
@@ -177,6 +179,7 @@ pub(crate) fn get(c: &Connection, id: i64) -> Result<Option<RecordView>, StoreEr
         is_change: r.get::<_, Option<String>>(18)?.as_deref() == Some("update"),
         lead_id: r.get(19)?,
         conversion: None,
+        repeats: u32::try_from(r.get::<_, i64>(21)?).unwrap_or(u32::MAX),
     };
     if let Some(key) = r.get::<_, Option<String>>(20)? {
         view.conversion = conversion(c, &key)?;

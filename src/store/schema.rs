@@ -143,6 +143,12 @@ CREATE TABLE probe (
 -- sent in the last day, without scanning the table.
 CREATE INDEX records_source_received ON records (source, received_at);
 "#,
+    r#"
+-- A sender that retries a rejected postback for days: a repeat of a stored reject (same
+-- source, same raw query, within the dedupe window) is counted here instead of stored again.
+ALTER TABLE records ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX records_rejected_query ON records (source, query) WHERE state = 'rejected';
+"#,
 ];
 
 /// Settings every connection gets.

@@ -65,6 +65,10 @@ pub struct NewRecord {
     pub source: String,
     pub raw: RawPostback,
     pub state: NewState,
+    /// For a rejected postback: when a rejected record of the same source with the same raw
+    /// query was received within this window, the postback is counted on that record
+    /// (`repeats`) instead of being stored again (senders that retry a reject for days).
+    pub repeat_window: Option<std::time::Duration>,
 }
 
 /// The answer to an insert (committed either way).
@@ -88,6 +92,13 @@ pub enum Inserted {
     },
     /// An update-only postback that finds no conversion: stored as `rejected` (replayable).
     Unmatched { id: i64, reason: String },
+    /// A repeat of the rejected record `id` (see [`NewRecord::repeat_window`]): not stored,
+    /// counted on that record, which now has `repeats` repeats.
+    Repeat {
+        id: i64,
+        reason: String,
+        repeats: i64,
+    },
 }
 
 /// Where a stored change went.

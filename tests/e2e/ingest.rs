@@ -400,3 +400,261 @@ async fn ingest_connections_are_capped_and_admin_keeps_answering() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     env.stop().await;
 }
+
+// --- signatures -------------------------------------------------------------------------
+
+/// An ironSource-style offerwall: md5 over named parameters and a secret, in `signature`.
+const SIGNED: &str = r#"
+[auth.signature]
+algorithm = "md5"
+message   = "{timestamp}{eventId}{userId}{rewards}k3y"
+param     = "signature"
+encoding  = "hex"
+
+[fields]
+click_id     = "userId"
+adv_order_id = "eventId"
+adv_param1   = "rewards"
+"#;
+
+fn md5_hex(text: &str) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn signed_postback_good_200_wrong_or_missing_401_and_stored_redacted() {
+    let env = Env::start(&[("iron", SIGNED)], |_| {}).await;
+    let q = "timestamp=202405200941&eventId=E1&userId=clk9&rewards=150";
+    let good = md5_hex("202405200941E1clk9150k3y");
+    // Hex in either case.
+    for sig in [good.clone(), good.to_uppercase()] {
+        let (status, body) = env
+            .get(&format!("/postback/iron?{q}&signature={sig}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            matches!(body["status"].as_str(), Some("accepted" | "duplicate")),
+            "{body}"
+        );
+    }
+    let (status, body) = env
+        .get(&format!("/postback/iron?{q}&signature={good}"))
+        .await;
+    let id = body["id"].as_i64().unwrap();
+    assert_eq!(status, 200);
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.raw.query, format!("{q}&signature=***"));
+    assert!(!rec.raw.query.contains(&good));
+
+    let wrong = md5_hex("202405200941E1clk9151k3y");
+    let tampered = "timestamp=202405200941&eventId=E1&userId=clk9&rewards=9999";
+    for query in [
+        format!("{q}&signature={wrong}"),
+        format!("{tampered}&signature={good}"),
+        format!("{q}&signature=not-hex"),
+        q.to_string(),
+    ] {
+        let (status, body) = env.get(&format!("/postback/iron?{query}")).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (401, Some("unauthorized")),
+            "{query}: {body}"
+        );
+        assert!(body["id"].is_null(), "a refused postback is not stored");
+        let reason = body["reason"].as_str().unwrap();
+        assert!(reason.contains("signature"), "{reason}");
+        assert!(
+            !reason.contains(&good) && !reason.contains("k3y"),
+            "{reason}"
+        );
+    }
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(env.sandbox.received().len(), 1);
+    let sent = &env.sandbox.accepted()[0];
+    assert_eq!(sent["click_id"], "clk9");
+    assert!(!sent.to_string().contains(&good));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_hmac_of_the_raw_body_in_a_header_is_checked() {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let rule = r#"
+[auth.signature]
+algorithm = "hmac-sha256"
+message   = "{@body}"
+header    = "X-Signature"
+encoding  = "base64"
+secret    = "whs3cret"
+
+[fields]
+click_id     = "cid"
+adv_order_id = "oid"
+revenue      = { from = "total", decimal = "comma" }
+"#;
+    let env = Env::start(&[("hook", rule)], |_| {}).await;
+    let body = r#"{"cid":"c1","oid":"O-1","total":1.500}"#;
+    let sign = |b: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whs3cret").unwrap();
+        mac.update(b.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    };
+    let post = |b: &str, sig: Option<String>| {
+        let mut req = env
+            .client
+            .post(env.url("/postback/hook"))
+            .header("Content-Type", "application/json")
+            .body(b.to_string());
+        if let Some(sig) = sig {
+            req = req.header("X-Signature", sig);
+        }
+        req.send()
+    };
+    let resp = post(body, Some(sign(body))).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // The same JSON with other spacing is another body: its signature is another one.
+    let respaced = r#"{"cid": "c1", "oid": "O-1", "total": 1.500}"#;
+    let resp = post(respaced, Some(sign(body))).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = post(body, None).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await
+    );
+    // A JSON number is read as JSON even under decimal = "comma": 1.500 is 1.5, not 1500.
+    assert_eq!(
+        env.sandbox.accepted()[0].to_string(),
+        r#"{"adv_order_id":"O-1","click_id":"c1","revenue":1.5}"#
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn json_body_numbers_are_stored_marked_and_a_replay_reads_them_the_same() {
+    let rule = "[fields]\nclick_id = \"cid\"\nrevenue = { from = \"amt\", decimal = \"comma\" }\nadv_order_id = { from = \"oid\", required = true }\n";
+    let env = Env::start(&[("shop", rule)], |_| {}).await;
+    let resp = env
+        .client
+        .post(env.url("/postback/shop?x=1"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"cid":"c2","amt":12.345}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422, "no oid: rejected, stored raw");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let id = body["id"].as_i64().unwrap();
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.raw.query, "x=1&amt=12.345&cid=c2&%40json_numbers=1");
+    // The rule, fixed to need no order id, replays the stored postback.
+    let relaxed = postback_relay::rules::compile(
+        "shop",
+        "shop.toml",
+        "[fields]\nclick_id = \"cid\"\nrevenue = { from = \"amt\", decimal = \"comma\" }\n",
+        postback_relay::rules::EnvMode::Ignore,
+    )
+    .unwrap();
+    match postback_relay::replay::remap(&relaxed, &rec, &jiff::tz::TimeZone::UTC) {
+        postback_relay::store::NewState::Queued { body, .. } => {
+            assert_eq!(
+                serde_json::Value::Object(body).to_string(),
+                r#"{"click_id":"c2","revenue":12.345}"#
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    env.stop().await;
+}
+
+// --- the answer a sender expects ---------------------------------------------------------
+
+#[tokio::test]
+async fn answer_body_is_sent_as_text_and_a_reject_answers_200_when_asked() {
+    let rule = r#"
+[answer]
+body   = "{eventId}:OK"
+reject = 200
+
+[fields]
+click_id     = "userId"
+adv_order_id = "eventId"
+revenue      = { from = "amt", required = true }
+"#;
+    let env = Env::start(&[("iron", rule)], |_| {}).await;
+    let get = |q: &str| {
+        env.client
+            .get(env.url(&format!("/postback/iron?{q}")))
+            .send()
+    };
+    for (q, want) in [
+        ("eventId=E1&userId=u1&amt=5", "E1:OK"),
+        ("eventId=E1&userId=u1&amt=5", "E1:OK"),
+    ] {
+        let resp = get(q).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert_eq!(resp.text().await.unwrap(), want, "accepted, then duplicate");
+    }
+    // A reject: 200 with the JSON answer naming the reason, stored as rejected.
+    let resp = get("eventId=E2&userId=u1").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "rejected", "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("revenue"),
+        "{body}"
+    );
+    let id = body["id"].as_i64().unwrap();
+    let rec = env.relay().store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.summary.state.as_str(), "rejected");
+    // The sender retries the same broken postback: the same reject with the same id,
+    // counted on the record instead of stored again.
+    for _ in 0..3 {
+        let resp = get("eventId=E2&userId=u1").await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let again: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            (again["status"].as_str(), again["id"].as_i64()),
+            (Some("rejected"), Some(id))
+        );
+        assert_eq!(again["reason"], body["reason"]);
+    }
+    assert_eq!(env.relay().store.get(id).await.unwrap().unwrap().repeats, 3);
+    assert!(
+        env.relay().store.get(id + 1).await.unwrap().is_none(),
+        "no copies stored"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn without_answer_rejects_are_422_json_and_repeats_are_still_counted() {
+    let env = Env::start(&[("shop", SHOP)], |_| {}).await;
+    let (status, first) = env.get("/postback/shop?cid=%7Bclickid%7D&amt=100").await;
+    assert_eq!(status, 422);
+    let (status, again) = env.get("/postback/shop?cid=%7Bclickid%7D&amt=100").await;
+    assert_eq!((status, again["id"].clone()), (422, first["id"].clone()));
+    let id = first["id"].as_i64().unwrap();
+    assert_eq!(env.relay().store.get(id).await.unwrap().unwrap().repeats, 1);
+    // Another broken query is another record.
+    let (_, other) = env.get("/postback/shop?cid=%7Bclickid%7D&amt=101").await;
+    assert_ne!(other["id"], first["id"]);
+    // An accepted postback still answers JSON.
+    let (status, ok) = env.get("/postback/shop?cid=c&amt=1").await;
+    assert_eq!((status, ok["status"].as_str()), (200, Some("accepted")));
+    env.stop().await;
+}

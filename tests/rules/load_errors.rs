@@ -588,3 +588,146 @@ fn a_test_body_is_checked_at_load() {
     );
     says(&m, &["content_type needs a `body`"]);
 }
+
+// --- [auth.signature] -----------------------------------------------------------------------
+
+fn signature_problems(sig: &str, env: EnvMode) -> Vec<String> {
+    let text = format!("[auth.signature]\n{sig}\n[fields]\nclick_id = \"cid\"\n");
+    match compile("acme", "acme.toml", &text, env) {
+        Ok(_) => Vec::new(),
+        Err(list) => list.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn signature_is_validated_at_load_naming_the_key_the_value_and_what_is_expected() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "algorithm = \"crc32\"\nmessage = \"{a}\"\nparam = \"sig\"",
+            &[
+                "auth.signature.algorithm = \"crc32\"",
+                "\"md5\"",
+                "\"hmac-sha256\"",
+            ],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a}\"\nparam = \"sig\"\nencoding = \"hexa\"",
+            &[
+                "auth.signature.encoding = \"hexa\"",
+                "\"hex\"",
+                "\"base64\"",
+            ],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a}\"\nparam = \"sig\"\nheader = \"X-Sig\"",
+            &["exactly one of `param`", "`header`"],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a}\"",
+            &["param = \"signature\"", "header = \"X-Signature\""],
+        ),
+        (
+            "algorithm = \"hmac-sha256\"\nmessage = \"{@body}\"\nheader = \"X-Sig\"",
+            &["\"hmac-sha256\" needs `secret`"],
+        ),
+        (
+            "algorithm = \"sha1\"\nmessage = \"{a}\"\nparam = \"sig\"\nsecret = \"k\"",
+            &["auth.signature.secret", "takes no key", "${VAR}"],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a}{@client_ip}\"\nparam = \"sig\"",
+            &["auth.signature.message", "{@client_ip}", "{@body}"],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a}{sig}\"\nparam = \"sig\"",
+            &["{sig} is the signature parameter itself"],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a\"\nparam = \"sig\"",
+            &["unclosed '{'"],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a}\"\nheader = \"X Sig\"",
+            &[
+                "auth.signature.header = \"X Sig\"",
+                "not a valid header name",
+            ],
+        ),
+        (
+            "algorithm = \"md5\"\nmessage = \"{a}\"\nparam = \"sig\"\nsalt = \"x\"",
+            &["unknown field `salt`"],
+        ),
+    ];
+    for (sig, want) in cases {
+        let list = signature_problems(sig, EnvMode::Resolve);
+        assert!(!list.is_empty(), "{sig}: compiled");
+        let all = list.join("\n");
+        assert!(all.starts_with("acme.toml:"), "{all}");
+        says(&all, want);
+    }
+}
+
+#[test]
+fn signature_secrets_are_read_from_the_environment_like_the_token() {
+    let var = "POSTBACK_RELAY_TEST_SURELY_UNSET_SIG_KEY";
+    for sig in [
+        format!("algorithm = \"md5\"\nmessage = \"{{a}}${{{var}}}\"\nparam = \"sig\""),
+        format!(
+            "algorithm = \"hmac-sha1\"\nmessage = \"{{@body}}\"\nheader = \"X-Sig\"\nsecret = \"${{{var}}}\""
+        ),
+    ] {
+        let list = signature_problems(&sig, EnvMode::Resolve);
+        assert_eq!(list.len(), 1, "{list:#?}");
+        says(&list[0], &[var, "not set"]);
+        assert!(signature_problems(&sig, EnvMode::Ignore).is_empty());
+    }
+    let text = "[auth.signature]\nalgorithm = \"hmac-sha256\"\nmessage = \"{@body}\"\nheader = \"X-Signature\"\nencoding = \"base64\"\nsecret = \"k\"\n[fields]\nclick_id = \"cid\"\n";
+    let rule = compile("acme", "acme.toml", text, EnvMode::Resolve).unwrap();
+    let sig = rule.auth.signature.as_ref().expect("a signature");
+    assert!(
+        !format!("{sig:?}").contains("\"k\""),
+        "Debug never shows the key"
+    );
+    assert!(
+        compile("acme", "acme.toml", text, EnvMode::Ignore)
+            .unwrap()
+            .auth
+            .signature
+            .is_none()
+    );
+}
+
+#[test]
+fn a_field_that_reads_the_signature_parameter_is_refused() {
+    let text = "[auth.signature]\nalgorithm = \"md5\"\nmessage = \"{a}k\"\nparam = \"sig\"\n[fields]\nclick_id = \"cid\"\nadv_param1 = \"sig\"\n";
+    let list = compile("acme", "acme.toml", text, EnvMode::Ignore).unwrap_err();
+    says(
+        &list[0].to_string(),
+        &["\"sig\" is the signature parameter", "never get its value"],
+    );
+}
+
+#[test]
+fn answer_is_validated_at_load() {
+    let list = problems("[answer]\nreject = 500\n[fields]\nclick_id = \"cid\"\n");
+    says(
+        &list.join("\n"),
+        &["answer.reject = 500", "expected 422", "or 200"],
+    );
+    let list = problems("[answer]\nbody = \"{event id}:OK\"\n[fields]\nclick_id = \"cid\"\n");
+    says(
+        &list.join("\n"),
+        &["answer.body", "not a plain parameter name"],
+    );
+    let list = problems("[answer]\nstatus = 200\n[fields]\nclick_id = \"cid\"\n");
+    says(&list.join("\n"), &["unknown field `status`"]);
+    // A constant body needs no parameter.
+    let r = compile(
+        "acme",
+        "acme.toml",
+        "[answer]\nbody = \"OK\"\nreject = 422\n[fields]\nclick_id = \"cid\"\n",
+        EnvMode::Ignore,
+    )
+    .unwrap();
+    assert!(r.answer.has_body() && !r.answer.reject_ok);
+}

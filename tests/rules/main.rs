@@ -54,6 +54,7 @@ pub fn outcome_with(rule: &Rule, query: &str, req: Request<'_>, zone: &TimeZone)
     let params = decode_form(query.as_bytes());
     let input = Input {
         params: &params,
+        json_numbers: &[],
         client_ip: req.client_ip,
         user_agent: req.user_agent,
         referer: req.referer,

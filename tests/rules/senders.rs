@@ -346,3 +346,141 @@ fn json_numbers_keep_their_value_under_map_keep_and_time() {
     assert_eq!(m.body["revenue"], num("12.5"));
     assert_eq!(m.body["timestamp"], json!("2024-05-20 09:41:28"));
 }
+
+// --- numbers of a JSON body ---------------------------------------------------------------
+
+/// Applies `rule` to a flat JSON body as ingest decodes it (numbers marked as JSON numbers).
+fn json_body_outcome(
+    r: &postback_relay::rules::Rule,
+    body: &str,
+) -> postback_relay::rules::Outcome {
+    use postback_relay::rules::{BodyKind, Input, decode_body};
+    let decoded = decode_body(body.as_bytes(), BodyKind::Json).unwrap();
+    let input = Input {
+        params: &decoded.pairs,
+        json_numbers: &decoded.numbers,
+        ..Input::default()
+    };
+    r.apply(&input, &jiff::tz::TimeZone::UTC)
+}
+
+fn json_body_mapped(r: &postback_relay::rules::Rule, body: &str) -> serde_json::Value {
+    match json_body_outcome(r, body) {
+        postback_relay::rules::Outcome::Forward(m) => serde_json::Value::Object(m.body),
+        other => panic!("{body}: {other:?}"),
+    }
+}
+
+#[test]
+fn json_body_number_is_read_as_a_json_number_whatever_the_decimal_mode() {
+    for decimal in ["auto", "dot", "comma"] {
+        let r = rule(&format!(
+            "[fields]\nclick_id = \"cid\"\nrevenue = {{ from = \"amt\", decimal = \"{decimal}\" }}\n"
+        ));
+        for (body, want) in [
+            (r#"{"cid":"a","amt":1.500}"#, "1.5"),
+            (r#"{"cid":"a","amt":1e2}"#, "100"),
+            (r#"{"cid":"a","amt":12.345}"#, "12.345"),
+            (r#"{"cid":"a","amt":-0.25}"#, "-0.25"),
+            (r#"{"cid":"a","amt":1234}"#, "1234"),
+        ] {
+            assert_eq!(
+                json_body_mapped(&r, body)["revenue"],
+                num(want),
+                "{decimal}: {body}"
+            );
+        }
+    }
+    // The same text in a query still follows the rule's `decimal`.
+    let r =
+        rule("[fields]\nclick_id = \"cid\"\nrevenue = { from = \"amt\", decimal = \"comma\" }\n");
+    assert_eq!(mapped(&r, "cid=a&amt=1.500").body["revenue"], num("1500"));
+    // A JSON string is text, read like a query value.
+    assert_eq!(
+        json_body_mapped(&r, r#"{"cid":"a","amt":"1,5"}"#)["revenue"],
+        num("1.5")
+    );
+}
+
+#[test]
+fn json_body_number_keeps_its_value_in_text_fields_conditions_scale_and_time() {
+    let r = rule(
+        r#"
+[fields]
+click_id = "cid"
+adv_order_id = "order"
+payout = { from = "cents", number = true, scale = 0.01, decimal = "comma" }
+timestamp = { from = "ts", time = "unix" }
+[[when]]
+match = { amt = { lt = 0 } }
+set = { goal_alias = { value = "refund" } }
+"#,
+    );
+    let m = json_body_mapped(
+        &r,
+        r#"{"cid":"a","order":12345,"cents":1.999e3,"ts":1.7162e9,"amt":-1.500}"#,
+    );
+    assert_eq!(m["adv_order_id"], json!("12345"));
+    assert_eq!(m["payout"], num("19.99"));
+    assert_eq!(m["timestamp"], json!("2024-05-20 10:13:20"));
+    assert_eq!(m["goal_alias"], json!("refund"));
+}
+
+#[test]
+fn json_numbers_of_a_stored_query_are_read_as_json_numbers_again() {
+    use postback_relay::rules::{Input, decode_stored};
+    let r =
+        rule("[fields]\nclick_id = \"cid\"\nrevenue = { from = \"amt\", decimal = \"comma\" }\n");
+    let stored = decode_stored("cid=a&amt=1.5&%40json_numbers=1");
+    assert_eq!(stored.numbers, vec![1]);
+    let input = Input {
+        params: &stored.pairs,
+        json_numbers: &stored.numbers,
+        ..Input::default()
+    };
+    let postback_relay::rules::Outcome::Forward(m) = r.apply(&input, &jiff::tz::TimeZone::UTC)
+    else {
+        panic!()
+    };
+    assert_eq!(m.body["revenue"], num("1.5"));
+    // Only the last pair is the marker; an empty one keeps a sender's own pair of that name.
+    let stored = decode_stored("%40json_numbers=0&cid=a&%40json_numbers=");
+    assert_eq!(stored.pairs.len(), 2);
+    assert!(stored.numbers.is_empty());
+}
+
+#[test]
+fn a_rule_test_with_a_json_body_reads_its_numbers_as_json_numbers() {
+    use postback_relay::rules::testing;
+    let r = rule(
+        r#"
+[fields]
+click_id = "cid"
+revenue = { from = "amt", decimal = "comma" }
+[[tests]]
+name = "1.500 is 1.5"
+body = '{"cid": "b", "amt": 1.500}'
+content_type = "json"
+expect = { click_id = "b", revenue = 1.5 }
+[[tests]]
+name = "1e2 is 100"
+body = '{"cid": "b", "amt": 1e2}'
+content_type = "json"
+expect = { click_id = "b", revenue = 100 }
+"#,
+    );
+    let results = testing::run(
+        &r,
+        &postback_relay::rules::RuleSet::default(),
+        &jiff::tz::TimeZone::UTC,
+    );
+    assert_eq!(results.len(), 2);
+    for result in results {
+        assert!(
+            result.failure.is_none(),
+            "{}: {:?}",
+            result.name,
+            result.failure
+        );
+    }
+}

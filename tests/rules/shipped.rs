@@ -30,11 +30,13 @@ fn shipped_rules_load_without_any_environment_secret() {
         "binom",
         "cake",
         "everflow",
+        "ironsource",
         "keitaro",
         "pixel",
         "shopify",
         "tune",
         "voluum",
+        "webhook",
     ] {
         assert!(sources.contains(&want), "rules/{want}.toml is missing");
     }

@@ -85,6 +85,7 @@ pub fn queued(source: &str, click: &str, dedupe: Option<(&str, Duration)>) -> Ne
             }),
             updates: None,
         },
+        repeat_window: None,
     }
 }
 

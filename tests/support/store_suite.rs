@@ -444,6 +444,7 @@ pub async fn requeue_replays_rejected_and_dedupe_applies(b: &impl Backend) {
             reason: "click_id: no value".into(),
             click_id: None,
         },
+        repeat_window: None,
     };
     let id = stored_id(store.insert(rejected.clone()).await.unwrap());
     let id2 = stored_id(store.insert(rejected.clone()).await.unwrap());
@@ -576,6 +577,7 @@ pub fn conversion(click: &str, fields: Value) -> NewRecord {
             }),
             updates: Some(Arc::new(Transitions::default())),
         },
+        repeat_window: None,
     }
 }
 
@@ -598,6 +600,7 @@ pub fn refund(order: &str, fields: Value) -> NewRecord {
             },
             transitions: Arc::new(Transitions::default()),
         },
+        repeat_window: None,
     }
 }
 
@@ -1037,4 +1040,74 @@ pub async fn an_unmatched_update_only_postback_is_replayed_once_the_conversion_e
     let c = claim_only(&store, early).await;
     assert_eq!(c.change().unwrap().lead_id.as_deref(), Some("3"));
     c.release().await.unwrap();
+}
+
+pub async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(b: &impl Backend) {
+    let store = b.open().await;
+    let reject = |source: &str, query: &str, window: Option<Duration>| NewRecord {
+        source: source.into(),
+        raw: raw(query),
+        state: NewState::Rejected {
+            reason: "click_id: no value".into(),
+            click_id: None,
+        },
+        repeat_window: window,
+    };
+    let id = stored_id(
+        store
+            .insert(reject("acme", "amt=1", Some(DAY)))
+            .await
+            .unwrap(),
+    );
+    for n in 1..=3 {
+        assert_eq!(
+            store
+                .insert(reject("acme", "amt=1", Some(DAY)))
+                .await
+                .unwrap(),
+            Inserted::Repeat {
+                id,
+                reason: "click_id: no value".into(),
+                repeats: n
+            }
+        );
+    }
+    assert_eq!(store.get(id).await.unwrap().unwrap().repeats, 3);
+    // Another query, another source, or no window: stored as its own record.
+    let other = stored_id(
+        store
+            .insert(reject("acme", "amt=2", Some(DAY)))
+            .await
+            .unwrap(),
+    );
+    let beta = stored_id(
+        store
+            .insert(reject("beta", "amt=1", Some(DAY)))
+            .await
+            .unwrap(),
+    );
+    let plain = stored_id(store.insert(reject("acme", "amt=1", None)).await.unwrap());
+    assert!(other != id && beta != id && plain != id);
+    // Outside the window: stored again (and later repeats count on the newest).
+    let mut late = reject("acme", "amt=9", Some(DAY));
+    late.raw.received_at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
+    let old = stored_id(store.insert(late).await.unwrap());
+    let fresh = stored_id(
+        store
+            .insert(reject("acme", "amt=9", Some(Duration::from_secs(3600))))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(old, fresh);
+    // A replayed (no longer rejected) record is not repeated.
+    let fixed = queued("acme", "r", None).state;
+    store.requeue(id, fixed).await.unwrap();
+    let again = store
+        .insert(reject("acme", "amt=1", Some(DAY)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Inserted::Repeat { id: r, .. } if r == plain),
+        "{again:?}"
+    );
 }

@@ -14,12 +14,12 @@ impl Ctx<'_, '_> {
     /// One `match` entry. A condition never rejects: a value that cannot be read (not JSON,
     /// not a number) simply does not match, except `absent = true` for which it is no value.
     pub(super) fn condition(&self, c: &Condition) -> bool {
-        let given = self.param(&c.param);
+        let given = self.param_typed(&c.param);
         // (text, exact number when it was a JSON number); borrowed unless read from JSON.
         let found: Option<(Cow<'_, str>, Option<Decimal>)> = match &c.json {
-            None => given.map(|v| (Cow::Borrowed(v), None)),
+            None => given.map(|(v, number)| (Cow::Borrowed(v), number)),
             Some(ptr) => given
-                .and_then(|v| json_at(v, ptr).ok().flatten())
+                .and_then(|(v, _)| json_at(v, ptr).ok().flatten())
                 .map(|j| (Cow::Owned(j.text), j.number)),
         };
         let no_value = |text: &str| value::no_value(text, &self.rule.params.placeholders);

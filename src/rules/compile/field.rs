@@ -417,7 +417,7 @@ impl Compiler<'_, '_> {
         }
     }
 
-    fn template(&mut self, key: &str, t: &Spanned<String>) -> Option<Vec<Part>> {
+    pub(super) fn template(&mut self, key: &str, t: &Spanned<String>) -> Option<Vec<Part>> {
         let mut parts = Vec::new();
         let mut rest = t.get_ref().as_str();
         while !rest.is_empty() {

@@ -64,7 +64,7 @@ impl PgStore {
                 &format!(
                     "SELECT {SUMMARY_COLS}, method, path, query, client_ip, user_agent, referer,
                        body, reason, transaction_id, original_id, attempts, next_attempt_at,
-                       last_error, kind, lead_id, dedupe_key
+                       last_error, kind, lead_id, dedupe_key, repeats
                      FROM records WHERE id = $1"
                 ),
                 &[&id],
@@ -99,6 +99,7 @@ impl PgStore {
         let mut view = RecordView {
             is_change: r.try_get::<_, Option<&str>>(18)? == Some("update"),
             lead_id: r.try_get(19)?,
+            repeats: u32::try_from(r.try_get::<_, i64>(21)?).unwrap_or(u32::MAX),
             conversion,
             summary,
             raw,

@@ -104,6 +104,13 @@ CREATE TABLE probe (
 -- sent in the last day, without scanning the table.
 CREATE INDEX records_source_received ON records (source, received_at);
 "#,
+    r#"
+-- A sender that retries a rejected postback for days: a repeat of a stored reject (same
+-- source, same raw query, within the dedupe window) is counted here instead of stored again.
+-- The query is indexed by its md5: a long query would not fit a btree entry.
+ALTER TABLE records ADD COLUMN repeats BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX records_rejected_query ON records (source, md5(query)) WHERE state = 'rejected';
+"#,
 ];
 
 /// Brings the schema up to date (idempotent, safe when instances start together).

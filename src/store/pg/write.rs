@@ -361,6 +361,30 @@ async fn insert_create(
     wakes: &mut bool,
 ) -> Result<Inserted, StoreError> {
     let recv = rec.raw.received_at.as_millisecond();
+    if let (NewState::Rejected { .. }, Some(window)) = (&rec.state, rec.repeat_window) {
+        // As `ops::insert`: a repeat of a stored reject is counted on it, not stored again.
+        let since = recv.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE records SET repeats = repeats + 1
+                 WHERE id = (SELECT id FROM records
+                             WHERE source = $1 AND md5(query) = md5($2) AND query = $2
+                               AND state = 'rejected' AND received_at >= $3
+                             ORDER BY id DESC LIMIT 1)
+                 RETURNING id, COALESCE(reason, ''), repeats",
+            )
+            .await?;
+        if let Some(row) = tx
+            .query_opt(&stmt, &[&rec.source, &rec.raw.query, &since])
+            .await?
+        {
+            return Ok(Inserted::Repeat {
+                id: row.try_get(0)?,
+                reason: row.try_get(1)?,
+                repeats: row.try_get(2)?,
+            });
+        }
+    }
     let cols = Columns::of(rec)?;
     let key = cols.dedupe.map(|d| d.key.as_str());
     let body = cols.body.as_deref();
