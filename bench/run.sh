@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Performance benchmark of the relay (PRODUCT.md section 7). See bench/README.md.
+# Performance benchmark of the relay (the targets in bench/README.md). See bench/README.md.
 #
 #   bash bench/run.sh [all|ingest|forward|rate|rss|pg]...
 #

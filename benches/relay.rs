@@ -1,4 +1,4 @@
-//! Service-level benchmarks of the relay (PRODUCT.md section 7). Driven by `bench/run.sh`;
+//! Service-level benchmarks of the relay (the performance targets in bench/README.md). Driven by `bench/run.sh`;
 //! see `bench/README.md` for what each subcommand measures.
 //!
 //! Built with `cargo bench --bench relay --no-run` (release profile); run the binary with
@@ -234,7 +234,7 @@ async fn floor(dir: &Path, addr: &str, secs: u64) -> Res {
     .await
 }
 
-/// Scaleo's success answer (SCALEO.md), read body included.
+/// Scaleo's success answer (its API docs' envelope), read body included.
 async fn scaleo_ok(req: Request<hyper::body::Incoming>, seq: &AtomicU64) -> Response<Full<Bytes>> {
     let _ = req.into_body().collect().await;
     let n = seq.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! Slowing down after a 429: every send to that Scaleo network waits out its `Retry-After`.
 //!
-//! SCALEO.md: a 429 means "retry after `Retry-After`, slow down". The record that got it is
+//! Scaleo's API docs: a 429 means "retry after `Retry-After`, slow down". The record that got it is
 //! retried at that time by the retry schedule; [`Holds`] makes the other sends to the same
 //! network (its base URL) wait too, instead of running into the same 429 one after the
 //! other. A hold lasts the answer's `Retry-After` ([`DEFAULT`] when it has none), at most

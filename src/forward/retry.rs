@@ -1,6 +1,6 @@
 //! What an answer from Scaleo means, and when to try again: pure functions, no I/O.
 //!
-//! [`classify`] follows PRODUCT.md section 3 and SCALEO.md, in this order:
+//! [`classify`] follows the README's "Forwarding" section and Scaleo's API docs, in this order:
 //! 1. "Multiple Conversions are not Allowed" (any case) anywhere in the answer (Scaleo uses
 //!    `message`, `info.message` or `info.errors`; any string of a JSON answer counts, or the
 //!    whole text of another one) -> [`Verdict::DuplicateUpstream`], whatever the status.

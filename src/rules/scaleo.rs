@@ -1,4 +1,4 @@
-//! Scaleo's conversion body fields (SCALEO.md): names, JSON types and known value sets.
+//! Scaleo's conversion body fields (from Scaleo's API docs; `postback-relay fields` prints them): names, JSON types and known value sets.
 
 /// The JSON type Scaleo expects for a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -298,7 +298,7 @@ fn a_number_that_does_not_parse_rejects_naming_field_and_value() {
 
 #[test]
 fn regression_number_on_a_text_field_keeps_written_decimals_and_stays_a_string() {
-    // PRODUCT.md: `number = true` on a string field normalises "12,50" to "12.50".
+    // The README: `number = true` on a string field normalises "12,50" to "12.50".
     let r = rule("[fields]\nclick_id = \"cid\"\nadv_param1 = { from = \"x\", number = true }\n");
     for (x, want) in [
         ("12,50", "12.50"),
