@@ -497,8 +497,13 @@ pub fn explain(a: ExplainArgs) -> CliResult {
             json: a.json,
         };
         let cfg = config(a.config.as_deref())?;
-        let (rt, store) = open_store(&args, &cfg)?;
-        e.conversion = rt.block_on(store.preview(state))?.map(Into::into);
+        // With only --config, a store that does not exist yet (no relay ran) has no
+        // conversions: the rules' answer stands alone. --data must name a store.
+        let absent = a.data.is_none() && cfg.store.url.is_none() && !cfg.store.path.is_dir();
+        if !absent {
+            let (rt, store) = open_store(&args, &cfg)?;
+            e.conversion = rt.block_on(store.preview(state))?.map(Into::into);
+        }
     }
     if a.json {
         print_json(&e);
