@@ -3,20 +3,19 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use postback_relay::sandbox::{Sandbox, SandboxConfig};
 
+use crate::process::RelayProcess;
 use crate::support::{KEY, SHOP};
 
-/// A temp directory with `rules/shop.toml`, the sandbox, a client and a free port for a
-/// relay process.
+/// A temp directory with `rules/shop.toml`, the sandbox and a client for a relay process.
 struct Harness {
     root: tempfile::TempDir,
     sandbox: Sandbox,
     client: reqwest::Client,
-    port: u16,
 }
 
 impl Harness {
@@ -41,7 +40,6 @@ impl Harness {
             root,
             sandbox,
             client,
-            port: free_port(),
         }
     }
 }
@@ -63,17 +61,9 @@ async fn delivered_within_30s(sandbox: &Sandbox, acked: &HashSet<String>) -> Has
     delivered
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(root: &Path, port: u16, base_url: &str) -> std::path::PathBuf {
+fn write_config(root: &Path, base_url: &str) -> std::path::PathBuf {
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[scaleo]\nbase_url = \"{base_url}\"\napi_key = \"{KEY}\"\ntimeout = \"2s\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[scaleo]\nbase_url = \"{base_url}\"\napi_key = \"{KEY}\"\ntimeout = \"2s\"\n\
          [forward]\nrate_per_second = 200\nburst = 10\nconcurrency = 4\nretry_schedule = [\"100ms\"]\nlease = \"3s\"\n\
          [store]\npath = \"{data}\"\n[rules]\ndir = \"{rules}\"\n",
         data = root.join("data").display(),
@@ -84,31 +74,8 @@ fn write_config(root: &Path, port: u16, base_url: &str) -> std::path::PathBuf {
     path
 }
 
-fn spawn_relay(root: &Path, port: u16, base_url: &str) -> Child {
-    let config = write_config(root, port, base_url);
-    Command::new(env!("CARGO_BIN_EXE_postback-relay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the relay binary")
-}
-
-async fn wait_healthy(client: &reqwest::Client, port: u16) {
-    for _ in 0..500 {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the relay did not come up on port {port}");
+fn spawn_relay(root: &Path, base_url: &str) -> RelayProcess {
+    RelayProcess::serve(&write_config(root, base_url))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,12 +84,11 @@ async fn kill_9_loses_no_acknowledged_postback() {
         root,
         sandbox,
         client,
-        port,
     } = Harness::new().await;
-    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay(root.path(), &sandbox.base_url());
 
     // A burst from 16 concurrent senders; remember every postback answered 200 accepted.
+    let ingest = relay.ingest;
     let total = 400;
     let mut tasks = Vec::new();
     for worker in 0..16 {
@@ -130,7 +96,7 @@ async fn kill_9_loses_no_acknowledged_postback() {
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for i in (worker..total).step_by(16) {
-                let url = format!("http://127.0.0.1:{port}/postback/shop?cid=crash{i}&amt={i}");
+                let url = format!("http://{ingest}/postback/shop?cid=crash{i}&amt={i}");
                 if let Ok(r) = client.get(url).send().await
                     && r.status().as_u16() == 200
                 {
@@ -144,8 +110,7 @@ async fn kill_9_loses_no_acknowledged_postback() {
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
-    relay.kill().expect("kill -9");
-    let _ = relay.wait();
+    relay.kill();
     assert_eq!(
         acked.len(),
         total,
@@ -153,11 +118,9 @@ async fn kill_9_loses_no_acknowledged_postback() {
     );
     let before_restart = sandbox.received().len();
 
-    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay(root.path(), &sandbox.base_url());
     let delivered = delivered_within_30s(&sandbox, &acked).await;
-    relay.kill().ok();
-    let _ = relay.wait();
+    relay.kill();
     let missing: Vec<_> = acked.difference(&delivered).collect();
     assert!(
         missing.is_empty(),
@@ -176,20 +139,16 @@ async fn kill_9_loses_no_acknowledged_postback() {
 
 /// Starts the relay with a file-size limit (SIGXFSZ ignored), so that SQLite's writes fail
 /// once the database reaches it: a real "store cannot persist" condition.
-fn spawn_relay_with_file_limit(root: &Path, port: u16, base_url: &str, kib: u32) -> Child {
-    let config = write_config(root, port, base_url);
-    Command::new("bash")
-        .arg("-c")
+fn spawn_relay_with_file_limit(root: &Path, base_url: &str, kib: u32) -> RelayProcess {
+    let config = write_config(root, base_url);
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
         .arg(format!(
             "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" serve --config \"$1\""
         ))
         .arg(env!("CARGO_BIN_EXE_postback-relay"))
-        .arg(&config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the relay under ulimit")
+        .arg(&config);
+    RelayProcess::start(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,18 +157,16 @@ async fn store_that_cannot_persist_answers_503_and_never_200() {
         root,
         sandbox,
         client,
-        port,
     } = Harness::new().await;
     // Scaleo answers 500 for a while: records stay in the store and it keeps growing.
     sandbox.script((0..100_000).map(|_| postback_relay::sandbox::Step::status(500)));
-    let mut relay = spawn_relay_with_file_limit(root.path(), port, &sandbox.base_url(), 256);
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay_with_file_limit(root.path(), &sandbox.base_url(), 256);
 
     let mut acked = Vec::new();
     let mut unavailable = 0;
     let pad = "p".repeat(2000);
     for i in 0..3000 {
-        let url = format!("http://127.0.0.1:{port}/postback/shop?cid=full{i}&amt=1&oid={pad}");
+        let url = relay.url(&format!("/postback/shop?cid=full{i}&amt=1&oid={pad}"));
         let status = client
             .get(url)
             .send()
@@ -232,26 +189,19 @@ async fn store_that_cannot_persist_answers_503_and_never_200() {
         "the store never filled up ({} accepted)",
         acked.len()
     );
-    let health = client
-        .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = client.get(relay.url("/healthz")).send().await.unwrap();
     assert!(
         health.status().is_success(),
         "the process keeps serving while the store is full"
     );
-    relay.kill().ok();
-    let _ = relay.wait();
+    relay.kill();
 
     // Without the limit, every postback that was answered 200 is still there and delivered.
     sandbox.set_script([]);
-    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay(root.path(), &sandbox.base_url());
     let acked: HashSet<String> = acked.into_iter().collect();
     let delivered = delivered_within_30s(&sandbox, &acked).await;
-    relay.kill().ok();
-    let _ = relay.wait();
+    relay.kill();
     let missing = acked.difference(&delivered).count();
     assert_eq!(
         missing,
@@ -267,18 +217,14 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
         root,
         sandbox,
         client,
-        port,
     } = Harness::new().await;
     // The forward is in flight (Scaleo answers after 1 s) when SIGTERM arrives.
     sandbox.script([postback_relay::sandbox::Step::Hang(Duration::from_millis(
         1000,
     ))]);
-    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay(root.path(), &sandbox.base_url());
     let r = client
-        .get(format!(
-            "http://127.0.0.1:{port}/postback/shop?cid=term1&amt=1"
-        ))
+        .get(relay.url("/postback/shop?cid=term1&amt=1"))
         .send()
         .await
         .unwrap();
@@ -290,37 +236,31 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let term = Command::new("kill")
-        .args(["-TERM", &relay.id().to_string()])
+        .args(["-TERM", &relay.child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
     let mut exited = None;
     for _ in 0..500 {
-        if let Some(status) = relay.try_wait().unwrap() {
+        if let Some(status) = relay.child.try_wait().unwrap() {
             exited = Some(status);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = exited.unwrap_or_else(|| {
-        relay.kill().ok();
+        relay.kill();
         panic!("the relay did not exit within 10 s of SIGTERM")
     });
     assert!(status.success(), "exit status {status:?}");
     assert!(
-        client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_err(),
+        client.get(relay.url("/healthz")).send().await.is_err(),
         "no longer accepting"
     );
     // The in-flight forward finished inside the grace period: a restart sends nothing again.
-    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay(root.path(), &sandbox.base_url());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    relay.kill().ok();
-    let _ = relay.wait();
+    relay.kill();
     assert_eq!(
         sandbox.received().len(),
         1,
@@ -334,7 +274,6 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
         root,
         sandbox,
         client,
-        port,
     } = Harness::new().await;
     let update_calls = |sandbox: &Sandbox| -> Vec<(u16, serde_json::Value)> {
         sandbox
@@ -344,11 +283,10 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
             .map(|r| (r.status, r.body.unwrap_or_default()))
             .collect()
     };
-    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay(root.path(), &sandbox.base_url());
     let get = async |query: &str| -> serde_json::Value {
         let r = client
-            .get(format!("http://127.0.0.1:{port}/postback/shop?{query}"))
+            .get(relay.url(&format!("/postback/shop?{query}")))
             .send()
             .await
             .unwrap();
@@ -368,8 +306,7 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
     let sale = get("cid=kc1&oid=O-1&amt=2500&st=1").await;
     assert_eq!(sale["status"], "update", "{sale}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    relay.kill().expect("kill -9");
-    let _ = relay.wait();
+    relay.kill();
     assert!(
         update_calls(&sandbox)
             .iter()
@@ -378,8 +315,7 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
     );
 
     sandbox.set_script([]);
-    let mut relay = spawn_relay(root.path(), port, &sandbox.base_url());
-    wait_healthy(&client, port).await;
+    let mut relay = spawn_relay(root.path(), &sandbox.base_url());
     for _ in 0..500 {
         if update_calls(&sandbox)
             .iter()
@@ -390,8 +326,7 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    relay.kill().ok();
-    let _ = relay.wait();
+    relay.kill();
     let answered: Vec<_> = update_calls(&sandbox)
         .into_iter()
         .filter(|(status, _)| *status == 200)

@@ -15,6 +15,7 @@ mod ops_cli;
 mod outage;
 #[path = "../support/pg.rs"]
 mod pg;
+mod process;
 mod reload;
 mod scale_out;
 mod stall;

@@ -397,21 +397,13 @@ async fn a_half_written_rule_file_never_loads() {
     env.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A FIFO named `x.toml` in the rules directory, then a real SIGHUP to the real binary: the
 /// reload must not block anything. `/readyz`, `/healthz` and ingest keep answering, the FIFO
 /// is skipped and reported, and SIGTERM still stops the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
     use postback_relay::sandbox::{Sandbox, SandboxConfig};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let root = tempfile::tempdir().unwrap();
     let rules = root.path().join("rules");
@@ -425,9 +417,8 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
     )
     .await
     .unwrap();
-    let (port, admin) = (free_port(), free_port());
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[scaleo]\nbase_url = \"{}\"\napi_key = \"{}\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[scaleo]\nbase_url = \"{}\"\napi_key = \"{}\"\n\
          [store]\npath = \"{}\"\n[rules]\ndir = \"{}\"\n",
         sandbox.base_url(),
         crate::support::KEY,
@@ -436,32 +427,11 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
     );
     let config_path = root.path().join("relay.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut relay = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the relay binary");
+    let mut relay = crate::process::RelayProcess::serve(&config_path);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
         .unwrap();
-    let mut up = false;
-    for _ in 0..500 {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(up, "the relay did not come up");
 
     let made = Command::new("mkfifo")
         .arg(rules.join("x.toml"))
@@ -469,7 +439,7 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
         .unwrap();
     assert!(made.success());
     let hup = Command::new("kill")
-        .args(["-HUP", &relay.id().to_string()])
+        .args(["-HUP", &relay.child.id().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());
@@ -488,25 +458,24 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
             }
         }
     };
-    let (code, body) = get(format!("http://127.0.0.1:{admin}/readyz")).await;
-    let (health, _) = get(format!("http://127.0.0.1:{port}/healthz")).await;
-    let (ingest, answer) = get(format!("http://127.0.0.1:{port}/postback/shop?cid=f&amt=1")).await;
+    let (code, body) = get(relay.admin_url("/readyz")).await;
+    let (health, _) = get(relay.url("/healthz")).await;
+    let (ingest, answer) = get(relay.url("/postback/shop?cid=f&amt=1")).await;
     let term = Command::new("kill")
-        .args(["-TERM", &relay.id().to_string()])
+        .args(["-TERM", &relay.child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
     let mut exited = false;
     for _ in 0..250 {
-        if relay.try_wait().unwrap().is_some() {
+        if relay.child.try_wait().unwrap().is_some() {
             exited = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if !exited {
-        relay.kill().ok();
-        relay.wait().ok();
+        relay.kill();
     }
     // Unblock any reader still stuck on the FIFO before failing.
     let _ = std::fs::OpenOptions::new()
