@@ -69,6 +69,29 @@ async fn group_commit_answers_only_after_commit() {
     assert_eq!(counts, vec![(State::Queued, 300)]);
 }
 
+/// A queued row the relay would never write (its body removed by hand) is an error naming
+/// the record, not a forward of an empty body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_row_without_a_body_is_an_error_naming_it_not_an_empty_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let Inserted::Stored { id } = store.insert(queued("acme", "c1", None)).await.unwrap() else {
+        panic!("not stored")
+    };
+    let c = rusqlite::Connection::open(dir.path().join("relay.db")).unwrap();
+    c.execute("UPDATE records SET body = NULL WHERE id = ?1", [id])
+        .unwrap();
+    let err = store
+        .claim(10, std::time::Duration::from_secs(5), &[])
+        .await
+        .expect_err("a row without a body is not claimable");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("record {id}")) && text.contains("no body"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn body_and_raw_postback_are_stored_exactly() {
     suite::body_and_raw_postback_are_stored_exactly(&Sqlite::new()).await;

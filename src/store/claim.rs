@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{Connection, params};
 
 use super::{State, Store, StoreError};
 
@@ -62,42 +61,6 @@ pub struct ChangeOf {
     pub lead_id: Option<String>,
 }
 
-impl ClaimRow {
-    pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimRow> {
-        let ts = |i: usize| -> rusqlite::Result<Timestamp> {
-            let ms: Option<i64> = r.get(i)?;
-            Ok(ms
-                .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-                .unwrap_or(Timestamp::UNIX_EPOCH))
-        };
-        let state: String = r.get(7)?;
-        let kind: Option<String> = r.get(8)?;
-        let change = match (
-            kind.as_deref(),
-            r.get::<_, Option<i64>>(9)?,
-            r.get::<_, Option<String>>(10)?,
-        ) {
-            (Some("update"), Some(original), Some(key)) => Some(ChangeOf {
-                original,
-                key,
-                lead_id: None,
-            }),
-            _ => None,
-        };
-        Ok(ClaimRow {
-            change,
-            id: r.get(0)?,
-            source: r.get(1)?,
-            click_id: r.get(2)?,
-            body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-            attempts: r.get(4)?,
-            received_at: ts(6)?,
-            queued_at: ts(5).or_else(|_| ts(6))?,
-            state: State::parse(&state).unwrap_or(State::Queued),
-        })
-    }
-}
-
 /// How a claim ends.
 #[derive(Debug, Clone)]
 pub(crate) enum Settle {
@@ -138,104 +101,6 @@ pub(crate) struct SettleRequest {
     pub(crate) owner: String,
     pub(crate) settle: Settle,
     pub(crate) attempt: Option<Attempt>,
-}
-
-impl SettleRequest {
-    /// Records the attempt and moves the record; `false` when the lease was lost (the
-    /// attempt row is kept either way).
-    pub(crate) fn apply(
-        &self,
-        c: &Connection,
-        now: Timestamp,
-        wakes: &mut bool,
-    ) -> Result<bool, StoreError> {
-        if let Some(a) = &self.attempt {
-            let answer = redact_api_key(excerpt(&a.answer, ANSWER_EXCERPT_BYTES));
-            c.prepare_cached(
-                "INSERT INTO attempts (record_id, at, status, answer, duration_ms, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                self.id,
-                a.at.as_millisecond(),
-                a.status,
-                answer,
-                i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX),
-                self.settle.outcome(),
-            ])?;
-        }
-        let now = now.as_millisecond();
-        let done = "attempts = attempts + 1, next_attempt_at = NULL, claimed_until = NULL,
-                    claim_owner = NULL, updated_at = ?1";
-        let free = "claimed_until = NULL, claim_owner = NULL, updated_at = ?1";
-        let (sql, args): (String, Vec<rusqlite::types::Value>) = match &self.settle {
-            Settle::Delivered {
-                transaction_id,
-                lead_id,
-            } => (
-                format!(
-                    "state = 'delivered', transaction_id = ?4, lead_id = ?5, last_error = NULL,
-                     {done}"
-                ),
-                vec![transaction_id.clone().into(), lead_id.clone().into()],
-            ),
-            Settle::DuplicateUpstream => (
-                format!("state = 'duplicate_upstream', last_error = NULL, {done}"),
-                vec![],
-            ),
-            Settle::Dead { reason } => (
-                format!("state = 'dead', reason = ?4, last_error = ?4, {done}"),
-                vec![reason.clone().into()],
-            ),
-            Settle::Retry { at, error } => (
-                format!(
-                    "state = 'retrying', attempts = attempts + 1, next_attempt_at = ?4,
-                     last_error = ?5, {free}"
-                ),
-                vec![at.as_millisecond().into(), error.clone().into()],
-            ),
-            // Given back without counting: it waits for the resume, first in line.
-            Settle::Paused { error } => (
-                format!("state = 'paused', next_attempt_at = ?1, last_error = ?4, {free}"),
-                vec![error.clone().into()],
-            ),
-            Settle::Release => (free.to_string(), vec![]),
-        };
-        let mut all: Vec<rusqlite::types::Value> =
-            vec![now.into(), self.id.into(), self.owner.clone().into()];
-        all.extend(args);
-        let n = c
-            .prepare_cached(&format!(
-                "UPDATE records SET {sql} WHERE id = ?2 AND claim_owner = ?3"
-            ))?
-            .execute(rusqlite::params_from_iter(all))?;
-        *wakes |= n > 0 && matches!(self.settle, Settle::Release | Settle::Paused { .. });
-        if n > 0 {
-            match &self.settle {
-                // The conversion learns Scaleo's ids from its create; its waiting changes
-                // may go now.
-                Settle::Delivered {
-                    transaction_id,
-                    lead_id,
-                } => {
-                    let n = c
-                        .prepare_cached(
-                            "UPDATE dedupe SET lead_id = ?2, transaction_id = ?3
-                             WHERE record_id = ?1 AND tracked IS NOT NULL
-                               AND key = (SELECT dedupe_key FROM records
-                                          WHERE id = ?1 AND kind IS NULL)",
-                        )?
-                        .execute(params![self.id, lead_id, transaction_id])?;
-                    *wakes |= n > 0;
-                }
-                Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => {
-                    super::change::fold_waiting(c, self.id, now)?;
-                }
-                Settle::DuplicateUpstream | Settle::Dead { .. } => *wakes = true,
-            }
-        }
-        Ok(n > 0)
-    }
 }
 
 impl Claimed {

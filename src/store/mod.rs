@@ -1,9 +1,15 @@
 //! The durable store: records, states, attempts, dedupe keys, pauses and claims.
 //!
-//! [`Store`] is a cheap handle over one of two backends, chosen by [`Store::connect`]: the
-//! embedded SQLite file (the default, described here) or a shared PostgreSQL database
-//! (`store.url`, see [`pg`]) for several instances. Both keep the same tables and answer
-//! every method the same way.
+//! [`Store`] is a cheap handle over one of two backends, chosen once by [`Store::connect`]:
+//! the embedded SQLite file (the default, [`sqlite`]) or a shared PostgreSQL database
+//! (`store.url`, [`pg`]) for several instances. Both keep the same tables and answer every
+//! method the same way; callers (ingest, forward, admin, CLI) never know which one they have.
+//!
+//! The layout: what both backends share sits at this level (the types in `types`, a new
+//! record's columns and the claim policy in `ops`, the conversion's memory in `change`,
+//! claimed work and settles in `claim`, the views of the read side in `read` and `stats`);
+//! each backend's SQL lives in its own directory (`sqlite/`, `pg/`), and neither reaches into
+//! the other.
 //!
 //! SQLite: one file (`{store.path}/relay.db`, WAL,
 //! `synchronous=FULL`). Every write goes through one writer thread that does **group commit**:
@@ -22,7 +28,6 @@ mod claim;
 mod ops;
 mod pg;
 mod read;
-mod schema;
 mod sqlite;
 mod stats;
 mod types;
@@ -269,7 +274,7 @@ impl Store {
                 self.woke(wakes);
                 return Ok(inserted);
             }
-            self.call(rec, |rec, c, _, wakes| ops::insert(c, rec, wakes))
+            self.call(rec, |rec, c, _, wakes| sqlite::ops::insert(c, rec, wakes))
                 .await
         })
         .await
@@ -335,7 +340,7 @@ impl Store {
             let rows = match self.pg() {
                 Some(pg) => pg.claim(&req).await?,
                 None => {
-                    self.call(req, |req, c, now, _| ops::claim(c, req, now))
+                    self.call(req, |req, c, now, _| sqlite::ops::claim(c, req, now))
                         .await?
                 }
             };
@@ -352,7 +357,7 @@ impl Store {
         self.bounded(async {
             match self.pg() {
                 Some(pg) => pg.pause(&scope, reason).await,
-                None => self.call((scope, reason), ops::pause).await,
+                None => self.call((scope, reason), sqlite::ops::pause).await,
             }
         })
         .await
@@ -367,7 +372,7 @@ impl Store {
                 self.woke(due);
                 Ok(due)
             }
-            None => self.call(id, ops::send_now).await,
+            None => self.call(id, sqlite::ops::send_now).await,
         }
     }
 
@@ -388,7 +393,7 @@ impl Store {
                     self.woke(n > 0);
                     Ok(n)
                 }
-                None => self.call((scope, reason), ops::resume).await,
+                None => self.call((scope, reason), sqlite::ops::resume).await,
             }
         })
         .await
@@ -411,7 +416,7 @@ impl Store {
             match self.pg() {
                 Some(pg) => pg.probe_write(now).await,
                 None => {
-                    self.call(now, |now, c, _, _| ops::probe_write(c, *now))
+                    self.call(now, |now, c, _, _| sqlite::ops::probe_write(c, *now))
                         .await
                 }
             }
@@ -427,7 +432,10 @@ impl Store {
             let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
             match self.pg() {
                 Some(pg) => pg.extend_age(ms).await,
-                None => self.call(ms, |ms, c, _, _| ops::extend_age(c, *ms)).await,
+                None => {
+                    self.call(ms, |ms, c, _, _| sqlite::ops::extend_age(c, *ms))
+                        .await
+                }
             }
         })
         .await
@@ -438,7 +446,7 @@ impl Store {
         self.bounded(async {
             match self.pg() {
                 Some(pg) => pg.paused().await,
-                None => self.read(read::paused).await,
+                None => self.read(sqlite::read::paused).await,
             }
         })
         .await
@@ -454,8 +462,10 @@ impl Store {
             let n = match self.pg() {
                 Some(pg) => pg.purge(cutoff).await?,
                 None => {
-                    self.call(cutoff, |cutoff, c, now, _| ops::purge(c, *cutoff, now))
-                        .await?
+                    self.call(cutoff, |cutoff, c, now, _| {
+                        sqlite::ops::purge(c, *cutoff, now)
+                    })
+                    .await?
                 }
             };
             total += n;
@@ -500,7 +510,7 @@ impl Store {
                 return Ok(requeued);
             }
             self.call((id, state), |(id, state), c, now, wakes| {
-                ops::requeue(c, *id, state, now, wakes)
+                sqlite::ops::requeue(c, *id, state, now, wakes)
             })
             .await
         })
@@ -513,7 +523,7 @@ impl Store {
         self.bounded(async {
             match self.pg() {
                 Some(pg) => pg.preview(&state).await,
-                None => self.read(move |c| change::preview(c, &state)).await,
+                None => self.read(move |c| sqlite::change::preview(c, &state)).await,
             }
         })
         .await
@@ -524,7 +534,7 @@ impl Store {
         self.bounded(async {
             match self.pg() {
                 Some(pg) => pg.get(id).await,
-                None => self.read(move |c| read::get(c, id)).await,
+                None => self.read(move |c| sqlite::read::get(c, id)).await,
             }
         })
         .await
@@ -542,7 +552,7 @@ impl Store {
             match self.pg() {
                 Some(pg) => pg.list(&filter, limit, cursor).await,
                 None => {
-                    self.read(move |c| read::list(c, &filter, limit, cursor))
+                    self.read(move |c| sqlite::read::list(c, &filter, limit, cursor))
                         .await
                 }
             }
@@ -555,7 +565,7 @@ impl Store {
         self.bounded(async {
             match self.pg() {
                 Some(pg) => pg.counts_by_state().await,
-                None => self.read(read::counts_by_state).await,
+                None => self.read(sqlite::read::counts_by_state).await,
             }
         })
         .await
@@ -566,7 +576,7 @@ impl Store {
         self.bounded(async {
             match self.pg() {
                 Some(pg) => pg.pending_sources().await,
-                None => self.read(read::pending_sources).await,
+                None => self.read(sqlite::read::pending_sources).await,
             }
         })
         .await
@@ -578,7 +588,7 @@ impl Store {
         self.bounded(async {
             match self.pg() {
                 Some(pg) => pg.oldest_queued().await,
-                None => self.read(read::oldest_queued).await,
+                None => self.read(sqlite::read::oldest_queued).await,
             }
         })
         .await
@@ -595,7 +605,7 @@ impl Store {
         match self.pg() {
             Some(pg) => pg.activity(&sources, hour, day).await,
             None => {
-                self.read(move |c| stats::activity(c, &sources, hour, day))
+                self.read(move |c| sqlite::stats::activity(c, &sources, hour, day))
                     .await
             }
         }
@@ -609,7 +619,10 @@ impl Store {
     ) -> Result<Vec<ReasonCount>, StoreError> {
         match self.pg() {
             Some(pg) => pg.reason_groups(of, scan).await,
-            None => self.read(move |c| stats::reason_groups(c, of, scan)).await,
+            None => {
+                self.read(move |c| sqlite::stats::reason_groups(c, of, scan))
+                    .await
+            }
         }
     }
 
@@ -625,7 +638,7 @@ impl Store {
         match self.pg() {
             Some(pg) => pg.reason_ids(of, &source, &reason, scan).await,
             None => {
-                self.read(move |c| stats::reason_ids(c, of, &source, &reason, scan))
+                self.read(move |c| sqlite::stats::reason_ids(c, of, &source, &reason, scan))
                     .await
             }
         }

@@ -6,7 +6,9 @@
 //! fails), commits, and answers every caller after COMMIT returned: with its own result, or
 //! with the commit error if the commit failed. No timer is
 //! involved: batches form from whatever arrived while the previous commit was syncing.
-//! The SQL of each operation is in [`super::ops`].
+//! The SQL of each operation is in [`ops`] (writes), [`change`] (a conversion's later
+//! postbacks), [`claim`] (claims and settles), [`read`] and [`stats`] (the read side), and
+//! the schema and its migrations in [`schema`].
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,14 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{StoreError, schema};
+use super::StoreError;
+
+pub(crate) mod change;
+pub(crate) mod claim;
+pub(crate) mod ops;
+pub(crate) mod read;
+pub(crate) mod schema;
+pub(crate) mod stats;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
