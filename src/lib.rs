@@ -20,8 +20,8 @@
 //! the admin listener), [`replay`] (re-map and requeue stored records),
 //! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo),
 //! [`network`] (which Scaleo network a SQLite store belongs to), and
-//! [`cli`] with [`ops`] (the `postback-relay` commands) and [`fields`] (the reference of
-//! Scaleo's conversion fields).
+//! [`cli`] (the `postback-relay` commands, one error type and one exit-code map) and
+//! [`fields`] (the reference of Scaleo's conversion fields).
 
 pub mod admin;
 pub mod cli;
@@ -35,7 +35,7 @@ pub mod listener;
 pub mod mapping;
 pub mod metrics;
 pub mod network;
-pub mod ops;
+
 pub mod reload;
 pub mod replay;
 pub mod rules;
