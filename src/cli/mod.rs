@@ -6,7 +6,7 @@
 //! - [`rules`]: `check`, `test`, `map`, `fields` (rule files only);
 //! - [`ops`]: `records`, `record`, `replay`, `pause`, `resume` (the store, directly);
 //! - [`explain`]: `explain` (the rules, and the store when there is one);
-//! - [`error`]: [`CliError`], [`Verdict`] and the exit codes.
+//! - `error.rs`: [`CliError`], [`Verdict`] and the exit codes.
 
 mod error;
 pub mod explain;

@@ -90,9 +90,9 @@ fn parse_rfc3339(text: &str) -> Result<jiff::Timestamp, String> {
 /// `postback-relay fields`.
 pub(super) fn fields(a: FieldsArgs) -> CliResult {
     if a.markdown {
-        print!("{}", crate::fields::markdown());
+        print!("{}", crate::scaleo::reference::markdown());
     } else {
-        print!("{}", crate::fields::text());
+        print!("{}", crate::scaleo::reference::text());
     }
     Ok(Verdict::Yes)
 }

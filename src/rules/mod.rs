@@ -7,7 +7,6 @@ mod compile;
 mod diag;
 mod model;
 mod raw;
-pub mod scaleo;
 pub mod testing;
 pub mod value;
 

@@ -7,9 +7,9 @@ use ipnet::IpNet;
 use jiff::tz::TimeZone;
 use rust_decimal::Decimal;
 
-use super::scaleo::FieldType;
 use super::value::{DecimalMode, TimeFormat};
 pub use crate::lifecycle::Updates;
+use crate::scaleo::FieldType;
 
 /// One source's compiled rule file.
 #[derive(Debug)]
