@@ -7,7 +7,7 @@
 //!   fields `leads/update` may change;
 //! - [`envelope`]: the answer envelope (`{"status", "code", "name", "message", "info"}`),
 //!   built (sandbox) and read (forward), with the "duplicate" phrase;
-//! - [`reference`]: the field reference `postback-relay fields` prints.
+//! - [`reference`](mod@reference): the field reference `postback-relay fields` prints.
 
 pub mod envelope;
 pub mod fields;
