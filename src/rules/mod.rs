@@ -22,7 +22,7 @@ pub use compile::{EnvMode, compile, valid_source_id};
 pub use diag::Diagnostic;
 pub use model::{
     Alerts, AnswerRule, Auth, ChangeOutcome, Dedupe, Expectation, ForwardOverride, Rule, RuleTest,
-    SigAlgorithm, SigEncoding, SigLocation, SigPart, Signature, Updates,
+    SigAlgorithm, SigEncoding, SigLocation, SigPart, Signature, Updates, same_param,
 };
 
 /// Every source's compiled rule, keyed by source id.
