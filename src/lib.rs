@@ -17,7 +17,8 @@
 //! forward and the sandbox share [`scaleo`], Scaleo's API contract: endpoints, conversion
 //! fields and their types, the answer envelope.
 //!
-//! Around them: [`config`] (service config), [`reload`] (hot rule reload), [`admin`] (the
+//! Around them: [`config`] (service config; it and [`rules`] share the small parsers of
+//! [`parse`]), [`reload`] (hot rule reload), [`admin`] (the
 //! operator API, `/readyz`, `/metrics`), [`console`] (the operator's pages in the browser, on
 //! the admin listener), [`replay`] (re-map and requeue stored records),
 //! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo),
@@ -36,6 +37,7 @@ pub mod listener;
 pub mod mapping;
 pub mod metrics;
 pub mod network;
+pub mod parse;
 
 pub mod reload;
 pub mod replay;

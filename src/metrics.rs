@@ -19,7 +19,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::forward::retry::Verdict;
 pub use crate::ingest::PostbackOutcome;
 use crate::store::{Paused, State};
 
@@ -52,18 +51,6 @@ impl AttemptOutcome {
             AttemptOutcome::Retry => "retry",
             AttemptOutcome::Paused => "paused",
             AttemptOutcome::Dead => "dead",
-        }
-    }
-}
-
-impl From<&Verdict> for AttemptOutcome {
-    fn from(v: &Verdict) -> Self {
-        match v {
-            Verdict::Delivered { .. } => AttemptOutcome::Delivered,
-            Verdict::DuplicateUpstream => AttemptOutcome::DuplicateUpstream,
-            Verdict::Retry { .. } => AttemptOutcome::Retry,
-            Verdict::Paused { .. } => AttemptOutcome::Paused,
-            Verdict::Dead { .. } => AttemptOutcome::Dead,
         }
     }
 }

@@ -58,6 +58,20 @@ pub enum Verdict {
     Dead { reason: String },
 }
 
+/// The metric class of a verdict (forward reports into metrics through metrics' own type).
+impl From<&Verdict> for crate::metrics::AttemptOutcome {
+    fn from(v: &Verdict) -> Self {
+        use crate::metrics::AttemptOutcome;
+        match v {
+            Verdict::Delivered { .. } => AttemptOutcome::Delivered,
+            Verdict::DuplicateUpstream => AttemptOutcome::DuplicateUpstream,
+            Verdict::Retry { .. } => AttemptOutcome::Retry,
+            Verdict::Paused { .. } => AttemptOutcome::Paused,
+            Verdict::Dead { .. } => AttemptOutcome::Dead,
+        }
+    }
+}
+
 /// Classifies one answer; `status` is `None` when none came. `now` resolves an HTTP-date
 /// `Retry-After`.
 pub fn classify(

@@ -301,7 +301,7 @@ impl<'a> Compiler<'_, 'a> {
             .unwrap_or_else(|| "token".into());
         let mut allow_ips = Vec::new();
         for ip in &raw.allow_ips {
-            match crate::config::parse_cidr(ip.get_ref()) {
+            match crate::parse::parse_cidr(ip.get_ref()) {
                 Some(net) => allow_ips.push(net),
                 None => self.err(span(ip), format!("auth.allow_ips: {:?} is not a CIDR or address (e.g. 203.0.113.0/24, 2001:db8::/32)", ip.get_ref())),
             }
