@@ -3,9 +3,9 @@
 //! [`IngestError`] (which carries the status code and the reason):
 //!
 //! route (path, method) -> limits (URL, headers) -> rule (the source's) -> authorise the IP
-//! ([`auth`]) -> read the body -> decode the parameters ([`request`]) -> authorise the
-//! token and signature ([`auth`]) -> map (the rule) -> store (durably, group commit:
-//! [`record`]) -> answer ([`answer`]), 200 only once stored.
+//! (`auth.rs`) -> read the body -> decode the parameters ([`request`]) -> authorise the
+//! token and signature (`auth.rs`) -> map (the rule) -> store (durably, group commit:
+//! `record.rs`) -> answer ([`answer`]), 200 only once stored.
 
 pub mod answer;
 mod auth;
