@@ -13,7 +13,10 @@ use ipnet::IpNet;
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
-use crate::rules::value::{parse_duration, parse_zone};
+pub use crate::parse::parse_cidr;
+use crate::parse::{parse_duration, parse_zone};
+/// `[store]`, defined with the store (kept here so `config::StoreConfig` still resolves).
+pub use crate::store::StoreConfig;
 
 /// Errors of loading or validating the service config.
 #[derive(Debug, thiserror::Error)]
@@ -349,45 +352,6 @@ pub struct ForwardConfig {
     pub outage_after: u32,
     /// The longest `Retry-After` honoured; a longer one is capped to this.
     pub max_retry_after: Duration,
-}
-
-/// `[store]`: the embedded SQLite directory, or the PostgreSQL database shared by several
-/// instances (`url`, which wins when set).
-#[derive(Clone)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub url: Option<String>,
-    pub retention: Duration,
-    /// Most records one group commit may hold.
-    pub commit_batch: usize,
-    /// The longest a store operation may take before it fails (ingest answers 503).
-    pub timeout: Duration,
-    /// PostgreSQL: most connections one instance holds.
-    pub pool_size: usize,
-    /// PostgreSQL: the longest opening one connection (TCP, TLS, authentication) may take.
-    pub connect_timeout: Duration,
-    /// PostgreSQL: `SET statement_timeout` on every connection, so the server stops work
-    /// the relay gave up on (`store.timeout`) instead of holding its locks.
-    pub statement_timeout: Duration,
-    /// PostgreSQL: the CA file checking the server's certificate (`sslrootcert` in
-    /// `store.url` wins).
-    pub ca_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreConfig")
-            .field("path", &self.path)
-            .field("url", &self.url.as_deref().map(crate::store::redact_url))
-            .field("retention", &self.retention)
-            .field("commit_batch", &self.commit_batch)
-            .field("timeout", &self.timeout)
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("statement_timeout", &self.statement_timeout)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
 }
 
 /// `[log]`: human or JSON lines, and the default level filter.
@@ -978,7 +942,7 @@ pub fn base_url_problem(url: &str) -> Option<String> {
     if path.contains("/api/") || path.ends_with("/api") || path.contains("conv-click-id") {
         return Some(format!(
             "only the scheme and host: the relay appends {} itself; use {bare}",
-            crate::forward::client::CONV_PATH
+            crate::scaleo::CONV_PATH
         ));
     }
     if !path.is_empty() && path != "/" {
@@ -1030,12 +994,4 @@ fn expand(
             var: var.to_string(),
         }),
     }
-}
-
-/// Parses a CIDR or a bare address (taken as a single host).
-pub fn parse_cidr(text: &str) -> Option<IpNet> {
-    let text = text.trim();
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }

@@ -12,22 +12,24 @@
 //! 4. [`forward`] claims due records with a lease, waits for the rate limiter, POSTs them to
 //!    Scaleo, classifies the answer and settles the record (delivered, retry, paused, dead).
 //!
-//! Ingest and replay share [`mapping`] (rule outcome -> record state); ingest and the admin
-//! API share [`listener`] (the accept loop with graceful drain).
+//! Ingest and replay share [`mapping`] (rule outcome -> record state); ingest, the admin
+//! API and the sandbox share [`listener`] (the accept loop with graceful drain). Rules,
+//! forward and the sandbox share [`scaleo`], Scaleo's API contract: endpoints, conversion
+//! fields and their types, the answer envelope.
 //!
-//! Around them: [`config`] (service config), [`reload`] (hot rule reload), [`admin`] (the
+//! Around them: [`config`] (service config; it and [`rules`] share the small parsers of
+//! [`parse`]), [`reload`] (hot rule reload), [`admin`] (the
 //! operator API, `/readyz`, `/metrics`), [`console`] (the operator's pages in the browser, on
 //! the admin listener), [`replay`] (re-map and requeue stored records),
 //! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo),
 //! [`network`] (which Scaleo network a SQLite store belongs to), and
-//! [`cli`] with [`ops`] (the `postback-relay` commands) and [`fields`] (the reference of
-//! Scaleo's conversion fields).
+//! [`cli`] (the `postback-relay` commands, one error type and one exit-code map).
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod console;
-pub mod fields;
+
 pub mod forward;
 pub mod ingest;
 pub mod lifecycle;
@@ -35,10 +37,12 @@ pub mod listener;
 pub mod mapping;
 pub mod metrics;
 pub mod network;
-pub mod ops;
+pub mod parse;
+
 pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod sandbox;
+pub mod scaleo;
 pub mod serve;
 pub mod store;

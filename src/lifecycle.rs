@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
-use crate::rules::scaleo;
+use crate::scaleo;
 
 /// The fields a change of a conversion compares and sends: the status and the money.
 pub const TRACKED: [&str; 4] = ["conv_status", "revenue", "payout", "amount"];

@@ -1,5 +1,6 @@
-//! The accept loop shared by the ingest and admin listeners: HTTP/1.1 connections served by a
-//! handler, and on shutdown no new connections while open requests finish within a grace.
+//! The accept loop shared by the ingest and admin listeners and the sandbox: HTTP/1.1
+//! connections served by a handler, and on shutdown no new connections while open requests
+//! finish within a grace; connections still open after it are closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,7 +77,40 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let handler = move |req, peer| {
+        let fut = handler(req, peer);
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    };
+    serve_fallible(
+        name,
+        listener,
+        http,
+        handler,
+        shutdown,
+        grace,
+        max_connections,
+    )
+    .await;
+}
+
+/// [`serve`] for a handler that may refuse to answer: its error closes the connection
+/// without a response (the sandbox's scripted drops).
+pub async fn serve_fallible<H, F, E>(
+    name: &'static str,
+    listener: TcpListener,
+    http: http1::Builder,
+    handler: H,
+    shutdown: CancellationToken,
+    grace: Duration,
+    max_connections: Option<usize>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     let graceful = GracefulShutdown::new();
+    // Cancelled when the grace is over: connections still open then are closed.
+    let cut = CancellationToken::new();
     let slots = max_connections.map(|n| Arc::new(Semaphore::new(n.max(1))));
     let mut full_logged = false;
     loop {
@@ -121,16 +155,17 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let fut = handler(req, peer);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
+        let service = service_fn(move |req| handler(req, peer));
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let cut = cut.clone();
         tokio::spawn(async move {
             // The slot is free again when the connection ends.
             let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(listener = name, error = %e, %peer, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(listener = name, error = %e, %peer, "connection ended with an error");
+                },
+                () = cut.cancelled() => {}
             }
         });
     }
@@ -138,6 +173,7 @@ pub async fn serve<H, F>(
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
+        && !grace.is_zero()
     {
         tracing::warn!(
             listener = name,
@@ -145,6 +181,7 @@ pub async fn serve<H, F>(
             "connections still open after the grace period"
         );
     }
+    cut.cancel();
 }
 
 /// Binds a listener (port 0 picks a free port).

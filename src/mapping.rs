@@ -39,15 +39,6 @@ pub fn without_token_marked(
     (kept, kept_numbers)
 }
 
-/// Whether a decoded parameter name is the source's token parameter.
-pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool {
-    if ignore_case {
-        name.eq_ignore_ascii_case(token_param)
-    } else {
-        name == token_param
-    }
-}
-
 /// The record state for `outcome`; a rejected postback keeps the click id the rule resolved
 /// (so it can be found by click id), a forwarded one its dedupe key and window, and a
 /// postback of an update-only source the lookup of the conversion it changes.

@@ -19,46 +19,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::forward::retry::Verdict;
+pub use crate::ingest::PostbackOutcome;
 use crate::store::{Paused, State};
 
 /// The content type of [`render`]'s output (OpenMetrics text, which Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// How ingest answered a postback (the `outcome` label of `postback_relay_postbacks_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PostbackOutcome {
-    Accepted,
-    Duplicate,
-    Skipped,
-    Rejected,
-    /// A change of a stored conversion (forwarded as such).
-    Update,
-    /// A change that would move a conversion back (stored, not sent).
-    Stale,
-    /// 401: token missing or wrong.
-    Unauthorized,
-    /// 403: caller not in the allow list.
-    Forbidden,
-    /// 503: the store could not persist it.
-    Unavailable,
-}
-
-impl PostbackOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PostbackOutcome::Accepted => "accepted",
-            PostbackOutcome::Duplicate => "duplicate",
-            PostbackOutcome::Skipped => "skipped",
-            PostbackOutcome::Rejected => "rejected",
-            PostbackOutcome::Update => "update",
-            PostbackOutcome::Stale => "stale",
-            PostbackOutcome::Unauthorized => "unauthorized",
-            PostbackOutcome::Forbidden => "forbidden",
-            PostbackOutcome::Unavailable => "unavailable",
-        }
-    }
-}
 
 /// The class of one forward attempt (the `outcome` label of `..._forward_attempts_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,18 +51,6 @@ impl AttemptOutcome {
             AttemptOutcome::Retry => "retry",
             AttemptOutcome::Paused => "paused",
             AttemptOutcome::Dead => "dead",
-        }
-    }
-}
-
-impl From<&Verdict> for AttemptOutcome {
-    fn from(v: &Verdict) -> Self {
-        match v {
-            Verdict::Delivered { .. } => AttemptOutcome::Delivered,
-            Verdict::DuplicateUpstream => AttemptOutcome::DuplicateUpstream,
-            Verdict::Retry { .. } => AttemptOutcome::Retry,
-            Verdict::Paused { .. } => AttemptOutcome::Paused,
-            Verdict::Dead { .. } => AttemptOutcome::Dead,
         }
     }
 }

@@ -11,36 +11,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
-/// The path of the conversion endpoint under `base_url`.
-pub const CONV_PATH: &str = "/api/v2/network/tracking/conv-click-id";
-
-/// The path of the endpoint that changes a conversion (`PUT`, with Scaleo's `lead_id`).
-pub const UPDATE_PATH: &str = "/api/v2/network/leads/update";
-
-/// Which of Scaleo's calls a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Call {
-    /// `POST conv-click-id`: create a conversion.
-    Create,
-    /// `PUT leads/update`: change a conversion.
-    Update,
-}
-
-impl Call {
-    fn path(self) -> &'static str {
-        match self {
-            Call::Create => CONV_PATH,
-            Call::Update => UPDATE_PATH,
-        }
-    }
-
-    fn method(self) -> reqwest::Method {
-        match self {
-            Call::Create => reqwest::Method::POST,
-            Call::Update => reqwest::Method::PUT,
-        }
-    }
-}
+pub use crate::scaleo::{CONV_PATH, Call, UPDATE_PATH};
 
 /// Most answer bytes read (Scaleo's answers are far smaller).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -138,7 +109,7 @@ impl Client {
         let url = endpoint(target, call.path())?;
         let mut resp = self
             .http
-            .request(call.method(), url)
+            .request(method(call), url)
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string())
             .send()
@@ -175,6 +146,14 @@ impl Client {
             text.push_str(&format!("\n{}{e}]", super::retry::CUT_MARK));
         }
         Ok((status, retry_after, text))
+    }
+}
+
+/// The reqwest method of a call.
+fn method(call: Call) -> reqwest::Method {
+    match call {
+        Call::Create => reqwest::Method::POST,
+        Call::Update => reqwest::Method::PUT,
     }
 }
 

@@ -30,8 +30,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
-/// The phrase Scaleo answers when the conversion already exists.
-pub const DUPLICATE_PHRASE: &str = "multiple conversions are not allowed";
+use crate::scaleo::envelope::{self, Reading, says_duplicate};
 
 /// The largest jitter, as a fraction of the scheduled delay.
 pub const JITTER_MAX: f64 = 0.2;
@@ -57,6 +56,20 @@ pub enum Verdict {
     Paused { reason: String },
     /// Retrying cannot help.
     Dead { reason: String },
+}
+
+/// The metric class of a verdict (forward reports into metrics through metrics' own type).
+impl From<&Verdict> for crate::metrics::AttemptOutcome {
+    fn from(v: &Verdict) -> Self {
+        use crate::metrics::AttemptOutcome;
+        match v {
+            Verdict::Delivered { .. } => AttemptOutcome::Delivered,
+            Verdict::DuplicateUpstream => AttemptOutcome::DuplicateUpstream,
+            Verdict::Retry { .. } => AttemptOutcome::Retry,
+            Verdict::Paused { .. } => AttemptOutcome::Paused,
+            Verdict::Dead { .. } => AttemptOutcome::Dead,
+        }
+    }
 }
 
 /// Classifies one answer; `status` is `None` when none came. `now` resolves an HTTP-date
@@ -106,7 +119,7 @@ pub fn classify(
 }
 
 fn success(code: u16, json: Option<&Value>, message: &str, cut: bool) -> Verdict {
-    let Some(json) = json.filter(|j| is_envelope(j)) else {
+    let Some(json) = json.filter(|j| envelope::is_envelope(j)) else {
         let reason = format!("HTTP {code} with an answer that is not Scaleo's JSON");
         // Cut short, it may be Scaleo's success: repeating it could pay twice. Whole, it
         // is not Scaleo talking (a proxy's page, a wrong base_url): try again (and count
@@ -120,44 +133,22 @@ fn success(code: u16, json: Option<&Value>, message: &str, cut: bool) -> Verdict
             }
         };
     };
-    let status = json.get("status").and_then(Value::as_str);
-    let info = json.get("info");
-    let inner = info.and_then(|i| i.get("status")).and_then(Value::as_str);
-    let ok = |s: Option<&str>| s.is_some_and(|s| s.eq_ignore_ascii_case("success"));
-    if ok(status) && (inner.is_none() || ok(inner)) {
-        let transaction_id = info
-            .and_then(|i| i.get("transaction_id"))
-            .and_then(|t| match t {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            });
-        let lead_id = info
-            .and_then(|i| i.get("lead_id"))
-            .filter(|l| matches!(l, Value::String(s) if !s.is_empty()) || l.is_number())
-            .map(Value::to_string);
-        return Verdict::Delivered {
+    match envelope::read(json) {
+        Reading::Success {
             transaction_id,
             lead_id,
-        };
-    }
-    let what = match (status, inner) {
-        (Some(s), _) if !ok(Some(s)) => format!("status {s:?}"),
-        (_, Some(i)) => format!("inner status {i:?}"),
-        _ => "no status".to_string(),
-    };
-    Verdict::Dead {
-        reason: format!("HTTP {code} with {what}{message}"),
+        } => Verdict::Delivered {
+            transaction_id,
+            lead_id,
+        },
+        Reading::Failure { what } => Verdict::Dead {
+            reason: format!("HTTP {code} with {what}{message}"),
+        },
     }
 }
 
 /// What the client appends to an answer whose body broke off after the status line.
 pub const CUT_MARK: &str = "[answer cut short: ";
-
-/// Scaleo's envelope: a JSON object with a string `status`.
-fn is_envelope(json: &Value) -> bool {
-    json.get("status").is_some_and(Value::is_string)
-}
 
 /// Whether an attempt got an answer from Scaleo itself: a status below 500 and, for a 2xx,
 /// Scaleo's JSON envelope. No answer, a 5xx, or a 2xx page from something else count toward
@@ -168,51 +159,22 @@ pub fn answered_as_scaleo(status: Option<u16>, body: &str) -> bool {
         Some(500..) => false,
         Some(200..=299) => serde_json::from_str::<Value>(body)
             .ok()
-            .is_some_and(|j| is_envelope(&j)),
+            .is_some_and(|j| envelope::is_envelope(&j)),
         Some(_) => true,
     }
 }
 
 /// `: message` (and the inner message) of Scaleo's envelope, or nothing.
 fn describe(json: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(m) = json.get("message").and_then(Value::as_str) {
-        parts.push(m.to_string());
-    }
-    if let Some(m) = json.pointer("/info/message").and_then(Value::as_str) {
-        parts.push(m.to_string());
-    }
-    if let Some(e) = json.pointer("/info/errors") {
-        parts.push(e.to_string());
-    }
-    parts.retain(|p| !p.is_empty());
+    let parts = envelope::describe(json);
     if parts.is_empty() {
-        String::new()
-    } else {
-        let mut text = format!(": {}", parts.join("; "));
-        if text.len() > 500 {
-            text.truncate(crate::store::excerpt(&text, 500).len());
-        }
-        text
+        return String::new();
     }
-}
-
-fn says_duplicate(json: Option<&Value>, body: &str) -> bool {
-    fn has(v: &Value) -> bool {
-        match v {
-            Value::String(s) => s.to_lowercase().contains(DUPLICATE_PHRASE),
-            Value::Array(a) => a.iter().any(has),
-            Value::Object(o) => o.values().any(has),
-            _ => false,
-        }
+    let mut text = format!(": {parts}");
+    if text.len() > 500 {
+        text.truncate(crate::store::excerpt(&text, 500).len());
     }
-    // Any string of the answer: Scaleo puts it in `message`, `info.message` or
-    // `info.errors`, but a proxy or another API version may put it elsewhere (`name`, a
-    // bare JSON string), and missing it turns a 403 into a pause of everything.
-    match json {
-        Some(j) => has(j),
-        None => body.to_lowercase().contains(DUPLICATE_PHRASE),
-    }
+    text
 }
 
 /// Reads `Retry-After`: whole seconds, or an HTTP date (a date in the past is zero).

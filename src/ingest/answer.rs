@@ -7,6 +7,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use super::PostbackOutcome;
+
 /// A transparent 1x1 GIF (43 bytes).
 pub const PIXEL_GIF: &[u8] = &[
     0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
@@ -33,6 +35,8 @@ pub struct Answer {
     pub original: Option<i64>,
     /// `[answer] body`: sent as `text/plain` instead of the JSON (not on `/pixel`).
     pub text: Option<String>,
+    /// What became of a stored postback (`None` when nothing was stored).
+    pub outcome: Option<PostbackOutcome>,
 }
 
 impl Answer {
@@ -44,35 +48,38 @@ impl Answer {
             reason: reason.into(),
             original: None,
             text: None,
+            outcome: None,
         }
     }
 
-    pub fn stored(status: &'static str, id: i64, reason: Option<String>) -> Self {
-        let code = if status == "rejected" {
+    /// A stored postback: 422 for a reject, else 200.
+    pub fn stored(outcome: PostbackOutcome, id: i64, reason: Option<String>) -> Self {
+        let code = if outcome == PostbackOutcome::Rejected {
             StatusCode::UNPROCESSABLE_ENTITY
         } else {
             StatusCode::OK
         };
         Self {
             code,
-            status,
+            status: outcome.as_str(),
             id: Some(id),
             reason,
             original: None,
             text: None,
+            outcome: Some(outcome),
         }
     }
 
     /// A stored later postback of the conversion created by record `original`.
     pub fn of_conversion(
-        status: &'static str,
+        outcome: PostbackOutcome,
         id: i64,
         original: i64,
         reason: Option<String>,
     ) -> Self {
         Self {
             original: Some(original),
-            ..Self::stored(status, id, reason)
+            ..Self::stored(outcome, id, reason)
         }
     }
 

@@ -152,15 +152,6 @@ pub fn token_matches(expected: &str, given: &str) -> bool {
     expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
-/// Whether a decoded parameter name is the source's token parameter.
-pub fn is_token_param(name: &str, token_param: &str, ignore_case: bool) -> bool {
-    if ignore_case {
-        name.eq_ignore_ascii_case(token_param)
-    } else {
-        name == token_param
-    }
-}
-
 /// The raw query with the value of every parameter named by `secret` (the token, the
 /// signature) replaced by `***`, the rest untouched.
 pub fn redact_query(raw: &str, secret: impl Fn(&str) -> bool) -> String {

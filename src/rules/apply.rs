@@ -9,8 +9,8 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::model::*;
-use super::scaleo::{self, FieldType};
 use super::value::{self, NoValue, TimeFormat};
+use crate::scaleo::{self, FieldType};
 
 mod condition;
 

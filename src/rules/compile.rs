@@ -8,13 +8,13 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use toml::Spanned;
 
-use super::diag::{Diagnostic, Diagnostics};
+use super::diag::{Diagnostic, Diagnostics, did_you_mean};
 use super::model::*;
 use super::raw::{
     RawAlerts, RawAnswer, RawAuth, RawDedupe, RawField, RawForward, RawRule, RawTest,
 };
-use super::scaleo;
 use super::value;
+use crate::scaleo;
 
 mod condition;
 mod field;
@@ -230,7 +230,7 @@ impl<'a> Compiler<'_, 'a> {
         for (name, spec) in raw {
             let at = name.span();
             let Some(field) = scaleo::field(name.get_ref()) else {
-                let hint = scaleo::did_you_mean(name.get_ref(), scaleo::FIELDS.iter().copied())
+                let hint = did_you_mean(name.get_ref(), scaleo::FIELDS.iter().copied())
                     .map(|s| format!(" (did you mean {s:?}?)"))
                     .unwrap_or_default();
                 self.err(
@@ -301,7 +301,7 @@ impl<'a> Compiler<'_, 'a> {
             .unwrap_or_else(|| "token".into());
         let mut allow_ips = Vec::new();
         for ip in &raw.allow_ips {
-            match crate::config::parse_cidr(ip.get_ref()) {
+            match crate::parse::parse_cidr(ip.get_ref()) {
                 Some(net) => allow_ips.push(net),
                 None => self.err(span(ip), format!("auth.allow_ips: {:?} is not a CIDR or address (e.g. 203.0.113.0/24, 2001:db8::/32)", ip.get_ref())),
             }
@@ -324,7 +324,7 @@ impl<'a> Compiler<'_, 'a> {
                 .filter_map(|k| {
                     let f = scaleo::field(k.get_ref());
                     if f.is_none() {
-                        let hint = scaleo::did_you_mean(k.get_ref(), scaleo::FIELDS.iter().copied())
+                        let hint = did_you_mean(k.get_ref(), scaleo::FIELDS.iter().copied())
                             .map(|s| format!(" (did you mean {s:?}?)"))
                             .unwrap_or_default();
                         self.err(span(k), format!("dedupe.key: {:?} is not a Scaleo field{hint}; the key lists mapped fields", k.get_ref()));

@@ -7,7 +7,6 @@ mod compile;
 mod diag;
 mod model;
 mod raw;
-pub mod scaleo;
 pub mod testing;
 pub mod value;
 
@@ -23,7 +22,7 @@ pub use compile::{EnvMode, compile, valid_source_id};
 pub use diag::Diagnostic;
 pub use model::{
     Alerts, AnswerRule, Auth, ChangeOutcome, Dedupe, Expectation, ForwardOverride, Rule, RuleTest,
-    SigAlgorithm, SigEncoding, SigLocation, SigPart, Signature, Updates,
+    SigAlgorithm, SigEncoding, SigLocation, SigPart, Signature, Updates, same_param,
 };
 
 /// Every source's compiled rule, keyed by source id.

@@ -7,9 +7,9 @@ use ipnet::IpNet;
 use jiff::tz::TimeZone;
 use rust_decimal::Decimal;
 
-use super::scaleo::FieldType;
 use super::value::{DecimalMode, TimeFormat};
 pub use crate::lifecycle::Updates;
+use crate::scaleo::FieldType;
 
 /// One source's compiled rule file.
 #[derive(Debug)]
@@ -52,15 +52,20 @@ impl Auth {
     /// Whether a decoded parameter name carries a credential (the token parameter or the
     /// signature parameter): never mapped, stored as `***`.
     pub fn is_secret_param(&self, name: &str, ignore_case: bool) -> bool {
-        let is = |p: &str| {
-            if ignore_case {
-                name.eq_ignore_ascii_case(p)
-            } else {
-                name == p
-            }
-        };
+        let is = |p: &str| same_param(name, p, ignore_case);
         is(&self.token_param)
             || matches!(&self.signature, Some(Signature { location: SigLocation::Param(p), .. }) if is(p))
+    }
+}
+
+/// Whether a decoded parameter `name` is the parameter `wanted` (the token's, the
+/// signature's), ASCII case ignored when the source's `params.ignore_case` says so: the one
+/// comparison every credential check uses.
+pub fn same_param(name: &str, wanted: &str, ignore_case: bool) -> bool {
+    if ignore_case {
+        name.eq_ignore_ascii_case(wanted)
+    } else {
+        name == wanted
     }
 }
 

@@ -56,7 +56,6 @@
 //! every accepted change applied) and `changes` (`[{"at", "body"}]`, the update bodies as
 //! sent, oldest first); `GET /healthz` answers 200.
 
-mod envelope;
 mod query;
 mod server;
 mod state;
@@ -70,7 +69,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-pub use envelope::MULTIPLE_CONVERSIONS;
+pub use crate::scaleo::envelope::MULTIPLE_CONVERSIONS;
 pub use server::MAX_BODY_BYTES;
 pub use state::CAPACITY;
 pub use step::Step;
@@ -78,10 +77,10 @@ pub use step::Step;
 use state::State;
 
 /// The path of Scaleo's conversion endpoint, as served by the sandbox.
-pub const CONVERSION_PATH: &str = server::CONVERSION_PATH;
+pub const CONVERSION_PATH: &str = crate::scaleo::CONV_PATH;
 
 /// The path of Scaleo's endpoint that changes a conversion (`PUT`), as served by the sandbox.
-pub const UPDATE_PATH: &str = server::UPDATE_PATH;
+pub const UPDATE_PATH: &str = crate::scaleo::UPDATE_PATH;
 
 /// How the sandbox is set up.
 #[derive(Debug, Clone)]

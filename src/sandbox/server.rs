@@ -7,48 +7,27 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
+use super::Received;
 use super::query::{api_key, redact_query};
 use super::state::{Accepted, DEFAULT_CONV_STATUS, Duplicate, State, shutdown_raised};
 use super::step::Step;
 use super::validate::{self, Rejection};
-use super::{Received, envelope};
-
-/// Scaleo's endpoint that creates a conversion (`POST`).
-pub(crate) const CONVERSION_PATH: &str = "/api/v2/network/tracking/conv-click-id";
-
-/// Scaleo's endpoint that changes a conversion (`PUT`), the relay's own constant.
-pub(crate) const UPDATE_PATH: &str = crate::forward::client::UPDATE_PATH;
+use crate::scaleo::envelope;
 
 /// The Scaleo endpoints the sandbox implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    /// `POST conv-click-id`.
-    Create,
-    /// `PUT leads/update`.
-    Update,
-}
+type Endpoint = crate::scaleo::Call;
 
-impl Endpoint {
-    fn of(path: &str) -> Option<Endpoint> {
-        match path {
-            CONVERSION_PATH => Some(Endpoint::Create),
-            UPDATE_PATH => Some(Endpoint::Update),
-            _ => None,
-        }
-    }
-
-    fn method(self) -> Method {
-        match self {
-            Endpoint::Create => Method::POST,
-            Endpoint::Update => Method::PUT,
-        }
+/// The hyper method of an endpoint.
+fn method_of(endpoint: Endpoint) -> Method {
+    match endpoint {
+        Endpoint::Create => Method::POST,
+        Endpoint::Update => Method::PUT,
     }
 }
 
@@ -112,41 +91,31 @@ struct Call {
     raw: Option<Bytes>,
 }
 
-/// Accepts connections until the shutdown flag is raised.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
-    let shutdown = shutdown_raised(state.shutdown_signal());
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    tokio::spawn(serve_connection(stream, Arc::clone(&state)));
-                }
-                Err(err) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %err, "sandbox accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    tracing::info!("sandbox stopped");
-}
+/// How long the sandbox waits for a request's head (a generous bound: it is not under load).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn serve_connection(stream: TcpStream, state: Arc<State>) {
+/// Serves connections with the shared accept loop until the shutdown flag is raised; open
+/// connections are closed then (no grace: a scripted hang does not hold a test up).
+pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
+    let shutdown = CancellationToken::new();
     let signal = state.shutdown_signal();
-    let service = service_fn(move |req| handle(Arc::clone(&state), req));
-    let connection =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    tokio::select! {
-        result = connection => {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "sandbox connection ended with an error");
-            }
-        }
-        () = shutdown_raised(signal) => {}
-    }
+    let raised = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_raised(signal).await;
+        raised.cancel();
+    });
+    let handler = move |req, _peer| handle(Arc::clone(&state), req);
+    crate::listener::serve_fallible(
+        "sandbox",
+        listener,
+        crate::listener::http1(HEADER_READ_TIMEOUT),
+        handler,
+        shutdown,
+        Duration::ZERO,
+        None,
+    )
+    .await;
+    tracing::info!("sandbox stopped");
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Abort> {
@@ -241,7 +210,7 @@ async fn read_capped(body: Incoming) -> Result<Option<Bytes>, Abort> {
 /// The Scaleo emulation: limits, then the script, then method, key, body and the
 /// endpoint's own checks (duplicates for a create, the `lead_id` for an update).
 fn decide(state: &State, call: &Call) -> Outcome {
-    let Some(endpoint) = Endpoint::of(&call.path) else {
+    let Some(endpoint) = Endpoint::of_path(&call.path) else {
         return Outcome::Reply(Reply::standard_error(404));
     };
     let Some(raw) = &call.raw else {
@@ -250,7 +219,7 @@ fn decide(state: &State, call: &Call) -> Outcome {
     if let Some(step) = state.next_step() {
         return scripted(state, endpoint, step, raw);
     }
-    let allowed = endpoint.method();
+    let allowed = method_of(endpoint);
     if call.method != allowed {
         let message = format!(
             "Method Not Allowed. This URL can only handle the following request methods: {allowed}."

@@ -316,7 +316,7 @@ impl Inner {
         let accepted = Accepted {
             at: Timestamp::now(),
             lead_id: self.last_lead_id.to_string(),
-            transaction_id: super::envelope::uuid_v4(),
+            transaction_id: uuid_v4(),
             body_json: body.to_string(),
             changes: Vec::new(),
             key,
@@ -386,9 +386,40 @@ pub(crate) async fn shutdown_raised(mut signal: watch::Receiver<bool>) {
     let _ = signal.wait_for(|&raised| raised).await;
 }
 
+/// A random RFC 4122 version-4 UUID in its usual lowercase text form.
+pub(crate) fn uuid_v4() -> String {
+    let mut bits = fastrand::u128(..);
+    bits &= !(0xf << 76); // version nibble
+    bits |= 0x4 << 76;
+    bits &= !(0x3 << 62); // variant bits
+    bits |= 0x2 << 62;
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_v4_has_the_version_and_variant_of_rfc_4122() {
+        for _ in 0..100 {
+            let id = uuid_v4();
+            let groups: Vec<&str> = id.split('-').collect();
+            let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+            assert!(groups[2].starts_with('4'), "{id}");
+            assert!(matches!(groups[3].as_bytes()[0], b'8'..=b'b'), "{id}");
+        }
+    }
+
     use crate::sandbox::validate::GoalKey;
 
     fn call(n: usize) -> Received {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::envelope;
+use crate::scaleo::envelope;
 
 /// One scripted answer, used for exactly one call to a Scaleo endpoint (the create
 /// `conv-click-id` or the update `leads/update`).

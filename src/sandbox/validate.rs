@@ -3,7 +3,7 @@
 //!
 //! Pure: bytes in, a [`Conversion`] or an [`Update`], or a [`Rejection`] out. The field
 //! list, the JSON types and the restricted value sets are those of Scaleo's API docs, shared
-//! with the rules through [`crate::rules::scaleo`]: `revenue`, `payout`, `amount` are
+//! with the rules through [`crate::scaleo`]: `revenue`, `payout`, `amount` are
 //! numbers, `goal_id` is an integer and every other field is a string. An update's
 //! `lead_id` may be a string or a number and is compared by its text.
 
@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::rules::scaleo::{self, FieldType};
+use crate::scaleo::fields::UPDATABLE;
+use crate::scaleo::{self, FieldType};
 
 /// The JSON type Scaleo expects for a body field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,27 +60,6 @@ pub(crate) struct Update {
     /// The text of `lead_id` (a string as is, a number as written).
     pub(crate) lead_id: String,
 }
-
-/// The fields `PUT leads/update` may change; `lead_id` (required) names the conversion.
-pub(crate) const UPDATABLE: [&str; 17] = [
-    "conv_status",
-    "revenue",
-    "payout",
-    "amount",
-    "adv_order_id",
-    "custom1",
-    "custom2",
-    "custom3",
-    "custom4",
-    "custom5",
-    "custom6",
-    "custom7",
-    "custom8",
-    "custom9",
-    "custom10",
-    "public_notes",
-    "private_notes",
-];
 
 /// Why a body was refused, each variant tied to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

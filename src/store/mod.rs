@@ -25,6 +25,7 @@
 
 mod change;
 mod claim;
+mod config;
 mod ops;
 mod pg;
 mod read;
@@ -40,10 +41,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::config::StoreConfig;
-
 pub use change::Preview;
 pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, ChangeOf, Claimed, excerpt, redact_api_key};
+pub use config::StoreConfig;
 pub use pg::{SharedLimit, check_tls, redact_url};
 pub use read::{AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary};
 pub use stats::{ReasonCount, SourceActivity};

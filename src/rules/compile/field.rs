@@ -9,8 +9,8 @@ use toml::Spanned;
 use super::{Compiler, span, toml_scalar_text};
 use crate::rules::model::*;
 use crate::rules::raw::{Alts, Names, RawAlt, RawField, RawSpec};
-use crate::rules::scaleo::{self, FieldType};
 use crate::rules::value::{self, DecimalMode, TimeFormat};
+use crate::scaleo::{self, FieldType};
 
 impl Compiler<'_, '_> {
     pub(super) fn spec(

@@ -7,7 +7,7 @@ use toml::Spanned;
 use super::{Compiler, span};
 use crate::lifecycle::{LOOKUP_FIELDS, OnlyUpdates, Transitions, Updates, known_status};
 use crate::rules::raw::RawUpdates;
-use crate::rules::scaleo;
+use crate::scaleo;
 
 impl Compiler<'_, '_> {
     /// Compiles `[updates]` of source `source`; the second value is where `of` is written.

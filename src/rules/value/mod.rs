@@ -10,10 +10,10 @@ mod tests;
 mod time;
 
 use std::borrow::Cow;
-use std::time::Duration;
 
+pub use crate::parse::{parse_duration, parse_zone};
 pub use number::{DecimalMode, format_decimal, parse_decimal, parse_json_number, scale_decimal};
-pub use time::{TimeFormat, format_scaleo_time, parse_time, parse_zone};
+pub use time::{TimeFormat, format_scaleo_time, parse_time};
 
 // No value
 // ---------------------------------------------------------------------------------------------
@@ -190,40 +190,4 @@ fn escape_at(bytes: &[u8], index: usize) -> Option<u8> {
 fn hex_digit(byte: Option<&u8>) -> Option<u8> {
     let digit = char::from(*byte?).to_digit(16)?;
     u8::try_from(digit).ok()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Durations
-// ---------------------------------------------------------------------------------------------
-
-const DURATION_ACCEPTED: &str =
-    "expected a whole number and a unit ms, s, m, h or d (e.g. 500ms, 10s, 2m, 1h, 30d)";
-
-/// Parses durations such as "500ms", "10s", "2m", "1h", "30d" (one number and a unit).
-///
-/// A space between number and unit is tolerated (`10 s`); weeks and fractions are not accepted.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() {
-        return Err(format!("not a duration: {DURATION_ACCEPTED}"));
-    }
-    let millis_per_unit: u64 = match unit.trim_start() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "" => return Err(format!("missing unit: {DURATION_ACCEPTED}")),
-        _ => return Err(format!("unknown unit: {DURATION_ACCEPTED}")),
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(millis_per_unit))
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration too large: {DURATION_ACCEPTED}"))
 }

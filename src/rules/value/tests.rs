@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
 use rust_decimal::Decimal;
+use std::time::Duration;
 
 fn none() -> Vec<String> {
     Vec::new()

@@ -6,6 +6,8 @@ use jiff::civil::DateTime;
 use jiff::fmt::strtime;
 use jiff::tz::{Offset, TimeZone};
 
+use crate::parse::{parse_offset, unsigned_offset};
+
 // Times and zones
 // ---------------------------------------------------------------------------------------------
 
@@ -89,28 +91,6 @@ fn validate_pattern(pattern: &str) -> Result<(), String> {
             "strftime pattern names no date (it needs %Y, %m and %d, or %s): {TIME_SPEC_ACCEPTED}"
         ))
     }
-}
-
-const ZONE_ACCEPTED: &str = "expected UTC, an offset such as +08:00, +0800, +08 or -05:30, \
-     or an IANA time zone name such as Asia/Kolkata or America/New_York";
-
-/// Parses a zone: "UTC", an offset such as "+08:00" / "-0530", or an IANA name.
-///
-/// `UTC` is accepted in any case, `Z` too; offsets go up to ±23:59.
-pub fn parse_zone(text: &str) -> Result<TimeZone, String> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("utc") || text.eq_ignore_ascii_case("z") {
-        return Ok(TimeZone::UTC);
-    }
-    if text.starts_with(['+', '-']) {
-        return parse_offset(text)
-            .map(TimeZone::fixed)
-            .ok_or_else(|| format!("invalid offset: {ZONE_ACCEPTED}"));
-    }
-    if text.is_empty() {
-        return Err(format!("empty time zone: {ZONE_ACCEPTED}"));
-    }
-    TimeZone::get(text).map_err(|_| format!("unknown time zone: {ZONE_ACCEPTED}"))
 }
 
 /// In `auto`, a number from 1e11 on is milliseconds (1e11 seconds would be the year 5138).
@@ -430,30 +410,6 @@ fn parse_offset_suffix(rest: &str) -> Option<Option<Offset>> {
         return unsigned_offset(suffix, 1).map(Some);
     }
     None
-}
-
-/// `+08:00`, `+0800`, `+08`, `-05:30`, up to ±23:59.
-fn parse_offset(text: &str) -> Option<Offset> {
-    if let Some(rest) = text.strip_prefix('+') {
-        unsigned_offset(rest, 1)
-    } else {
-        unsigned_offset(text.strip_prefix('-')?, -1)
-    }
-}
-
-fn unsigned_offset(text: &str, sign: i32) -> Option<Offset> {
-    let mut cursor = Cursor(text);
-    let hours = i32::from(cursor.two_digits()?);
-    let minutes = if cursor.0.is_empty() {
-        0
-    } else {
-        cursor.0 = cursor.0.strip_prefix(':').unwrap_or(cursor.0);
-        i32::from(cursor.two_digits()?)
-    };
-    if !cursor.0.is_empty() || hours > 23 || minutes > 59 {
-        return None;
-    }
-    Offset::from_seconds(sign * (hours * 3600 + minutes * 60)).ok()
 }
 
 /// A tiny reader over the rest of a time text.

@@ -1,44 +1,21 @@
 //! The operator commands of the CLI, working on the store directly (SQLite WAL lets them
-//! run next to a live relay): `records`, `record ID`, `replay`, `pause`, `resume`, and
-//! `explain` (which needs only the rules). Each prints a human form by default and the
-//! admin API's JSON with `--json`, and returns a [`Verdict`] or a [`CliError`] (the exit
-//! codes are [`crate::cli::exit`]'s). None needs the Scaleo API key or the admin token.
+//! run next to a live relay): `records`, `record ID`, `replay`, `pause`, `resume`. Each
+//! prints a human form by default and the admin API's JSON with `--json`, and returns a
+//! [`Verdict`] or a [`CliError`] (the exit codes are [`super::exit`]'s). None needs the
+//! Scaleo API key or the admin token.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use jiff::Timestamp;
-use jiff::tz::TimeZone;
 
-use crate::admin::view::{self, ExplainJson, ListJson, PauseJson, RecordJson};
-use crate::cli::{CliError, CliResult, Verdict, load_rules, operator_config, rule_of};
+use super::{CliError, CliResult, Verdict, current_thread_runtime, load_rules};
+use crate::admin::view::{self, ListJson, PauseJson, RecordJson};
 use crate::config::Config;
-use crate::replay::{ReplayError, Replayer, Report, Selection};
-use crate::rules::{LiveRules, Origin};
+use crate::replay::{Replayer, Report, Selection};
+use crate::rules::LiveRules;
 use crate::store::{PauseReason, PauseScope, Store, StoreError};
-
-impl From<view::BadParam> for CliError {
-    fn from(e: view::BadParam) -> Self {
-        CliError::Usage(e.to_string())
-    }
-}
-
-impl From<StoreError> for CliError {
-    fn from(e: StoreError) -> Self {
-        CliError::Unavailable(format!("store: {e}"))
-    }
-}
-
-impl From<ReplayError> for CliError {
-    fn from(e: ReplayError) -> Self {
-        match e {
-            ReplayError::State(_) => CliError::Usage(e.to_string()),
-            ReplayError::Store(s) => s.into(),
-        }
-    }
-}
 
 /// Where the store and the rules are: a service config, and overrides.
 #[derive(Debug, Args)]
@@ -127,44 +104,16 @@ pub struct PauseArgs {
     pub source: Option<String>,
 }
 
-#[derive(Debug, Args)]
-pub struct ExplainArgs {
-    /// Service config whose rules.dir and scaleo.timezone are used; its store (when it
-    /// exists) tells whether the postback would change a stored conversion.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// A store directory to look up stored conversions in (overrides the config's store).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Rules directory (overrides rules.dir).
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
-    /// Print the admin API's JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// The source id (the rule file's stem).
-    pub source: String,
-    /// The query string as the advertiser sends it (a leading '?' is ignored).
-    pub query: String,
-}
-
-fn config(file: Option<&std::path::Path>) -> Result<Config, CliError> {
+pub(super) fn config(file: Option<&std::path::Path>) -> Result<Config, CliError> {
     // The operator commands never talk to Scaleo nor serve the admin API: they need
     // neither the Scaleo key nor the admin token.
     Ok(Config::load_for(file, crate::config::Need::Operator)?)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Internal(format!("cannot start the async runtime: {e}")))
-}
-
 /// Opens the store of the config (never creates a data directory): the PostgreSQL store of
 /// `store.url`, else the SQLite store of an existing directory (`--data` picks one and wins
 /// over `store.url`). The store lives on the returned runtime: use that one to drive it.
-fn open_store(
+pub(super) fn open_store(
     args: &StoreArgs,
     cfg: &Config,
 ) -> Result<(tokio::runtime::Runtime, Store), CliError> {
@@ -180,12 +129,12 @@ fn open_store(
             sc.path.display()
         )));
     }
-    let rt = runtime()?;
+    let rt = current_thread_runtime()?;
     let store = rt.block_on(Store::connect(&sc))?;
     Ok((rt, store))
 }
 
-fn print_json(value: &impl serde::Serialize) {
+pub(super) fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -193,7 +142,7 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 /// `postback-relay records`.
-pub fn records(a: RecordsArgs) -> CliResult {
+pub(super) fn records(a: RecordsArgs) -> CliResult {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut put = |name: &str, v: &Option<String>| {
         if let Some(v) = v {
@@ -239,7 +188,7 @@ pub fn records(a: RecordsArgs) -> CliResult {
 }
 
 /// `postback-relay record ID`.
-pub fn record(a: RecordArgs) -> CliResult {
+pub(super) fn record(a: RecordArgs) -> CliResult {
     let cfg = config(a.store.config.as_deref())?;
     let (rt, store) = open_store(&a.store, &cfg)?;
     let rec = rt
@@ -322,7 +271,7 @@ pub fn record(a: RecordArgs) -> CliResult {
 }
 
 /// `postback-relay replay`.
-pub fn replay(a: ReplayArgs) -> CliResult {
+pub(super) fn replay(a: ReplayArgs) -> CliResult {
     let selection = if a.ids.is_empty() {
         if a.source.is_none() && a.state.is_none() && a.since.is_none() && a.until.is_none() {
             return Err(CliError::Usage(
@@ -394,7 +343,7 @@ fn print_report(r: &Report) {
 }
 
 /// `postback-relay pause` (`pause == true`) and `resume`.
-pub fn pause(a: PauseArgs, pause: bool) -> CliResult {
+pub(super) fn pause(a: PauseArgs, pause: bool) -> CliResult {
     let scope = view::pause_scope(a.source.as_deref())?;
     let cfg = config(a.store.config.as_deref())?;
     let (rt, store) = open_store(&a.store, &cfg)?;
@@ -476,102 +425,4 @@ async fn has_records(store: &Store, source: &str) -> Result<bool, StoreError> {
         ..Default::default()
     };
     Ok(!store.list(filter, 1, None).await?.0.is_empty())
-}
-
-/// `postback-relay explain`: a reject is a negative answer (exit 1).
-pub fn explain(a: ExplainArgs) -> CliResult {
-    let (dir, zone) = match operator_config(a.config.as_deref())? {
-        Some(cfg) => (cfg.rules_dir, cfg.scaleo.timezone),
-        None => (PathBuf::from("rules"), TimeZone::UTC),
-    };
-    let dir = a.rules.clone().unwrap_or(dir);
-    let set = load_rules(&dir)?;
-    let rule = rule_of(&set, &a.source, &dir)?;
-    let mut e = view::explain(rule, &a.query, &zone, Timestamp::now());
-    if (a.config.is_some() || a.data.is_some())
-        && let Some(state) = e.state.take()
-    {
-        let args = StoreArgs {
-            config: a.config.clone(),
-            data: a.data.clone(),
-            json: a.json,
-        };
-        let cfg = config(a.config.as_deref())?;
-        // With only --config, a store that does not exist yet (no relay ran) has no
-        // conversions: the rules' answer stands alone. --data must name a store.
-        let absent = a.data.is_none() && cfg.store.url.is_none() && !cfg.store.path.is_dir();
-        if !absent {
-            let (rt, store) = open_store(&args, &cfg)?;
-            e.conversion = rt.block_on(store.preview(state))?.map(Into::into);
-        }
-    }
-    if a.json {
-        print_json(&e);
-    } else {
-        print_explain(&e);
-    }
-    Ok(if e.outcome == "reject" {
-        Verdict::No
-    } else {
-        Verdict::Yes
-    })
-}
-
-fn print_explain(e: &ExplainJson) {
-    println!("source {}: {}", e.source, e.outcome);
-    if let Some(i) = e.skip_matched {
-        println!("matched [[skip]] #{}", i + 1);
-    }
-    for i in &e.when_matched {
-        println!("matched [[when]] #{}", i + 1);
-    }
-    for f in &e.fields {
-        let from = match &f.origin {
-            Some(Origin::Param { name }) => format!("parameter {name:?}"),
-            Some(Origin::Template) => "template".into(),
-            Some(Origin::Constant) => "constant".into(),
-            Some(Origin::Default) => "default".into(),
-            None => "no value".into(),
-        };
-        let at = f
-            .when
-            .map_or_else(String::new, |i| format!(" ([[when]] #{})", i + 1));
-        let value = f
-            .value
-            .as_ref()
-            .map_or_else(|| "-".to_string(), ToString::to_string);
-        println!("  {:<16} = {value:<24} <- {from}{at}", f.field);
-        for ig in &f.ignored {
-            println!(
-                "  {:<16}   ignored {}={:?}: {}",
-                "", ig.param, ig.value, ig.why
-            );
-        }
-        if let Some(err) = &f.error {
-            println!("  {:<16}   error: {err}", "");
-        }
-    }
-    match (&e.body, &e.reason) {
-        (Some(body), _) => println!(
-            "body:\n{}",
-            serde_json::to_string_pretty(body).unwrap_or_default()
-        ),
-        (None, Some(reason)) => println!("reason: {reason}"),
-        (None, None) => {}
-    }
-    if let Some(c) = &e.conversion {
-        let of = c.original.map_or_else(String::new, |o| {
-            format!(" of the conversion created by record {o}")
-        });
-        println!("later postback{of}: {}", c.outcome);
-        if let Some(change) = &c.change {
-            println!(
-                "  leads/update would send {}",
-                serde_json::Value::Object(change.clone())
-            );
-        }
-        if let Some(reason) = &c.reason {
-            println!("  {reason}");
-        }
-    }
 }

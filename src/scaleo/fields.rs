@@ -1,4 +1,5 @@
-//! Scaleo's conversion body fields (from Scaleo's API docs; `postback-relay fields` prints them): names, JSON types and known value sets.
+//! Scaleo's conversion body fields (from Scaleo's API docs; `postback-relay fields` prints
+//! them): names, JSON types, known value sets, and which ones `leads/update` may change.
 
 /// The JSON type Scaleo expects for a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,51 +102,36 @@ pub fn allowed_values(name: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-/// The closest name among `candidates` when it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).clamp(1, 3);
-    candidates
-        .into_iter()
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let up = row[j + 1];
-            row[j + 1] = (up + 1).min(row[j] + 1).min(diag + usize::from(ca != *cb));
-            diag = up;
-        }
-    }
-    row[b.len()]
-}
+/// The fields `PUT leads/update` may change; `lead_id` (required) names the conversion.
+pub const UPDATABLE: [&str; 17] = [
+    "conv_status",
+    "revenue",
+    "payout",
+    "amount",
+    "adv_order_id",
+    "custom1",
+    "custom2",
+    "custom3",
+    "custom4",
+    "custom5",
+    "custom6",
+    "custom7",
+    "custom8",
+    "custom9",
+    "custom10",
+    "public_notes",
+    "private_notes",
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn suggests_the_nearest_field_for_a_typo() {
-        assert_eq!(
-            did_you_mean("clikc_id", FIELDS.iter().copied()),
-            Some("click_id")
-        );
-        assert_eq!(
-            did_you_mean("revenu", FIELDS.iter().copied()),
-            Some("revenue")
-        );
-        assert_eq!(did_you_mean("zzzzzzzz", FIELDS.iter().copied()), None);
+    fn updatable_fields_are_conversion_fields() {
+        for name in UPDATABLE {
+            assert_eq!(field(name), Some(name));
+        }
     }
 
     #[test]

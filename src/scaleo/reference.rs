@@ -1,8 +1,8 @@
 //! The reference of Scaleo's conversion fields printed by `postback-relay fields`, built
-//! from the list the rules are checked against ([`crate::rules::scaleo`]).
+//! from the list the rules are checked against ([`super::fields`]).
 //! `docs/scaleo-fields.md` is this module's Markdown output (a test keeps them equal).
 
-use crate::rules::scaleo::{FIELDS, FieldType, allowed_values, field_type};
+use super::fields::{FIELDS, FieldType, allowed_values, field_type};
 
 /// One field as the reference shows it.
 pub struct FieldInfo {
