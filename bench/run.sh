@@ -276,6 +276,10 @@ if want pg; then
   row "pg      bare hyper 204          : $pb_rps req/s, p99 $pb_p99 ms, errors $pb_err"
   row "pg      relay on PostgreSQL     : $pr_rps req/s, p99 $pr_p99 ms, errors $pr_err"
   row "pg      ratio relay/bare        : $(awk -v a="$pr_rps" -v b="$pb_rps" 'BEGIN { printf "%.3f", a / b }')"
+  # The target's figure: against the SQLite store's ingest measured earlier in this run.
+  if [[ -n "${r_rps:-}" ]]; then
+    row "pg      ratio pg/sqlite ingest  : $(awk -v a="$pr_rps" -v b="$r_rps" 'BEGIN { printf "%.2f", a / b }') (target >= 0.5), p99 $pr_p99 ms (target < 10 ms)"
+  fi
   row "pg      store after the run     : $stored"
   row "pg      CPU during the run      : relay $(awk -v t=$((t1 - t0)) -v d="$DUR" 'BEGIN { printf "%.2f", t / 100 / d }') cores, PostgreSQL (all its processes) $(awk -v t=$((g1 - g0)) -v d="$DUR" 'BEGIN { printf "%.2f", t / 100 / d }') cores, of 2; per request: relay $(awk -v t=$((t1 - t0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us, PostgreSQL $(awk -v t=$((g1 - g0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us"
   row "pg      server over the relay's life (warm-up + run): $commits commits, $syncs WAL syncs ($(awk -v c="$commits" -v s="$syncs" 'BEGIN { printf "%.1f", c / (s ? s : 1) }') commits per sync), $(((by1 - by0) / (commits ? commits : 1))) WAL bytes per commit"

@@ -611,3 +611,156 @@ async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window() {
     suite::a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(&Postgres::new().await)
         .await;
 }
+
+// Group commit: concurrent inserts and settles share transactions.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored() {
+    let db = Postgres::new().await;
+    suite::many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored(&db).await;
+    // The first postbacks of the keys were grouped: far fewer transactions than records.
+    // (A duplicate or a change is decided alone after its group.)
+    let client = sql(&db.url).await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM records
+             WHERE state = 'queued' AND source = 'acme' AND click_id LIKE 'c%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (records, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(records, 108);
+    assert!(
+        transactions < records / 2,
+        "{records} records in {transactions} transactions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_settles_all_land() {
+    suite::concurrent_settles_all_land(&Postgres::new().await).await;
+}
+
+/// A plain client on the database at `url` (for what the store does not expose).
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_row_fails_alone_and_its_neighbours_are_stored() {
+    let url = pg::fresh_db().await;
+    let store = instance(&url).await;
+    let mut admin = sql(&url).await;
+    // A record the database refuses: a trigger raises for one marked query.
+    admin
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.query LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned row'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON records
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .unwrap();
+    // The table is held, so the first groups wait and the other postbacks pile up into one
+    // group with the bad one.
+    let hold = admin.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE records IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let click = if i == 63 {
+                "poison".to_string()
+            } else {
+                format!("c{i}")
+            };
+            let key = format!("k{i}");
+            (
+                i,
+                store
+                    .insert(queued("acme", &click, Some((&key, suite::DAY))))
+                    .await,
+            )
+        });
+    }
+    let waiting = wait::until(Duration::from_secs(10), async || {
+        let row = hold
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) >= 1
+    })
+    .await;
+    assert!(waiting, "no insert waited for the table");
+    hold.commit().await.unwrap();
+    let mut stored = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, answer) = r.unwrap();
+        if i == 63 {
+            let err = answer.unwrap_err();
+            assert!(err.to_string().contains("poisoned row"), "{err}");
+        } else {
+            stored.push(stored_id(
+                answer.unwrap_or_else(|e| panic!("postback {i}: {e}")),
+            ));
+        }
+    }
+    assert_eq!(stored.len(), 63);
+    for id in stored {
+        assert_eq!(
+            store.get(id).await.unwrap().unwrap().summary.state,
+            State::Queued
+        );
+    }
+    assert_eq!(
+        store.counts_by_state().await.unwrap(),
+        vec![(State::Queued, 63)]
+    );
+    // The bad postback's key was not kept: sent again without the mark, it is stored.
+    let again = store
+        .insert(queued("acme", "c63", Some(("k63", suite::DAY))))
+        .await
+        .unwrap();
+    stored_id(again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_inserting_the_same_keys_concurrently_dedupe_exactly() {
+    let url = pg::fresh_db().await;
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let make = |i: usize| {
+        queued(
+            "acme",
+            &format!("c{i}"),
+            Some((&format!("k{}", i % 60), suite::DAY)),
+        )
+    };
+    let (on_a, on_b) = tokio::join!(
+        suite::insert_concurrently(&a, 240, 32, make),
+        suite::insert_concurrently(&b, 240, 32, make),
+    );
+    let answers: Vec<(usize, Inserted)> = on_a
+        .into_iter()
+        .chain(on_b)
+        .map(|(i, r)| (i, r.unwrap_or_else(|e| panic!("postback {i}: {e}"))))
+        .collect();
+    let holders = suite::one_holder_per_key(&a, &answers, |i| format!("k{}", i % 60)).await;
+    assert_eq!(holders.len(), 60);
+    let mut counts = b.counts_by_state().await.unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(counts, [(State::Duplicate, 420), (State::Queued, 60)]);
+}

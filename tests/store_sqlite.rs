@@ -212,3 +212,13 @@ async fn an_unmatched_update_only_postback_is_replayed_once_the_conversion_exist
 async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window() {
     suite::a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(&Sqlite::new()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored() {
+    suite::many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored(&Sqlite::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_settles_all_land() {
+    suite::concurrent_settles_all_land(&Sqlite::new()).await;
+}

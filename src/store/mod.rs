@@ -270,7 +270,7 @@ impl Store {
     pub async fn insert(&self, rec: NewRecord) -> Result<Inserted, StoreError> {
         self.bounded(async {
             if let Some(pg) = self.pg() {
-                let (inserted, wakes) = pg.insert(&rec).await?;
+                let (inserted, wakes) = pg.insert(rec).await?;
                 self.woke(wakes);
                 return Ok(inserted);
             }
@@ -649,7 +649,7 @@ impl Store {
     pub(crate) async fn settle(&self, req: claim::SettleRequest) -> Result<bool, StoreError> {
         self.bounded(async {
             if let Some(pg) = self.pg() {
-                let (applied, wakes) = pg.settle(&req).await?;
+                let (applied, wakes) = pg.settle(req).await?;
                 self.woke(wakes);
                 return Ok(applied);
             }

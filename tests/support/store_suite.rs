@@ -1111,3 +1111,227 @@ pub async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(b: &
         "{again:?}"
     );
 }
+
+// Many callers at once (the PostgreSQL store groups concurrent inserts and settles into
+// shared transactions; the SQLite writer groups everything): every answer is what the
+// callers one at a time would have got, and every answered write is stored.
+
+/// The answers of `n` postbacks sent by `tasks` concurrent callers, `make(i)` being the
+/// i-th; each with its index.
+pub async fn insert_concurrently(
+    store: &Store,
+    n: usize,
+    tasks: usize,
+    make: fn(usize) -> NewRecord,
+) -> Vec<(usize, Result<Inserted, StoreError>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        set.spawn(async move {
+            let mut answers = Vec::new();
+            for i in (t..n).step_by(tasks) {
+                answers.push((i, store.insert(make(i)).await));
+            }
+            answers
+        });
+    }
+    let mut answers = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        answers.extend(r.unwrap());
+    }
+    answers.sort_by_key(|(i, _)| *i);
+    answers
+}
+
+/// For the answers to postbacks of dedupe key `key(i)`: the record that holds each key,
+/// after checking that exactly one postback of each key was stored, every other one is a
+/// duplicate of it, and every answered record is stored in the state answered.
+pub async fn one_holder_per_key(
+    store: &Store,
+    answers: &[(usize, Inserted)],
+    key: impl Fn(usize) -> String,
+) -> std::collections::HashMap<String, i64> {
+    let mut holder = std::collections::HashMap::new();
+    for (i, answer) in answers {
+        if let Inserted::Stored { id } = answer {
+            let before = holder.insert(key(*i), *id);
+            assert!(
+                before.is_none(),
+                "key {} stored twice: {before:?} and {id}",
+                key(*i)
+            );
+        }
+    }
+    for (i, answer) in answers {
+        match answer {
+            Inserted::Stored { id } => assert_eq!(state_of(store, *id).await, State::Queued),
+            Inserted::Duplicate { id, original } => {
+                assert_eq!(Some(original), holder.get(&key(*i)), "postback {i}");
+                assert_eq!(state_of(store, *id).await, State::Duplicate);
+            }
+            other => panic!("postback {i}: {other:?}"),
+        }
+    }
+    holder
+}
+
+pub async fn many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored(b: &impl Backend) {
+    let store = b.open().await;
+    // 20 tracked conversions with an order id each, not sent yet.
+    let mut convs = Vec::new();
+    for c in 0..20 {
+        let sale =
+            json!({"conv_status": "approved", "revenue": 40, "adv_order_id": format!("o-{c}")});
+        let id = store.insert(conversion(&format!("v{c}"), sale)).await;
+        convs.push(stored_id(id.unwrap()));
+    }
+    // 500 postbacks from 64 callers: every 10th refunds one of the conversions (2 or 3
+    // times each), the others carry one of 108 dedupe keys, each sent 4 or 5 times (the
+    // repeats meet in one group and across groups).
+    let answers = insert_concurrently(&store, 500, 64, |i| {
+        if i % 10 == 0 {
+            refund(
+                &format!("o-{}", i / 10 % 20),
+                json!({"conv_status": "rejected", "revenue": 0}),
+            )
+        } else {
+            queued(
+                "acme",
+                &format!("c{i}"),
+                Some((&format!("k{}", i % 120), DAY)),
+            )
+        }
+    })
+    .await;
+    let answers: Vec<(usize, Inserted)> = answers
+        .into_iter()
+        .map(|(i, a)| (i, a.unwrap_or_else(|e| panic!("postback {i}: {e}"))))
+        .collect();
+    let (refunds, keyed): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(i, _)| i % 10 == 0);
+    let holders = one_holder_per_key(&store, &keyed, |i| format!("k{}", i % 120)).await;
+    assert_eq!(holders.len(), 108);
+    // Each conversion: its first refund is folded into the unsent original, the later ones
+    // are duplicates of it.
+    let mut folded = HashSet::new();
+    for (i, answer) in &refunds {
+        let conv = convs[i / 10 % 20];
+        match answer {
+            Inserted::Update {
+                id,
+                original,
+                route: ChangeRoute::Merged,
+            } if *original == conv => {
+                assert!(folded.insert(conv), "conversion {conv} changed twice");
+                assert_eq!(state_of(&store, *id).await, State::Merged);
+            }
+            Inserted::Duplicate { id, original } if *original == conv => {
+                assert_eq!(state_of(&store, *id).await, State::Duplicate);
+            }
+            other => panic!("refund {i} of {conv}: {other:?}"),
+        }
+    }
+    assert_eq!(folded.len(), 20);
+    for conv in &convs {
+        assert_eq!(body_of(&store, *conv).await["conv_status"], "rejected");
+    }
+    let mut counts = store.counts_by_state().await.unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        counts,
+        [
+            (State::Duplicate, 372),
+            (State::Merged, 20),
+            (State::Queued, 128)
+        ]
+    );
+}
+
+pub async fn concurrent_settles_all_land(b: &impl Backend) {
+    let store = b.open().await;
+    let other = b.other(&store).await;
+    // Ten records whose lease runs out and another claim takes: their late settles are
+    // refused, their attempts kept.
+    fill(&store, "acme", 10).await;
+    let lost = store
+        .claim(10, Duration::from_millis(100), &[])
+        .await
+        .unwrap();
+    let mut taken = Vec::new();
+    let all_taken = until(Duration::from_secs(10), async || {
+        taken.extend(other.claim(10, Duration::from_secs(60), &[]).await.unwrap());
+        taken.len() == 10
+    })
+    .await;
+    assert!(all_taken, "the leases never ran out");
+    let lost_ids: HashSet<i64> = lost.iter().map(Claimed::id).collect();
+    fill(&store, "acme", 200).await;
+    let claimed = store
+        .claim(200, Duration::from_secs(60), &[])
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 200);
+    let later = Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+    let mut set = tokio::task::JoinSet::new();
+    for (n, c) in claimed.into_iter().chain(lost).enumerate() {
+        set.spawn(async move {
+            let id = c.id();
+            let a = attempt(Some(200), &format!("answer {id}"));
+            let done = match n % 5 {
+                0 => c.delivered(a, Some(format!("tx-{id}")), None).await,
+                1 => c.retry(a, later, format!("HTTP 503 for {id}")).await,
+                2 => c.dead(a, format!("gave up on {id}")).await,
+                3 => c.duplicate_upstream(a).await,
+                _ => c.paused(a, "HTTP 401".into()).await,
+            };
+            (id, n % 5, done)
+        });
+    }
+    let mut settled = 0;
+    while let Some(r) = set.join_next().await {
+        let (id, how, done) = r.unwrap();
+        let view = store.get(id).await.unwrap().unwrap();
+        assert_eq!(view.attempts.len(), 1, "record {id}: its attempt is kept");
+        assert_eq!(view.attempts[0].answer, format!("answer {id}"));
+        if lost_ids.contains(&id) {
+            assert!(
+                matches!(done, Err(StoreError::LeaseLost(l)) if l == id),
+                "{done:?}"
+            );
+            assert_eq!(view.summary.state, State::Queued, "record {id}");
+            assert_eq!(view.attempt_count, 0);
+            continue;
+        }
+        done.unwrap_or_else(|e| panic!("record {id}: {e}"));
+        settled += 1;
+        let want = [
+            State::Delivered,
+            State::Retrying,
+            State::Dead,
+            State::DuplicateUpstream,
+            State::Paused,
+        ][how];
+        assert_eq!(view.summary.state, want, "record {id}");
+        assert_eq!(view.attempt_count, u32::from(how != 4), "record {id}");
+        match want {
+            State::Delivered => {
+                assert_eq!(view.transaction_id, Some(format!("tx-{id}")));
+            }
+            State::Retrying => {
+                assert_eq!(view.last_error, Some(format!("HTTP 503 for {id}")));
+                assert_eq!(
+                    view.next_attempt_at.map(|t| t.as_second()),
+                    Some(later.as_second())
+                );
+            }
+            State::Dead => assert_eq!(view.reason, Some(format!("gave up on {id}"))),
+            _ => {}
+        }
+    }
+    assert_eq!(settled, 200);
+    // The paused ones are due again; the records another claim took are still its own.
+    let again = claim_all(&store).await;
+    assert_eq!(again.len(), 40);
+    for c in again.into_iter().chain(taken) {
+        c.release().await.unwrap();
+    }
+}

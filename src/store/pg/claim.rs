@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::{Pool, Transaction};
 use jiff::Timestamp;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -17,6 +18,7 @@ use tokio_postgres::types::ToSql;
 use super::super::claim::{ANSWER_EXCERPT_BYTES, ChangeOf, ClaimRow, Settle, SettleRequest};
 use super::super::ops::ClaimRequest;
 use super::super::{State, StoreError, excerpt, redact_api_key};
+use super::batch::Reply;
 use super::{DB_NOW_MS, PgStore, change};
 
 /// A change (`kind = 'update'`) is due only when no earlier record of its conversion (the
@@ -110,131 +112,154 @@ impl PgStore {
     }
 
     /// Records the attempt and moves the record if this claim still owns it. Returns
-    /// (applied, made work due); the attempt is committed either way.
-    pub(crate) async fn settle(&self, req: &SettleRequest) -> Result<(bool, bool), StoreError> {
-        let now = Timestamp::now().as_millisecond();
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        if let Settle::Delivered { .. } = req.settle {
-            // A create's delivery writes its conversion's dedupe row after the record: that
-            // row is locked first, the order every writer takes (see `change`), so a postback
-            // of the conversion deciding meanwhile never waits on this settle in a cycle.
-            let stmt = tx
-                .prepare_cached(
-                    "SELECT 1 FROM dedupe WHERE key = (SELECT dedupe_key FROM records
+    /// (applied, made work due); the attempt is committed either way. Concurrent settles
+    /// share one transaction (see [`super::settles`]); a request whose group failed is redone
+    /// alone.
+    pub(crate) async fn settle(&self, req: SettleRequest) -> Result<(bool, bool), StoreError> {
+        match self.settles.call(req).await? {
+            Reply::Done(result) => result,
+            Reply::Alone(req) => settle_alone(&self.pool, &req).await,
+        }
+    }
+}
+
+/// Settles `req` in a transaction of its own (see [`PgStore::settle`]).
+pub(super) async fn settle_alone(
+    pool: &Pool,
+    req: &SettleRequest,
+) -> Result<(bool, bool), StoreError> {
+    let now = Timestamp::now().as_millisecond();
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let done = settle_in(&tx, req, now).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Settles `req` inside `tx` at `now` (unix ms): (applied, made work due).
+pub(super) async fn settle_in(
+    tx: &Transaction<'_>,
+    req: &SettleRequest,
+    now: i64,
+) -> Result<(bool, bool), StoreError> {
+    if let Settle::Delivered { .. } = req.settle {
+        // A create's delivery writes its conversion's dedupe row after the record: that
+        // row is locked first, the order every writer takes (see `change`), so a postback
+        // of the conversion deciding meanwhile never waits on this settle in a cycle.
+        let stmt = tx
+            .prepare_cached(
+                "SELECT 1 FROM dedupe WHERE key = (SELECT dedupe_key FROM records
                                                       WHERE id = $1 AND kind IS NULL)
                      FOR UPDATE",
-                )
-                .await?;
-            tx.query_opt(&stmt, &[&req.id]).await?;
-        }
-        if let Some(a) = &req.attempt {
-            let answer = redact_api_key(excerpt(&a.answer, ANSWER_EXCERPT_BYTES));
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO attempts (record_id, at, status, answer, duration_ms, outcome)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &req.id,
-                    &a.at.as_millisecond(),
-                    &a.status.map(i32::from),
-                    &answer,
-                    &i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX),
-                    &req.settle.outcome(),
-                ],
             )
             .await?;
-        }
-        let done = "attempts = attempts + 1, next_attempt_at = NULL, claimed_until = NULL,
+        tx.query_opt(&stmt, &[&req.id]).await?;
+    }
+    if let Some(a) = &req.attempt {
+        let answer = redact_api_key(excerpt(&a.answer, ANSWER_EXCERPT_BYTES));
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO attempts (record_id, at, status, answer, duration_ms, outcome)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await?;
+        tx.execute(
+            &stmt,
+            &[
+                &req.id,
+                &a.at.as_millisecond(),
+                &a.status.map(i32::from),
+                &answer,
+                &i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX),
+                &req.settle.outcome(),
+            ],
+        )
+        .await?;
+    }
+    let done = "attempts = attempts + 1, next_attempt_at = NULL, claimed_until = NULL,
                     claim_owner = NULL, updated_at = $1";
-        let free = "claimed_until = NULL, claim_owner = NULL, updated_at = $1";
-        let (text, int, lead): (Option<String>, Option<i64>, Option<String>);
-        let set = match &req.settle {
+    let free = "claimed_until = NULL, claim_owner = NULL, updated_at = $1";
+    let (text, int, lead): (Option<String>, Option<i64>, Option<String>);
+    let set = match &req.settle {
+        Settle::Delivered {
+            transaction_id,
+            lead_id,
+        } => {
+            (text, int, lead) = (transaction_id.clone(), None, lead_id.clone());
+            format!(
+                "state = 'delivered', transaction_id = $4, lead_id = $5, last_error = NULL,
+                     {done}"
+            )
+        }
+        Settle::DuplicateUpstream => {
+            (text, int, lead) = (None, None, None);
+            format!("state = 'duplicate_upstream', last_error = NULL, {done}")
+        }
+        Settle::Dead { reason } => {
+            (text, int, lead) = (Some(reason.clone()), None, None);
+            format!("state = 'dead', reason = $4, last_error = $4, {done}")
+        }
+        Settle::Retry { at, error } => {
+            (text, int, lead) = (Some(error.clone()), Some(at.as_millisecond()), None);
+            format!(
+                "state = 'retrying', attempts = attempts + 1, next_attempt_at = $5,
+                     last_error = $4, {free}"
+            )
+        }
+        // Given back without counting: it waits for the resume, first in line.
+        Settle::Paused { error } => {
+            (text, int, lead) = (Some(error.clone()), None, None);
+            format!("state = 'paused', next_attempt_at = $1, last_error = $4, {free}")
+        }
+        Settle::Release => {
+            (text, int, lead) = (None, None, None);
+            free.to_string()
+        }
+    };
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now, &req.id, &req.owner];
+    if set.contains("$4") {
+        params.push(&text);
+    }
+    if set.contains("lead_id = $5") {
+        params.push(&lead);
+    } else if set.contains("$5") {
+        params.push(&int);
+    }
+    let stmt = tx
+        .prepare_cached(&format!(
+            "UPDATE records SET {set} WHERE id = $2 AND claim_owner = $3"
+        ))
+        .await?;
+    let n = tx.execute(&stmt, &params).await?;
+    let mut wakes = n > 0 && matches!(req.settle, Settle::Release | Settle::Paused { .. });
+    if n > 0 {
+        match &req.settle {
+            // The conversion learns Scaleo's ids from its create; its waiting changes
+            // may go now.
             Settle::Delivered {
                 transaction_id,
                 lead_id,
             } => {
-                (text, int, lead) = (transaction_id.clone(), None, lead_id.clone());
-                format!(
-                    "state = 'delivered', transaction_id = $4, lead_id = $5, last_error = NULL,
-                     {done}"
-                )
-            }
-            Settle::DuplicateUpstream => {
-                (text, int, lead) = (None, None, None);
-                format!("state = 'duplicate_upstream', last_error = NULL, {done}")
-            }
-            Settle::Dead { reason } => {
-                (text, int, lead) = (Some(reason.clone()), None, None);
-                format!("state = 'dead', reason = $4, last_error = $4, {done}")
-            }
-            Settle::Retry { at, error } => {
-                (text, int, lead) = (Some(error.clone()), Some(at.as_millisecond()), None);
-                format!(
-                    "state = 'retrying', attempts = attempts + 1, next_attempt_at = $5,
-                     last_error = $4, {free}"
-                )
-            }
-            // Given back without counting: it waits for the resume, first in line.
-            Settle::Paused { error } => {
-                (text, int, lead) = (Some(error.clone()), None, None);
-                format!("state = 'paused', next_attempt_at = $1, last_error = $4, {free}")
-            }
-            Settle::Release => {
-                (text, int, lead) = (None, None, None);
-                free.to_string()
-            }
-        };
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now, &req.id, &req.owner];
-        if set.contains("$4") {
-            params.push(&text);
-        }
-        if set.contains("lead_id = $5") {
-            params.push(&lead);
-        } else if set.contains("$5") {
-            params.push(&int);
-        }
-        let stmt = tx
-            .prepare_cached(&format!(
-                "UPDATE records SET {set} WHERE id = $2 AND claim_owner = $3"
-            ))
-            .await?;
-        let n = tx.execute(&stmt, &params).await?;
-        let mut wakes = n > 0 && matches!(req.settle, Settle::Release | Settle::Paused { .. });
-        if n > 0 {
-            match &req.settle {
-                // The conversion learns Scaleo's ids from its create; its waiting changes
-                // may go now.
-                Settle::Delivered {
-                    transaction_id,
-                    lead_id,
-                } => {
-                    let stmt = tx
-                        .prepare_cached(
-                            "UPDATE dedupe SET lead_id = $2, transaction_id = $3
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE dedupe SET lead_id = $2, transaction_id = $3
                              WHERE record_id = $1 AND tracked IS NOT NULL
                                AND key = (SELECT dedupe_key FROM records
                                           WHERE id = $1 AND kind IS NULL)",
-                        )
-                        .await?;
-                    let n = tx
-                        .execute(&stmt, &[&req.id, lead_id, transaction_id])
-                        .await?;
-                    wakes |= n > 0;
-                }
-                Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => {
-                    change::fold_waiting(&tx, req.id, now).await?;
-                }
-                Settle::DuplicateUpstream | Settle::Dead { .. } => wakes = true,
+                    )
+                    .await?;
+                let n = tx
+                    .execute(&stmt, &[&req.id, lead_id, transaction_id])
+                    .await?;
+                wakes |= n > 0;
             }
+            Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => {
+                change::fold_waiting(tx, req.id, now).await?;
+            }
+            Settle::DuplicateUpstream | Settle::Dead { .. } => wakes = true,
         }
-        tx.commit().await?;
-        Ok((n > 0, wakes))
     }
+    Ok((n > 0, wakes))
 }
 
 fn claim_row(r: &Row) -> Result<ClaimRow, StoreError> {

@@ -1,8 +1,15 @@
 //! The PostgreSQL backend: one database shared by several relay instances (`store.url`).
 //!
-//! Same tables and semantics as the SQLite store, with plain commits instead of group commit
-//! (each operation is one transaction on a pooled connection; PostgreSQL batches the WAL
-//! flushes of concurrent commits itself). What makes several instances safe together:
+//! Same tables and semantics as the SQLite store. Inserts and settles, the hot paths, use
+//! **group commit** as SQLite does (see [`batch`]): concurrent calls share one transaction
+//! on one pooled connection, whatever is waiting (up to `store.commit_batch`, no timer),
+//! and each caller is answered only after that COMMIT returned; the common cases are a few
+//! set-based statements for the whole group: new postbacks whose dedupe key is free
+//! ([`bulk`]; a postback whose key is held, or a change, is decided alone after its group
+//! committed), settles ([`settles`]). When a statement of a group fails, the group is rolled
+//! back and each of its operations redone alone in a transaction of its own, so a bad one
+//! fails alone. Every other operation is one transaction of its own. What makes several
+//! instances safe together:
 //! - dedupe keys are a primary key: an insert takes the key with `ON CONFLICT DO NOTHING`
 //!   and, when another record holds it, locks that row to decide (see [`write`]);
 //! - the later postbacks of one conversion (changes, stale, resends) are decided one at a
@@ -27,11 +34,14 @@
 //! [`RECYCLE_WAIT`]): a connection broken by a database restart or a network that dropped it
 //! is replaced instead of failing an operation, so the relay recovers by itself.
 
+mod batch;
+mod bulk;
 mod change;
 mod claim;
 mod limit;
 mod read;
 mod schema;
+mod settles;
 mod stats;
 mod tls;
 mod write;
@@ -46,15 +56,20 @@ use jiff::Timestamp;
 use super::StoreError;
 use crate::config::StoreConfig;
 
+use batch::Batcher;
+
 pub use limit::SharedLimit;
 
 /// The longest the check of a pooled connection before its use may take; a connection that
 /// does not answer in time (a half-open TCP connection) is dropped and another one used.
 const RECYCLE_WAIT: Duration = Duration::from_secs(1);
 
-/// A pool of connections to the shared database.
+/// A pool of connections to the shared database, and the group commits of inserts and
+/// settles running on it.
 pub(crate) struct PgStore {
     pool: Pool,
+    inserts: Batcher<bulk::Inserts>,
+    settles: Batcher<settles::Settles>,
 }
 
 /// Checks the TLS settings of `url` and `store.ca_file` (the CA file read): `check` and the
@@ -113,7 +128,12 @@ impl PgStore {
             }))
             .build()
             .map_err(|e| bad(format!("{e}")))?;
-        let store = PgStore { pool };
+        let in_flight = batch::IN_FLIGHT.min(cfg.pool_size.max(2) / 2);
+        let store = PgStore {
+            inserts: Batcher::start(pool.clone(), cfg.commit_batch, in_flight, cfg.timeout),
+            settles: Batcher::start(pool.clone(), cfg.commit_batch, in_flight, cfg.timeout),
+            pool,
+        };
         let mut client = store.pool.get().await.map_err(|e| {
             bad(format!(
                 "cannot connect: {}",

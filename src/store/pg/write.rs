@@ -1,6 +1,10 @@
 //! Writes on PostgreSQL: insert with cross-instance dedupe, replay, pauses, purge.
 //!
-//! Each operation is one transaction. A dedupe key is taken with
+//! Inserts are grouped (see [`super::bulk`]): a group's free keys are taken in one statement
+//! and its new records inserted in another. A postback whose key is held, a change, and each
+//! insert of a group that failed take the one-at-a-time path here ([`insert_alone`]), one
+//! transaction each, as every other operation of this file. On that path a dedupe key is
+//! taken with
 //! `INSERT ... ON CONFLICT DO NOTHING`; when another record holds it, the key's row is
 //! locked (`FOR UPDATE`) and decided as the SQLite store does: a later postback of a tracked
 //! conversion is a change, stale or a duplicate (see [`super::change`]); otherwise a live
@@ -8,7 +12,7 @@
 //! `duplicate`, else this record takes the key over. Two instances inserting the same new key
 //! at once serialise on the key's unique index, so exactly one of them stores it.
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{Pool, Transaction};
 use jiff::Timestamp;
 
 use super::super::change::{Memory, Target};
@@ -16,6 +20,7 @@ use super::super::ops::{Columns, PURGE_CHUNK, body_text};
 use super::super::types::{Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued};
 use super::super::{State, StoreError, ts_plus};
 use super::PgStore;
+use super::batch::Reply;
 use super::change::{self, lock_key, remember, take_key};
 
 /// The columns a replay starts afresh (`$1` is now).
@@ -23,33 +28,13 @@ pub(super) const REPLAY_RESET: &str = "attempts = 0, claimed_until = NULL, claim
     last_error = NULL, transaction_id = NULL, updated_at = $1";
 
 impl PgStore {
-    /// Stores `rec`; the flag says whether it made work due.
-    pub(crate) async fn insert(&self, rec: &NewRecord) -> Result<(Inserted, bool), StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let mut wakes = false;
-        let inserted = match &rec.state {
-            NewState::Change {
-                body,
-                click_id,
-                lookup,
-                transitions,
-            } => {
-                change::insert_change(
-                    &tx,
-                    rec,
-                    body,
-                    click_id.as_deref(),
-                    lookup,
-                    transitions,
-                    &mut wakes,
-                )
-                .await?
-            }
-            _ => insert_create(&tx, rec, &mut wakes).await?,
-        };
-        tx.commit().await?;
-        Ok((inserted, wakes))
+    /// Stores `rec`; the flag says whether it made work due. Concurrent inserts share one
+    /// transaction (see [`super::bulk`]); a request whose group failed is redone alone.
+    pub(crate) async fn insert(&self, rec: NewRecord) -> Result<(Inserted, bool), StoreError> {
+        match self.inserts.call(rec).await? {
+            Reply::Done(result) => result,
+            Reply::Alone(rec) => insert_alone(&self.pool, &rec).await,
+        }
     }
 
     /// Replays record `id` (`rejected` or `dead`) into `new` (see `Store::requeue`); the flag
@@ -328,6 +313,48 @@ impl PgStore {
             )
             .await?;
         Ok(records.max(keys))
+    }
+}
+
+/// Stores `rec` in a transaction of its own; the flag says whether it made work due.
+pub(super) async fn insert_alone(
+    pool: &Pool,
+    rec: &NewRecord,
+) -> Result<(Inserted, bool), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut wakes = false;
+    let inserted = insert_in(&tx, rec, &mut wakes).await?;
+    tx.commit().await?;
+    Ok((inserted, wakes))
+}
+
+/// Stores `rec` inside `tx`: a change of a conversion, or a create deciding its dedupe key
+/// under the key's lock.
+async fn insert_in(
+    tx: &Transaction<'_>,
+    rec: &NewRecord,
+    wakes: &mut bool,
+) -> Result<Inserted, StoreError> {
+    match &rec.state {
+        NewState::Change {
+            body,
+            click_id,
+            lookup,
+            transitions,
+        } => {
+            change::insert_change(
+                tx,
+                rec,
+                body,
+                click_id.as_deref(),
+                lookup,
+                transitions,
+                wakes,
+            )
+            .await
+        }
+        _ => insert_create(tx, rec, wakes).await,
     }
 }
 
