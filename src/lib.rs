@@ -29,6 +29,8 @@ pub mod config;
 pub mod console;
 pub mod fields;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ingest;
 pub mod lifecycle;
 pub mod listener;
