@@ -31,6 +31,8 @@ pub mod config;
 pub mod console;
 
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ingest;
 pub mod lifecycle;
 pub mod listener;

@@ -9,7 +9,8 @@
 //! binaries fail the test with what to install: a PostgreSQL test never passes silently.
 //!
 //! A test that needs a server of its own (TLS, a password, or one it stops and starts again)
-//! takes a [`PrivateServer`]: the same setup with [`Options`], stopped and removed on drop.
+//! takes a [`PrivateServer`]: the same setup with [`Options`], stopped and removed on drop;
+//! [`PrivateServer::pause`] freezes it (SIGSTOP) until its guard drops.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -131,6 +132,73 @@ impl PrivateServer {
             .unwrap()
             .unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+impl PrivateServer {
+    /// Freezes the server with SIGSTOP, the postmaster first (so it starts no new backend),
+    /// then every process it started: connections stay open and nothing answers, as with a
+    /// hung database host. Resumed (SIGCONT) when the guard drops, even in a panic.
+    pub fn pause(&self) -> Paused {
+        let postmaster = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+            .expect("the server's postmaster.pid");
+        signal("STOP", &[postmaster]);
+        let mut pids = vec![postmaster];
+        pids.extend(children(postmaster));
+        signal("STOP", &pids[1..]);
+        Paused { pids }
+    }
+}
+
+/// A paused server: its processes get SIGCONT when this drops.
+pub struct Paused {
+    pids: Vec<u32>,
+}
+
+impl Paused {
+    /// Resumes the server now.
+    pub fn resume(self) {}
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("CONT", &self.pids);
+    }
+}
+
+/// `kill -SIG pids...` (a process gone meanwhile is no error).
+fn signal(sig: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids.iter().map(u32::to_string))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            // `pid (comm) state ppid ...`: comm may hold spaces, so read after the last `)`.
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 impl Drop for PrivateServer {
