@@ -33,7 +33,7 @@ if want ingest || want rss || want pg; then
 fi
 
 # The pg section's server binaries (initdb, pg_ctl): PATH first, then Debian's versioned
-# directories, as tests/support/pg.rs looks for them.
+# directories, as tests/it/support/pg.rs looks for them.
 PG_BIN=""
 if want pg; then
   for d in $(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)") \
@@ -167,9 +167,9 @@ if want ingest; then
   row "ingest  bare hyper 204          : $b_rps req/s, p99 $b_p99 ms, errors $b_err"
   row "ingest  floor (durable insert)  : $f_rps req/s, p99 $f_p99 ms, errors $f_err"
   row "ingest  relay (durable, fwd on) : $r_rps req/s, p99 $r_p99 ms, errors $r_err"
-  row "ingest  ratio relay/bare        : $(ratio "$r_rps" "$b_rps") (target >= 0.5), p99 target < 5 ms"
+  row "ingest  ratio relay/floor       : $(ratio "$r_rps" "$f_rps") (target >= 0.75), p99 $r_p99 ms (target < 5 ms)"
+  row "ingest  ratio relay/bare        : $(ratio "$r_rps" "$b_rps") (reported, no target)"
   row "ingest  ratio floor/bare        : $(ratio "$f_rps" "$b_rps") (hyper + one group-committed SQLite insert, nothing else)"
-  row "ingest  ratio relay/floor       : $(ratio "$r_rps" "$f_rps")"
   row "ingest  store after the runs    : $stored"
 fi
 

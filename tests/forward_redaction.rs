@@ -1,9 +1,12 @@
-//! The Scaleo API key never reaches the store or the logs (its own binary: it installs a
-//! global subscriber that captures every log line, `log` crate records included).
+//! The Scaleo API key never reaches the store or the logs. Its own test binary, beside
+//! `tests/it/`: it installs a process-wide subscriber that captures every log line (`log`
+//! crate records included), which no other test of the process may share.
 
-#[path = "support/relay_mock.rs"]
+#[allow(dead_code)]
+#[path = "it/support/relay_mock.rs"]
 mod mock;
-#[path = "support/relay_records.rs"]
+#[allow(dead_code)]
+#[path = "it/support/relay_records.rs"]
 mod records;
 
 use std::collections::HashMap;

@@ -1,5 +1,4 @@
 //! A bounded wait for a condition, for the tests that await a state instead of sleeping.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -3,8 +3,8 @@
 
 use reqwest::Method;
 
-use crate::admin_client::{admin_call, admin_url, metric, scrape, with_admin};
-use crate::support::{Env, SHOP};
+use crate::e2e::admin_client::{admin_call, admin_url, metric, scrape, with_admin};
+use crate::e2e::support::{Env, SHOP};
 
 fn postbacks(text: &str, source: &str, outcome: &str) -> f64 {
     metric(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Env, SHOP};
+use crate::e2e::support::{Env, SHOP};
 
 /// The shop rule behind an allow list of 203.0.113.0/24; loopback optionally a trusted proxy.
 async fn allow_list_env(trust_loopback: bool) -> Env {
@@ -361,7 +361,7 @@ async fn a_rejected_postback_keeps_its_click_id_for_lookups() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_connections_are_capped_and_admin_keeps_answering() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let env = crate::support::Env::start(&[("shop", crate::support::SHOP)], |c| {
+    let env = crate::e2e::support::Env::start(&[("shop", crate::e2e::support::SHOP)], |c| {
         c.server.max_connections = 3;
     })
     .await;

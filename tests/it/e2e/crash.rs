@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use postback_relay::sandbox::{Sandbox, SandboxConfig};
 
-use crate::process::RelayProcess;
-use crate::support::{KEY, SHOP};
+use crate::e2e::process::RelayProcess;
+use crate::e2e::support::{KEY, SHOP};
 
 /// A temp directory with `rules/shop.toml`, the sandbox and a client for a relay process.
 struct Harness {

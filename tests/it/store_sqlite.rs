@@ -4,12 +4,8 @@
 //! SQLite file in a temp dir, reopened for the restart cases. SQLite has one instance per
 //! file, so the suite's "other instance" is the same store.
 
-#[path = "support/relay_records.rs"]
-mod records;
-#[path = "support/store_suite.rs"]
-mod suite;
-#[path = "support/wait.rs"]
-mod wait;
+use crate::support::relay_records as records;
+use crate::support::store_suite as suite;
 
 use postback_relay::store::{Inserted, State, Store};
 use records::{open, queued};

@@ -14,12 +14,10 @@ mod lifecycle;
 mod metrics;
 mod ops_cli;
 mod outage;
-#[path = "../support/pg.rs"]
-mod pg;
 mod process;
 mod reload;
 mod scale_out;
 mod stall;
 mod support;
-#[path = "../support/wait.rs"]
-mod wait;
+
+pub(crate) use crate::support::{pg, wait};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use postback_relay::sandbox::Step;
 
-use crate::support::{Env, SHOP, eventually};
+use crate::e2e::support::{Env, SHOP, eventually};
 
 async fn state_of(env: &Env, id: i64) -> String {
     let rec = env.relay().store.get(id).await.unwrap().expect("record");

@@ -6,14 +6,10 @@
 //! The behaviours both backends share are in `support/store_suite.rs`; here they run on a
 //! fresh database, the suite's "other instance" being a second `Store` connected to it.
 
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/relay_records.rs"]
-mod records;
-#[path = "support/store_suite.rs"]
-mod suite;
-#[path = "support/wait.rs"]
-mod wait;
+use crate::support::pg;
+use crate::support::relay_records as records;
+use crate::support::store_suite as suite;
+use crate::support::wait;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

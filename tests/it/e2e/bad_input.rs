@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Env, SHOP};
+use crate::e2e::support::{Env, SHOP};
 
 async fn still_serving(env: &Env) {
     let (status, body) = env.get("/postback/shop?cid=alive&amt=1").await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use postback_relay::sandbox::Step;
 use postback_relay::store::State;
 
-use crate::support::{Env, SHOP};
+use crate::e2e::support::{Env, SHOP};
 
 /// A short retry budget (4 attempts) that the outage outlasts many times over.
 async fn start() -> Env {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use postback_relay::store::Filter;
 
-use crate::pg;
-use crate::support::{Env, SHOP};
+use crate::e2e::pg;
+use crate::e2e::support::{Env, SHOP};
 
 /// The store bound of these tests.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);

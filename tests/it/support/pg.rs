@@ -11,7 +11,6 @@
 //! A test that needs a server of its own (TLS, a password, or one it stops and starts again)
 //! takes a [`PrivateServer`]: the same setup with [`Options`], stopped and removed on drop;
 //! [`PrivateServer::pause`] freezes it (SIGSTOP) until its guard drops.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -7,8 +7,8 @@ use std::process::Command;
 use postback_relay::store::PauseScope;
 use serde_json::Value;
 
-use crate::admin_client::{admin_post, with_admin, write_rule};
-use crate::support::{Env, SHOP};
+use crate::e2e::admin_client::{admin_post, with_admin, write_rule};
+use crate::e2e::support::{Env, SHOP};
 
 struct Run {
     code: i32,

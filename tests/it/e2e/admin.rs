@@ -8,8 +8,10 @@ use postback_relay::store::{PauseReason, PauseScope};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::admin_client::{ADMIN_TOKEN, admin_call, admin_get, admin_post, with_admin, write_rule};
-use crate::support::{Env, SHOP};
+use crate::e2e::admin_client::{
+    ADMIN_TOKEN, admin_call, admin_get, admin_post, with_admin, write_rule,
+};
+use crate::e2e::support::{Env, SHOP};
 
 /// SHOP without the `cid` alias: a postback with only `cid` is rejected (no click id).
 const SHOP_NO_CID: &str = r#"

@@ -14,8 +14,8 @@ use postback_relay::store::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::records::{fill, queued, raw};
-use crate::wait::until;
+use super::relay_records::{fill, queued, raw};
+use super::wait::until;
 
 pub const DAY: Duration = Duration::from_secs(86_400);
 

@@ -9,9 +9,11 @@ use postback_relay::store::{PauseReason, PauseScope};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 
-use crate::admin_client::{ADMIN_TOKEN, admin_url, metric, poll, scrape, with_admin, write_rule};
-use crate::browser::Browser;
-use crate::support::{Env, SHOP};
+use crate::e2e::admin_client::{
+    ADMIN_TOKEN, admin_url, metric, poll, scrape, with_admin, write_rule,
+};
+use crate::e2e::browser::Browser;
+use crate::e2e::support::{Env, SHOP};
 
 /// SHOP without the `cid` alias: a postback with only `cid` is rejected (no click id).
 const SHOP_NO_CID: &str = r#"

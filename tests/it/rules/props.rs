@@ -6,7 +6,7 @@ use postback_relay::rules::{EnvMode, Input, Outcome, RuleSet, decode_form};
 use proptest::prelude::*;
 use serde_json::Value;
 
-use crate::rule;
+use crate::rules::rule;
 
 const EVERYTHING: &str = r#"
 [params]

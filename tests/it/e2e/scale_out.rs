@@ -10,9 +10,9 @@ use postback_relay::sandbox::{Sandbox, SandboxConfig, Step};
 use postback_relay::serve::{self, Running};
 use postback_relay::store::State;
 
-use crate::pg;
-use crate::support::{KEY, SHOP, config};
-use crate::wait::until;
+use crate::e2e::pg;
+use crate::e2e::support::{KEY, SHOP, config};
+use crate::e2e::wait::until;
 
 const POSTBACKS: usize = 60;
 const RATE: u32 = 40;

@@ -1,5 +1,4 @@
 //! Builders for store records and configs shared by the store and forward tests.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;

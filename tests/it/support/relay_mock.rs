@@ -2,7 +2,6 @@
 //!
 //! Each call takes the next reply of the script of its click id (if one was set), else of
 //! the shared script, else the default reply. Every call is recorded (time, query, body).
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

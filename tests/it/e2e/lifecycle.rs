@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use reqwest::Method;
 
-use crate::admin_client::{ADMIN_TOKEN, admin_call, admin_get, metric, scrape, with_admin};
-use crate::support::Env;
+use crate::e2e::admin_client::{ADMIN_TOKEN, admin_call, admin_get, metric, scrape, with_admin};
+use crate::e2e::support::Env;
 
 const UPDATE_PATH: &str = "/api/v2/network/leads/update";
 const CREATE_PATH: &str = "/api/v2/network/tracking/conv-click-id";

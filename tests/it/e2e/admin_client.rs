@@ -9,7 +9,7 @@ use postback_relay::config::Config;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::support::Env;
+use crate::e2e::support::Env;
 
 pub const ADMIN_TOKEN: &str = "adm1n-t0ken-for-tests";
 

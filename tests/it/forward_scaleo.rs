@@ -1,9 +1,7 @@
 //! The forwarder against a real store file and a scripted Scaleo on loopback.
 
-#[path = "support/relay_mock.rs"]
-mod mock;
-#[path = "support/relay_records.rs"]
-mod records;
+use crate::support::relay_mock as mock;
+use crate::support::relay_records as records;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, SHOP};
+use crate::e2e::support::{Env, SHOP};
 
 async fn readyz(env: &Env) -> (u16, serde_json::Value, Duration) {
     let start = Instant::now();

@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::admin_client::{admin_call, metric, poll, scrape, with_admin, write_rule};
-use crate::support::{Env, SHOP};
+use crate::e2e::admin_client::{admin_call, metric, poll, scrape, with_admin, write_rule};
+use crate::e2e::support::{Env, SHOP};
 
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
@@ -193,7 +193,7 @@ async fn postbacks_during_reloads_all_succeed() {
 fn other_network_rule(base_url: &str) -> String {
     format!(
         "[forward]\nbase_url = \"{base_url}\"\napi_key = \"{}\"\n{SHOP}",
-        crate::support::KEY
+        crate::e2e::support::KEY
     )
 }
 
@@ -204,7 +204,7 @@ async fn records_of_a_removed_rule_still_go_to_their_own_network() {
     let other = Sandbox::start(
         "127.0.0.1:0".parse().unwrap(),
         SandboxConfig {
-            api_key: crate::support::KEY.into(),
+            api_key: crate::e2e::support::KEY.into(),
         },
     )
     .await
@@ -412,7 +412,7 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
     let sandbox = Sandbox::start(
         "127.0.0.1:0".parse().unwrap(),
         SandboxConfig {
-            api_key: crate::support::KEY.into(),
+            api_key: crate::e2e::support::KEY.into(),
         },
     )
     .await
@@ -421,13 +421,13 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[scaleo]\nbase_url = \"{}\"\napi_key = \"{}\"\n\
          [store]\npath = \"{}\"\n[rules]\ndir = \"{}\"\n",
         sandbox.base_url(),
-        crate::support::KEY,
+        crate::e2e::support::KEY,
         root.path().join("data").display(),
         rules.display(),
     );
     let config_path = root.path().join("relay.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut relay = crate::process::RelayProcess::serve(&config_path);
+    let mut relay = crate::e2e::process::RelayProcess::serve(&config_path);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()

@@ -1,0 +1,22 @@
+//! The integration tests, one binary (one link instead of one per file):
+//! - `e2e`: the real relay over loopback HTTP, a real SQLite store in a temp dir or a real
+//!   PostgreSQL started by the harness, the scripted Scaleo sandbox, kill -9, faults caused
+//!   for real, the console in a headless Chromium;
+//! - `rules`: the rule engine through the public API and the binary, the shipped rules;
+//! - `store_sqlite`, `store_postgres`: the store behaviours on both backends;
+//! - `forward_scaleo`: the forwarder against a scripted upstream (`tests/forward_redaction.rs`
+//!   is a binary of its own: it captures every log line of its process);
+//! - `config`, `sandbox`: the service config and the local Scaleo stand-in;
+//! - `fuzz_corpus`: every fuzz corpus and regression input replayed on stable.
+//!
+//! Run one area with `cargo test --test it e2e::` (or `rules::`, `store_postgres::`, ...).
+
+mod config;
+mod e2e;
+mod forward_scaleo;
+mod fuzz_corpus;
+mod rules;
+mod sandbox;
+mod store_postgres;
+mod store_sqlite;
+mod support;
