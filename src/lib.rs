@@ -22,7 +22,8 @@
 //! operator API, `/readyz`, `/metrics`), [`console`] (the operator's pages in the browser, on
 //! the admin listener), [`replay`] (re-map and requeue stored records),
 //! [`metrics`] (every Prometheus metric), [`sandbox`] (a local stand-in for Scaleo),
-//! [`network`] (which Scaleo network a SQLite store belongs to), and
+//! [`network`] (which Scaleo network a SQLite store belongs to), [`sync`] (the one policy
+//! for poisoned locks), and
 //! [`cli`] (the `postback-relay` commands, one error type and one exit-code map).
 
 pub mod admin;
@@ -48,3 +49,4 @@ pub mod sandbox;
 pub mod scaleo;
 pub mod serve;
 pub mod store;
+pub mod sync;

@@ -283,10 +283,7 @@ impl Reloader {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.state)
     }
 
     /// Watches the directory until `shutdown`: after a change and [`DEBOUNCE`] of quiet,

@@ -50,7 +50,9 @@ impl Running {
     pub async fn stop(self) {
         self.shutdown.cancel();
         for t in self.tasks {
-            let _ = t.await;
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "a relay task failed");
+            }
         }
         self.forwarder.join().await;
     }

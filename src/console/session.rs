@@ -76,7 +76,7 @@ impl Sessions {
         let id = self.random_token();
         let csrf = self.random_token();
         let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         map.retain(|_, e| e.expires > now);
         while map.len() >= MAX_SESSIONS {
             let Some(oldest) = map.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) else {
@@ -97,7 +97,7 @@ impl Sessions {
 
     /// The live session `id`, taking its flash message.
     pub fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         let k = key(id);
         let entry = map.get_mut(&k)?;
         if entry.expires <= Instant::now() {
@@ -112,7 +112,7 @@ impl Sessions {
 
     /// Leaves `message` for the next page this session sees.
     pub fn flash(&self, id: &str, message: String) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         if let Some(e) = map.get_mut(&key(id)) {
             e.flash = Some(message);
         }
@@ -120,7 +120,7 @@ impl Sessions {
 
     /// Ends session `id` (sign-out).
     pub fn remove(&self, id: &str) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         map.remove(&key(id));
     }
 }

@@ -31,9 +31,7 @@ impl Holds {
     pub fn hold(&self, network: &str, retry_after: Option<Duration>) -> Duration {
         let now = Instant::now();
         let wanted = now + retry_after.unwrap_or(DEFAULT).min(MAX);
-        let Ok(mut until) = self.until.lock() else {
-            return Duration::ZERO;
-        };
+        let mut until = crate::sync::lock(&self.until);
         let at = until
             .entry(network.to_string())
             .and_modify(|t| *t = (*t).max(wanted))
@@ -44,7 +42,7 @@ impl Holds {
     /// How long a send to `network` must still wait (`None`: it may go now).
     pub fn remaining(&self, network: &str) -> Option<Duration> {
         let now = Instant::now();
-        let mut until = self.until.lock().ok()?;
+        let mut until = crate::sync::lock(&self.until);
         match until.get(network) {
             Some(&at) if at > now => Some(at - now),
             Some(_) => {

@@ -99,7 +99,7 @@ impl ForwardStatus {
 
     /// The reason of the last failed attempt, when the latest ones all failed.
     pub fn last_failure(&self) -> Option<String> {
-        self.last_failure.lock().ok().and_then(|g| g.clone())
+        crate::sync::lock(&self.last_failure).clone()
     }
 
     /// Counts an attempt's result: `Some(reason)` when it did not get the conversion to
@@ -108,15 +108,11 @@ impl ForwardStatus {
         match failure {
             None => {
                 self.failing_in_row.store(0, Ordering::Relaxed);
-                if let Ok(mut g) = self.last_failure.lock() {
-                    *g = None;
-                }
+                *crate::sync::lock(&self.last_failure) = None;
             }
             Some(why) => {
                 self.failing_in_row.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut g) = self.last_failure.lock() {
-                    *g = Some(why.to_string());
-                }
+                *crate::sync::lock(&self.last_failure) = Some(why.to_string());
             }
         }
     }

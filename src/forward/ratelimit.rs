@@ -95,9 +95,7 @@ impl<C: Clock + Clone> Limiter<C> {
         let Some(rate) = rate.filter(|r| r.per_second > 0) else {
             return Ok(());
         };
-        let Ok(mut map) = self.sources.lock() else {
-            return Ok(());
-        };
+        let mut map = crate::sync::lock(&self.sources);
         let entry = match map.get_mut(source) {
             Some(e) if e.rate == rate => e,
             _ => {
@@ -137,9 +135,7 @@ impl<C: Clock + Clone> Limiter<C> {
     /// their records now would only make them wait holding a lease.
     pub fn busy_sources(&self) -> Vec<String> {
         let now = self.clock.now();
-        let Ok(map) = self.sources.lock() else {
-            return Vec::new();
-        };
+        let map = crate::sync::lock(&self.sources);
         map.iter()
             .filter(|(_, s)| s.ready_at.is_some_and(|t| t.duration_since(now) > 0.into()))
             .map(|(k, _)| k.clone())
@@ -147,7 +143,7 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     fn source_limiter(&self, source: &str) -> Option<Arc<Direct<C>>> {
-        let map = self.sources.lock().ok()?;
+        let map = crate::sync::lock(&self.sources);
         map.get(source).map(|s| s.limiter.clone())
     }
 }
@@ -240,6 +236,21 @@ mod tests {
         );
         assert_eq!(n, 1 + 20);
         assert!(l.busy_sources().contains(&"s".to_string()));
+    }
+
+    /// Regression: a poisoned lock used to switch the per-source limit off.
+    #[test]
+    fn a_poisoned_lock_keeps_the_source_limit() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(rate(100, 100), clock.clone());
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = l.sources.lock();
+            panic!("poison the sources lock");
+        }));
+        assert!(l.sources.is_poisoned());
+        assert!(l.check("s", Some(rate(1, 1))).is_ok());
+        assert!(l.check("s", Some(rate(1, 1))).is_err());
+        assert_eq!(l.busy_sources(), ["s".to_string()]);
     }
 
     #[test]

@@ -59,10 +59,7 @@ impl Routes {
     /// old ones). A source missing from `map` keeps its last overrides: its rule file was
     /// removed, but its stored records must still go to its own network with its own key.
     pub fn replace(&self, mut map: HashMap<String, SourceForward>) {
-        let mut guard = match self.current.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = crate::sync::write(&self.current);
         for (source, old) in guard.iter() {
             map.entry(source.clone()).or_insert_with(|| old.clone());
         }
@@ -71,10 +68,7 @@ impl Routes {
 
     /// The overrides of `source` (all `None` when it has none).
     pub fn get(&self, source: &str) -> SourceForward {
-        let map = match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let map = crate::sync::read(&self.current).clone();
         map.get(source).cloned().unwrap_or_default()
     }
 }

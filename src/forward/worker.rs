@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +20,7 @@ use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
 use crate::lifecycle;
 use crate::store::{Attempt, ChangeOf, Claimed, PauseReason, PauseScope, Store, StoreError};
+use crate::sync::{read, write};
 
 /// The name of the global Scaleo limit where the store shares it between instances.
 const GLOBAL_LIMIT: &str = "scaleo.global";
@@ -97,7 +98,9 @@ impl Worker {
             "forwarder started"
         );
         loop {
-            while tasks.try_join_next().is_some() {}
+            while let Some(joined) = tasks.try_join_next() {
+                log_panic(joined);
+            }
             if pauses_read.elapsed() >= IDLE_TICK {
                 pauses_read = Instant::now();
                 for (c, scope, permit) in self.due_probes(&mut next_probe, &slots).await {
@@ -157,10 +160,18 @@ impl Worker {
             give_back(c, "shutdown").await;
         }
         tracing::info!(in_flight = tasks.len(), "forwarder stopping");
-        let drain = async { while tasks.join_next().await.is_some() {} };
+        let drain = async {
+            while let Some(joined) = tasks.join_next().await {
+                log_panic(joined);
+            }
+        };
         if tokio::time::timeout(self.fwd.grace, drain).await.is_err() {
             hard_stop.cancel();
-            let release = async { while tasks.join_next().await.is_some() {} };
+            let release = async {
+                while let Some(joined) = tasks.join_next().await {
+                    log_panic(joined);
+                }
+            };
             if tokio::time::timeout(RELEASE_WAIT, release).await.is_err() {
                 tracing::warn!(
                     "forwards still running after the grace period: left to their leases"
@@ -223,16 +234,12 @@ impl Worker {
                 Err(e) => tracing::error!(error = %e, "claiming a probe failed"),
             }
         }
-        if let Ok(mut set) = self.upstream_paused.write() {
-            *set = upstream;
-        }
-        if let Ok(mut set) = self.other_paused.write() {
-            *set = paused
-                .iter()
-                .filter(|p| !p.reason.is_probed())
-                .map(|p| p.scope.clone())
-                .collect();
-        }
+        *write(&self.upstream_paused) = upstream;
+        *write(&self.other_paused) = paused
+            .iter()
+            .filter(|p| !p.reason.is_probed())
+            .map(|p| p.scope.clone())
+            .collect();
         probes
     }
 
@@ -240,8 +247,7 @@ impl Worker {
         let covers = |set: &HashSet<PauseScope>| {
             set.contains(&PauseScope::All) || set.contains(&PauseScope::Source(source.into()))
         };
-        self.upstream_paused.read().is_ok_and(|s| covers(&s))
-            || self.other_paused.read().is_ok_and(|s| covers(&s))
+        covers(&read(&self.upstream_paused)) || covers(&read(&self.other_paused))
     }
 
     /// The Scaleo network (base URL) a source's records go to.
@@ -472,9 +478,7 @@ impl Worker {
                 .await
             {
                 Ok(_) => {
-                    if let Ok(mut set) = self.upstream_paused.write() {
-                        set.remove(&scope);
-                    }
+                    write(&self.upstream_paused).remove(&scope);
                     tracing::info!(scope = %scope, "probe accepted: forwarding resumed");
                 }
                 Err(e) => tracing::error!(error = %e, "resuming after the probe failed"),
@@ -508,9 +512,7 @@ impl Worker {
         if let Err(e) = self.store.pause(PauseScope::All, PauseReason::Outage).await {
             tracing::error!(error = %e, "persisting the outage pause failed");
         }
-        if let Ok(mut set) = self.upstream_paused.write() {
-            set.insert(PauseScope::All);
-        }
+        write(&self.upstream_paused).insert(PauseScope::All);
         true
     }
 
@@ -543,16 +545,11 @@ impl Worker {
             ),
             Err(e) => tracing::error!(error = %e, "lifting the outage pause failed"),
         }
-        if let Ok(mut set) = self.upstream_paused.write() {
-            set.remove(&PauseScope::All);
-        }
+        write(&self.upstream_paused).remove(&PauseScope::All);
     }
 
     async fn pause_upstream(&self, scope: &PauseScope, reason: &str, id: i64, status: Option<u16>) {
-        let first = self
-            .upstream_paused
-            .write()
-            .is_ok_and(|mut set| set.insert(scope.clone()));
+        let first = write(&self.upstream_paused).insert(scope.clone());
         self.status.upstream_auth.store(true, Ordering::Relaxed);
         if *scope == PauseScope::All {
             self.status.paused_all.store(true, Ordering::Relaxed);
@@ -613,5 +610,17 @@ async fn idle(notify: &Notify, shutdown: &CancellationToken, tick: Duration) {
         _ = notify.notified() => {}
         _ = tokio::time::sleep(tick) => {}
         _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Logs a forward task that panicked (or was cancelled): its record was not settled, and it
+/// is handed out again when its lease expires. Never silent: a panic is a bug to see.
+fn log_panic(joined: Result<(), JoinError>) {
+    if let Err(e) = joined {
+        if e.is_panic() {
+            tracing::error!(error = %e, "a forward task panicked: its record is left to its lease");
+        } else {
+            tracing::warn!(error = %e, "a forward task was cancelled: its record is left to its lease");
+        }
     }
 }

@@ -369,18 +369,12 @@ impl LiveRules {
 
     /// The current set.
     pub fn current(&self) -> Arc<RuleSet> {
-        match self.0.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::read(&self.0).clone()
     }
 
     /// Installs a new, fully validated set.
     pub fn replace(&self, set: RuleSet) {
         let new = Arc::new(set);
-        match self.0.write() {
-            Ok(mut g) => *g = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
-        }
+        *crate::sync::write(&self.0) = new;
     }
 }

@@ -6,7 +6,7 @@
 //! as text and parsed on read, so a small but deeply structured body cannot grow in memory.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
@@ -190,7 +190,7 @@ impl State {
 
     /// A panic in another thread while holding the lock leaves data that is still usable.
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     pub(crate) fn push_steps(&self, steps: impl IntoIterator<Item = Step>) {

@@ -159,35 +159,9 @@ fn is_json_container(value: &str) -> bool {
 /// U+FFFD); `None` when there is no escape to decode. `+` stays a `+`: only the first decoding
 /// is form decoding.
 fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut decoded_any = false;
-    let mut index = 0;
-    while let Some(&byte) = bytes.get(index) {
-        match escape_at(bytes, index) {
-            Some(decoded) => {
-                out.push(decoded);
-                decoded_any = true;
-                index += 3;
-            }
-            None => {
-                out.push(byte);
-                index += 1;
-            }
-        }
+    // Borrowed when no valid escape was found.
+    match Cow::<[u8]>::from(percent_encoding::percent_decode_str(text)) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
     }
-    decoded_any.then(|| String::from_utf8_lossy(&out).into_owned())
-}
-
-/// The byte of a valid `%XX` escape starting at `index`.
-fn escape_at(bytes: &[u8], index: usize) -> Option<u8> {
-    if bytes.get(index) != Some(&b'%') {
-        return None;
-    }
-    Some(hex_digit(bytes.get(index + 1))? * 16 + hex_digit(bytes.get(index + 2))?)
-}
-
-fn hex_digit(byte: Option<&u8>) -> Option<u8> {
-    let digit = char::from(*byte?).to_digit(16)?;
-    u8::try_from(digit).ok()
 }
