@@ -79,7 +79,9 @@ fn validate_pattern(pattern: &str) -> Result<(), String> {
         Timestamp::constant(1_721_060_699, 0).to_zoned_datetime(TimeZone::UTC);
     let text = strtime::format(pattern, &sample)
         .map_err(|e| format!("invalid strftime pattern ({e}): {TIME_SPEC_ACCEPTED}"))?;
-    let parsed = strtime::parse(pattern, &text).map_err(|e| {
+    // Values are trimmed before they are read: so is the sample (a pattern ending in `%t` or a
+    // space could never read one).
+    let parsed = strtime::parse(pattern, text.trim()).map_err(|e| {
         format!("strftime pattern cannot be used to parse ({e}): {TIME_SPEC_ACCEPTED}")
     })?;
     if parsed.timestamp().is_some() || parsed.to_datetime().is_ok() {
