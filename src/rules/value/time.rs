@@ -81,9 +81,18 @@ fn validate_pattern(pattern: &str) -> Result<(), String> {
         Timestamp::constant(1_721_060_699, 0).to_zoned_datetime(TimeZone::UTC);
     let text = strtime::format(pattern, &sample)
         .map_err(|e| format!("invalid strftime pattern ({e}): {TIME_SPEC_ACCEPTED}"))?;
-    let parsed = strtime::parse(pattern, &text).map_err(|e| {
+    // Values are trimmed before they are read: so is the sample (a pattern whose output ends in
+    // white space it needs, such as `%03t`, could never read one).
+    let parsed = strtime::parse(pattern, text.trim()).map_err(|e| {
         format!("strftime pattern cannot be used to parse ({e}): {TIME_SPEC_ACCEPTED}")
     })?;
+    if parsed.timestamp().is_some() || parsed.to_datetime().is_ok() {
+        // Read as a postback's value is (`%f%s` reads its own output as another instant).
+        let format = TimeFormat::Pattern(pattern.to_owned());
+        parse_time(&text, &format, &TimeZone::UTC).map_err(|e| {
+            format!("strftime pattern cannot read the times it writes ({e}): {TIME_SPEC_ACCEPTED}")
+        })?;
+    }
     if parsed.timestamp().is_some() || parsed.to_datetime().is_ok() {
         Ok(())
     } else {
