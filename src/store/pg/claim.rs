@@ -262,12 +262,15 @@ pub(super) async fn settle_in(
     Ok((n > 0, wakes))
 }
 
+/// A claimed row as the claim's `RETURNING` gives it. A row the relay did not write as it
+/// would (an unknown state, an impossible time, a create without a body) is an error naming
+/// the record, never sent as a guess (as on SQLite).
 fn claim_row(r: &Row) -> Result<ClaimRow, StoreError> {
-    let ts = |ms: Option<i64>| {
-        ms.and_then(|ms| Timestamp::from_millisecond(ms).ok())
-            .unwrap_or(Timestamp::UNIX_EPOCH)
-    };
-    let received_at = ts(r.try_get(6)?);
+    let id: i64 = r.try_get(0)?;
+    let corrupt = |what: String| StoreError::Corrupt(format!("record {id}: {what}"));
+    let ts =
+        |ms: i64| Timestamp::from_millisecond(ms).map_err(|e| corrupt(format!("time {ms}: {e}")));
+    let received_at = ts(r.try_get(6)?)?;
     let queued_at: Option<i64> = r.try_get(5)?;
     let state: String = r.try_get(7)?;
     let attempts: i32 = r.try_get(4)?;
@@ -282,13 +285,16 @@ fn claim_row(r: &Row) -> Result<ClaimRow, StoreError> {
     };
     Ok(ClaimRow {
         change,
-        id: r.try_get(0)?,
+        id,
         source: r.try_get(1)?,
         click_id: r.try_get(2)?,
-        body: r.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-        attempts: u32::try_from(attempts).unwrap_or(0),
+        body: r
+            .try_get::<_, Option<String>>(3)?
+            .ok_or_else(|| corrupt("no body to send".into()))?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("attempts {attempts}")))?,
         received_at,
-        queued_at: queued_at.map_or(received_at, |ms| ts(Some(ms))),
-        state: State::parse(&state).unwrap_or(State::Queued),
+        // Rows stored before `queued_at` existed count their age from their receipt.
+        queued_at: queued_at.map_or(Ok(received_at), ts)?,
+        state: State::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
     })
 }
