@@ -1,5 +1,5 @@
 //! Fuzz checks: one function per fuzz target (`fuzz/fuzz_targets/`), shared with the stable
-//! replay of the corpora (`tests/fuzz_corpus.rs`). Each feeds arbitrary bytes to the real code
+//! replay of the corpora (`tests/it/fuzz_corpus.rs`). Each feeds arbitrary bytes to the real code
 //! and asserts what must hold beyond "no panic"; a failed assertion is a finding.
 
 use std::net::SocketAddr;
