@@ -1,7 +1,9 @@
 //! Per-source forward overrides (a rule file's `[forward]`), replaceable at runtime.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use super::ratelimit::Rate;
 
@@ -44,31 +46,32 @@ impl std::fmt::Debug for Routes {
 /// the whole set on reload, the forwarder reads it for every postback.
 #[derive(Clone, Default)]
 pub struct Routes {
-    current: Arc<RwLock<Arc<HashMap<String, SourceForward>>>>,
+    current: Arc<ArcSwap<HashMap<String, SourceForward>>>,
 }
 
 impl Routes {
     /// Routes holding `map`.
     pub fn new(map: HashMap<String, SourceForward>) -> Routes {
         Routes {
-            current: Arc::new(RwLock::new(Arc::new(map))),
+            current: Arc::new(ArcSwap::from_pointee(map)),
         }
     }
 
     /// Installs a reloaded set of overrides at once (postbacks already sending finish with the
     /// old ones). A source missing from `map` keeps its last overrides: its rule file was
     /// removed, but its stored records must still go to its own network with its own key.
-    pub fn replace(&self, mut map: HashMap<String, SourceForward>) {
-        let mut guard = crate::sync::write(&self.current);
-        for (source, old) in guard.iter() {
-            map.entry(source.clone()).or_insert_with(|| old.clone());
-        }
-        *guard = Arc::new(map);
+    pub fn replace(&self, map: HashMap<String, SourceForward>) {
+        self.current.rcu(|old| {
+            let mut map = map.clone();
+            for (source, kept) in old.iter() {
+                map.entry(source.clone()).or_insert_with(|| kept.clone());
+            }
+            map
+        });
     }
 
     /// The overrides of `source` (all `None` when it has none).
     pub fn get(&self, source: &str) -> SourceForward {
-        let map = crate::sync::read(&self.current).clone();
-        map.get(source).cloned().unwrap_or_default()
+        self.current.load().get(source).cloned().unwrap_or_default()
     }
 }

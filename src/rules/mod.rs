@@ -359,22 +359,23 @@ fn raw_macro(raw: &[u8]) -> Option<String> {
 }
 
 /// The rule set in force, swapped whole on reload; a postback keeps the `Arc` it started with.
+/// Reading it takes no lock (`arc_swap`): ingest never waits for a reload, nor a reload for
+/// ingest.
 #[derive(Debug, Default)]
-pub struct LiveRules(std::sync::RwLock<Arc<RuleSet>>);
+pub struct LiveRules(arc_swap::ArcSwap<RuleSet>);
 
 impl LiveRules {
     pub fn new(set: RuleSet) -> Self {
-        Self(std::sync::RwLock::new(Arc::new(set)))
+        Self(arc_swap::ArcSwap::from_pointee(set))
     }
 
     /// The current set.
     pub fn current(&self) -> Arc<RuleSet> {
-        crate::sync::read(&self.0).clone()
+        self.0.load_full()
     }
 
     /// Installs a new, fully validated set.
     pub fn replace(&self, set: RuleSet) {
-        let new = Arc::new(set);
-        *crate::sync::write(&self.0) = new;
+        self.0.store(Arc::new(set));
     }
 }
