@@ -105,6 +105,32 @@ pub struct OnlyUpdates {
 /// The mapped fields an update-only source can find a conversion by.
 pub const LOOKUP_FIELDS: [&str; 2] = ["adv_order_id", "click_id"];
 
+/// What an update-only source looks conversions up by: the conversions of `source`, by one
+/// of [`LOOKUP_FIELDS`]. A store may keep an index for each one the rules need, so that only
+/// the sources a refund or chargeback URL points at pay for it on every insert.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LookupIndex {
+    pub source: String,
+    /// `adv_order_id` or `click_id`.
+    pub field: &'static str,
+}
+
+impl OnlyUpdates {
+    /// The index that serves this source's lookups: by order id when its key has one (the
+    /// more selective field), else by click id.
+    pub fn index(&self) -> LookupIndex {
+        let field = if self.key.contains(&"adv_order_id") {
+            "adv_order_id"
+        } else {
+            "click_id"
+        };
+        LookupIndex {
+            source: self.of.clone(),
+            field,
+        }
+    }
+}
+
 /// How an update-only postback finds its conversion: the source and the key fields' values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lookup {

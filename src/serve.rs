@@ -125,6 +125,24 @@ async fn settle_pauses(store: &Store, sources: &[String], at_start: bool) {
     }
 }
 
+/// Builds the lookup indexes the update-only sources need and drops unused ones. A failure
+/// is logged and costs only speed: a lookup without its index scans.
+async fn sync_lookups(store: &Store, wanted: Vec<crate::lifecycle::LookupIndex>) {
+    match store.sync_lookup_indexes(wanted).await {
+        Ok(done) => {
+            for name in &done.built {
+                tracing::info!(index = %name, "built a lookup index for an update-only source");
+            }
+            for name in &done.dropped {
+                tracing::info!(index = %name, "dropped a lookup index no rule uses");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not build the lookup indexes of the update-only sources: their lookups scan")
+        }
+    }
+}
+
 /// Why the relay did not start; the CLI maps each kind to its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -174,6 +192,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         .with_context(|| store_name(&cfg.store))
         .map_err(StartError::Unavailable)?;
     settle_pauses(&store, &sources_of(&set), true).await;
+    sync_lookups(&store, set.lookup_indexes()).await;
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
     let shutdown = CancellationToken::new();
@@ -183,7 +202,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         Reloader::new(cfg.rules_dir.clone(), rules.clone(), move |set| {
             routes.replace(routes_of(set));
             let (store, sources) = (store.clone(), sources_of(set));
-            tokio::spawn(async move { settle_pauses(&store, &sources, false).await });
+            let lookups = set.lookup_indexes();
+            tokio::spawn(async move {
+                settle_pauses(&store, &sources, false).await;
+                sync_lookups(&store, lookups).await;
+            });
         })
     };
 

@@ -95,6 +95,15 @@ impl RuleSet {
         self.rules.values()
     }
 
+    /// The lookup indexes the update-only sources of this set need, each once.
+    pub fn lookup_indexes(&self) -> Vec<crate::lifecycle::LookupIndex> {
+        let wanted: std::collections::BTreeSet<_> = self
+            .iter()
+            .filter_map(|r| r.updates.only.as_ref().map(|o| o.index()))
+            .collect();
+        wanted.into_iter().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

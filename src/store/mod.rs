@@ -52,6 +52,7 @@ pub use types::{
     RawPostback, Requeued, State,
 };
 
+pub use sqlite::lookup::LookupSync;
 use sqlite::{Op, ReadPool, Run, Writer};
 
 /// Errors of the store. Any of them means "not persisted": ingest answers 503.
@@ -350,6 +351,21 @@ impl Store {
                 .collect())
         })
         .await
+    }
+
+    /// Keeps exactly the lookup indexes `wanted` (the update-only sources' needs, from
+    /// [`crate::rules::RuleSet::lookup_indexes`]): builds the missing ones and drops the rest.
+    /// On SQLite a build reads every conversion of the store while other writes wait, so it
+    /// is not bounded by `store.timeout`; PostgreSQL keeps its two general lookup indexes and
+    /// has nothing to do.
+    pub async fn sync_lookup_indexes(
+        &self,
+        wanted: Vec<crate::lifecycle::LookupIndex>,
+    ) -> Result<LookupSync, StoreError> {
+        match self.pg() {
+            Some(_) => Ok(LookupSync::default()),
+            None => self.call(wanted, sqlite::lookup::sync).await,
+        }
     }
 
     /// Persists a pause of `scope` for `reason` (idempotent).

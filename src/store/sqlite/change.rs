@@ -14,6 +14,7 @@ use super::super::StoreError;
 use super::super::change::*;
 use super::super::ops::body_text;
 use super::super::types::{ChangeRoute, Inserted, NewRecord, NewState, Requeued, State};
+use super::lookup;
 use super::ops::REPLAY_RESET;
 use crate::lifecycle::{self, Decision, Lookup, Original, Route, Transitions};
 
@@ -46,17 +47,11 @@ pub(crate) fn conversion(
 
 /// The newest live conversion of `lookup.of` with the lookup's click id and order id.
 fn find(c: &Connection, lookup: &Lookup, now_ms: i64) -> Result<Option<Conversion>, StoreError> {
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&now_ms];
+    params.extend(lookup::find_params(lookup).map(|v| v as &dyn rusqlite::ToSql));
     let key: Option<String> = c
-        .prepare_cached(
-            "SELECT key FROM dedupe
-             WHERE source = ?1 AND tracked IS NOT NULL AND expires_at > ?4
-               AND (?2 IS NULL OR order_id = ?2) AND (?3 IS NULL OR click_id = ?3)
-             ORDER BY expires_at DESC LIMIT 1",
-        )?
-        .query_row(
-            params![lookup.of, lookup.order_id, lookup.click_id, now_ms],
-            |r| r.get(0),
-        )
+        .prepare_cached(&lookup::find_sql(lookup))?
+        .query_row(params.as_slice(), |r| r.get(0))
         .optional()?;
     match key {
         Some(k) => conversion(c, &k, now_ms),

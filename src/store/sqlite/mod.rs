@@ -22,6 +22,7 @@ use super::StoreError;
 
 pub(crate) mod change;
 pub(crate) mod claim;
+pub(crate) mod lookup;
 pub(crate) mod ops;
 pub(crate) mod read;
 pub(crate) mod schema;

@@ -149,6 +149,13 @@ CREATE INDEX records_source_received ON records (source, received_at);
 ALTER TABLE records ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX records_rejected_query ON records (source, query) WHERE state = 'rejected';
 "#,
+    r#"
+-- Update-only sources find conversions through one partial index per (source, field) that
+-- the loaded rules need (`dedupe_lookup:*`, kept by the writer), not through these two, which
+-- every insert paid for whether a refund URL pointed at its source or not.
+DROP INDEX IF EXISTS dedupe_order;
+DROP INDEX IF EXISTS dedupe_click;
+"#,
 ];
 
 /// Settings every connection gets.

@@ -419,3 +419,48 @@ async fn a_dead_change_is_replayed_once_its_original_is_delivered() {
     assert_eq!(updates[0]["conv_status"], "approved");
     env.stop().await;
 }
+
+/// The lookup indexes in the store file (read from a connection of its own).
+fn lookup_indexes(env: &Env) -> Vec<String> {
+    let c = rusqlite::Connection::open(env.dir.path().join("data").join("relay.db")).unwrap();
+    let mut stmt = c
+        .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'dedupe_lookup:%' ORDER BY name")
+        .unwrap();
+    let names = stmt.query_map([], |r| r.get(0)).unwrap();
+    names.map(Result::unwrap).collect()
+}
+
+async fn wait_lookup_indexes(env: &Env, want: &[&str]) {
+    for _ in 0..250 {
+        if lookup_indexes(env) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "lookup indexes {:?}, expected {want:?}",
+        lookup_indexes(env)
+    );
+}
+
+#[tokio::test]
+async fn only_a_source_a_refund_url_points_at_is_indexed_for_lookups_and_reloads_follow_the_rules()
+{
+    let mut env = start().await;
+    wait_lookup_indexes(&env, &["dedupe_lookup:order_id:life"]).await;
+    let lead = delivered_lead(&env, "subid=clk12&status=sale&revenue=30&tid=ORD-12").await;
+
+    // The refund URL is removed: nothing looks conversions up any more.
+    std::fs::remove_file(env.dir.path().join("rules").join("refunds.toml")).unwrap();
+    env.relay().reload().expect("reload");
+    wait_lookup_indexes(&env, &[]).await;
+
+    // It comes back after a restart: the index is built from the conversions already stored.
+    std::fs::write(env.dir.path().join("rules").join("refunds.toml"), REFUNDS).unwrap();
+    env.restart(|_| {}).await;
+    wait_lookup_indexes(&env, &["dedupe_lookup:order_id:life"]).await;
+    let refund = send(&env, "refunds", "order=ORD-12&amount=-30").await;
+    assert_eq!(refund["status"], "update", "{refund}");
+    assert_eq!(refund["original"], lead, "{refund}");
+    env.stop().await;
+}
