@@ -253,10 +253,10 @@ mod tests {
         assert_eq!(a.status, Some(200), "{}", a.body);
         assert!(a.body.starts_with("{\"status\":\"success\","), "{}", a.body);
         assert!(!a.body.contains("SECRET-KEY-123"), "{}", a.body);
-        let verdict = super::super::retry::classify(a.status, None, &a.body, Timestamp::now());
+        let outcome = super::super::retry::classify(a.status, None, &a.body, Timestamp::now());
         assert!(
-            matches!(verdict, super::super::retry::Verdict::Dead { .. }),
-            "{verdict:?}"
+            matches!(outcome, super::super::Outcome::Dead { .. }),
+            "{outcome:?}"
         );
     }
 
