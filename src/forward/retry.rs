@@ -30,25 +30,30 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
+use super::client::Reply;
 use super::outcome::Outcome;
 use crate::scaleo::envelope::{self, Reading, says_duplicate};
 
 /// The largest jitter, as a fraction of the scheduled delay.
 pub const JITTER_MAX: f64 = 0.2;
 
-/// Classifies one answer; `status` is `None` when none came. `now` resolves an HTTP-date
-/// `Retry-After`.
-pub fn classify(
-    status: Option<u16>,
-    retry_after: Option<&str>,
-    body: &str,
-    now: Timestamp,
-) -> Outcome {
+/// Classifies how one request ended. `now` resolves an HTTP-date `Retry-After`.
+pub fn classify(reply: &Reply, now: Timestamp) -> Outcome {
+    // The stored text: an answer cut short carries its cut line, so it never reads as a
+    // whole JSON answer.
+    let text = reply.text();
+    let body = text.as_str();
     let json: Option<Value> = serde_json::from_str(body).ok();
     if says_duplicate(json.as_ref(), body) {
         return Outcome::DuplicateUpstream;
     }
-    let Some(code) = status else {
+    let Reply::Answered {
+        status: code,
+        retry_after,
+        cut,
+        ..
+    } = reply
+    else {
         return Outcome::Retry {
             after: None,
             // The client's error text (the key already redacted): connection refused, a TLS
@@ -61,13 +66,16 @@ pub fn classify(
             },
         };
     };
+    let code = *code;
     let message = json.as_ref().map(describe).unwrap_or_default();
     let retry = |what: &str| Outcome::Retry {
-        after: retry_after.and_then(|v| parse_retry_after(v, now)),
+        after: retry_after
+            .as_deref()
+            .and_then(|v| parse_retry_after(v, now)),
         reason: format!("HTTP {code}{what}{message}"),
     };
     match code {
-        200..=299 => success(code, json.as_ref(), &message, body.contains(CUT_MARK)),
+        200..=299 => success(code, json.as_ref(), &message, cut.is_some()),
         300..=399 => Outcome::Paused {
             reason: format!("HTTP {code}: redirected, check scaleo.base_url"),
         },
@@ -111,17 +119,14 @@ fn success(code: u16, json: Option<&Value>, message: &str, cut: bool) -> Outcome
     }
 }
 
-/// What the client appends to an answer whose body broke off after the status line.
-pub const CUT_MARK: &str = "[answer cut short: ";
-
 /// Whether an attempt got an answer from Scaleo itself: a status below 500 and, for a 2xx,
 /// Scaleo's JSON envelope. No answer, a 5xx, or a 2xx page from something else count toward
 /// outage mode (`forward.outage_after` of them in a row).
-pub fn answered_as_scaleo(status: Option<u16>, body: &str) -> bool {
-    match status {
+pub fn answered_as_scaleo(reply: &Reply) -> bool {
+    match reply.status() {
         None => false,
         Some(500..) => false,
-        Some(200..=299) => serde_json::from_str::<Value>(body)
+        Some(200..=299) => serde_json::from_str::<Value>(&reply.text())
             .ok()
             .is_some_and(|j| envelope::is_envelope(&j)),
         Some(_) => true,

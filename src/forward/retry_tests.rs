@@ -7,8 +7,129 @@ fn now() -> Timestamp {
     "2026-01-01T00:00:00Z".parse().unwrap()
 }
 
+/// A reply: an answer with `status`, or (for `None`) a connection that failed with `body`.
+fn reply(status: Option<u16>, body: &str) -> Reply {
+    match status {
+        Some(status) => Reply::Answered {
+            status,
+            retry_after: None,
+            body: body.into(),
+            cut: None,
+        },
+        None => Reply::ConnectFailed { cause: body.into() },
+    }
+}
+
 fn c(status: Option<u16>, body: &str) -> Outcome {
-    classify(status, None, body, now())
+    classify(&reply(status, body), now())
+}
+
+fn with_retry_after(status: u16, value: &str) -> Reply {
+    Reply::Answered {
+        status,
+        retry_after: Some(value.into()),
+        body: String::new(),
+        cut: None,
+    }
+}
+
+#[test]
+fn each_kind_of_reply_has_its_outcome() {
+    let cause = || "tcp connect error: Connection refused (os error 111)".to_string();
+    let answered = |status: u16, body: &str, cut: Option<&str>| Reply::Answered {
+        status,
+        retry_after: None,
+        body: body.into(),
+        cut: cut.map(String::from),
+    };
+    let table = [
+        (
+            Reply::TimedOut { cause: cause() },
+            Outcome::Retry {
+                after: None,
+                reason: format!("no answer: timeout: {}", cause()),
+            },
+        ),
+        (
+            Reply::ConnectFailed { cause: cause() },
+            Outcome::Retry {
+                after: None,
+                reason: format!("no answer: connect error: {}", cause()),
+            },
+        ),
+        (
+            Reply::Failed {
+                cause: "invalid base_url \"x\": relative URL without a base".into(),
+            },
+            Outcome::Retry {
+                after: None,
+                reason: "no answer: invalid base_url \"x\": relative URL without a base".into(),
+            },
+        ),
+        (
+            answered(
+                200,
+                r#"{"status":"success","info":{"transaction_id":"t"}}"#,
+                None,
+            ),
+            Outcome::Delivered {
+                transaction_id: Some("t".into()),
+                lead_id: None,
+            },
+        ),
+        (
+            answered(
+                200,
+                r#"{"status":"success","info":{"transaction_id":"t"}}"#,
+                Some("reset"),
+            ),
+            Outcome::Dead {
+                reason: "HTTP 200 with an answer that is not Scaleo's JSON".into(),
+            },
+        ),
+        (
+            answered(200, "<html>proxy</html>", None),
+            Outcome::Retry {
+                after: None,
+                reason: "HTTP 200 with an answer that is not Scaleo's JSON".into(),
+            },
+        ),
+        (
+            answered(302, "", None),
+            Outcome::Paused {
+                reason: "HTTP 302: redirected, check scaleo.base_url".into(),
+            },
+        ),
+        (
+            answered(401, "", None),
+            Outcome::Paused {
+                reason: "HTTP 401: API key refused".into(),
+            },
+        ),
+        (
+            with_retry_after(429, "3"),
+            Outcome::Retry {
+                after: Some(Duration::from_secs(3)),
+                reason: "HTTP 429".into(),
+            },
+        ),
+        (
+            answered(404, "", None),
+            Outcome::Dead {
+                reason: "HTTP 404".into(),
+            },
+        ),
+        (
+            answered(503, "", None),
+            Outcome::Retry {
+                after: None,
+                reason: "HTTP 503".into(),
+            },
+        ),
+    ];
+    for (reply, outcome) in table {
+        assert_eq!(classify(&reply, now()), outcome, "{reply:?}");
+    }
 }
 
 const SUCCESS: &str = r#"{"status":"success","code":200,"name":"","message":"",
@@ -103,25 +224,37 @@ fn a_2xx_that_is_not_scaleos_envelope_is_retried_and_counts_toward_an_outage() {
             matches!(c(Some(200), body), Outcome::Retry { .. }),
             "{body}"
         );
-        assert!(!answered_as_scaleo(Some(200), body), "{body}");
+        assert!(!answered_as_scaleo(&reply(Some(200), body)), "{body}");
     }
     // Cut short after the status line: it may be Scaleo's success, so never repeated.
-    let cut = format!("{{\"status\":\"succ\n{CUT_MARK}reset]");
-    assert!(matches!(c(Some(200), &cut), Outcome::Dead { .. }), "{cut}");
+    let cut = Reply::Answered {
+        status: 200,
+        retry_after: None,
+        body: "{\"status\":\"succ".into(),
+        cut: Some("reset".into()),
+    };
+    assert!(matches!(classify(&cut, now()), Outcome::Dead { .. }));
+    assert!(!answered_as_scaleo(&cut));
 }
 
 #[test]
 fn scaleo_answers_are_told_from_silence() {
-    assert!(!answered_as_scaleo(None, "connect error"));
-    assert!(!answered_as_scaleo(Some(502), "<html>bad gateway</html>"));
-    assert!(!answered_as_scaleo(Some(500), r#"{"status":"error"}"#));
-    assert!(answered_as_scaleo(
+    assert!(!answered_as_scaleo(&reply(None, "connect error")));
+    assert!(!answered_as_scaleo(&reply(
+        Some(502),
+        "<html>bad gateway</html>"
+    )));
+    assert!(!answered_as_scaleo(&reply(
+        Some(500),
+        r#"{"status":"error"}"#
+    )));
+    assert!(answered_as_scaleo(&reply(
         Some(200),
         r#"{"status":"success","info":{}}"#
-    ));
-    assert!(answered_as_scaleo(Some(404), "not found"));
-    assert!(answered_as_scaleo(Some(401), ""));
-    assert!(answered_as_scaleo(Some(429), ""));
+    )));
+    assert!(answered_as_scaleo(&reply(Some(404), "not found")));
+    assert!(answered_as_scaleo(&reply(Some(401), "")));
+    assert!(answered_as_scaleo(&reply(Some(429), "")));
 }
 
 #[test]
@@ -172,9 +305,12 @@ fn other_4xx_are_dead_with_the_errors_kept() {
 
 #[test]
 fn retry_after_seconds_and_http_date() {
-    let v = classify(Some(429), Some("7"), "", now());
+    let v = classify(&with_retry_after(429, "7"), now());
     assert!(matches!(v, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(7)));
-    let v = classify(Some(503), Some("Thu, 01 Jan 2026 00:00:30 GMT"), "", now());
+    let v = classify(
+        &with_retry_after(503, "Thu, 01 Jan 2026 00:00:30 GMT"),
+        now(),
+    );
     assert!(matches!(v, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(30)));
     assert_eq!(
         parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now()),

@@ -312,12 +312,7 @@ impl Worker {
             a = self.client.call(call, target, &body) => a,
             _ = hard_stop.cancelled() => return give_back(c, "grace period over").await,
         };
-        let outcome = classify(
-            answer.status,
-            answer.retry_after.as_deref(),
-            &answer.body,
-            Timestamp::now(),
-        );
+        let outcome = classify(&answer.reply, Timestamp::now());
         self.settle(c, &route, answer, outcome, probe).await;
     }
 
@@ -348,8 +343,8 @@ impl Worker {
     ) {
         let (id, source) = (c.id(), c.source().to_string());
         let click_id = c.click_id().unwrap_or_default().to_string();
-        let status = answer.status;
-        let silent = !retry::answered_as_scaleo(answer.status, &answer.body);
+        let status = answer.reply.status();
+        let silent = !retry::answered_as_scaleo(&answer.reply);
         let outage = self.note_answer(silent, id, status).await;
         // While Scaleo is not answering, an attempt that got no answer gives its record back
         // uncounted: an outage of any length turns nothing dead.
@@ -361,8 +356,8 @@ impl Worker {
         };
         let attempt = Attempt {
             at: answer.at,
-            status: answer.status,
-            answer: answer.body,
+            status,
+            answer: answer.reply.text(),
             duration: answer.duration,
         };
         crate::metrics::forward_attempt(&outcome);
