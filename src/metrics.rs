@@ -19,41 +19,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::forward::Outcome;
 pub use crate::ingest::PostbackOutcome;
 use crate::store::{Paused, State};
 
 /// The content type of [`render`]'s output (OpenMetrics text, which Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The class of one forward attempt (the `outcome` label of `..._forward_attempts_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    Delivered,
-    DuplicateUpstream,
-    Retry,
-    Paused,
-    Dead,
-}
-
-impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 5] = [
-        AttemptOutcome::Delivered,
-        AttemptOutcome::DuplicateUpstream,
-        AttemptOutcome::Retry,
-        AttemptOutcome::Paused,
-        AttemptOutcome::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::DuplicateUpstream => "duplicate_upstream",
-            AttemptOutcome::Retry => "retry",
-            AttemptOutcome::Paused => "paused",
-            AttemptOutcome::Dead => "dead",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceOutcome {
@@ -199,10 +170,8 @@ fn metrics() -> &'static Metrics {
             m.source_silent.clone(),
         );
         // Fixed label values start at 0 so that rate() and alerts see them from the start.
-        for outcome in AttemptOutcome::ALL {
-            let _ = m.forward_attempts.get_or_create(&OutcomeLabel {
-                outcome: outcome.as_str(),
-            });
+        for outcome in Outcome::METRIC_LABELS {
+            let _ = m.forward_attempts.get_or_create(&OutcomeLabel { outcome });
         }
         for result in ["ok", "error"] {
             let _ = m.rule_reloads.get_or_create(&ResultLabel { result });
@@ -222,12 +191,12 @@ pub fn postback(source: &str, outcome: PostbackOutcome) {
         .inc();
 }
 
-/// One forward attempt settled with `outcome`.
-pub fn forward_attempt(outcome: AttemptOutcome) {
+/// One forward attempt classified as `outcome` (a held one counts as `paused`).
+pub fn forward_attempt(outcome: &Outcome) {
     metrics()
         .forward_attempts
         .get_or_create(&OutcomeLabel {
-            outcome: outcome.as_str(),
+            outcome: outcome.metric_label(),
         })
         .inc();
 }

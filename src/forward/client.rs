@@ -31,17 +31,101 @@ pub struct Target<'a> {
     pub api_key: &'a str,
 }
 
-/// The answer to one attempt, with the key already redacted.
+/// One attempt's request: when it started, how long it took, and how it ended.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// When the request started.
     pub at: Timestamp,
-    /// `None` when no answer came (connect error, timeout, reset).
-    pub status: Option<u16>,
-    pub retry_after: Option<String>,
-    /// The answer body, or the error text when none came.
-    pub body: String,
     pub duration: Duration,
+    pub reply: Reply,
+}
+
+/// How a request ended, with the API key already redacted from every text in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A status line came back (from Scaleo or whatever answers at `base_url`).
+    Answered {
+        status: u16,
+        /// The `Retry-After` header as sent, when there was one.
+        retry_after: Option<String>,
+        /// The start of the body (at most 64 KB, lossy UTF-8).
+        body: String,
+        /// Why the body broke off after the status line (reset, timeout), when it did.
+        cut: Option<String>,
+    },
+    /// No answer within `scaleo.timeout`.
+    TimedOut { cause: String },
+    /// No connection (refused, unreachable, name or TLS failure).
+    ConnectFailed { cause: String },
+    /// The request failed otherwise before any answer (an invalid `base_url`, an error
+    /// while sending); `cause` says what, in full.
+    Failed { cause: String },
+}
+
+/// What the stored text of an answer cut short carries after the body.
+const CUT_MARK: &str = "[answer cut short: ";
+
+impl Reply {
+    /// The HTTP status; `None` when no answer came.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Reply::Answered { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The `Retry-After` header of an answer.
+    pub fn retry_after(&self) -> Option<&str> {
+        match self {
+            Reply::Answered { retry_after, .. } => retry_after.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The text kept with the attempt (and read by the classifier): the body, with a line
+    /// saying why it was cut short when it was; or the error when no answer came
+    /// (`timeout: ...`, `connect error: ...`).
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Answered {
+                body, cut: None, ..
+            } => body.clone(),
+            Reply::Answered {
+                body,
+                cut: Some(why),
+                ..
+            } => format!("{body}\n{CUT_MARK}{why}]"),
+            Reply::TimedOut { cause } => format!("timeout: {cause}"),
+            Reply::ConnectFailed { cause } => format!("connect error: {cause}"),
+            Reply::Failed { cause } => cause.clone(),
+        }
+    }
+
+    /// The same reply with `key` (and any `api-key=` value) redacted from every text.
+    fn redacted(self, key: &str) -> Reply {
+        match self {
+            Reply::Answered {
+                status,
+                retry_after,
+                body,
+                cut,
+            } => Reply::Answered {
+                status,
+                retry_after,
+                body: redact(&body, key),
+                cut: cut.map(|c| redact(&c, key)),
+            },
+            Reply::TimedOut { cause } => Reply::TimedOut {
+                cause: redact(&cause, key),
+            },
+            Reply::ConnectFailed { cause } => Reply::ConnectFailed {
+                cause: redact(&cause, key),
+            },
+            Reply::Failed { cause } => Reply::Failed {
+                cause: redact(&cause, key),
+            },
+        }
+    }
 }
 
 /// A pooled HTTP client for Scaleo.
@@ -76,45 +160,34 @@ impl Client {
     }
 
     /// Sends `body` (JSON text, sent byte for byte) as `call` to `target`. Never fails: a
-    /// request that got no answer comes back with `status: None` and the (redacted) error.
+    /// request that got no answer comes back as a [`Reply`] saying why (key redacted).
     pub async fn call(&self, call: Call, target: Target<'_>, body: &str) -> Answer {
         let at = Timestamp::now();
         let start = std::time::Instant::now();
-        let result = self.send(call, target, body).await;
-        let duration = start.elapsed();
-        match result {
-            Ok((status, retry_after, text)) => Answer {
-                at,
-                status: Some(status),
-                retry_after,
-                body: redact(&text, target.api_key),
-                duration,
-            },
-            Err(e) => Answer {
-                at,
-                status: None,
-                retry_after: None,
-                body: redact(&e, target.api_key),
-                duration,
-            },
+        let reply = self.send(call, target, body).await;
+        Answer {
+            at,
+            duration: start.elapsed(),
+            reply: reply.redacted(target.api_key),
         }
     }
 
-    async fn send(
-        &self,
-        call: Call,
-        target: Target<'_>,
-        body: &str,
-    ) -> Result<(u16, Option<String>, String), String> {
-        let url = endpoint(target, call.path())?;
-        let mut resp = self
+    async fn send(&self, call: Call, target: Target<'_>, body: &str) -> Reply {
+        let url = match endpoint(target, call.path()) {
+            Ok(url) => url,
+            Err(cause) => return Reply::Failed { cause },
+        };
+        let sent = self
             .http
             .request(method(call), url)
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string())
             .send()
-            .await
-            .map_err(describe)?;
+            .await;
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => return no_answer(e),
+        };
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -141,11 +214,12 @@ impl Client {
                 break;
             }
         }
-        let mut text = String::from_utf8_lossy(&bytes).into_owned();
-        if let Some(e) = cut {
-            text.push_str(&format!("\n{}{e}]", super::retry::CUT_MARK));
+        Reply::Answered {
+            status,
+            retry_after,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            cut,
         }
-        Ok((status, retry_after, text))
     }
 }
 
@@ -166,10 +240,29 @@ fn endpoint(target: Target<'_>, path: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
+/// The reply to a request that got no answer.
+fn no_answer(e: reqwest::Error) -> Reply {
+    let e = e.without_url();
+    let cause = chain(&e);
+    if e.is_timeout() {
+        Reply::TimedOut { cause }
+    } else if e.is_connect() {
+        Reply::ConnectFailed { cause }
+    } else {
+        Reply::Failed {
+            cause: format!("{}: {cause}", failure_kind(&e)),
+        }
+    }
+}
+
 /// A short, URL-free description of a failed request.
 fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
-    let kind = if e.is_timeout() {
+    format!("{}: {}", failure_kind(&e), chain(&e))
+}
+
+fn failure_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
         "connect error"
@@ -177,9 +270,13 @@ fn describe(e: reqwest::Error) -> String {
         "error reading the answer"
     } else {
         "request error"
-    };
-    let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(&e);
+    }
+}
+
+/// The error and its sources, `: `-separated.
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));
         source = s.source();
@@ -212,6 +309,75 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:9/api/v2/network/tracking/conv-click-id?api-key=a+b%26c"
         );
+    }
+
+    #[test]
+    fn the_stored_text_of_each_reply() {
+        let answered = |cut: Option<&str>| Reply::Answered {
+            status: 200,
+            retry_after: None,
+            body: "{\"status\":".into(),
+            cut: cut.map(String::from),
+        };
+        assert_eq!(answered(None).text(), "{\"status\":");
+        assert_eq!(
+            answered(Some("error reading the answer: reset")).text(),
+            "{\"status\":\n[answer cut short: error reading the answer: reset]"
+        );
+        let cause = || "operation timed out".to_string();
+        assert_eq!(
+            Reply::TimedOut { cause: cause() }.text(),
+            "timeout: operation timed out"
+        );
+        assert_eq!(
+            Reply::ConnectFailed { cause: cause() }.text(),
+            "connect error: operation timed out"
+        );
+        assert_eq!(
+            Reply::Failed { cause: cause() }.text(),
+            "operation timed out"
+        );
+    }
+
+    #[test]
+    fn the_key_is_redacted_from_every_text_of_a_reply() {
+        let key = "SECRET-KEY-123";
+        let echo = || format!("echo {key} and ?api-key=other");
+        let replies = [
+            Reply::Answered {
+                status: 500,
+                retry_after: None,
+                body: echo(),
+                cut: Some(echo()),
+            },
+            Reply::TimedOut { cause: echo() },
+            Reply::ConnectFailed { cause: echo() },
+            Reply::Failed { cause: echo() },
+        ];
+        for reply in replies {
+            let text = reply.redacted(key).text();
+            assert!(!text.contains(key) && !text.contains("other"), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_base_url_is_a_failed_request_not_an_answer() {
+        let client = Client::new(Duration::from_secs(2), 1).unwrap();
+        let a = client
+            .post(
+                Target {
+                    base_url: "not a url",
+                    api_key: "SECRET-KEY-123",
+                },
+                "{}",
+            )
+            .await;
+        let Reply::Failed { cause } = &a.reply else {
+            panic!("{:?}", a.reply);
+        };
+        assert!(cause.starts_with("invalid base_url"), "{cause}");
+        assert!(!cause.contains("SECRET-KEY-123"), "{cause}");
     }
 
     /// A one-shot server that answers `head` and `body_start`, then closes before the
@@ -250,13 +416,15 @@ mod tests {
                 "{}",
             )
             .await;
-        assert_eq!(a.status, Some(200), "{}", a.body);
-        assert!(a.body.starts_with("{\"status\":\"success\","), "{}", a.body);
-        assert!(!a.body.contains("SECRET-KEY-123"), "{}", a.body);
-        let verdict = super::super::retry::classify(a.status, None, &a.body, Timestamp::now());
+        let text = a.reply.text();
+        assert_eq!(a.reply.status(), Some(200), "{text}");
+        assert!(text.starts_with("{\"status\":\"success\","), "{text}");
+        assert!(text.contains(CUT_MARK), "{text}");
+        assert!(!text.contains("SECRET-KEY-123"), "{text}");
+        let outcome = super::super::retry::classify(&a.reply, Timestamp::now());
         assert!(
-            matches!(verdict, super::super::retry::Verdict::Dead { .. }),
-            "{verdict:?}"
+            matches!(outcome, super::super::Outcome::Dead { .. }),
+            "{outcome:?}"
         );
     }
 
@@ -273,8 +441,12 @@ mod tests {
                 "{}",
             )
             .await;
-        assert_eq!(a.status, None);
-        assert!(!a.body.contains("SECRET-KEY-123"), "{}", a.body);
-        assert!(!a.body.is_empty());
+        let Reply::ConnectFailed { cause } = &a.reply else {
+            panic!("{:?}", a.reply);
+        };
+        assert!(!cause.is_empty());
+        let text = a.reply.text();
+        assert!(text.starts_with("connect error: "), "{text}");
+        assert!(!text.contains("SECRET-KEY-123"), "{text}");
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod client;
 mod hold;
+mod outcome;
 pub mod ratelimit;
 pub mod retry;
 mod routes;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ForwardConfig, ScaleoConfig};
 use crate::store::Store;
 
+pub use outcome::Outcome;
 pub use routes::{Routes, SourceForward};
 
 /// Errors of starting the forwarder.

@@ -3,7 +3,7 @@
 //! [`classify`] follows the README's "Forwarding" section and Scaleo's API docs, in this order:
 //! 1. "Multiple Conversions are not Allowed" (any case) anywhere in the answer (Scaleo uses
 //!    `message`, `info.message` or `info.errors`; any string of a JSON answer counts, or the
-//!    whole text of another one) -> [`Verdict::DuplicateUpstream`], whatever the status.
+//!    whole text of another one) -> [`Outcome::DuplicateUpstream`], whatever the status.
 //! 2. No answer (connect error, timeout, reset) -> retry.
 //! 3. 2xx: `status = "success"` with no inner `info.status` other than success ->
 //!    delivered with `info.transaction_id` and `info.lead_id`. A 2xx envelope with
@@ -16,7 +16,7 @@
 //! 5. 401, 403 -> paused. 408, 425, 429 -> retry. Other 4xx -> dead.
 //! 6. 5xx and anything else -> retry.
 //!
-//! A `Retry-After` (seconds or an HTTP date) on a retry verdict is honoured: the next try is
+//! A `Retry-After` (seconds or an HTTP date) on a retry outcome is honoured: the next try is
 //! never earlier than it says.
 //!
 //! The schedule ([`next_delay`], [`plan_retry`]) is data: `forward.retry_schedule`, with the
@@ -30,62 +30,31 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
+use super::client::Reply;
+use super::outcome::Outcome;
 use crate::scaleo::envelope::{self, Reading, says_duplicate};
 
 /// The largest jitter, as a fraction of the scheduled delay.
 pub const JITTER_MAX: f64 = 0.2;
 
-/// What to do with a record after an attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Scaleo recorded the conversion.
-    Delivered {
-        transaction_id: Option<String>,
-        /// `info.lead_id` as Scaleo gave it, as JSON text (`"123"` or `123`): the handle of a
-        /// later `leads/update`.
-        lead_id: Option<String>,
-    },
-    /// Scaleo already had it: done, never retried.
-    DuplicateUpstream,
-    /// Try again later, not before `after` when Scaleo said so.
-    Retry {
-        after: Option<Duration>,
-        reason: String,
-    },
-    /// Stop sending anything (bad key, wrong role, wrong base URL); keep everything queued.
-    Paused { reason: String },
-    /// Retrying cannot help.
-    Dead { reason: String },
-}
-
-/// The metric class of a verdict (forward reports into metrics through metrics' own type).
-impl From<&Verdict> for crate::metrics::AttemptOutcome {
-    fn from(v: &Verdict) -> Self {
-        use crate::metrics::AttemptOutcome;
-        match v {
-            Verdict::Delivered { .. } => AttemptOutcome::Delivered,
-            Verdict::DuplicateUpstream => AttemptOutcome::DuplicateUpstream,
-            Verdict::Retry { .. } => AttemptOutcome::Retry,
-            Verdict::Paused { .. } => AttemptOutcome::Paused,
-            Verdict::Dead { .. } => AttemptOutcome::Dead,
-        }
-    }
-}
-
-/// Classifies one answer; `status` is `None` when none came. `now` resolves an HTTP-date
-/// `Retry-After`.
-pub fn classify(
-    status: Option<u16>,
-    retry_after: Option<&str>,
-    body: &str,
-    now: Timestamp,
-) -> Verdict {
+/// Classifies how one request ended. `now` resolves an HTTP-date `Retry-After`.
+pub fn classify(reply: &Reply, now: Timestamp) -> Outcome {
+    // The stored text: an answer cut short carries its cut line, so it never reads as a
+    // whole JSON answer.
+    let text = reply.text();
+    let body = text.as_str();
     let json: Option<Value> = serde_json::from_str(body).ok();
     if says_duplicate(json.as_ref(), body) {
-        return Verdict::DuplicateUpstream;
+        return Outcome::DuplicateUpstream;
     }
-    let Some(code) = status else {
-        return Verdict::Retry {
+    let Reply::Answered {
+        status: code,
+        retry_after,
+        cut,
+        ..
+    } = reply
+    else {
+        return Outcome::Retry {
             after: None,
             // The client's error text (the key already redacted): connection refused, a TLS
             // failure, a timeout... so a log line says which.
@@ -97,37 +66,40 @@ pub fn classify(
             },
         };
     };
+    let code = *code;
     let message = json.as_ref().map(describe).unwrap_or_default();
-    let retry = |what: &str| Verdict::Retry {
-        after: retry_after.and_then(|v| parse_retry_after(v, now)),
+    let retry = |what: &str| Outcome::Retry {
+        after: retry_after
+            .as_deref()
+            .and_then(|v| parse_retry_after(v, now)),
         reason: format!("HTTP {code}{what}{message}"),
     };
     match code {
-        200..=299 => success(code, json.as_ref(), &message, body.contains(CUT_MARK)),
-        300..=399 => Verdict::Paused {
+        200..=299 => success(code, json.as_ref(), &message, cut.is_some()),
+        300..=399 => Outcome::Paused {
             reason: format!("HTTP {code}: redirected, check scaleo.base_url"),
         },
-        401 | 403 => Verdict::Paused {
+        401 | 403 => Outcome::Paused {
             reason: format!("HTTP {code}: API key refused{message}"),
         },
         408 | 425 | 429 => retry(""),
-        400..=499 => Verdict::Dead {
+        400..=499 => Outcome::Dead {
             reason: format!("HTTP {code}{message}"),
         },
         _ => retry(""),
     }
 }
 
-fn success(code: u16, json: Option<&Value>, message: &str, cut: bool) -> Verdict {
+fn success(code: u16, json: Option<&Value>, message: &str, cut: bool) -> Outcome {
     let Some(json) = json.filter(|j| envelope::is_envelope(j)) else {
         let reason = format!("HTTP {code} with an answer that is not Scaleo's JSON");
         // Cut short, it may be Scaleo's success: repeating it could pay twice. Whole, it
         // is not Scaleo talking (a proxy's page, a wrong base_url): try again (and count
         // toward outage mode).
         return if cut {
-            Verdict::Dead { reason }
+            Outcome::Dead { reason }
         } else {
-            Verdict::Retry {
+            Outcome::Retry {
                 after: None,
                 reason,
             }
@@ -137,27 +109,24 @@ fn success(code: u16, json: Option<&Value>, message: &str, cut: bool) -> Verdict
         Reading::Success {
             transaction_id,
             lead_id,
-        } => Verdict::Delivered {
+        } => Outcome::Delivered {
             transaction_id,
             lead_id,
         },
-        Reading::Failure { what } => Verdict::Dead {
+        Reading::Failure { what } => Outcome::Dead {
             reason: format!("HTTP {code} with {what}{message}"),
         },
     }
 }
 
-/// What the client appends to an answer whose body broke off after the status line.
-pub const CUT_MARK: &str = "[answer cut short: ";
-
 /// Whether an attempt got an answer from Scaleo itself: a status below 500 and, for a 2xx,
 /// Scaleo's JSON envelope. No answer, a 5xx, or a 2xx page from something else count toward
 /// outage mode (`forward.outage_after` of them in a row).
-pub fn answered_as_scaleo(status: Option<u16>, body: &str) -> bool {
-    match status {
+pub fn answered_as_scaleo(reply: &Reply) -> bool {
+    match reply.status() {
         None => false,
         Some(500..) => false,
-        Some(200..=299) => serde_json::from_str::<Value>(body)
+        Some(200..=299) => serde_json::from_str::<Value>(&reply.text())
             .ok()
             .is_some_and(|j| envelope::is_envelope(&j)),
         Some(_) => true,

@@ -7,8 +7,129 @@ fn now() -> Timestamp {
     "2026-01-01T00:00:00Z".parse().unwrap()
 }
 
-fn c(status: Option<u16>, body: &str) -> Verdict {
-    classify(status, None, body, now())
+/// A reply: an answer with `status`, or (for `None`) a connection that failed with `body`.
+fn reply(status: Option<u16>, body: &str) -> Reply {
+    match status {
+        Some(status) => Reply::Answered {
+            status,
+            retry_after: None,
+            body: body.into(),
+            cut: None,
+        },
+        None => Reply::ConnectFailed { cause: body.into() },
+    }
+}
+
+fn c(status: Option<u16>, body: &str) -> Outcome {
+    classify(&reply(status, body), now())
+}
+
+fn with_retry_after(status: u16, value: &str) -> Reply {
+    Reply::Answered {
+        status,
+        retry_after: Some(value.into()),
+        body: String::new(),
+        cut: None,
+    }
+}
+
+#[test]
+fn each_kind_of_reply_has_its_outcome() {
+    let cause = || "tcp connect error: Connection refused (os error 111)".to_string();
+    let answered = |status: u16, body: &str, cut: Option<&str>| Reply::Answered {
+        status,
+        retry_after: None,
+        body: body.into(),
+        cut: cut.map(String::from),
+    };
+    let table = [
+        (
+            Reply::TimedOut { cause: cause() },
+            Outcome::Retry {
+                after: None,
+                reason: format!("no answer: timeout: {}", cause()),
+            },
+        ),
+        (
+            Reply::ConnectFailed { cause: cause() },
+            Outcome::Retry {
+                after: None,
+                reason: format!("no answer: connect error: {}", cause()),
+            },
+        ),
+        (
+            Reply::Failed {
+                cause: "invalid base_url \"x\": relative URL without a base".into(),
+            },
+            Outcome::Retry {
+                after: None,
+                reason: "no answer: invalid base_url \"x\": relative URL without a base".into(),
+            },
+        ),
+        (
+            answered(
+                200,
+                r#"{"status":"success","info":{"transaction_id":"t"}}"#,
+                None,
+            ),
+            Outcome::Delivered {
+                transaction_id: Some("t".into()),
+                lead_id: None,
+            },
+        ),
+        (
+            answered(
+                200,
+                r#"{"status":"success","info":{"transaction_id":"t"}}"#,
+                Some("reset"),
+            ),
+            Outcome::Dead {
+                reason: "HTTP 200 with an answer that is not Scaleo's JSON".into(),
+            },
+        ),
+        (
+            answered(200, "<html>proxy</html>", None),
+            Outcome::Retry {
+                after: None,
+                reason: "HTTP 200 with an answer that is not Scaleo's JSON".into(),
+            },
+        ),
+        (
+            answered(302, "", None),
+            Outcome::Paused {
+                reason: "HTTP 302: redirected, check scaleo.base_url".into(),
+            },
+        ),
+        (
+            answered(401, "", None),
+            Outcome::Paused {
+                reason: "HTTP 401: API key refused".into(),
+            },
+        ),
+        (
+            with_retry_after(429, "3"),
+            Outcome::Retry {
+                after: Some(Duration::from_secs(3)),
+                reason: "HTTP 429".into(),
+            },
+        ),
+        (
+            answered(404, "", None),
+            Outcome::Dead {
+                reason: "HTTP 404".into(),
+            },
+        ),
+        (
+            answered(503, "", None),
+            Outcome::Retry {
+                after: None,
+                reason: "HTTP 503".into(),
+            },
+        ),
+    ];
+    for (reply, outcome) in table {
+        assert_eq!(classify(&reply, now()), outcome, "{reply:?}");
+    }
 }
 
 const SUCCESS: &str = r#"{"status":"success","code":200,"name":"","message":"",
@@ -18,14 +139,14 @@ const SUCCESS: &str = r#"{"status":"success","code":200,"name":"","message":"",
 fn success_is_delivered_with_transaction_id() {
     assert_eq!(
         c(Some(200), SUCCESS),
-        Verdict::Delivered {
+        Outcome::Delivered {
             transaction_id: Some("9f1c-uuid".into()),
             lead_id: None,
         }
     );
     assert_eq!(
         c(Some(201), r#"{"status":"success"}"#),
-        Verdict::Delivered {
+        Outcome::Delivered {
             transaction_id: None,
             lead_id: None,
         }
@@ -37,7 +158,7 @@ fn success_keeps_lead_id_as_scaleo_gave_it() {
     let string = r#"{"status":"success","info":{"status":"success","lead_id":"4711","transaction_id":"t-1"}}"#;
     let number = r#"{"status":"success","info":{"lead_id":4711}}"#;
     let lead = |body| match c(Some(200), body) {
-        Verdict::Delivered { lead_id, .. } => lead_id,
+        Outcome::Delivered { lead_id, .. } => lead_id,
         other => panic!("{other:?}"),
     };
     assert_eq!(lead(string).as_deref(), Some("\"4711\""));
@@ -57,7 +178,7 @@ fn duplicate_phrase_wins_over_any_status() {
         for status in [200, 400, 403, 422, 500] {
             assert_eq!(
                 c(Some(status), body),
-                Verdict::DuplicateUpstream,
+                Outcome::DuplicateUpstream,
                 "{status} {body}"
             );
         }
@@ -78,7 +199,7 @@ fn duplicate_phrase_anywhere_in_a_json_answer_wins_over_any_status() {
         for status in [200, 400, 403, 422, 500] {
             assert_eq!(
                 c(Some(status), body),
-                Verdict::DuplicateUpstream,
+                Outcome::DuplicateUpstream,
                 "{status} {body}"
             );
         }
@@ -91,7 +212,7 @@ fn error_inside_2xx_is_dead_not_retried() {
         r#"{"status":"error","message":"tracking failed"}"#,
         r#"{"status":"success","info":{"status":"error","message":"click not found"}}"#,
     ] {
-        assert!(matches!(c(Some(200), body), Verdict::Dead { .. }), "{body}");
+        assert!(matches!(c(Some(200), body), Outcome::Dead { .. }), "{body}");
     }
 }
 
@@ -100,28 +221,40 @@ fn a_2xx_that_is_not_scaleos_envelope_is_retried_and_counts_toward_an_outage() {
     // A proxy's page or a wrong base_url: not Scaleo talking, so nothing was recorded.
     for body in ["<html>ok</html>", "{}", "[]", r#"{"status":1}"#, ""] {
         assert!(
-            matches!(c(Some(200), body), Verdict::Retry { .. }),
+            matches!(c(Some(200), body), Outcome::Retry { .. }),
             "{body}"
         );
-        assert!(!answered_as_scaleo(Some(200), body), "{body}");
+        assert!(!answered_as_scaleo(&reply(Some(200), body)), "{body}");
     }
     // Cut short after the status line: it may be Scaleo's success, so never repeated.
-    let cut = format!("{{\"status\":\"succ\n{CUT_MARK}reset]");
-    assert!(matches!(c(Some(200), &cut), Verdict::Dead { .. }), "{cut}");
+    let cut = Reply::Answered {
+        status: 200,
+        retry_after: None,
+        body: "{\"status\":\"succ".into(),
+        cut: Some("reset".into()),
+    };
+    assert!(matches!(classify(&cut, now()), Outcome::Dead { .. }));
+    assert!(!answered_as_scaleo(&cut));
 }
 
 #[test]
 fn scaleo_answers_are_told_from_silence() {
-    assert!(!answered_as_scaleo(None, "connect error"));
-    assert!(!answered_as_scaleo(Some(502), "<html>bad gateway</html>"));
-    assert!(!answered_as_scaleo(Some(500), r#"{"status":"error"}"#));
-    assert!(answered_as_scaleo(
+    assert!(!answered_as_scaleo(&reply(None, "connect error")));
+    assert!(!answered_as_scaleo(&reply(
+        Some(502),
+        "<html>bad gateway</html>"
+    )));
+    assert!(!answered_as_scaleo(&reply(
+        Some(500),
+        r#"{"status":"error"}"#
+    )));
+    assert!(answered_as_scaleo(&reply(
         Some(200),
         r#"{"status":"success","info":{}}"#
-    ));
-    assert!(answered_as_scaleo(Some(404), "not found"));
-    assert!(answered_as_scaleo(Some(401), ""));
-    assert!(answered_as_scaleo(Some(429), ""));
+    )));
+    assert!(answered_as_scaleo(&reply(Some(404), "not found")));
+    assert!(answered_as_scaleo(&reply(Some(401), "")));
+    assert!(answered_as_scaleo(&reply(Some(429), "")));
 }
 
 #[test]
@@ -136,7 +269,7 @@ fn retryable_statuses_and_no_answer() {
         None,
     ] {
         assert!(
-            matches!(c(status, ""), Verdict::Retry { after: None, .. }),
+            matches!(c(status, ""), Outcome::Retry { after: None, .. }),
             "{status:?}"
         );
     }
@@ -146,7 +279,7 @@ fn retryable_statuses_and_no_answer() {
 fn auth_and_redirect_pause() {
     for status in [401, 403, 301, 302, 307] {
         assert!(
-            matches!(c(Some(status), "{}"), Verdict::Paused { .. }),
+            matches!(c(Some(status), "{}"), Outcome::Paused { .. }),
             "{status}"
         );
     }
@@ -157,7 +290,7 @@ fn other_4xx_are_dead_with_the_errors_kept() {
     let body = r#"{"status":"error","code":422,"message":"Validation failed",
       "info":{"errors":{"goal_id":["Goal not found"]}}}"#;
     match c(Some(422), body) {
-        Verdict::Dead { reason } => {
+        Outcome::Dead { reason } => {
             assert!(
                 reason.contains("422") && reason.contains("Goal not found"),
                 "{reason}"
@@ -166,16 +299,19 @@ fn other_4xx_are_dead_with_the_errors_kept() {
         v => panic!("{v:?}"),
     }
     for status in [400, 404, 410] {
-        assert!(matches!(c(Some(status), ""), Verdict::Dead { .. }));
+        assert!(matches!(c(Some(status), ""), Outcome::Dead { .. }));
     }
 }
 
 #[test]
 fn retry_after_seconds_and_http_date() {
-    let v = classify(Some(429), Some("7"), "", now());
-    assert!(matches!(v, Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(7)));
-    let v = classify(Some(503), Some("Thu, 01 Jan 2026 00:00:30 GMT"), "", now());
-    assert!(matches!(v, Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(30)));
+    let v = classify(&with_retry_after(429, "7"), now());
+    assert!(matches!(v, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(7)));
+    let v = classify(
+        &with_retry_after(503, "Thu, 01 Jan 2026 00:00:30 GMT"),
+        now(),
+    );
+    assert!(matches!(v, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(30)));
     assert_eq!(
         parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now()),
         Some(Duration::ZERO)

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{Answer, Call, Client, Target};
 use super::hold::Holds;
+use super::outcome::Outcome;
 use super::ratelimit::{Limiter, Rate};
-use super::retry::{self, Next, RetryPolicy, Verdict, classify, plan_retry};
+use super::retry::{self, Next, RetryPolicy, classify, plan_retry};
 use super::routes::{Routes, SourceForward};
 use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
@@ -311,13 +312,8 @@ impl Worker {
             a = self.client.call(call, target, &body) => a,
             _ = hard_stop.cancelled() => return give_back(c, "grace period over").await,
         };
-        let verdict = classify(
-            answer.status,
-            answer.retry_after.as_deref(),
-            &answer.body,
-            Timestamp::now(),
-        );
-        self.settle(c, &route, answer, verdict, probe).await;
+        let outcome = classify(&answer.reply, Timestamp::now());
+        self.settle(c, &route, answer, outcome, probe).await;
     }
 
     /// A change that cannot be sent (no `lead_id`): `dead` without an attempt.
@@ -342,118 +338,47 @@ impl Worker {
         c: Claimed,
         route: &SourceForward,
         answer: Answer,
-        verdict: Verdict,
+        outcome: Outcome,
         probe: Option<PauseScope>,
     ) {
         let (id, source) = (c.id(), c.source().to_string());
         let click_id = c.click_id().unwrap_or_default().to_string();
-        let status = answer.status;
-        let silent = !retry::answered_as_scaleo(answer.status, &answer.body);
+        let status = answer.reply.status();
+        let silent = !retry::answered_as_scaleo(&answer.reply);
         let outage = self.note_answer(silent, id, status).await;
         // While Scaleo is not answering, an attempt that got no answer gives its record back
         // uncounted: an outage of any length turns nothing dead.
-        let verdict = match verdict {
-            Verdict::Retry { reason, .. } if outage && silent => Verdict::Paused {
+        let outcome = match outcome {
+            Outcome::Retry { reason, .. } if outage && silent => Outcome::Held {
                 reason: format!("{reason} (Scaleo not answering: sending held)"),
             },
-            v => v,
+            o => o,
         };
-        let held = outage && silent;
         let attempt = Attempt {
             at: answer.at,
-            status: answer.status,
-            answer: answer.body,
+            status,
+            answer: answer.reply.text(),
             duration: answer.duration,
         };
-        crate::metrics::forward_attempt((&verdict).into());
-        match &verdict {
-            Verdict::Delivered { .. } | Verdict::DuplicateUpstream => self.status.attempted(None),
-            Verdict::Dead { reason } | Verdict::Retry { reason, .. } => {
-                self.status.attempted(Some(reason))
-            }
-            Verdict::Paused { .. } => {}
+        crate::metrics::forward_attempt(&outcome);
+        if !matches!(outcome, Outcome::Paused { .. } | Outcome::Held { .. }) {
+            self.status.attempted(outcome.failure());
         }
-        if matches!(verdict, Verdict::Delivered { .. }) {
+        if matches!(outcome, Outcome::Delivered { .. }) {
             let waited = Timestamp::now().duration_since(c.received_at());
             crate::metrics::delivered_latency(waited.as_secs_f64());
         }
-        let key_works = matches!(
-            verdict,
-            Verdict::Delivered { .. } | Verdict::DuplicateUpstream | Verdict::Dead { .. }
-        );
-        let (outcome, result) = match verdict {
-            Verdict::Delivered {
-                transaction_id,
-                lead_id,
-            } => {
-                let stored = c.delivered(attempt, transaction_id, lead_id).await;
-                ("delivered", stored)
-            }
-            Verdict::DuplicateUpstream => {
-                ("duplicate_upstream", c.duplicate_upstream(attempt).await)
-            }
-            Verdict::Dead { reason } => {
-                tracing::warn!(
-                    source,
-                    record = id,
-                    click_id,
-                    status,
-                    reason,
-                    "dead: not retried"
-                );
-                ("dead", c.dead(attempt, reason).await)
-            }
-            Verdict::Retry { after, reason } => {
-                // A Retry-After longer than forward.max_retry_after is capped.
-                let after = after.map(|a| a.min(self.fwd.max_retry_after));
-                if status == Some(429) {
-                    let held = self.holds.hold(self.network(route), after);
-                    tracing::info!(
-                        source,
-                        record = id,
-                        held_ms = held.as_millis(),
-                        "Scaleo answered 429: holding every send to this network"
-                    );
-                }
-                let fwd = &self.fwd;
-                let failures = c.attempts().saturating_add(1);
-                let now = Timestamp::now();
-                let jitter = fastrand::f64();
-                let policy = RetryPolicy {
-                    schedule: &fwd.retry_schedule,
-                    max_age: fwd.max_age,
-                    max_attempts: fwd.max_attempts,
-                };
-                match plan_retry(now, c.queued_at(), failures, &policy, after, jitter) {
-                    Next::At(at) => {
-                        tracing::info!(source, record = id, click_id, status, reason, retry_at = %at, "retry scheduled");
-                        ("retry", c.retry(attempt, at, reason).await)
-                    }
-                    Next::GiveUp(why) => {
-                        tracing::warn!(
-                            source,
-                            record = id,
-                            click_id,
-                            status,
-                            reason,
-                            why,
-                            "dead: not retried again"
-                        );
-                        ("dead", c.dead(attempt, why.into()).await)
-                    }
-                }
-            }
-            Verdict::Paused { reason } if held => ("held", c.paused(attempt, reason).await),
-            Verdict::Paused { reason } => {
-                let scope = if route.own_credentials() {
-                    PauseScope::Source(source.clone())
-                } else {
-                    PauseScope::All
-                };
-                self.pause_upstream(&scope, &reason, id, status).await;
-                ("paused", c.paused(attempt, reason).await)
-            }
-        };
+        let key_works = outcome.key_works();
+        if let Outcome::Paused { reason } = &outcome {
+            let scope = if route.own_credentials() {
+                PauseScope::Source(source.clone())
+            } else {
+                PauseScope::All
+            };
+            self.pause_upstream(&scope, reason, id, status).await;
+        }
+        let (outcome, result) = self.store_outcome(c, route, attempt, outcome).await;
+        let outcome = outcome.as_str();
         match result {
             Ok(()) => {
                 self.status.progressed();
@@ -482,6 +407,103 @@ impl Worker {
                     tracing::info!(scope = %scope, "probe accepted: forwarding resumed");
                 }
                 Err(e) => tracing::error!(error = %e, "resuming after the probe failed"),
+            }
+        }
+    }
+
+    /// Writes an attempt's outcome to the store: the one place an [`Outcome`] becomes the
+    /// store's settle. A retry is placed by the retry policy (and a 429 holds its network);
+    /// one past the policy's bounds goes dead instead. Returns the outcome written.
+    async fn store_outcome(
+        &self,
+        c: Claimed,
+        route: &SourceForward,
+        attempt: Attempt,
+        outcome: Outcome,
+    ) -> (Outcome, Result<(), StoreError>) {
+        let (id, source) = (c.id(), c.source().to_string());
+        let click_id = c.click_id().unwrap_or_default().to_string();
+        let status = attempt.status;
+        match outcome {
+            Outcome::Delivered {
+                transaction_id,
+                lead_id,
+            } => {
+                let stored = c
+                    .delivered(attempt, transaction_id.clone(), lead_id.clone())
+                    .await;
+                let written = Outcome::Delivered {
+                    transaction_id,
+                    lead_id,
+                };
+                (written, stored)
+            }
+            Outcome::DuplicateUpstream => (
+                Outcome::DuplicateUpstream,
+                c.duplicate_upstream(attempt).await,
+            ),
+            Outcome::Dead { reason } => {
+                tracing::warn!(
+                    source,
+                    record = id,
+                    click_id,
+                    status,
+                    reason,
+                    "dead: not retried"
+                );
+                let stored = c.dead(attempt, reason.clone()).await;
+                (Outcome::Dead { reason }, stored)
+            }
+            Outcome::Retry { after, reason } => {
+                // A Retry-After longer than forward.max_retry_after is capped.
+                let after = after.map(|a| a.min(self.fwd.max_retry_after));
+                if status == Some(429) {
+                    let held = self.holds.hold(self.network(route), after);
+                    tracing::info!(
+                        source,
+                        record = id,
+                        held_ms = held.as_millis(),
+                        "Scaleo answered 429: holding every send to this network"
+                    );
+                }
+                let fwd = &self.fwd;
+                let failures = c.attempts().saturating_add(1);
+                let now = Timestamp::now();
+                let jitter = fastrand::f64();
+                let policy = RetryPolicy {
+                    schedule: &fwd.retry_schedule,
+                    max_age: fwd.max_age,
+                    max_attempts: fwd.max_attempts,
+                };
+                match plan_retry(now, c.queued_at(), failures, &policy, after, jitter) {
+                    Next::At(at) => {
+                        tracing::info!(source, record = id, click_id, status, reason, retry_at = %at, "retry scheduled");
+                        let stored = c.retry(attempt, at, reason.clone()).await;
+                        (Outcome::Retry { after, reason }, stored)
+                    }
+                    Next::GiveUp(why) => {
+                        tracing::warn!(
+                            source,
+                            record = id,
+                            click_id,
+                            status,
+                            reason,
+                            why,
+                            "dead: not retried again"
+                        );
+                        let reason = why.to_string();
+                        let stored = c.dead(attempt, reason.clone()).await;
+                        (Outcome::Dead { reason }, stored)
+                    }
+                }
+            }
+            Outcome::Held { reason } => {
+                let stored = c.paused(attempt, reason.clone()).await;
+                (Outcome::Held { reason }, stored)
+            }
+            Outcome::Paused { reason } => {
+                let stored = c.paused(attempt, reason.clone()).await;
+                (Outcome::Paused { reason }, stored)
             }
         }
     }
