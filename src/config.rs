@@ -877,7 +877,7 @@ impl RawConfig {
         let ca_file = st.ca_file.map(PathBuf::from);
         if let Some(url) = &url
             && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
-            && let Err(message) = crate::store::check_tls(url, ca_file.as_deref())
+            && let Err(message) = crate::store::check_url(url, ca_file.as_deref())
         {
             p.push(invalid("store.url", crate::store::redact_url(url), message));
         }

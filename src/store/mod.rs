@@ -27,8 +27,10 @@ mod change;
 mod claim;
 mod config;
 mod ops;
+#[cfg(feature = "postgres")]
 mod pg;
 mod read;
+mod redact;
 mod sqlite;
 mod stats;
 mod types;
@@ -44,8 +46,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 pub use change::Preview;
 pub use claim::{ANSWER_EXCERPT_BYTES, Attempt, ChangeOf, Claimed, excerpt, redact_api_key};
 pub use config::StoreConfig;
-pub use pg::{SharedLimit, check_tls, redact_url};
+#[cfg(feature = "postgres")]
+pub use pg::SharedLimit;
 pub use read::{AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary};
+pub use redact::redact_url;
 pub use stats::{ReasonCount, SourceActivity};
 pub use types::{
     ChangeRoute, DedupeKey, Inserted, NewRecord, NewState, PauseReason, PauseScope, Paused,
@@ -54,6 +58,37 @@ pub use types::{
 
 pub use sqlite::lookup::LookupSync;
 use sqlite::{Op, ReadPool, Run, Writer};
+
+/// Why a config with `store.url` is refused by a relay built without PostgreSQL support.
+pub const NO_POSTGRES: &str = "this relay was built without PostgreSQL support: rebuild it with \
+     `--features postgres` (on by default), or remove store.url to use the embedded SQLite store";
+
+/// Checks what can be known of a `postgres://` `store.url` before connecting: that this
+/// binary supports PostgreSQL, and the TLS settings of the URL and `store.ca_file` (the CA
+/// file read). The config validation and `check` report it.
+pub fn check_url(url: &str, ca_file: Option<&std::path::Path>) -> Result<(), String> {
+    #[cfg(feature = "postgres")]
+    return pg::check_tls(url, ca_file);
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (url, ca_file);
+        Err(NO_POSTGRES.into())
+    }
+}
+
+/// Without PostgreSQL no limit is shared between instances: this type has no value, and
+/// [`Store::shared_limit`] is always `None`.
+#[cfg(not(feature = "postgres"))]
+#[derive(Debug, Clone)]
+pub enum SharedLimit {}
+
+#[cfg(not(feature = "postgres"))]
+impl SharedLimit {
+    /// Never called: there is no shared limit to wait for.
+    pub async fn acquire(&self) -> Result<Duration, StoreError> {
+        match *self {}
+    }
+}
 
 /// Errors of the store. Any of them means "not persisted": ingest answers 503.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,11 +109,16 @@ pub enum StoreError {
     /// `store.url` is set: the PostgreSQL store is opened with [`Store::connect`].
     #[error("store.url is set: open the PostgreSQL store with Store::connect")]
     NeedsConnect,
+    /// `store.url` is set but this binary was built without the `postgres` feature.
+    #[error("store.url is set: {NO_POSTGRES}")]
+    NoPostgres,
     /// PostgreSQL refused an operation (or the connection broke); its own message is shown
     /// (tokio-postgres alone says only "db error").
+    #[cfg(feature = "postgres")]
     #[error("database error: {}", pg_message(.0))]
     Pg(Arc<tokio_postgres::Error>),
     /// No PostgreSQL connection could be had from the pool.
+    #[cfg(feature = "postgres")]
     #[error("database pool: {}", error_chain(.0.as_ref()))]
     Pool(Arc<deadpool_postgres::PoolError>),
     /// `store.url` is not a usable PostgreSQL URL (the password, if any, is redacted).
@@ -103,6 +143,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+#[cfg(feature = "postgres")]
 /// `e` and its causes, each once: tokio-postgres' errors show only their kind ("db error",
 /// "error performing TLS handshake") and keep the reason in their source.
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -120,6 +161,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The server's message and code for an error PostgreSQL reported, else the error itself.
+#[cfg(feature = "postgres")]
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
@@ -133,12 +175,14 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::Pg(Arc::new(e))
     }
 }
 
+#[cfg(feature = "postgres")]
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Pool(Arc::new(e))
@@ -170,6 +214,7 @@ enum Backend {
         reader: ReadPool,
     },
     /// The shared database of several instances.
+    #[cfg(feature = "postgres")]
     Postgres(pg::PgStore),
 }
 
@@ -178,6 +223,7 @@ impl Store {
     /// the schema), else the embedded SQLite store as [`Store::open`] does.
     pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
         match &cfg.url {
+            #[cfg(feature = "postgres")]
             Some(url) => {
                 let pg = pg::PgStore::connect(url, cfg).await?;
                 Ok(Store::with_backend(
@@ -186,6 +232,8 @@ impl Store {
                     cfg.timeout,
                 ))
             }
+            #[cfg(not(feature = "postgres"))]
+            Some(_) => Err(StoreError::NoPostgres),
             None => Store::open(cfg),
         }
     }
@@ -231,12 +279,20 @@ impl Store {
         Ok(Store::with_backend(backend, notify, cfg.timeout))
     }
 
-    /// The PostgreSQL backend, if this store is one.
+    /// The PostgreSQL backend, if this store is one. Each method matches on it, its
+    /// `Some(pg)` arm compiled only with the `postgres` feature.
+    #[cfg(feature = "postgres")]
     fn pg(&self) -> Option<&pg::PgStore> {
         match &self.inner.backend {
             Backend::Postgres(pg) => Some(pg),
             Backend::Sqlite { .. } => None,
         }
+    }
+
+    /// Without the `postgres` feature the store is always SQLite: nothing to match but `None`.
+    #[cfg(not(feature = "postgres"))]
+    fn pg(&self) -> Option<std::convert::Infallible> {
+        None
     }
 
     /// Runs `op` within `store.timeout`: a store that stalls (a frozen disk, a hung or
@@ -254,6 +310,7 @@ impl Store {
     }
 
     /// Wakes the forwarder after a PostgreSQL commit that made work due.
+    #[cfg(feature = "postgres")]
     fn woke(&self, wakes: bool) {
         if wakes {
             self.inner.notify.notify_one();
@@ -262,14 +319,19 @@ impl Store {
 
     /// The limit `name` shared by every instance on the same database (PostgreSQL only):
     /// `None` for the embedded store, whose limits live in the process.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     pub fn shared_limit(&self, name: &str, per_second: u32, burst: u32) -> Option<SharedLimit> {
-        self.pg()
-            .and_then(|pg| pg.shared_limit(name, per_second, burst))
+        match self.pg() {
+            #[cfg(feature = "postgres")]
+            Some(pg) => pg.shared_limit(name, per_second, burst),
+            None => None,
+        }
     }
 
     /// Stores a new record durably; `Ok` only after COMMIT returned.
     pub async fn insert(&self, rec: NewRecord) -> Result<Inserted, StoreError> {
         self.bounded(async {
+            #[cfg(feature = "postgres")]
             if let Some(pg) = self.pg() {
                 let (inserted, wakes) = pg.insert(rec).await?;
                 self.woke(wakes);
@@ -339,6 +401,7 @@ impl Store {
                 prefer_retry: seq % 4 == 3,
             };
             let rows = match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.claim(&req).await?,
                 None => {
                     self.call(req, |req, c, now, _| sqlite::ops::claim(c, req, now))
@@ -372,6 +435,7 @@ impl Store {
     pub async fn pause(&self, scope: PauseScope, reason: PauseReason) -> Result<(), StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.pause(&scope, reason).await,
                 None => self.call((scope, reason), sqlite::ops::pause).await,
             }
@@ -383,6 +447,7 @@ impl Store {
     /// it without waiting for its backoff. `false` when the record is not `retrying`.
     pub async fn send_now(&self, id: i64) -> Result<bool, StoreError> {
         match self.pg() {
+            #[cfg(feature = "postgres")]
             Some(pg) => {
                 let due = pg.send_now(id).await?;
                 self.woke(due);
@@ -404,6 +469,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => {
                     let n = pg.resume(&scope, reason).await?;
                     self.woke(n > 0);
@@ -430,6 +496,7 @@ impl Store {
         let now = Timestamp::now().as_millisecond();
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.probe_write(now).await,
                 None => {
                     self.call(now, |now, c, _, _| sqlite::ops::probe_write(c, *now))
@@ -447,6 +514,7 @@ impl Store {
         self.bounded(async {
             let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.extend_age(ms).await,
                 None => {
                     self.call(ms, |ms, c, _, _| sqlite::ops::extend_age(c, *ms))
@@ -461,6 +529,7 @@ impl Store {
     pub async fn paused(&self) -> Result<Vec<Paused>, StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.paused().await,
                 None => self.read(sqlite::read::paused).await,
             }
@@ -476,6 +545,7 @@ impl Store {
         let mut total = 0;
         loop {
             let n = match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.purge(cutoff).await?,
                 None => {
                     self.call(cutoff, |cutoff, c, now, _| {
@@ -520,6 +590,7 @@ impl Store {
     /// skipped. The attempt history is kept.
     pub async fn requeue(&self, id: i64, state: NewState) -> Result<Requeued, StoreError> {
         self.bounded(async {
+            #[cfg(feature = "postgres")]
             if let Some(pg) = self.pg() {
                 let (requeued, wakes) = pg.requeue(id, &state).await?;
                 self.woke(wakes);
@@ -538,6 +609,7 @@ impl Store {
     pub async fn preview(&self, state: NewState) -> Result<Option<Preview>, StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.preview(&state).await,
                 None => self.read(move |c| sqlite::change::preview(c, &state)).await,
             }
@@ -549,6 +621,7 @@ impl Store {
     pub async fn get(&self, id: i64) -> Result<Option<RecordView>, StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.get(id).await,
                 None => self.read(move |c| sqlite::read::get(c, id)).await,
             }
@@ -566,6 +639,7 @@ impl Store {
     ) -> Result<(Vec<Summary>, Option<Cursor>), StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.list(&filter, limit, cursor).await,
                 None => {
                     self.read(move |c| sqlite::read::list(c, &filter, limit, cursor))
@@ -580,6 +654,7 @@ impl Store {
     pub async fn counts_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.counts_by_state().await,
                 None => self.read(sqlite::read::counts_by_state).await,
             }
@@ -591,6 +666,7 @@ impl Store {
     pub async fn pending_sources(&self) -> Result<Vec<String>, StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.pending_sources().await,
                 None => self.read(sqlite::read::pending_sources).await,
             }
@@ -603,6 +679,7 @@ impl Store {
     pub async fn oldest_queued(&self) -> Result<Option<Timestamp>, StoreError> {
         self.bounded(async {
             match self.pg() {
+                #[cfg(feature = "postgres")]
                 Some(pg) => pg.oldest_queued().await,
                 None => self.read(sqlite::read::oldest_queued).await,
             }
@@ -619,6 +696,7 @@ impl Store {
         day: Timestamp,
     ) -> Result<Vec<SourceActivity>, StoreError> {
         match self.pg() {
+            #[cfg(feature = "postgres")]
             Some(pg) => pg.activity(&sources, hour, day).await,
             None => {
                 self.read(move |c| sqlite::stats::activity(c, &sources, hour, day))
@@ -634,6 +712,7 @@ impl Store {
         scan: usize,
     ) -> Result<Vec<ReasonCount>, StoreError> {
         match self.pg() {
+            #[cfg(feature = "postgres")]
             Some(pg) => pg.reason_groups(of, scan).await,
             None => {
                 self.read(move |c| sqlite::stats::reason_groups(c, of, scan))
@@ -652,6 +731,7 @@ impl Store {
         scan: usize,
     ) -> Result<Vec<i64>, StoreError> {
         match self.pg() {
+            #[cfg(feature = "postgres")]
             Some(pg) => pg.reason_ids(of, &source, &reason, scan).await,
             None => {
                 self.read(move |c| sqlite::stats::reason_ids(c, of, &source, &reason, scan))
@@ -664,6 +744,7 @@ impl Store {
     /// lost. Committed before it returns.
     pub(crate) async fn settle(&self, req: claim::SettleRequest) -> Result<bool, StoreError> {
         self.bounded(async {
+            #[cfg(feature = "postgres")]
             if let Some(pg) = self.pg() {
                 let (applied, wakes) = pg.settle(req).await?;
                 self.woke(wakes);
@@ -682,6 +763,7 @@ impl Store {
         req: R,
         run: Run<R, T>,
     ) -> Result<T, StoreError> {
+        #[cfg_attr(not(feature = "postgres"), allow(irrefutable_let_patterns))]
         let Backend::Sqlite { tx, .. } = &self.inner.backend else {
             return Err(StoreError::Closed);
         };
@@ -699,6 +781,7 @@ impl Store {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || match &inner.backend {
             Backend::Sqlite { reader, .. } => reader.with(f),
+            #[cfg(feature = "postgres")]
             Backend::Postgres(_) => Err(StoreError::Closed),
         })
         .await

@@ -133,6 +133,7 @@ fn bad_values_name_the_key_the_value_and_what_is_accepted() {
     }
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn store_url_must_be_postgres_and_its_password_is_never_printed() {
     let config = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\nurl = \"mysql://relay:pw-s3cret@db/relay\"\n";
@@ -154,6 +155,7 @@ fn store_url_must_be_postgres_and_its_password_is_never_printed() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn the_postgres_pool_timeouts_and_tls_settings_are_validated() {
     let head = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\n";
@@ -397,6 +399,23 @@ fn serve_names_a_missing_config_file_and_an_unset_rule_secret_without_a_flag_it_
         !out.contains("use --no-env"),
         "serve has no --no-env: {out}"
     );
+}
+
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn a_sqlite_only_build_refuses_store_url_and_says_how_to_get_postgres() {
+    let config = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\nurl = \"postgres://relay:pw-s3cret@db/relay\"\n";
+    let (code, out) = check(config, &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("store.url = \"postgres://relay:***@db/relay\": this relay was built without PostgreSQL support"),
+        "{out}"
+    );
+    assert!(out.contains("--features postgres"), "{out}");
+    assert!(!out.contains("pw-s3cret"), "{out}");
+    // Without store.url the same build checks fine.
+    let (code, out) = check("[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n", &[]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]

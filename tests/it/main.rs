@@ -9,6 +9,8 @@
 //! - `config`, `sandbox`: the service config and the local Scaleo stand-in;
 //! - `fuzz_corpus`: every fuzz corpus and regression input replayed on stable.
 //!
+//! The PostgreSQL tests are compiled only with the `postgres` feature (on by default).
+//!
 //! Run one area with `cargo test --test it e2e::` (or `rules::`, `store_postgres::`, ...).
 
 mod config;
@@ -17,6 +19,7 @@ mod forward_scaleo;
 mod fuzz_corpus;
 mod rules;
 mod sandbox;
+#[cfg(feature = "postgres")]
 mod store_postgres;
 mod store_sqlite;
 mod support;

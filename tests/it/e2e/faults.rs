@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use postback_relay::store::Filter;
 
+#[cfg(feature = "postgres")]
 use crate::e2e::pg;
 use crate::e2e::support::{Env, SHOP};
 
@@ -338,6 +339,7 @@ async fn a_full_disk_costs_only_503s_and_recovers_when_space_is_freed() {
     drop(mount);
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_database_costs_only_503s_and_loses_nothing_acknowledged() {
     if !may_cause_faults("a_frozen_database") {

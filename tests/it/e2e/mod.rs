@@ -16,8 +16,11 @@ mod ops_cli;
 mod outage;
 mod process;
 mod reload;
+#[cfg(feature = "postgres")]
 mod scale_out;
 mod stall;
 mod support;
 
+// Only the PostgreSQL tests use them.
+#[cfg(feature = "postgres")]
 pub(crate) use crate::support::{pg, wait};
