@@ -15,7 +15,7 @@ use super::client::{Answer, Call, Client, Target};
 use super::hold::Holds;
 use super::outcome::Outcome;
 use super::ratelimit::{Limiter, Rate};
-use super::retry::{self, Next, RetryPolicy, classify, plan_retry};
+use super::retry::{self, Next, classify};
 use super::routes::{Routes, SourceForward};
 use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
@@ -477,16 +477,14 @@ impl Worker {
                         "Scaleo answered 429: holding every send to this network"
                     );
                 }
-                let fwd = &self.fwd;
                 let failures = c.attempts().saturating_add(1);
                 let now = Timestamp::now();
                 let jitter = fastrand::f64();
-                let policy = RetryPolicy {
-                    schedule: &fwd.retry_schedule,
-                    max_age: fwd.max_age,
-                    max_attempts: fwd.max_attempts,
-                };
-                match plan_retry(now, c.queued_at(), failures, &policy, after, jitter) {
+                match self
+                    .fwd
+                    .retry
+                    .plan(now, c.queued_at(), failures, after, jitter)
+                {
                     Next::At(at) => {
                         tracing::info!(source, record = id, click_id, status, reason, retry_at = %at, "retry scheduled");
                         let stored = c.retry(attempt, at, reason.clone()).await;
