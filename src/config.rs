@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
+use crate::forward::retry::{PolicyError, RetryPolicy};
 pub use crate::parse::parse_cidr;
 use crate::parse::{parse_duration, parse_zone};
 /// `[store]`, defined with the store (kept here so `config::StoreConfig` still resolves).
@@ -339,10 +340,9 @@ pub struct ForwardConfig {
     pub rate_per_second: u32,
     pub burst: u32,
     pub concurrency: usize,
-    pub retry_schedule: Vec<Duration>,
-    pub max_age: Duration,
-    /// Attempts in all before a record goes dead (with `max_age`, whichever comes first).
-    pub max_attempts: u32,
+    /// `retry_schedule`, `max_age` and `max_attempts` (attempts in all before a record goes
+    /// dead, with `max_age`, whichever comes first), validated at load.
+    pub retry: RetryPolicy,
     pub lease: Duration,
     pub pause_probe: Duration,
     /// How long in-flight forwards may run on shutdown.
@@ -758,9 +758,6 @@ impl RawConfig {
         };
 
         let f = self.forward;
-        if f.max_attempts == 0 {
-            p.push(invalid("forward.max_attempts", "0", "at least 1"));
-        }
         if f.concurrency == 0 {
             p.push(invalid("forward.concurrency", "0", "at least 1"));
         }
@@ -776,13 +773,18 @@ impl RawConfig {
             .iter()
             .filter_map(|d| p.take(duration("forward.retry_schedule", d).map(Some), None))
             .collect();
-        if f.retry_schedule.is_empty() {
-            p.push(invalid(
-                "forward.retry_schedule",
-                "[]",
-                "at least one delay such as \"10s\"",
-            ));
-        }
+        let schedule_parsed = retry_schedule.len() == f.retry_schedule.len();
+        let max_age = p.take(duration("forward.max_age", &f.max_age), Duration::ZERO);
+        let retry =
+            RetryPolicy::new(retry_schedule, max_age, f.max_attempts).unwrap_or_else(|problems| {
+                for e in problems {
+                    // A schedule left empty by delays that do not parse is reported by them.
+                    if e != PolicyError::EmptySchedule || schedule_parsed {
+                        p.push(invalid(e.key(), e.value(), e.expected()));
+                    }
+                }
+                RetryPolicy::stand_in()
+            });
         let lease = p.take(duration("forward.lease", &f.lease), Duration::MAX);
         if lease <= scaleo.timeout {
             p.push(invalid(
@@ -795,9 +797,7 @@ impl RawConfig {
             rate_per_second: f.rate_per_second,
             burst: f.burst,
             concurrency: f.concurrency,
-            retry_schedule,
-            max_age: p.take(duration("forward.max_age", &f.max_age), Duration::ZERO),
-            max_attempts: f.max_attempts,
+            retry,
             lease,
             pause_probe: p.take(
                 duration("forward.pause_probe", &f.pause_probe),

@@ -2,8 +2,9 @@
 //! `outcome` field of the log lines and the `outcome` label of the attempt metric.
 //!
 //! [`Outcome::as_str`] gives the stable names that logs and stored attempts already use;
-//! they are user-visible and must not change. [`Outcome::metric_label`] gives the metric's
-//! label, which counts a held attempt as `paused` (the metric has no `held` series).
+//! they are user-visible and must not change. A held attempt is the one exception outside
+//! the logs: the store keeps it as a pause (`paused`), and [`Outcome::metric_label`] counts
+//! it as `paused` (the metric has no `held` series).
 
 use std::time::Duration;
 
@@ -39,7 +40,8 @@ impl Outcome {
     pub const METRIC_LABELS: [&'static str; 5] =
         ["delivered", "duplicate_upstream", "retry", "paused", "dead"];
 
-    /// The stable name in log lines (`outcome = ...`) and of stored attempts.
+    /// The stable name in log lines (`outcome = ...`) and of stored attempts (where a held
+    /// attempt is stored as a pause, `paused`).
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Delivered { .. } => "delivered",

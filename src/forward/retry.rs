@@ -19,12 +19,13 @@
 //! A `Retry-After` (seconds or an HTTP date) on a retry outcome is honoured: the next try is
 //! never earlier than it says.
 //!
-//! The schedule ([`next_delay`], [`plan_retry`]) is data: `forward.retry_schedule`, with the
-//! last delay repeated past its end, plus up to [`JITTER_MAX`] (20 %) random extra so
-//! failed postbacks do not come back in lock step. Two bounds, whichever comes first: the
+//! The schedule ([`RetryPolicy`], checked once when the config is loaded) is data:
+//! `forward.retry_schedule`, with the last delay repeated past its end, plus up to
+//! [`JITTER_MAX`] (20 %) random extra so failed postbacks do not come back in lock step. Two bounds, whichever comes first: the
 //! count (`forward.max_attempts` attempts in all) and the age (a record queued more than
 //! `forward.max_age` ago is given up; the last try is scheduled no later than that deadline).
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -159,26 +160,149 @@ pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     Some(Duration::from_millis(ms.max(0).unsigned_abs()))
 }
 
-/// The delay before try number `failures + 1`, after `failures` (>= 1) failed ones:
-/// `schedule[failures - 1]` (the last entry past the end) times `1 + JITTER_MAX * jitter`,
-/// where `jitter` is a sample in `[0, 1)` (clamped).
-pub fn next_delay(failures: u32, schedule: &[Duration], jitter: f64) -> Duration {
-    let Some(last) = schedule.last() else {
-        return Duration::ZERO;
-    };
-    let i = usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX);
-    let base = schedule.get(i).unwrap_or(last);
-    base.mul_f64(1.0 + JITTER_MAX * jitter.clamp(0.0, 1.0))
+/// A problem of the retry settings, found when the config is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("forward.max_attempts = \"0\": at least 1")]
+    NoAttempts,
+    #[error("forward.retry_schedule = \"[]\": at least one delay such as \"10s\"")]
+    EmptySchedule,
 }
 
-/// The retry bounds: the schedule (data), the oldest a record may get, and the most
-/// attempts it may take, whichever is reached first.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy<'a> {
-    pub schedule: &'a [Duration],
-    pub max_age: Duration,
-    /// Attempts in all (the first one included); `u32::MAX` for no count bound.
-    pub max_attempts: u32,
+impl PolicyError {
+    /// The config key at fault.
+    pub fn key(self) -> &'static str {
+        match self {
+            PolicyError::NoAttempts => "forward.max_attempts",
+            PolicyError::EmptySchedule => "forward.retry_schedule",
+        }
+    }
+
+    /// The value at fault, as the config shows it.
+    pub fn value(self) -> &'static str {
+        match self {
+            PolicyError::NoAttempts => "0",
+            PolicyError::EmptySchedule => "[]",
+        }
+    }
+
+    /// What the key takes instead.
+    pub fn expected(self) -> &'static str {
+        match self {
+            PolicyError::NoAttempts => "at least 1",
+            PolicyError::EmptySchedule => "at least one delay such as \"10s\"",
+        }
+    }
+}
+
+/// The retry bounds, validated once when the config is loaded: the schedule (data, never
+/// empty), the oldest a record may get, and the most attempts it may take (at least one),
+/// whichever is reached first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    schedule: Vec<Duration>,
+    max_age: Duration,
+    max_attempts: NonZeroU32,
+}
+
+impl RetryPolicy {
+    /// A policy from `forward.retry_schedule`, `forward.max_age` and `forward.max_attempts`
+    /// (attempts in all, the first one included; `u32::MAX` for no count bound), or every
+    /// problem with them.
+    pub fn new(
+        schedule: Vec<Duration>,
+        max_age: Duration,
+        max_attempts: u32,
+    ) -> Result<RetryPolicy, Vec<PolicyError>> {
+        let mut problems = Vec::new();
+        let attempts = NonZeroU32::new(max_attempts);
+        if attempts.is_none() {
+            problems.push(PolicyError::NoAttempts);
+        }
+        if schedule.is_empty() {
+            problems.push(PolicyError::EmptySchedule);
+        }
+        match attempts {
+            Some(max_attempts) if problems.is_empty() => Ok(RetryPolicy {
+                schedule,
+                max_age,
+                max_attempts,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// A valid stand-in for settings that did not load: the config is refused with their
+    /// problems, so it never forwards with this.
+    pub(crate) fn stand_in() -> RetryPolicy {
+        RetryPolicy {
+            schedule: vec![Duration::ZERO],
+            max_age: Duration::ZERO,
+            max_attempts: NonZeroU32::MIN,
+        }
+    }
+
+    /// Replaces the schedule (not when empty).
+    pub fn set_schedule(&mut self, schedule: Vec<Duration>) -> Result<(), PolicyError> {
+        if schedule.is_empty() {
+            return Err(PolicyError::EmptySchedule);
+        }
+        self.schedule = schedule;
+        Ok(())
+    }
+
+    /// Replaces the attempt bound (not with 0).
+    pub fn set_max_attempts(&mut self, max_attempts: u32) -> Result<(), PolicyError> {
+        self.max_attempts = NonZeroU32::new(max_attempts).ok_or(PolicyError::NoAttempts)?;
+        Ok(())
+    }
+
+    /// The delays between tries; the last one repeats past the end.
+    pub fn schedule(&self) -> &[Duration] {
+        &self.schedule
+    }
+
+    /// How old a record may get (from when it was queued) before it is given up.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    /// Attempts in all before a record is given up.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.get()
+    }
+
+    /// The delay before try number `failures + 1`, after `failures` (>= 1) failed ones:
+    /// `schedule[failures - 1]` (the last entry past the end) times `1 + JITTER_MAX * jitter`,
+    /// where `jitter` is a sample in `[0, 1)` (clamped).
+    pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
+        let i = usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX);
+        let base = self.schedule[i.min(self.schedule.len() - 1)];
+        base.mul_f64(1.0 + JITTER_MAX * jitter.clamp(0.0, 1.0))
+    }
+
+    /// When to try again: `failures` counts the failed tries including this one; the record
+    /// entered the queue at `queued_at`; `retry_after` is Scaleo's wish. See the module docs.
+    pub fn plan(
+        &self,
+        now: Timestamp,
+        queued_at: Timestamp,
+        failures: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Next {
+        if failures >= self.max_attempts.get() {
+            return Next::GiveUp("retry limit reached (forward.max_attempts)");
+        }
+        let deadline = crate::store::ts_plus(queued_at, self.max_age);
+        if now >= deadline {
+            return Next::GiveUp("max age exceeded (forward.max_age)");
+        }
+        let delay = self
+            .delay(failures, jitter)
+            .max(retry_after.unwrap_or_default());
+        Next::At(crate::store::ts_plus(now, delay).min(deadline))
+    }
 }
 
 /// What to do after a failed attempt.
@@ -188,27 +312,6 @@ pub enum Next {
     At(Timestamp),
     /// Give up: the record goes dead with this reason.
     GiveUp(&'static str),
-}
-
-/// When to try again: `failures` counts the failed tries including this one; the record
-/// entered the queue at `queued_at`; `retry_after` is Scaleo's wish. See the module docs.
-pub fn plan_retry(
-    now: Timestamp,
-    queued_at: Timestamp,
-    failures: u32,
-    policy: &RetryPolicy<'_>,
-    retry_after: Option<Duration>,
-    jitter: f64,
-) -> Next {
-    if failures >= policy.max_attempts {
-        return Next::GiveUp("retry limit reached (forward.max_attempts)");
-    }
-    let deadline = crate::store::ts_plus(queued_at, policy.max_age);
-    if now >= deadline {
-        return Next::GiveUp("max age exceeded (forward.max_age)");
-    }
-    let delay = next_delay(failures, policy.schedule, jitter).max(retry_after.unwrap_or_default());
-    Next::At(crate::store::ts_plus(now, delay).min(deadline))
 }
 
 #[cfg(test)]

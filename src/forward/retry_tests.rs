@@ -332,6 +332,43 @@ fn retry_after_in_the_obsolete_http_date_forms() {
     );
 }
 
+/// A policy with `schedule` and `max_age`, and no count bound.
+fn policy(schedule: &[Duration], max_age: Duration) -> RetryPolicy {
+    RetryPolicy::new(schedule.to_vec(), max_age, u32::MAX).unwrap()
+}
+
+fn next_delay(failures: u32, schedule: &[Duration], jitter: f64) -> Duration {
+    policy(schedule, Duration::MAX).delay(failures, jitter)
+}
+
+#[test]
+fn a_policy_needs_a_delay_and_an_attempt_and_says_which_key() {
+    let s = vec![Duration::from_secs(10)];
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        RetryPolicy::new(Vec::new(), day, 0),
+        Err(vec![PolicyError::NoAttempts, PolicyError::EmptySchedule])
+    );
+    assert_eq!(
+        RetryPolicy::new(Vec::new(), day, 3),
+        Err(vec![PolicyError::EmptySchedule])
+    );
+    let mut p = RetryPolicy::new(s.clone(), day, 3).unwrap();
+    assert_eq!(
+        (p.schedule(), p.max_age(), p.max_attempts()),
+        (&s[..], day, 3)
+    );
+    assert_eq!(p.set_max_attempts(0), Err(PolicyError::NoAttempts));
+    assert_eq!(p.set_schedule(Vec::new()), Err(PolicyError::EmptySchedule));
+    assert_eq!(p.max_attempts(), 3, "a refused setting changes nothing");
+    assert_eq!(p.schedule(), &s[..]);
+    assert_eq!(PolicyError::NoAttempts.key(), "forward.max_attempts");
+    assert_eq!(
+        PolicyError::EmptySchedule.to_string(),
+        "forward.retry_schedule = \"[]\": at least one delay such as \"10s\""
+    );
+}
+
 #[test]
 fn schedule_repeats_the_last_delay() {
     let s = [Duration::from_secs(10), Duration::from_secs(30)];
@@ -347,50 +384,28 @@ fn plan_gives_up_after_max_age_and_caps_at_deadline() {
     let day = Duration::from_secs(86_400);
     let queued = crate::store::ts_minus(now(), day);
     assert_eq!(
-        plan_retry(now(), queued, 3, &policy(&s, day), None, 0.0),
+        policy(&s, day).plan(now(), queued, 3, None, 0.0),
         Next::GiveUp("max age exceeded (forward.max_age)")
     );
     let queued = crate::store::ts_minus(now(), day - Duration::from_secs(60));
     assert_eq!(
-        plan_retry(now(), queued, 3, &policy(&s, day), None, 0.0),
+        policy(&s, day).plan(now(), queued, 3, None, 0.0),
         Next::At(crate::store::ts_plus(now(), Duration::from_secs(60)))
     );
     // Retry-After longer than the schedule wins.
     assert_eq!(
-        plan_retry(
-            now(),
-            now(),
-            1,
-            &policy(&s, day),
-            Some(Duration::from_secs(7200)),
-            0.0
-        ),
+        policy(&s, day).plan(now(), now(), 1, Some(Duration::from_secs(7200)), 0.0),
         Next::At(crate::store::ts_plus(now(), Duration::from_secs(7200)))
     );
 }
 
-fn policy(schedule: &[Duration], max_age: Duration) -> RetryPolicy<'_> {
-    RetryPolicy {
-        schedule,
-        max_age,
-        max_attempts: u32::MAX,
-    }
-}
-
 #[test]
 fn plan_gives_up_after_max_attempts_before_max_age() {
-    let s = [Duration::from_secs(10)];
-    let p = RetryPolicy {
-        schedule: &s,
-        max_age: Duration::from_secs(86_400),
-        max_attempts: 3,
-    };
-    assert!(matches!(
-        plan_retry(now(), now(), 2, &p, None, 0.0),
-        Next::At(_)
-    ));
+    let s = vec![Duration::from_secs(10)];
+    let p = RetryPolicy::new(s, Duration::from_secs(86_400), 3).unwrap();
+    assert!(matches!(p.plan(now(), now(), 2, None, 0.0), Next::At(_)));
     assert_eq!(
-        plan_retry(now(), now(), 3, &p, None, 0.0),
+        p.plan(now(), now(), 3, None, 0.0),
         Next::GiveUp("retry limit reached (forward.max_attempts)")
     );
 }
@@ -423,7 +438,7 @@ proptest! {
     ) {
         let queued = crate::store::ts_minus(now(), Duration::from_secs(age_s));
         let max_age = Duration::from_secs(max_s);
-        match plan_retry(now(), queued, n, &policy(&s, max_age), ra.map(Duration::from_secs), j) {
+        match policy(&s, max_age).plan(now(), queued, n, ra.map(Duration::from_secs), j) {
             Next::GiveUp(_) => prop_assert!(age_s >= max_s),
             Next::At(at) => {
                 prop_assert!(age_s < max_s);

@@ -15,7 +15,7 @@ use super::client::{Answer, Call, Client, Target};
 use super::hold::Holds;
 use super::outcome::Outcome;
 use super::ratelimit::{Limiter, Rate};
-use super::retry::{self, Next, RetryPolicy, classify, plan_retry};
+use super::retry::{self, Next, classify};
 use super::routes::{Routes, SourceForward};
 use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
@@ -88,6 +88,10 @@ impl Worker {
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.fwd.concurrency.max(1)));
         let hard_stop = CancellationToken::new();
+        let stops = Stops {
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+        };
         let notify = self.store.subscribe();
         let mut tasks = JoinSet::new();
         let mut next_probe: HashMap<PauseScope, Instant> = HashMap::new();
@@ -105,15 +109,8 @@ impl Worker {
             if pauses_read.elapsed() >= IDLE_TICK {
                 pauses_read = Instant::now();
                 for (c, scope, permit) in self.due_probes(&mut next_probe, &slots).await {
-                    let (sd, hs) = (shutdown.clone(), hard_stop.clone());
-                    tasks.spawn(self.clone().forward(
-                        c,
-                        Instant::now(),
-                        permit,
-                        Some(scope),
-                        sd,
-                        hs,
-                    ));
+                    let job = self.job(c, Instant::now(), permit, Some(scope));
+                    tasks.spawn(self.clone().forward(job, stops.clone()));
                 }
             }
             let first = tokio::select! {
@@ -153,8 +150,8 @@ impl Worker {
                 let Some((c, claimed_at)) = buffer.pop_front() else {
                     break;
                 };
-                let (sd, hs) = (shutdown.clone(), hard_stop.clone());
-                tasks.spawn(self.clone().forward(c, claimed_at, permit, None, sd, hs));
+                let job = self.job(c, claimed_at, permit, None);
+                tasks.spawn(self.clone().forward(job, stops.clone()));
             }
         }
         for (c, _) in buffer.drain(..) {
@@ -256,36 +253,48 @@ impl Worker {
         route.base_url.as_deref().unwrap_or(&self.scaleo.base_url)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
-        self: Arc<Self>,
-        c: Claimed,
+    /// A job for a claimed record: its route is looked up now.
+    fn job(
+        &self,
+        claimed: Claimed,
         claimed_at: Instant,
-        _slot: OwnedSemaphorePermit,
+        slot: OwnedSemaphorePermit,
         probe: Option<PauseScope>,
-        shutdown: CancellationToken,
-        hard_stop: CancellationToken,
-    ) {
+    ) -> Job {
+        let route = self.routes.get(claimed.source());
+        Job {
+            claimed,
+            route,
+            claimed_at,
+            probe,
+            _slot: slot,
+        }
+    }
+
+    async fn forward(self: Arc<Self>, job: Job, stops: Stops) {
         let _in_flight = InFlight::enter(self.status.clone());
-        let route = self.routes.get(c.source());
-        let rate = route.rate();
+        let Stops {
+            shutdown,
+            hard_stop,
+        } = stops;
+        let rate = job.route.rate();
         // A 429 from this network holds its sends first; the rate limit then spaces them.
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return give_back(c, "shutdown").await,
-            _ = self.holds.wait(self.network(&route)) => {}
+            _ = shutdown.cancelled() => return give_back(job.claimed, "shutdown").await,
+            _ = self.holds.wait(self.network(&job.route)) => {}
         }
         let started = Instant::now();
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return give_back(c, "shutdown").await,
-            _ = self.limiter.acquire(c.source(), rate) => {}
+            _ = shutdown.cancelled() => return give_back(job.claimed, "shutdown").await,
+            _ = self.limiter.acquire(job.claimed.source(), rate) => {}
         }
         if started.elapsed() >= RATE_WAIT_COUNTED {
             crate::metrics::rate_limit_wait();
         }
-        if probe.is_none() && self.is_paused(c.source()) {
-            return give_back(c, "paused").await;
+        if job.probe.is_none() && self.is_paused(job.claimed.source()) {
+            return give_back(job.claimed, "paused").await;
         }
         // A request that could outlive the lease might run twice: give the record back instead.
         // The margin leaves time to settle before the lease runs out; it is at most half the
@@ -293,27 +302,27 @@ impl Worker {
         // accepts any lease longer than the timeout).
         let room = self.fwd.lease.saturating_sub(self.scaleo.timeout);
         let margin = (self.fwd.lease / 10).min(room / 2);
-        if claimed_at.elapsed() + self.scaleo.timeout + margin >= self.fwd.lease {
-            return give_back(c, "rate-limit wait outlasted the lease").await;
+        if job.claimed_at.elapsed() + self.scaleo.timeout + margin >= self.fwd.lease {
+            return give_back(job.claimed, "rate-limit wait outlasted the lease").await;
         }
         let target = Target {
-            base_url: self.network(&route),
-            api_key: route.api_key.as_deref().unwrap_or(&self.scaleo.api_key),
+            base_url: self.network(&job.route),
+            api_key: job.route.api_key.as_deref().unwrap_or(&self.scaleo.api_key),
         };
-        let (call, body) = match c.change() {
-            None => (Call::Create, c.body().to_string()),
-            Some(change) => match change_body(change, c.body()) {
+        let (call, body) = match job.claimed.change() {
+            None => (Call::Create, job.claimed.body().to_string()),
+            Some(change) => match change_body(change, job.claimed.body()) {
                 Ok(body) => (Call::Update, body),
-                Err(reason) => return self.unsendable(c, reason).await,
+                Err(reason) => return self.unsendable(job.claimed, reason).await,
             },
         };
         let answer = tokio::select! {
             biased;
             a = self.client.call(call, target, &body) => a,
-            _ = hard_stop.cancelled() => return give_back(c, "grace period over").await,
+            _ = hard_stop.cancelled() => return give_back(job.claimed, "grace period over").await,
         };
         let outcome = classify(&answer.reply, Timestamp::now());
-        self.settle(c, &route, answer, outcome, probe).await;
+        self.settle(job, answer, outcome).await;
     }
 
     /// A change that cannot be sent (no `lead_id`): `dead` without an attempt.
@@ -333,14 +342,16 @@ impl Worker {
         }
     }
 
-    async fn settle(
-        &self,
-        c: Claimed,
-        route: &SourceForward,
-        answer: Answer,
-        outcome: Outcome,
-        probe: Option<PauseScope>,
-    ) {
+    async fn settle(&self, job: Job, answer: Answer, outcome: Outcome) {
+        // The slot stays taken until the outcome is stored and a probe's pause lifted.
+        let Job {
+            claimed: c,
+            route,
+            probe,
+            _slot,
+            ..
+        } = job;
+        let route = &route;
         let (id, source) = (c.id(), c.source().to_string());
         let click_id = c.click_id().unwrap_or_default().to_string();
         let status = answer.reply.status();
@@ -466,16 +477,14 @@ impl Worker {
                         "Scaleo answered 429: holding every send to this network"
                     );
                 }
-                let fwd = &self.fwd;
                 let failures = c.attempts().saturating_add(1);
                 let now = Timestamp::now();
                 let jitter = fastrand::f64();
-                let policy = RetryPolicy {
-                    schedule: &fwd.retry_schedule,
-                    max_age: fwd.max_age,
-                    max_attempts: fwd.max_attempts,
-                };
-                match plan_retry(now, c.queued_at(), failures, &policy, after, jitter) {
+                match self
+                    .fwd
+                    .retry
+                    .plan(now, c.queued_at(), failures, after, jitter)
+                {
                     Next::At(at) => {
                         tracing::info!(source, record = id, click_id, status, reason, retry_at = %at, "retry scheduled");
                         let stored = c.retry(attempt, at, reason.clone()).await;
@@ -590,6 +599,27 @@ impl Worker {
             tracing::error!(error = %e, "persisting the pause failed");
         }
     }
+}
+
+/// One claimed record on its way to Scaleo, with what its steps need to know about it.
+struct Job {
+    claimed: Claimed,
+    /// Where its source forwards to (network, key, rate), as looked up when it was started.
+    route: SourceForward,
+    /// When it was claimed: the request must end within the lease.
+    claimed_at: Instant,
+    /// The paused scope this record probes, when it is a probe.
+    probe: Option<PauseScope>,
+    /// Its concurrency slot, held until the job ends.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The two stops a forward obeys: `shutdown` (nothing new is sent) and `hard_stop` (the
+/// grace period is over: requests in flight are abandoned and their records released).
+#[derive(Clone)]
+struct Stops {
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
 }
 
 /// Counts a record as in flight while it lives.

@@ -88,6 +88,29 @@ fn environment_overrides_the_file_and_is_validated() {
 }
 
 #[test]
+fn the_retry_policy_is_checked_at_load_with_each_key_and_line() {
+    let config = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[forward]\nretry_schedule = []\nmax_attempts = 0\n";
+    let (code, out) = check(config, &[]);
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "relay.toml:5: forward.retry_schedule = \"[]\": at least one delay such as \"10s\"",
+        "relay.toml:6: forward.max_attempts = \"0\": at least 1",
+        "2 problem(s) in the service config",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    // A delay that does not parse is the problem, not the schedule it leaves empty.
+    let config = "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[forward]\nretry_schedule = [\"10 parsecs\"]\n";
+    let (code, out) = check(config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("forward.retry_schedule = \"10 parsecs\""),
+        "{out}"
+    );
+    assert!(!out.contains("\"[]\""), "{out}");
+}
+
+#[test]
 fn bad_values_name_the_key_the_value_and_what_is_accepted() {
     let cases = [
         (

@@ -642,7 +642,10 @@ async fn console_pages_records_by_cursor_and_keeps_the_filters() {
 async fn console_sends_a_retrying_record_now_instead_of_after_its_backoff() {
     let env = Env::start(&[("shop", SHOP)], |cfg| {
         with_admin(cfg);
-        cfg.forward.retry_schedule = vec![Duration::from_secs(3600)];
+        cfg.forward
+            .retry
+            .set_schedule(vec![Duration::from_secs(3600)])
+            .unwrap();
     })
     .await;
     env.sandbox

@@ -177,7 +177,10 @@ async fn rate_limit_is_held() {
 
 #[tokio::test]
 async fn retries_stop_at_max_attempts_and_the_record_goes_dead() {
-    let env = Env::start(&[("shop", SHOP)], |c| c.forward.max_attempts = 3).await;
+    let env = Env::start(&[("shop", SHOP)], |c| {
+        c.forward.retry.set_max_attempts(3).unwrap();
+    })
+    .await;
     env.sandbox.script((0..10).map(|_| Step::status(503)));
     let id = accept(&env, "cid=rmax&amt=100").await;
     assert!(wait_state(&env, id, "dead").await);

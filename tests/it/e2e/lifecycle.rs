@@ -251,7 +251,10 @@ async fn status_only_and_money_only_changes_send_only_what_changes() {
 #[tokio::test]
 async fn a_change_while_the_create_is_retrying_is_folded_into_one_create() {
     let env = Env::start(&[("life", LIFE)], |c| {
-        c.forward.retry_schedule = vec![Duration::from_millis(800)];
+        c.forward
+            .retry
+            .set_schedule(vec![Duration::from_millis(800)])
+            .unwrap();
     })
     .await;
     env.sandbox.script([Step::status(503)]);

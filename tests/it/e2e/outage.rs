@@ -14,7 +14,7 @@ use crate::e2e::support::{Env, SHOP};
 /// A short retry budget (4 attempts) that the outage outlasts many times over.
 async fn start() -> Env {
     Env::start(&[("shop", SHOP)], |c| {
-        c.forward.max_attempts = 4;
+        c.forward.retry.set_max_attempts(4).unwrap();
         c.forward.outage_after = 3;
         c.forward.pause_probe = Duration::from_millis(100);
         c.forward.concurrency = 2;

@@ -118,7 +118,10 @@ pub fn config(sandbox: &Sandbox, root: PathBuf, tweak: impl FnOnce(&mut Config))
     cfg.rules_dir = root.join("rules");
     cfg.scaleo.timeout = Duration::from_millis(500);
     cfg.forward.rate_per_second = 0;
-    cfg.forward.retry_schedule = vec![Duration::from_millis(50)];
+    cfg.forward
+        .retry
+        .set_schedule(vec![Duration::from_millis(50)])
+        .unwrap();
     cfg.forward.lease = Duration::from_secs(2);
     cfg.forward.pause_probe = Duration::from_millis(200);
     cfg.forward.grace = Duration::from_secs(2);

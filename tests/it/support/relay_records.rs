@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use postback_relay::config::{ForwardConfig, ScaleoConfig, StoreConfig};
+use postback_relay::forward::retry::RetryPolicy;
 use postback_relay::store::{DedupeKey, NewRecord, NewState, RawPostback, Store};
 
 /// A store config on `dir` with a small group-commit batch.
@@ -37,9 +38,12 @@ pub fn forward_config() -> ForwardConfig {
         rate_per_second: 0,
         burst: 0,
         concurrency: 4,
-        retry_schedule: vec![Duration::from_millis(50)],
-        max_age: Duration::from_secs(3600),
-        max_attempts: 100,
+        retry: RetryPolicy::new(
+            vec![Duration::from_millis(50)],
+            Duration::from_secs(3600),
+            100,
+        )
+        .expect("a valid retry policy"),
         lease: Duration::from_secs(3),
         pause_probe: Duration::from_secs(3600),
         grace: Duration::from_secs(2),
