@@ -46,7 +46,9 @@ impl Running {
         self.reloader.reload(Trigger::Signal)
     }
 
-    /// Stops accepting, drains, and waits for every task.
+    /// Stops accepting, drains, waits for every task, then closes the store (the SQLite
+    /// writer commits what it was given and closes the file, within
+    /// [`crate::store::CLOSE_WAIT`]).
     pub async fn stop(self) {
         self.shutdown.cancel();
         for t in self.tasks {
@@ -55,6 +57,9 @@ impl Running {
             }
         }
         self.forwarder.join().await;
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "the store did not close cleanly");
+        }
     }
 }
 

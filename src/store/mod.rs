@@ -18,6 +18,8 @@
 //! operation fails alone and leaves nothing behind), commits, and only then answers each
 //! caller. `Ok` therefore always means "committed".
 //! Reads ([`Store::get`], [`Store::list`], ...) use their own connections.
+//! [`Store::close`] (the relay's graceful stop) stops taking writes, lets the writer commit
+//! what it was given, and waits for it to close the file (the WAL checkpointed and removed).
 //!
 //! Forwarding takes work with [`Store::claim`]: each [`Claimed`] carries a lease and is
 //! settled exactly once by a method that consumes it. Nothing of the queue is kept in memory:
@@ -36,8 +38,8 @@ mod stats;
 mod types;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -58,6 +60,10 @@ pub use types::{
 
 pub use sqlite::lookup::LookupSync;
 use sqlite::{Op, ReadPool, Run, Writer};
+
+/// The longest [`Store::close`] waits for the SQLite writer to commit what it was given and
+/// close the file.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a config with `store.url` is refused by a relay built without PostgreSQL support.
 pub const NO_POSTGRES: &str = "this relay was built without PostgreSQL support: rebuild it with \
@@ -210,8 +216,12 @@ struct Inner {
 enum Backend {
     /// The embedded file: the group-commit writer and the read connections.
     Sqlite {
-        tx: mpsc::Sender<Op>,
+        /// Taken out by [`Store::close`]: the writer ends once no sender is left.
+        tx: Mutex<Option<mpsc::Sender<Op>>>,
         reader: ReadPool,
+        /// Answered by the writer thread once it has ended and closed its connection;
+        /// taken by the first [`Store::close`].
+        stopped: Mutex<Option<oneshot::Receiver<()>>>,
     },
     /// The shared database of several instances.
     #[cfg(feature = "postgres")]
@@ -265,18 +275,58 @@ impl Store {
         let batch = cfg.commit_batch.max(1);
         let (tx, rx) = mpsc::channel(batch * 4);
         let writer = Writer::open(&file, batch, notify.clone())?;
-        // Detached: when the last handle drops, the channel closes and the writer ends after
-        // committing what is pending; an unanswered caller was never acknowledged.
+        // The writer ends when the channel closes (after [`Store::close`], or when the last
+        // handle drops) after committing what is pending; an unanswered caller was never
+        // acknowledged. `run` consumes it: its connection is closed before `stopped` answers.
+        let (stopped_tx, stopped) = oneshot::channel();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                writer.run(rx);
+                let _ = stopped_tx.send(());
+            })
             .map_err(|e| StoreError::Dir {
                 path: file.clone(),
                 message: format!("cannot start the writer thread: {e}"),
             })?;
         let reader = ReadPool::new(file);
-        let backend = Backend::Sqlite { tx, reader };
+        let backend = Backend::Sqlite {
+            tx: Mutex::new(Some(tx)),
+            reader,
+            stopped: Mutex::new(Some(stopped)),
+        };
         Ok(Store::with_backend(backend, notify, cfg.timeout))
+    }
+
+    /// Closes the store for a clean stop: no write is taken from now on (they fail with
+    /// [`StoreError::Closed`]); the SQLite writer commits and answers what it was already
+    /// given, then closes the file, which checkpoints the WAL and removes it. Waits for that
+    /// at most [`CLOSE_WAIT`] (a stalled disk): [`StoreError::Timeout`] then, and the writer
+    /// is left to finish on its own. Reads still work, each on a connection of its own. Only
+    /// the first call waits; PostgreSQL has nothing to wait for (its commits answered).
+    pub async fn close(&self) -> Result<(), StoreError> {
+        #[cfg_attr(not(feature = "postgres"), allow(irrefutable_let_patterns))]
+        let Backend::Sqlite {
+            tx,
+            reader,
+            stopped,
+        } = &self.inner.backend
+        else {
+            return Ok(());
+        };
+        let stopped = stopped.lock().ok().and_then(|mut s| s.take());
+        // Readers first: the last connection to close is the one that removes the WAL.
+        reader.close();
+        drop(tx.lock().ok().and_then(|mut tx| tx.take()));
+        let Some(stopped) = stopped else {
+            return Ok(());
+        };
+        match tokio::time::timeout(CLOSE_WAIT, stopped).await {
+            Ok(Ok(())) => Ok(()),
+            // The writer thread panicked: it is gone all the same.
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Timeout(CLOSE_WAIT)),
+        }
     }
 
     /// The PostgreSQL backend, if this store is one. Each method matches on it, its
@@ -767,10 +817,18 @@ impl Store {
         let Backend::Sqlite { tx, .. } = &self.inner.backend else {
             return Err(StoreError::Closed);
         };
+        // A clone per call, dropped once sent: after `close` took the original the writer
+        // ends as soon as the calls already under way have handed over their operation.
+        let tx = tx
+            .lock()
+            .ok()
+            .and_then(|tx| tx.clone())
+            .ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
         tx.send(sqlite::op(req, run, reply))
             .await
             .map_err(|_| StoreError::Closed)?;
+        drop(tx);
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

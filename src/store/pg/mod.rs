@@ -8,7 +8,8 @@
 //! ([`bulk`]; a postback whose key is held, or a change, is decided alone after its group
 //! committed), settles ([`settles`]). When a statement of a group fails, the group is rolled
 //! back and each of its operations redone alone in a transaction of its own, so a bad one
-//! fails alone. Every other operation is one transaction of its own. What makes several
+//! fails alone; a group rolled back by a deadlock or a serialization failure is first run
+//! once more as a whole. Every other operation is one transaction of its own. What makes several
 //! instances safe together:
 //! - dedupe keys are a primary key: an insert takes the key with `ON CONFLICT DO NOTHING`
 //!   and, when another record holds it, locks that row to decide (see [`write`]);

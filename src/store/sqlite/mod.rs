@@ -12,6 +12,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
@@ -282,6 +283,8 @@ fn rolled_back() -> StoreError {
 pub(crate) struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Set by [`ReadPool::close`]: reads still work, on a connection closed after each.
+    closed: AtomicBool,
 }
 
 impl ReadPool {
@@ -291,6 +294,16 @@ impl ReadPool {
         ReadPool {
             path,
             idle: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes the idle connections and keeps none from now on, so that the writer's is the
+    /// last one open on the file (the last to close checkpoints the WAL and removes it).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
         }
     }
 
@@ -312,7 +325,8 @@ impl ReadPool {
             }
         };
         let out = f(&conn);
-        if let Ok(mut idle) = self.idle.lock()
+        if !self.closed.load(Ordering::Acquire)
+            && let Ok(mut idle) = self.idle.lock()
             && idle.len() < Self::KEEP
         {
             idle.push(conn);

@@ -18,6 +18,7 @@ mod process;
 mod reload;
 #[cfg(feature = "postgres")]
 mod scale_out;
+mod shutdown;
 mod stall;
 mod support;
 
