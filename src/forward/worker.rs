@@ -108,8 +108,8 @@ impl Worker {
             }
             if pauses_read.elapsed() >= IDLE_TICK {
                 pauses_read = Instant::now();
-                for (c, scope, permit) in self.due_probes(&mut next_probe, &slots).await {
-                    let job = self.job(c, Instant::now(), permit, Some(scope));
+                for (c, asked, scope, permit) in self.due_probes(&mut next_probe, &slots).await {
+                    let job = self.job(c, asked, permit, Some(scope));
                     tasks.spawn(self.clone().forward(job, stops.clone()));
                 }
             }
@@ -128,10 +128,13 @@ impl Worker {
             if buffer.len() < permits.len() {
                 let want = permits.len() + self.fwd.concurrency.max(1) - buffer.len();
                 let exclude = self.limiter.busy_sources();
+                // The lease is counted from before the claim was asked for: it starts when the
+                // store runs the claim, which may be well before the answer gets back here
+                // under load, and a request must never outlive it.
+                let asked = Instant::now();
                 match self.store.claim(want, self.fwd.lease, &exclude).await {
                     Ok(claimed) => {
-                        let at = Instant::now();
-                        buffer.extend(claimed.into_iter().map(|c| (c, at)));
+                        buffer.extend(claimed.into_iter().map(|c| (c, asked)));
                     }
                     Err(e) => {
                         drop(permits);
@@ -184,7 +187,7 @@ impl Worker {
         &self,
         next_probe: &mut HashMap<PauseScope, Instant>,
         slots: &Arc<Semaphore>,
-    ) -> Vec<(Claimed, PauseScope, OwnedSemaphorePermit)> {
+    ) -> Vec<(Claimed, Instant, PauseScope, OwnedSemaphorePermit)> {
         let paused = match self.store.paused().await {
             Ok(p) => p,
             Err(e) => {
@@ -223,10 +226,11 @@ impl Worker {
                 break;
             };
             *due = Instant::now() + self.fwd.pause_probe;
+            let asked = Instant::now();
             match self.store.claim_probe(scope.clone(), self.fwd.lease).await {
                 Ok(Some(c)) => {
                     tracing::info!(scope = %scope, record = c.id(), "probing the paused upstream");
-                    probes.push((c, scope.clone(), permit));
+                    probes.push((c, asked, scope.clone(), permit));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "claiming a probe failed"),
