@@ -274,6 +274,9 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
     ))
 }
 
+/// A port that was free a moment ago. PostgreSQL cannot be told to bind port 0 and report
+/// it, so the port can be taken before the server binds it: `start` then picks another one
+/// (three tries), and the server that did start owns its port for its whole life.
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     l.local_addr()
