@@ -375,7 +375,6 @@ impl Worker {
             answer: answer.reply.text(),
             duration: answer.duration,
         };
-        crate::metrics::forward_attempt(&outcome);
         if !matches!(outcome, Outcome::Paused { .. } | Outcome::Held { .. }) {
             self.status.attempted(outcome.failure());
         }
@@ -393,6 +392,8 @@ impl Worker {
             self.pause_upstream(&scope, reason, id, status).await;
         }
         let (outcome, result) = self.store_outcome(c, route, attempt, outcome).await;
+        // Counted as written: a retry past the policy's bounds is a dead record, not a retry.
+        crate::metrics::forward_attempt(&outcome);
         let outcome = outcome.as_str();
         match result {
             Ok(()) => {
