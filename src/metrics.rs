@@ -19,8 +19,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::forward::Outcome;
-pub use crate::ingest::PostbackOutcome;
 use crate::store::{Paused, State};
 
 /// The content type of [`render`]'s output (OpenMetrics text, which Prometheus scrapes).
@@ -170,7 +168,7 @@ fn metrics() -> &'static Metrics {
             m.source_silent.clone(),
         );
         // Fixed label values start at 0 so that rate() and alerts see them from the start.
-        for outcome in Outcome::METRIC_LABELS {
+        for outcome in FORWARD_OUTCOMES {
             let _ = m.forward_attempts.get_or_create(&OutcomeLabel { outcome });
         }
         for result in ["ok", "error"] {
@@ -180,24 +178,26 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// One postback answered by ingest.
-pub fn postback(source: &str, outcome: PostbackOutcome) {
+/// One postback answered by ingest, with its outcome's stable name (`accepted`, ...).
+pub fn postback(source: &str, outcome: &'static str) {
     metrics()
         .postbacks
         .get_or_create(&SourceOutcome {
             source: source.to_string(),
-            outcome: outcome.as_str(),
+            outcome,
         })
         .inc();
 }
 
-/// One forward attempt classified as `outcome` (a held one counts as `paused`).
-pub fn forward_attempt(outcome: &Outcome) {
+/// The `outcome` label values of `postback_relay_forward_attempts_total`, counted from 0.
+pub const FORWARD_OUTCOMES: [&str; 5] =
+    ["delivered", "duplicate_upstream", "retry", "paused", "dead"];
+
+/// One forward attempt, with its outcome's label (one of [`FORWARD_OUTCOMES`]).
+pub fn forward_attempt(outcome: &'static str) {
     metrics()
         .forward_attempts
-        .get_or_create(&OutcomeLabel {
-            outcome: outcome.metric_label(),
-        })
+        .get_or_create(&OutcomeLabel { outcome })
         .inc();
 }
 
@@ -317,8 +317,8 @@ mod tests {
 
     #[test]
     fn postback_counter_is_named_and_labelled_by_convention() {
-        postback("unit_metrics_src", PostbackOutcome::Rejected);
-        postback("unit_metrics_src", PostbackOutcome::Rejected);
+        postback("unit_metrics_src", "rejected");
+        postback("unit_metrics_src", "rejected");
         let text = render();
         assert_eq!(
             value(

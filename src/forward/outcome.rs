@@ -36,10 +36,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The values of the attempt metric's `outcome` label, each counted from the start.
-    pub const METRIC_LABELS: [&'static str; 5] =
-        ["delivered", "duplicate_upstream", "retry", "paused", "dead"];
-
     /// The stable name in log lines (`outcome = ...`) and of stored attempts (where a held
     /// attempt is stored as a pause, `paused`).
     pub fn as_str(&self) -> &'static str {
@@ -54,7 +50,7 @@ impl Outcome {
     }
 
     /// The `outcome` label of `postback_relay_forward_attempts_total`: one of
-    /// [`Outcome::METRIC_LABELS`]; a held attempt counts as `paused`.
+    /// [`crate::metrics::FORWARD_OUTCOMES`]; a held attempt counts as `paused`.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Outcome::Held { .. } => "paused",
@@ -124,7 +120,7 @@ mod tests {
     fn every_outcome_counts_under_a_registered_metric_label() {
         for o in all() {
             assert!(
-                Outcome::METRIC_LABELS.contains(&o.metric_label()),
+                crate::metrics::FORWARD_OUTCOMES.contains(&o.metric_label()),
                 "{o:?} -> {}",
                 o.metric_label()
             );

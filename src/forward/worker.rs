@@ -393,7 +393,7 @@ impl Worker {
         }
         let (outcome, result) = self.store_outcome(c, route, attempt, outcome).await;
         // Counted as written: a retry past the policy's bounds is a dead record, not a retry.
-        crate::metrics::forward_attempt(&outcome);
+        crate::metrics::forward_attempt(outcome.metric_label());
         let outcome = outcome.as_str();
         match result {
             Ok(()) => {

@@ -85,7 +85,7 @@ impl Ingest {
             Ok(answer) => answer,
             Err(e) => {
                 if let (Some(source), Some(outcome)) = (source, e.outcome()) {
-                    metrics::postback(&source, outcome);
+                    metrics::postback(&source, outcome.as_str());
                 }
                 e.into()
             }

@@ -132,7 +132,7 @@ impl Ingest {
                 repeats,
             }) => {
                 // The same reject as record `id`: counted on it, not stored again.
-                metrics::postback(&source, PostbackOutcome::Rejected);
+                metrics::postback(&source, PostbackOutcome::Rejected.as_str());
                 tracing::info!(
                     source,
                     id,
@@ -147,7 +147,7 @@ impl Ingest {
                 return Err(IngestError::Unavailable);
             }
         };
-        metrics::postback(&source, label);
+        metrics::postback(&source, label.as_str());
         tracing::info!(
             source,
             id,
