@@ -16,7 +16,22 @@ pub async fn until<F: AsyncFnMut() -> bool>(timeout: Duration, mut check: F) -> 
 
 /// Waits (bounded) until `done` accepts what `probe` returns: `Ok` with that value, or `Err`
 /// with the last value seen once `timeout` passed (for the caller's failure message).
-pub async fn value<T, P, D>(timeout: Duration, mut probe: P, done: D) -> Result<T, T>
+pub async fn value<T, P, D>(timeout: Duration, probe: P, done: D) -> Result<T, T>
+where
+    P: AsyncFnMut() -> T,
+    D: Fn(&T) -> bool,
+{
+    value_every(timeout, POLL, probe, done).await
+}
+
+/// [`value`], looking again only every `every`: for a probe that does something (sends a
+/// postback) and should not do it more often than that.
+pub async fn value_every<T, P, D>(
+    timeout: Duration,
+    every: Duration,
+    mut probe: P,
+    done: D,
+) -> Result<T, T>
 where
     P: AsyncFnMut() -> T,
     D: Fn(&T) -> bool,
@@ -30,7 +45,7 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(seen);
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(every).await;
     }
 }
 
