@@ -492,10 +492,17 @@ async fn stops_serving_after_shutdown() {
     let sandbox = start().await;
     let health = format!("{}/healthz", sandbox.base_url());
     sandbox.shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    let fresh = client_with_timeout(Duration::from_secs(2));
-    assert!(fresh.get(health).send().await.is_err());
+    // The listener closes in the background: a fresh client (no pooled connection) each
+    // time, until one is refused.
+    crate::support::wait::expect(
+        Duration::from_secs(5),
+        "the sandbox to stop answering after shutdown",
+        async || {
+            let fresh = client_with_timeout(Duration::from_secs(2));
+            fresh.get(&health).send().await.is_err()
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

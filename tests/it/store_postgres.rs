@@ -310,6 +310,7 @@ async fn concurrent_changes_of_one_conversion_on_two_instances_are_decided_and_s
                     if done.load(Ordering::SeqCst) {
                         return;
                     }
+                    // Pacing: an idle claimer polls again soon, as the forwarder does.
                     tokio::time::sleep(Duration::from_millis(3)).await;
                     continue;
                 }
@@ -324,6 +325,7 @@ async fn concurrent_changes_of_one_conversion_on_two_instances_are_decided_and_s
                     *now = Some(c.id());
                 }
                 for c in claimed {
+                    // Scenario: the send takes a moment, so the other claimers run meanwhile.
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     sent.lock()
                         .unwrap()

@@ -12,6 +12,7 @@ use crate::e2e::admin_client::{
     ADMIN_TOKEN, admin_call, admin_get, admin_post, with_admin, write_rule,
 };
 use crate::e2e::support::{Env, SHOP};
+use crate::support::wait;
 
 /// SHOP without the `cid` alias: a postback with only `cid` is rejected (no click id).
 const SHOP_NO_CID: &str = r#"
@@ -279,15 +280,13 @@ async fn replay_after_a_rule_fix_queues_the_rejected_record_with_the_new_body() 
         env.sandbox.accepted()[0].to_string(),
         r#"{"adv_order_id":"R-1","click_id":"zz9","goal_id":7,"revenue":2.5}"#
     );
-    let mut rec = env.relay().store.get(id).await.unwrap().unwrap();
-    for _ in 0..100 {
-        if rec.summary.state.as_str() == "delivered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        rec = env.relay().store.get(id).await.unwrap().unwrap();
-    }
-    assert_eq!(rec.summary.state.as_str(), "delivered");
+    let rec = wait::value(
+        Duration::from_secs(2),
+        async || env.relay().store.get(id).await.unwrap().unwrap(),
+        |rec| rec.summary.state.as_str() == "delivered",
+    )
+    .await
+    .unwrap_or_else(|rec| panic!("the replayed record {id} is not delivered: {rec:?}"));
     assert_eq!(rec.summary.click_id.as_deref(), Some("zz9"));
     assert_eq!(
         Value::Object(rec.body.unwrap()).to_string(),
@@ -369,7 +368,8 @@ async fn pause_stops_sending_and_resume_restarts_it() {
         status, 200,
         "ingest keeps accepting while forwarding is paused"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing may be sent while paused: 500 ms is many forwarder polls.
+    wait::quiet(Duration::from_millis(500)).await;
     assert!(
         env.sandbox.received().is_empty(),
         "nothing is sent while paused"

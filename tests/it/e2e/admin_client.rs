@@ -88,20 +88,12 @@ pub fn write_rule(dir: &Path, source: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(format!("{source}.toml"))).expect("rename rule");
 }
 
-/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+/// [`wait::until`](crate::support::wait::until) for a check that builds a new future each
+/// time (one that captures what changes between polls).
 pub async fn poll<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::wait::until(timeout, async || check().await).await
 }

@@ -75,14 +75,12 @@ impl Browser {
                 .expect("start chromedriver")
         };
         let mut guard = DriverGuard(Some(driver));
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "chromedriver did not listen on port {port} within 15 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::support::wait::expect(
+            Duration::from_secs(15),
+            &format!("chromedriver to listen on port {port}"),
+            async || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
+        .await;
         let profile = tempfile::tempdir().expect("profile dir");
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -149,27 +147,22 @@ impl Browser {
             .click()
             .await
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let loaded = self
-                .client
-                .execute(
-                    "return window.__before_click === undefined && document.readyState === 'complete'",
-                    vec![],
-                )
-                .await
-                .ok()
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
-            if loaded {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "clicking {css} led to no new page within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::support::wait::expect(
+            Duration::from_secs(10),
+            &format!("the page a click on {css} leads to"),
+            async || {
+                self.client
+                    .execute(
+                        "return window.__before_click === undefined && document.readyState === 'complete'",
+                        vec![],
+                    )
+                    .await
+                    .ok()
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false)
+            },
+        )
+        .await;
     }
 
     /// Types `text` into the field matching `css`.

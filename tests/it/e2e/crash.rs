@@ -10,6 +10,7 @@ use postback_relay::sandbox::{Sandbox, SandboxConfig};
 
 use crate::e2e::process::RelayProcess;
 use crate::e2e::support::{KEY, SHOP};
+use crate::support::wait;
 
 /// A temp directory with `rules/shop.toml`, the sandbox and a client for a relay process.
 struct Harness {
@@ -46,19 +47,36 @@ impl Harness {
 
 /// The click ids the sandbox accepted, once they cover `acked` or after 30 s.
 async fn delivered_within_30s(sandbox: &Sandbox, acked: &HashSet<String>) -> HashSet<String> {
-    let mut delivered = HashSet::new();
-    for _ in 0..1500 {
-        delivered = sandbox
+    let probe = async || -> HashSet<String> {
+        sandbox
             .accepted()
             .iter()
             .filter_map(|b| b["click_id"].as_str().map(str::to_string))
-            .collect();
-        if acked.is_subset(&delivered) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    delivered
+            .collect()
+    };
+    // On timeout the caller reports what is missing from the last set seen.
+    wait::value(Duration::from_secs(30), probe, |d| acked.is_subset(d))
+        .await
+        .unwrap_or_else(|last| last)
+}
+
+/// The relay process's `postback_relay_queue_depth{state="delivered"}` (read from the store at
+/// each scrape), or `None` when `/metrics` does not answer.
+async fn delivered_records(client: &reqwest::Client, relay: &RelayProcess) -> Option<f64> {
+    let text = client
+        .get(relay.admin_url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(r#"postback_relay_queue_depth{state="delivered"}"#)?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 fn write_config(root: &Path, base_url: &str) -> std::path::PathBuf {
@@ -229,29 +247,27 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    for _ in 0..250 {
-        if !sandbox.received().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::expect(
+        Duration::from_secs(10),
+        "the forward to reach Scaleo before SIGTERM",
+        async || !sandbox.received().is_empty(),
+    )
+    .await;
     let term = Command::new("kill")
         .args(["-TERM", &relay.child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let mut exited = None;
-    for _ in 0..500 {
-        if let Some(status) = relay.child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let status = exited.unwrap_or_else(|| {
+    let exited = wait::value(
+        Duration::from_secs(10),
+        async || relay.child.try_wait().unwrap(),
+        Option::is_some,
+    )
+    .await;
+    let Ok(Some(status)) = exited else {
         relay.kill();
         panic!("the relay did not exit within 10 s of SIGTERM")
-    });
+    };
     assert!(status.success(), "exit status {status:?}");
     assert!(
         client.get(relay.url("/healthz")).send().await.is_err(),
@@ -259,7 +275,14 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     );
     // The in-flight forward finished inside the grace period: a restart sends nothing again.
     let mut relay = spawn_relay(root.path(), &sandbox.base_url());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        delivered_records(&client, &relay).await,
+        Some(1.0),
+        "the restarted relay sees the forward delivered"
+    );
+    // No second send: 500 ms is many forwarder polls (it looks for due work every few tens
+    // of ms), so a re-send of the record would show in that window.
+    wait::quiet(Duration::from_millis(500)).await;
     relay.kill();
     assert_eq!(
         sandbox.received().len(),
@@ -299,13 +322,24 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
         "accepted"
     );
     assert!(sandbox.wait_for_accepted(1, Duration::from_secs(10)).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait::expect_value(
+        Duration::from_secs(10),
+        "the lead's delivery (and Scaleo's lead_id) committed",
+        async || delivered_records(&client, &relay).await,
+        |n| *n == Some(1.0),
+    )
+    .await;
     // ... then Scaleo stops answering, the sale is acknowledged, and the relay is killed
     // before any attempt of the change got through.
     sandbox.set_script((0..100_000).map(|_| postback_relay::sandbox::Step::Drop));
     let sale = get("cid=kc1&oid=O-1&amt=2500&st=1").await;
     assert_eq!(sale["status"], "update", "{sale}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait::expect(
+        Duration::from_secs(10),
+        "an attempt of the change (dropped by Scaleo) before the kill",
+        async || !update_calls(&sandbox).is_empty(),
+    )
+    .await;
     relay.kill();
     assert!(
         update_calls(&sandbox)
@@ -316,16 +350,16 @@ async fn kill_9_between_a_change_and_its_send_loses_nothing_and_sends_it_once() 
 
     sandbox.set_script([]);
     let mut relay = spawn_relay(root.path(), &sandbox.base_url());
-    for _ in 0..500 {
-        if update_calls(&sandbox)
-            .iter()
-            .any(|(status, _)| *status == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait::expect_value(
+        Duration::from_secs(10),
+        "the change answered by Scaleo after the restart",
+        async || update_calls(&sandbox),
+        |calls| calls.iter().any(|(status, _)| *status == 200),
+    )
+    .await;
+    // No second send of the change: 500 ms is many forwarder polls, so a re-send (the record
+    // not marked delivered, or the lease of the killed relay taken again) would show.
+    wait::quiet(Duration::from_millis(500)).await;
     relay.kill();
     let answered: Vec<_> = update_calls(&sandbox)
         .into_iter()

@@ -18,6 +18,7 @@ use postback_relay::store::Filter;
 #[cfg(feature = "postgres")]
 use crate::e2e::pg;
 use crate::e2e::support::{Env, SHOP};
+use crate::support::wait;
 
 /// The store bound of these tests.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -204,24 +205,31 @@ impl Ledger {
 
 /// Sends postbacks until one is acknowledged again (bounded).
 async fn until_acknowledged(env: &Env, ledger: &mut Ledger, prefix: &str) {
-    for i in 0..100 {
-        if ledger.send(env, &format!("{prefix}{i}")).await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut i = 0;
+    let last = wait::value_every(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            i += 1;
+            ledger.send(env, &format!("{prefix}{i}")).await
+        },
+        |(status, _)| *status == 200,
+    )
+    .await;
+    if let Err(last) = last {
+        panic!("ingest did not recover after the fault ended; last answer: {last:?}");
     }
-    panic!("ingest did not recover after the fault ended");
 }
 
 /// Polls `/readyz` until the store check passes again (bounded).
 async fn until_store_ready(env: &Env) {
-    for _ in 0..100 {
-        if readyz(env).await.1["store"]["ok"] == true {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("/readyz did not recover after the fault ended");
+    wait::expect_value(
+        Duration::from_secs(10),
+        "/readyz to pass its store check after the fault ended",
+        async || readyz(env).await,
+        |(_, body, ..)| body["store"]["ok"] == true,
+    )
+    .await;
 }
 
 /// While the fault lasts: every postback answers 503 within the bound, and `/readyz`

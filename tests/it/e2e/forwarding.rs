@@ -6,20 +6,26 @@ use std::time::Duration;
 use postback_relay::sandbox::Step;
 
 use crate::e2e::support::{Env, SHOP, eventually};
+use crate::support::wait;
 
 async fn state_of(env: &Env, id: i64) -> String {
     let rec = env.relay().store.get(id).await.unwrap().expect("record");
     rec.summary.state.as_str().to_string()
 }
 
-async fn wait_state(env: &Env, id: i64, want: &str) -> bool {
-    for _ in 0..250 {
-        if state_of(env, id).await == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+/// Waits (5 s) for record `id` to reach state `want`; panics with `why` and the last state.
+async fn wait_state_because(env: &Env, id: i64, want: &str, why: &str) {
+    wait::expect_value(
+        Duration::from_secs(5),
+        &format!("record {id} to be {want}{why}"),
+        async || state_of(env, id).await,
+        |state| state == want,
+    )
+    .await;
+}
+
+async fn wait_state(env: &Env, id: i64, want: &str) {
+    wait_state_because(env, id, want, "").await;
 }
 
 async fn accept(env: &Env, query: &str) -> i64 {
@@ -33,7 +39,7 @@ async fn retries_on_500_twice_then_delivers() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     env.sandbox.script([Step::status(500), Step::status(503)]);
     let id = accept(&env, "cid=r500&amt=100").await;
-    assert!(wait_state(&env, id, "delivered").await);
+    wait_state(&env, id, "delivered").await;
     let rec = env.relay().store.get(id).await.unwrap().unwrap();
     let codes: Vec<Option<u16>> = rec.attempts.iter().map(|a| a.status).collect();
     assert_eq!(codes, vec![Some(500), Some(503), Some(200)]);
@@ -54,7 +60,7 @@ async fn a_lease_just_longer_than_the_timeout_still_forwards() {
     })
     .await;
     let id = accept(&env, "cid=lease1&amt=100").await;
-    assert!(wait_state(&env, id, "delivered").await);
+    wait_state(&env, id, "delivered").await;
     env.stop().await;
 }
 
@@ -63,7 +69,7 @@ async fn honours_retry_after_on_429() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     env.sandbox.script([Step::too_many(1)]);
     let id = accept(&env, "cid=r429&amt=100").await;
-    assert!(wait_state(&env, id, "delivered").await);
+    wait_state(&env, id, "delivered").await;
     let calls = env.sandbox.received();
     assert_eq!(calls.len(), 2);
     let gap = calls[1].at.duration_since(calls[0].at);
@@ -81,8 +87,8 @@ async fn a_429_holds_every_other_send_to_that_network_for_its_retry_after() {
     env.sandbox.script([Step::too_many(1)]);
     let first = accept(&env, "cid=hold1&amt=100").await;
     let second = accept(&env, "cid=hold2&amt=100").await;
-    assert!(wait_state(&env, first, "delivered").await);
-    assert!(wait_state(&env, second, "delivered").await);
+    wait_state(&env, first, "delivered").await;
+    wait_state(&env, second, "delivered").await;
     let calls = env.sandbox.received();
     assert_eq!(calls.len(), 3, "one 429, then each record once");
     let gap = calls[1].at.duration_since(calls[0].at);
@@ -98,8 +104,9 @@ async fn dead_on_404_is_not_retried_and_keeps_the_answer() {
     let env = Env::start(&[("shop", SHOP)], |_| {}).await;
     env.sandbox.script([Step::status(404)]);
     let id = accept(&env, "cid=r404&amt=100").await;
-    assert!(wait_state(&env, id, "dead").await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_state(&env, id, "dead").await;
+    // No retry of a dead record: 300 ms is several retry rounds (50 ms schedule).
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(env.sandbox.received().len(), 1);
     let rec = env.relay().store.get(id).await.unwrap().unwrap();
     assert_eq!(rec.attempts.len(), 1);
@@ -115,8 +122,9 @@ async fn duplicate_answer_after_a_timeout_counts_as_delivered() {
     // "Multiple Conversions are not Allowed" and must stop there.
     env.sandbox.script([Step::Hang(Duration::from_secs(2))]);
     let id = accept(&env, "cid=rhang&amt=100").await;
-    assert!(wait_state(&env, id, "duplicate_upstream").await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_state(&env, id, "duplicate_upstream").await;
+    // No third call after the duplicate answer: 300 ms is several retry rounds.
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(env.sandbox.received().len(), 2);
     env.stop().await;
 }
@@ -135,8 +143,8 @@ async fn unauthorized_pauses_keeps_the_queue_and_a_probe_resumes() {
     );
     let b = accept(&env, "cid=p2&amt=1").await;
     // The probe (every 200 ms in tests) succeeds against the now healthy sandbox: both arrive.
-    assert!(wait_state(&env, a, "delivered").await);
-    assert!(wait_state(&env, b, "delivered").await);
+    wait_state(&env, a, "delivered").await;
+    wait_state(&env, b, "delivered").await;
     let statuses: Vec<u16> = env.sandbox.received().iter().map(|r| r.status).collect();
     assert_eq!(statuses[0], 401);
     // The 401 paused forwarding (not a retry): the attempt says so, and it was not counted.
@@ -183,8 +191,9 @@ async fn retries_stop_at_max_attempts_and_the_record_goes_dead() {
     .await;
     env.sandbox.script((0..10).map(|_| Step::status(503)));
     let id = accept(&env, "cid=rmax&amt=100").await;
-    assert!(wait_state(&env, id, "dead").await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_state(&env, id, "dead").await;
+    // No attempt past max_attempts: 300 ms is several retry rounds (50 ms schedule).
+    wait::quiet(Duration::from_millis(300)).await;
     let rec = env.relay().store.get(id).await.unwrap().unwrap();
     assert_eq!(rec.attempts.len(), 3);
     assert!(
@@ -212,13 +221,10 @@ async fn a_rules_reload_lifts_a_pause_caused_by_401() {
     .await;
     env.sandbox.script([Step::Unauthorized]);
     let id = accept(&env, "cid=reload401&amt=1").await;
-    assert!(wait_state(&env, id, "paused").await);
+    wait_state(&env, id, "paused").await;
     assert!(!env.relay().store.paused().await.unwrap().is_empty());
     env.relay().reload().expect("the rules still load");
-    assert!(
-        wait_state(&env, id, "delivered").await,
-        "the reload lifted the pause"
-    );
+    wait_state_because(&env, id, "delivered", " (the reload lifts the pause)").await;
     assert!(env.relay().store.paused().await.unwrap().is_empty());
     env.stop().await;
 }
@@ -231,10 +237,13 @@ async fn a_huge_retry_after_is_capped_by_forward_max_retry_after() {
     .await;
     env.sandbox.script([Step::too_many(999_999_999)]);
     let id = accept(&env, "cid=ra1&amt=100").await;
-    assert!(
-        wait_state(&env, id, "delivered").await,
-        "a Retry-After of 31 years parked the record"
-    );
+    wait_state_because(
+        &env,
+        id,
+        "delivered",
+        " (a Retry-After of 31 years must not park it)",
+    )
+    .await;
     let rec = env.relay().store.get(id).await.unwrap().unwrap();
     let codes: Vec<Option<u16>> = rec.attempts.iter().map(|a| a.status).collect();
     assert_eq!(codes, vec![Some(429), Some(200)]);

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::e2e::support::{Env, SHOP};
+use crate::support::wait;
 
 /// The shop rule behind an allow list of 203.0.113.0/24; loopback optionally a trusted proxy.
 async fn allow_list_env(trust_loopback: bool) -> Env {
@@ -71,7 +72,8 @@ async fn skip_rule_answers_skipped_and_forwards_nothing() {
             .wait_for_accepted(1, Duration::from_secs(10))
             .await
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The skipped postback must not follow: 200 ms is several forwarder polls.
+    wait::quiet(Duration::from_millis(200)).await;
     assert_eq!(
         env.sandbox.received().len(),
         1,
@@ -93,7 +95,8 @@ async fn repeated_postback_is_a_duplicate_and_forwarded_once() {
             .wait_for_accepted(1, Duration::from_secs(10))
             .await
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No second send of the duplicate: 300 ms is several forwarder polls.
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(env.sandbox.received().len(), 1);
     // A different order id on the same click is a different conversion.
     let (_, b3) = env.get("/postback/shop?cid=dup1&amt=500&oid=O-2").await;
@@ -242,7 +245,8 @@ async fn head_answers_like_get_without_storing() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 422);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A HEAD stores nothing, so nothing may be sent: 300 ms is several forwarder polls.
+    wait::quiet(Duration::from_millis(300)).await;
     assert!(env.sandbox.received().is_empty());
     let (_, body) = env.get("/postback/shop?cid=h1&amt=1").await;
     assert_eq!(
@@ -331,7 +335,8 @@ async fn dedupe_survives_a_restart() {
     );
     env.restart(|_| {}).await;
     assert_eq!(env.get(q).await.1["status"], "duplicate");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No second send after the restart: 300 ms is several forwarder polls.
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(env.sandbox.received().len(), 1);
     env.stop().await;
 }
@@ -370,7 +375,8 @@ async fn ingest_connections_are_capped_and_admin_keeps_answering() {
     for _ in 0..3 {
         idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
-    // Let the relay accept them.
+    // Let the relay accept them: nothing it exposes tells when an idle connection was
+    // accepted, and 200 ms on loopback is plenty for three accepts.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
     extra
@@ -474,7 +480,8 @@ async fn signed_postback_good_200_wrong_or_missing_401_and_stored_redacted() {
             .wait_for_accepted(1, Duration::from_secs(10))
             .await
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // None of the refused postbacks may follow: 200 ms is several forwarder polls.
+    wait::quiet(Duration::from_millis(200)).await;
     assert_eq!(env.sandbox.received().len(), 1);
     let sent = &env.sandbox.accepted()[0];
     assert_eq!(sent["click_id"], "clk9");

@@ -11,6 +11,7 @@ use reqwest::Method;
 
 use crate::e2e::admin_client::{ADMIN_TOKEN, admin_call, admin_get, metric, scrape, with_admin};
 use crate::e2e::support::Env;
+use crate::support::wait;
 
 const UPDATE_PATH: &str = "/api/v2/network/leads/update";
 const CREATE_PATH: &str = "/api/v2/network/tracking/conv-click-id";
@@ -53,13 +54,13 @@ async fn state_of(env: &Env, id: i64) -> String {
 }
 
 async fn wait_state(env: &Env, id: i64, want: &str) {
-    for _ in 0..250 {
-        if state_of(env, id).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("record {id} is {}, not {want}", state_of(env, id).await);
+    wait::expect_value(
+        Duration::from_secs(5),
+        &format!("record {id} to be {want}"),
+        async || state_of(env, id).await,
+        |state| state == want,
+    )
+    .await;
 }
 
 /// The bodies of the calls the sandbox received on `path`, oldest first.
@@ -96,7 +97,7 @@ async fn delivered_lead_of(env: &Env, source: &str, query: &str) -> i64 {
 
 async fn no_more_calls(env: &Env, path: &str, n: usize) {
     // Nothing is due any more: give the forwarder a few ticks to prove it sends nothing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(calls(env, path).len(), n, "{:?}", calls(env, path));
 }
 
@@ -370,6 +371,8 @@ async fn two_quick_changes_collapse_into_one_update_with_the_latest_state() {
         )
         .await
         .unwrap();
+    // Scenario: a forwarder pass already under way when the pause was stored ends before the
+    // two changes arrive (nothing exposes the end of a pass), so both wait together.
     tokio::time::sleep(Duration::from_millis(250)).await;
     let hold = send(&env, "life", "subid=clk10&status=hold&revenue=5&tid=T-10").await;
     let sale = send(&env, "life", "subid=clk10&status=sale&tid=T-10").await;
@@ -434,16 +437,13 @@ fn lookup_indexes(env: &Env) -> Vec<String> {
 }
 
 async fn wait_lookup_indexes(env: &Env, want: &[&str]) {
-    for _ in 0..250 {
-        if lookup_indexes(env) == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "lookup indexes {:?}, expected {want:?}",
-        lookup_indexes(env)
-    );
+    wait::expect_value(
+        Duration::from_secs(5),
+        &format!("lookup indexes {want:?}"),
+        async || lookup_indexes(env),
+        |have| have == want,
+    )
+    .await;
 }
 
 #[tokio::test]

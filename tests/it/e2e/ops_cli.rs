@@ -308,13 +308,16 @@ async fn cli_explain_says_a_postback_would_change_a_stored_conversion() {
     let rules = env.dir.path().join("rules").display().to_string();
     let (_, lead) = env.get("/postback/shop?cid=cx1&oid=O-1&amt=0&st=2").await;
     let lead = lead["id"].as_i64().unwrap();
-    for _ in 0..250 {
-        let rec = env.relay().store.get(lead).await.unwrap().unwrap();
-        if rec.summary.state.as_str() == "delivered" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::support::wait::expect_value(
+        std::time::Duration::from_secs(5),
+        &format!("the lead (record {lead}) delivered"),
+        async || {
+            let rec = env.relay().store.get(lead).await.unwrap().unwrap();
+            rec.summary.state.as_str().to_string()
+        },
+        |state| state == "delivered",
+    )
+    .await;
     let sale = "cid=cx1&oid=O-1&amt=2500&st=1";
     let run = cli(args(
         &["explain", "--rules", &rules, "shop", sale, "--json"],

@@ -10,6 +10,7 @@ use postback_relay::sandbox::Step;
 use postback_relay::store::State;
 
 use crate::e2e::support::{Env, SHOP};
+use crate::support::wait;
 
 /// A short retry budget (4 attempts) that the outage outlasts many times over.
 async fn start() -> Env {
@@ -37,29 +38,31 @@ async fn send_three(env: &Env, tag: &str) -> Vec<i64> {
 /// Waits until every record is settled for good (delivered or duplicate_upstream), failing
 /// at once on a dead one.
 async fn all_done(env: &Env, ids: &[i64]) -> Vec<u32> {
-    for _ in 0..1000 {
-        let mut counts = Vec::new();
-        for id in ids {
-            let rec = env.relay().store.get(*id).await.unwrap().unwrap();
-            assert_ne!(
-                rec.summary.state,
-                State::Dead,
-                "record {id}: {:?}",
-                rec.reason
-            );
-            if matches!(
-                rec.summary.state,
-                State::Delivered | State::DuplicateUpstream
-            ) {
-                counts.push(rec.attempt_count);
+    let settled = wait::expect_value(
+        Duration::from_secs(20),
+        "every record delivered or duplicate_upstream (state, attempts)",
+        async || {
+            let mut states = Vec::new();
+            for id in ids {
+                let rec = env.relay().store.get(*id).await.unwrap().unwrap();
+                assert_ne!(
+                    rec.summary.state,
+                    State::Dead,
+                    "record {id}: {:?}",
+                    rec.reason
+                );
+                states.push((rec.summary.state, rec.attempt_count));
             }
-        }
-        if counts.len() == ids.len() {
-            return counts;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not all delivered after 20 s");
+            states
+        },
+        |states| {
+            states
+                .iter()
+                .all(|(s, _)| matches!(s, State::Delivered | State::DuplicateUpstream))
+        },
+    )
+    .await;
+    settled.into_iter().map(|(_, attempts)| attempts).collect()
 }
 
 async fn readyz(env: &Env) -> (u16, serde_json::Value) {
@@ -75,19 +78,21 @@ async fn outage_then_recovery(steps: impl IntoIterator<Item = Step>, tag: &str) 
     env.sandbox.script(steps);
     let ids = send_three(&env, tag).await;
     // The outage is seen and said on /readyz while it lasts.
-    let mut seen = false;
-    for _ in 0..500 {
-        let (code, body) = readyz(&env).await;
-        if code == 503 && body.to_string().contains("not answering") {
-            seen = true;
-            break;
-        }
-        if env.sandbox.pending_steps() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(seen, "/readyz never reported the outage");
+    let says_outage = |(code, body): &(u16, serde_json::Value)| {
+        *code == 503 && body.to_string().contains("not answering")
+    };
+    // Bounded by the outage itself: once the script is used up it is over.
+    let last = wait::value(
+        Duration::from_secs(10),
+        async || (readyz(&env).await, env.sandbox.pending_steps()),
+        |(ready, pending)| says_outage(ready) || *pending == 0,
+    )
+    .await
+    .unwrap_or_else(|last| last);
+    assert!(
+        says_outage(&last.0),
+        "/readyz never reported the outage; last seen: {last:?}"
+    );
     let counts = all_done(&env, &ids).await;
     assert!(
         counts.iter().all(|&c| c <= 4),

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::e2e::admin_client::{admin_call, metric, poll, scrape, with_admin, write_rule};
 use crate::e2e::support::{Env, SHOP};
+use crate::support::wait;
 
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
@@ -162,6 +163,7 @@ async fn postbacks_during_reloads_all_succeed() {
                 .await
                 .unwrap();
             assert!(result.is_ok(), "{result:?}");
+            // Pacing: the 30 reloads spread over the whole burst of postbacks.
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
     });
@@ -281,7 +283,9 @@ async fn records_of_a_removed_rule_still_go_to_their_own_network() {
         ready.to_string().contains("rule file is missing"),
         "{ready}"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Nothing may be sent while the rule is missing; 400 ms is several retry rounds (50 ms
+    // schedule) and pause probes (200 ms), so a send that slips through the hold would show.
+    wait::quiet(Duration::from_millis(400)).await;
     assert!(
         env.sandbox.received().is_empty(),
         "held while its destination is unknown"
@@ -364,14 +368,16 @@ async fn a_half_written_rule_file_never_loads() {
     let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(&full.as_bytes()[..half]).unwrap();
     f.flush().unwrap();
-    // Longer than the debounce: the watcher looks at the half-written file.
-    tokio::time::sleep(postback_relay::reload::DEBOUNCE + Duration::from_millis(300)).await;
+    // The half-written file must not load: the window is longer than the debounce, so the
+    // watcher has looked at it by the end.
+    wait::quiet(postback_relay::reload::DEBOUNCE + Duration::from_millis(300)).await;
     for i in 0..5 {
         assert_eq!(
             status_of(&env, &format!("/postback/shop?cid=h{i}&amt=1")).await,
             401,
             "a postback without the token was accepted: the half-written file loaded"
         );
+        // Pacing: the five checks spread over 100 ms more.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f.write_all(&full.as_bytes()[half..]).unwrap();
@@ -438,13 +444,39 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
         .status()
         .unwrap();
     assert!(made.success());
+    let reloads = async || {
+        let text = match client.get(relay.admin_url("/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        ["ok", "error"]
+            .map(|r| {
+                metric(
+                    &text,
+                    &format!("postback_relay_rule_reloads_total{{result=\"{r}\"}}"),
+                )
+            })
+            .iter()
+            .sum::<f64>()
+    };
+    let before = reloads().await;
     let hup = Command::new("kill")
         .args(["-HUP", &relay.child.id().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());
-    // Past the debounce: the watcher and the SIGHUP reload both looked at the FIFO.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let hup_at = std::time::Instant::now();
+    // A reload looked at the FIFO and finished ...
+    wait::expect_value(
+        Duration::from_secs(10),
+        "a rule reload after SIGHUP counted in /metrics",
+        reloads,
+        |n| *n > before,
+    )
+    .await;
+    // ... and, past the debounce, the watcher has had its look too (it may skip a FIFO
+    // event, so there is no second reload to wait for).
+    tokio::time::sleep(Duration::from_millis(800).saturating_sub(hup_at.elapsed())).await;
 
     let get = |url: String| {
         let client = client.clone();
@@ -466,14 +498,10 @@ async fn a_fifo_in_the_rules_directory_never_freezes_the_process() {
         .status()
         .unwrap();
     assert!(term.success());
-    let mut exited = false;
-    for _ in 0..250 {
-        if relay.child.try_wait().unwrap().is_some() {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let exited = wait::until(Duration::from_secs(5), async || {
+        relay.child.try_wait().unwrap().is_some()
+    })
+    .await;
     if !exited {
         relay.kill();
     }

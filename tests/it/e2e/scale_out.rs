@@ -12,7 +12,7 @@ use postback_relay::store::State;
 
 use crate::e2e::pg;
 use crate::e2e::support::{KEY, SHOP, config};
-use crate::e2e::wait::until;
+use crate::e2e::wait::{self, until};
 
 const POSTBACKS: usize = 60;
 const RATE: u32 = 40;
@@ -353,6 +353,7 @@ async fn a_database_restart_costs_only_503s_and_loses_nothing_acknowledged() {
                         _ => seen.other.push((status, body)),
                     }
                 }
+                // Pacing: a steady trickle of postbacks through the outage, not a flood.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
@@ -367,9 +368,12 @@ async fn a_database_restart_costs_only_503s_and_loses_nothing_acknowledged() {
         (code, resp.json::<serde_json::Value>().await.unwrap())
     };
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let acked_before = seen.lock().unwrap().acked.len();
-    assert!(acked_before > 0, "nothing accepted before the outage");
+    wait::expect(
+        Duration::from_secs(10),
+        "a postback accepted before the outage",
+        async || !seen.lock().unwrap().acked.is_empty(),
+    )
+    .await;
     server.stop().await;
     let down_at = Instant::now();
 
@@ -390,11 +394,14 @@ async fn a_database_restart_costs_only_503s_and_loses_nothing_acknowledged() {
         why.contains("cannot commit") && why.contains("connect"),
         "/readyz does not say why: {why}"
     );
+    // Scenario: 3 s into the outage, forwards and answers started before it have settled
+    // (store.timeout is 1 s); from there on nothing may change.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(down_at.elapsed())).await;
-    // Forwarding waits: nothing goes to Scaleo while the database is down.
+    // Forwarding waits: nothing goes to Scaleo while the database is down, and no postback
+    // is answered 200, for the rest of a 10 s outage.
     let calls_down = sandbox.received().len();
     let acked_down = seen.lock().unwrap().acked.len();
-    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_at.elapsed())).await;
+    wait::quiet(Duration::from_secs(10).saturating_sub(down_at.elapsed())).await;
     assert_eq!(sandbox.received().len(), calls_down, "forwarded while down");
     assert_eq!(
         seen.lock().unwrap().acked.len(),
@@ -421,6 +428,7 @@ async fn a_database_restart_costs_only_503s_and_loses_nothing_acknowledged() {
     .await;
     assert!(ready, "/readyz after the restart: {body}");
     let recovery = back_at.elapsed();
+    // Scenario: a second more of traffic after the recovery, to be delivered too.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     while let Some(r) = senders.join_next().await {
@@ -507,7 +515,9 @@ async fn two_relays_send_a_conversions_changes_in_order_and_once() {
     })
     .await;
     assert!(sent, "{:?}", sandbox.conversions());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No change sent twice or out of order after the last one: 500 ms is many forwarder
+    // polls of both relays, so a late duplicate would show.
+    wait::quiet(Duration::from_millis(500)).await;
     let conv = &sandbox.conversions()[0];
     let statuses: Vec<&str> = conv
         .changes

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::e2e::support::{Env, SHOP};
+use crate::support::wait;
 
 async fn readyz(env: &Env) -> (u16, serde_json::Value, Duration) {
     let start = Instant::now();
@@ -45,28 +46,24 @@ async fn a_locked_store_answers_503_in_bounded_time_and_recovers() {
 
     holder.execute_batch("ROLLBACK").unwrap();
     drop(holder);
-    let mut recovered = false;
-    for _ in 0..100 {
-        let (status, _) = env.get("/postback/shop?cid=after&amt=1").await;
-        if status == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // One postback every 100 ms until ingest acknowledges again.
+    let recovered = wait::value_every(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || env.get("/postback/shop?cid=after&amt=1").await,
+        |(status, _)| *status == 200,
+    )
+    .await;
+    if let Err(last) = recovered {
+        panic!("ingest did not recover after the lock was released; last answer: {last:?}");
     }
-    assert!(
-        recovered,
-        "ingest did not recover after the lock was released"
-    );
-    let mut ready_again = false;
-    for _ in 0..100 {
-        if readyz(&env).await.1["store"]["ok"] == true {
-            ready_again = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready_again, "readiness did not recover");
+    wait::expect_value(
+        Duration::from_secs(5),
+        "/readyz to pass its store check again",
+        async || readyz(&env).await,
+        |(_, body, _)| body["store"]["ok"] == true,
+    )
+    .await;
     // The postback acknowledged before the stall is still there and forwarded.
     let id = ok["id"].as_i64().unwrap();
     assert!(env.relay().store.get(id).await.unwrap().is_some());

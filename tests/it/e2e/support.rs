@@ -129,14 +129,7 @@ pub fn config(sandbox: &Sandbox, root: PathBuf, tweak: impl FnOnce(&mut Config))
     cfg
 }
 
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
+/// [`wait::until`](crate::support::wait::until) for a check that needs no `.await`.
 pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
+    crate::support::wait::until(timeout, async || check()).await
 }
