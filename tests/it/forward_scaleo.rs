@@ -2,6 +2,7 @@
 
 use crate::support::relay_mock as mock;
 use crate::support::relay_records as records;
+use crate::support::wait;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,18 +67,13 @@ async fn insert(store: &Store, source: &str, click: &str) -> i64 {
 
 /// Polls record `id` until `done` holds (panics after [`WAIT`]).
 async fn wait_record(store: &Store, id: i64, done: impl Fn(&RecordView) -> bool) -> RecordView {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let view = store.get(id).await.unwrap().expect("record exists");
-        if done(&view) {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "record stuck: {view:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::expect_value(
+        WAIT,
+        &format!("record {id} to reach the expected state"),
+        async || store.get(id).await.unwrap().expect("record exists"),
+        done,
+    )
+    .await
 }
 
 fn outcomes(view: &RecordView) -> Vec<&str> {
@@ -127,7 +123,8 @@ async fn dead_on_404_not_retried() {
     let view = wait_record(&r.store, id, |v| v.summary.state == State::Dead).await;
     assert!(view.reason.as_deref().unwrap().contains("404"), "{view:?}");
     assert!(view.attempts[0].answer.contains("Click not found"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not retried: no second request in a window many retry delays (50 ms) long.
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(mock.received().len(), 1);
     r.stop().await;
 }
@@ -147,7 +144,8 @@ async fn duplicate_answer_after_timeout_stops_retries() {
     .await;
     assert_eq!(outcomes(&view), ["retry", "duplicate_upstream"]);
     assert_eq!(view.attempts[0].status, None);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not sent a third time: no request in a window many retry delays (50 ms) long.
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(mock.received().len(), 2);
     r.stop().await;
 }
@@ -162,12 +160,12 @@ async fn unauthorized_pauses_and_keeps_queue() {
     }
     let first = mock.wait_for(1, WAIT).await;
     assert!(first[0].query.contains(KEY));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while r.store.paused().await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait::expect(WAIT, "the upstream-auth pause to be stored", async || {
+        !r.store.paused().await.unwrap().is_empty()
+    })
+    .await;
+    // Paused: nothing beyond what was in flight is sent in a window of many claim cycles.
+    wait::quiet(Duration::from_millis(400)).await;
     let sent = mock.received().len();
     // Only what was already in flight when the first 401 came back.
     assert!(sent <= fwd().concurrency, "kept sending: {sent}");
@@ -183,7 +181,8 @@ async fn unauthorized_pauses_and_keeps_queue() {
         assert!(v.summary.state.is_pending(), "{v:?}");
         assert_eq!(v.attempt_count, 0, "a pause is not a retry");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still nothing sent while paused (the harness probes a paused upstream once an hour).
+    wait::quiet(Duration::from_millis(300)).await;
     assert_eq!(mock.received().len(), sent);
     // The pause survives a restart.
     let (store, _dir) = r.stop().await;
@@ -214,8 +213,12 @@ async fn probe_success_resumes() {
     // The first probe (403) came a pause_probe after the 401, the second one after that.
     assert!(got[1].at - got[0].at >= Duration::from_millis(190));
     assert!(got[2].at - got[1].at >= Duration::from_millis(190));
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(!r.forwarder.status().upstream_auth);
+    wait::expect(
+        WAIT,
+        "the forwarder to drop its upstream-auth flag",
+        async || !r.forwarder.status().upstream_auth,
+    )
+    .await;
     r.stop().await;
 }
 
@@ -280,6 +283,8 @@ async fn shutdown_releases_records_waiting_on_the_rate_limit() {
         insert(&r.store, "acme", &format!("c{i}")).await;
     }
     mock.wait_for(1, WAIT).await;
+    // Part of the scenario: the others are claimed and waiting for the 1/s limit when the
+    // stop comes (well inside the second before the next send).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (store, _dir) = r.stop().await;
     // Everything not sent is queued and claimable at once (released, not left leased).
@@ -317,14 +322,12 @@ async fn drains_a_backlog_exactly_once() {
     clicks.sort();
     clicks.dedup();
     assert_eq!(clicks.len(), n, "every record sent exactly once");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let counts = r.store.counts_by_state().await.unwrap();
-        if counts == vec![(State::Delivered, n as u64)] {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{counts:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::expect_value(
+        WAIT,
+        "every record delivered",
+        async || r.store.counts_by_state().await.unwrap(),
+        |counts| *counts == vec![(State::Delivered, n as u64)],
+    )
+    .await;
     r.stop().await;
 }
