@@ -368,6 +368,14 @@ impl IsoTime {
 }
 
 /// `YYYY-MM-DD[(T|t| )HH:MM[:SS[(.|,)fraction]][offset]]`; a leap second `:60` reads as `:59`.
+///
+/// Not jiff's ISO 8601 / Temporal parser, on purpose: the set of forms differs both ways.
+/// Jiff (1.0) also reads hour-only times, compact and signed-year forms and `[zone]`
+/// annotations, which senders do not send and which would widen what `time = "rfc3339"`
+/// accepts; and it refuses forms senders do send: a space before the offset, a `UTC`
+/// suffix, an offset whose `+` arrived as a space, fractions past nanoseconds. Wrapping it
+/// would take a check to refuse the extra forms plus four fix-ups that each must find where
+/// the time ends, which is what this small reader does. Offsets are jiff's types.
 fn parse_iso(text: &str) -> Option<IsoTime> {
     let mut cursor = Cursor(text);
     let year = i16::try_from(cursor.digits(4)?).ok()?;
