@@ -48,21 +48,7 @@ async fn a_new_rule_file_starts_working_without_restart() {
 async fn an_edited_rule_takes_effect_without_restart() {
     let env = Env::start(&[("shop", SHOP)], with_admin).await;
     write_rule(&env.dir.path().join("rules"), "shop", &shop_with_goal(9));
-    let mut n = 0;
-    let edited = poll(RELOAD_WAIT, || {
-        n += 1;
-        let path = format!("/postback/shop?cid=e{n}&amt=1");
-        let env = &env;
-        async move {
-            let (_, body) = env.get(&path).await;
-            let Some(id) = body["id"].as_i64() else {
-                return false;
-            };
-            let rec = env.relay().store.get(id).await.unwrap().unwrap();
-            rec.body.is_some_and(|b| b["goal_id"] == 9)
-        }
-    })
-    .await;
+    let edited = maps_goal_9(&env, "").await;
     assert!(edited, "the edited goal_id never showed up");
     env.stop().await;
 }
@@ -383,21 +369,7 @@ async fn a_half_written_rule_file_never_loads() {
     f.write_all(&full.as_bytes()[half..]).unwrap();
     drop(f);
 
-    let mut n = 0;
-    let edited = poll(RELOAD_WAIT, || {
-        n += 1;
-        let path = format!("/postback/shop?cid=e{n}&amt=1&tok=s3cret");
-        let env = &env;
-        async move {
-            let (_, body) = env.get(&path).await;
-            let Some(id) = body["id"].as_i64() else {
-                return false;
-            };
-            let rec = env.relay().store.get(id).await.unwrap().unwrap();
-            rec.body.is_some_and(|b| b["goal_id"] == 9)
-        }
-    })
-    .await;
+    let edited = maps_goal_9(&env, "&tok=s3cret").await;
     assert!(edited, "the completed file never loaded");
     assert_eq!(status_of(&env, "/postback/shop?cid=z&amt=1").await, 401);
     env.stop().await;
@@ -527,4 +499,23 @@ impl NonBlock for std::fs::OpenOptions {
         use std::os::unix::fs::OpenOptionsExt;
         self.custom_flags(libc::O_NONBLOCK)
     }
+}
+
+/// Sends fresh `shop` postbacks (with `extra` appended to the query) until one is stored
+/// mapped with `goal_id` 9, the edited rule's; false if none is within [`RELOAD_WAIT`].
+async fn maps_goal_9(env: &Env, extra: &str) -> bool {
+    let mut n = 0;
+    poll(RELOAD_WAIT, || {
+        n += 1;
+        let path = format!("/postback/shop?cid=e{n}&amt=1{extra}");
+        async move {
+            let (_, body) = env.get(&path).await;
+            let Some(id) = body["id"].as_i64() else {
+                return false;
+            };
+            let rec = env.relay().store.get(id).await.unwrap().unwrap();
+            rec.body.is_some_and(|b| b["goal_id"] == 9)
+        }
+    })
+    .await
 }
