@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--migrations", type=int, default=None, help="apply only the first N")
     ap.add_argument("--drop", default="", help="comma-separated indexes to drop")
     ap.add_argument("--lookup", action="append", default=[], help="SOURCE:COLUMN lookup index")
+    ap.add_argument("--page-size", type=int, default=None, help="PRAGMA page_size of a new store")
     a = ap.parse_args()
     if a.migrations is not None and a.migrations < 2:
         ap.error("--migrations: at least 2 (the insert writes the dedupe columns of migration 2)")
@@ -55,6 +56,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="wal_pages.")
     path = os.path.join(tmp, "relay.db")
     c = sqlite3.connect(path, isolation_level=None)
+    if a.page_size:
+        c.execute(f"PRAGMA page_size={a.page_size}")
     c.execute("PRAGMA journal_mode=WAL")
     c.execute("PRAGMA synchronous=FULL")
     for sql in migrations()[: a.migrations]:
@@ -119,7 +122,7 @@ def main():
     rows = a.batches * a.batch
     print(
         f"WAL pages per commit of {a.batch}: {frames / a.batches:.1f}; per postback: "
-        f"{frames / rows:.2f} ({frames * page / rows / 1024:.1f} KiB); "
+        f"{frames / rows:.2f} of {page} bytes ({frames * (page + 24) / rows / 1024:.1f} KiB); "
         f"python CPU per postback {cpu / rows * 1e6:.0f} us"
     )
     c.close()

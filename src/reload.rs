@@ -295,9 +295,11 @@ impl Reloader {
         // Capacity 1: a pending wake-up already means "look again", so extra events can drop.
         let (tx, rx) = mpsc::channel::<()>(1);
         let wake = tx.clone();
+        let name = self.dir.file_name().map(|n| n.to_os_string());
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
+                Ok(e) if !concerns_rules(&e, name.as_deref()) => {}
                 Ok(_) => {
                     let _ = tx.try_send(());
                 }
@@ -414,6 +416,19 @@ fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
         .ok()
         .filter(|m| m.is_dir())
         .map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether a watch event is about the rules directory (named `name`) or a file in it. The
+/// parent's watch also reports its other entries: a log file or a store beside the rules
+/// directory changes with every postback, and counting those would keep the debounce from
+/// ever seeing quiet, so an edited rule would never load while traffic flows. An event
+/// without paths (an overflowed queue) counts: something may have changed.
+fn concerns_rules(event: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
+    let Some(name) = name else { return true };
+    event.paths.is_empty()
+        || event.paths.iter().any(|p| {
+            p.file_name() == Some(name) || p.parent().and_then(Path::file_name) == Some(name)
+        })
 }
 
 /// The parent directory of `dir` (`.` for a relative name without one).

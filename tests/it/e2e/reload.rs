@@ -54,6 +54,35 @@ async fn an_edited_rule_takes_effect_without_restart() {
 }
 
 #[tokio::test]
+async fn an_edited_rule_loads_while_a_log_beside_the_rules_directory_keeps_growing() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    // The layout of the bench and of many installs: `relay.log` next to `rules/`. It is
+    // written far more often than the debounce's quiet period, as a busy relay's log is.
+    let log = env.dir.path().join("relay.log");
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let writing = writing.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&log).unwrap();
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(f, "a postback line").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    write_rule(&env.dir.path().join("rules"), "shop", &shop_with_goal(9));
+    let edited = maps_goal_9(&env, "").await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        edited,
+        "the edited goal_id never loaded while the log beside the rules grew"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn a_broken_rule_file_is_refused_the_old_rules_keep_working_and_readyz_says_where() {
     let env = Env::start(&[("shop", SHOP)], with_admin).await;
     let failures_before = metric(
