@@ -131,7 +131,7 @@ stop_relay() {
 run_wrk() {
   local addr=$1 secs=$2 out
   out=$(wrk -t1 -c"$CONNS" -d"${secs}s" --latency -s bench/postback.lua "http://$addr" 2>&1)
-  echo "$out" >>"$TMP/wrk.log"
+  echo "$out" >>"${BENCH_WRK_LOG:-$TMP/wrk.log}"
   local rps p99 errs
   rps=$(echo "$out" | awk '/^Requests\/sec:/ { printf "%.0f", $2 }')
   p99=$(echo "$out" | awk '$1 == "99%" { v = $2;

@@ -9,9 +9,13 @@
 //!
 //! The watcher reacts to any change in the directory (editors' temporary files, renames,
 //! Kubernetes' `..data` symlink swaps) but reloads only when the `*.toml` files' names or
-//! contents differ from the last attempt, so noise never logs or counts a reload. It also
-//! watches the directory's parent and re-arms itself when the directory is replaced
-//! (`mv rules old; cp -r new rules`), checking every [`REARM_EVERY`] as well.
+//! contents differ from the last attempt, so noise never logs or counts a reload. It re-arms
+//! itself when the directory is replaced (`mv rules old; cp -r new rules`): the old
+//! directory's watch reports its move or removal, and the path is checked every
+//! [`REARM_EVERY`]. The parent is not watched: a log file or a store beside the rules
+//! directory changes with every postback, and the kernel would queue an event for each write
+//! (3 % of the relay's CPU under load when the log sat there, and a debounce that never saw
+//! quiet, so an edited rule never loaded while traffic flowed).
 //!
 //! Only settled writes load: the files are read until two reads agree (size, modification
 //! time and content) and, for a reload started by a file change, every file is either
@@ -295,11 +299,9 @@ impl Reloader {
         // Capacity 1: a pending wake-up already means "look again", so extra events can drop.
         let (tx, rx) = mpsc::channel::<()>(1);
         let wake = tx.clone();
-        let name = self.dir.file_name().map(|n| n.to_os_string());
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
-                Ok(e) if !concerns_rules(&e, name.as_deref()) => {}
                 Ok(_) => {
                     let _ = tx.try_send(());
                 }
@@ -315,12 +317,6 @@ impl Reloader {
                 dir: self.dir.clone(),
                 source,
             })?;
-        // The parent tells when the directory itself is moved away, removed or recreated.
-        if let Some(parent) = parent_of(&self.dir)
-            && let Err(e) = watcher.watch(&parent, RecursiveMode::NonRecursive)
-        {
-            tracing::warn!(error = %e, dir = %parent.display(), "cannot watch the rules directory's parent; a replaced rules directory is noticed within {REARM_EVERY:?}");
-        }
         let armed = dir_identity(&self.dir);
         let me = self.clone();
         Ok(tokio::spawn(async move {
@@ -416,28 +412,6 @@ fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
         .ok()
         .filter(|m| m.is_dir())
         .map(|m| (m.dev(), m.ino()))
-}
-
-/// Whether a watch event is about the rules directory (named `name`) or a file in it. The
-/// parent's watch also reports its other entries: a log file or a store beside the rules
-/// directory changes with every postback, and counting those would keep the debounce from
-/// ever seeing quiet, so an edited rule would never load while traffic flows. An event
-/// without paths (an overflowed queue) counts: something may have changed.
-fn concerns_rules(event: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
-    let Some(name) = name else { return true };
-    event.paths.is_empty()
-        || event.paths.iter().any(|p| {
-            p.file_name() == Some(name) || p.parent().and_then(Path::file_name) == Some(name)
-        })
-}
-
-/// The parent directory of `dir` (`.` for a relative name without one).
-fn parent_of(dir: &Path) -> Option<PathBuf> {
-    match dir.parent() {
-        Some(p) if p.as_os_str().is_empty() => Some(PathBuf::from(".")),
-        Some(p) => Some(p.to_path_buf()),
-        None => None,
-    }
 }
 
 /// Reads the directory until the files have settled: two reads agree, and every file was
