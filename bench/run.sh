@@ -7,6 +7,8 @@
 # BENCH_DRAIN (records for the drain, 50000), BENCH_DRAIN_CONCURRENCY ("16 256"),
 # BENCH_RSS_RECORDS (1000000), BENCH_TMP (temp parent dir, default /tmp; must be a real disk),
 # BENCH_PG_TWO (1: the pg section also runs two relays on one database; 0 skips it),
+# BENCH_ROUNDS (3: ingest and pg measure their servers in turn this many times; every ratio
+# is taken within a round and the median is reported),
 # CARGO_TARGET_DIR as usual. Everything listens on 127.0.0.1 only, every process started
 # here (and the throwaway PostgreSQL server of the pg section) is stopped at the end and the
 # temp dirs are removed.
@@ -19,6 +21,7 @@ DRAIN_N=${BENCH_DRAIN:-50000}
 DRAIN_CONC=${BENCH_DRAIN_CONCURRENCY:-16 256}
 RSS_N=${BENCH_RSS_RECORDS:-1000000}
 PG_TWO=${BENCH_PG_TWO:-1}
+ROUNDS=${BENCH_ROUNDS:-3}
 SECTIONS=${*:-all}
 TARGET=${CARGO_TARGET_DIR:-target}
 
@@ -148,29 +151,49 @@ echo "== one synced 4 KiB write: $(fsync_probe) us"
 start_server upstream
 UPSTREAM=$SERVER_ADDR
 
-if want ingest; then
-  echo "== ingest: wrk -t1 -c$CONNS -d${DUR}s --latency -s bench/postback.lua (2 s warm-up each)"
-  start_server bare
-  BARE=$SERVER_ADDR
-  run_wrk "$BARE" 2 >/dev/null
-  read -r b_rps b_p99 b_err < <(run_wrk "$BARE" "$DUR")
-  start_server floor "$TMP/floor-store"
-  FLOOR=$SERVER_ADDR
-  run_wrk "$FLOOR" 2 >/dev/null
-  read -r f_rps f_p99 f_err < <(run_wrk "$FLOOR" "$DUR")
-  start_relay "$TMP/ingest-store"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# The median of the numbers given (the middle one; the mean of the two middle ones).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# One wrk measurement of the SQLite relay on a fresh store $1 (warm-up first); sets r_rps,
+# r_p99, r_err and r_stored (the store's counts after it). Not run in a command
+# substitution, as start_server.
+measure_sqlite_relay() {
+  start_relay "$1"
   run_wrk "$RELAY_ADDR" 2 >/dev/null
   read -r r_rps r_p99 r_err < <(run_wrk "$RELAY_ADDR" "$DUR")
   stop_relay
-  stored=$("$BENCH" counts "$TMP/ingest-store")
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-  row "ingest  bare hyper 204          : $b_rps req/s, p99 $b_p99 ms, errors $b_err"
-  row "ingest  floor (durable insert)  : $f_rps req/s, p99 $f_p99 ms, errors $f_err"
-  row "ingest  relay (durable, fwd on) : $r_rps req/s, p99 $r_p99 ms, errors $r_err"
-  row "ingest  ratio relay/floor       : $(ratio "$r_rps" "$f_rps") (target >= 0.75), p99 $r_p99 ms (target < 5 ms)"
-  row "ingest  ratio relay/bare        : $(ratio "$r_rps" "$b_rps") (reported, no target)"
-  row "ingest  ratio floor/bare        : $(ratio "$f_rps" "$b_rps") (hyper + one group-committed SQLite insert, nothing else)"
-  row "ingest  store after the runs    : $stored"
+  r_stored=$("$BENCH" counts "$1")
+  rm -rf "$1" "$1.log"
+}
+
+if want ingest; then
+  echo "== ingest: wrk -t1 -c$CONNS -d${DUR}s --latency -s bench/postback.lua (2 s warm-up each), $ROUNDS rounds of bare, floor, relay"
+  start_server bare
+  BARE=$SERVER_ADDR
+  rf=() rb=() fb=() rp=() rr=()
+  for round in $(seq "$ROUNDS"); do
+    run_wrk "$BARE" 2 >/dev/null
+    read -r b_rps b_p99 b_err < <(run_wrk "$BARE" "$DUR")
+    start_server floor "$TMP/floor-store-$round"
+    FLOOR_PID=${PIDS[-1]}
+    run_wrk "$SERVER_ADDR" 2 >/dev/null
+    read -r f_rps f_p99 f_err < <(run_wrk "$SERVER_ADDR" "$DUR")
+    kill "$FLOOR_PID" 2>/dev/null || true
+    wait "$FLOOR_PID" 2>/dev/null || true
+    rm -rf "$TMP/floor-store-$round"
+    measure_sqlite_relay "$TMP/ingest-store"
+    row "ingest  round $round: bare $b_rps req/s (p99 $b_p99 ms), floor $f_rps (p99 $f_p99 ms), relay $r_rps (p99 $r_p99 ms, errors $((b_err + f_err + r_err))); relay/floor $(ratio "$r_rps" "$f_rps"); store after: $r_stored"
+    rf+=("$(ratio "$r_rps" "$f_rps")") rb+=("$(ratio "$r_rps" "$b_rps")") fb+=("$(ratio "$f_rps" "$b_rps")")
+    rp+=("$r_p99") rr+=("$r_rps")
+  done
+  row "ingest  relay (durable, fwd on) : median $(median "${rr[@]}") req/s, p99 median $(median "${rp[@]}") ms"
+  row "ingest  ratio relay/floor       : median $(median "${rf[@]}") of ${rf[*]} (target >= 0.75), p99 median $(median "${rp[@]}") ms (target < 5 ms)"
+  row "ingest  ratio relay/bare        : median $(median "${rb[@]}") of ${rb[*]} (reported, no target)"
+  row "ingest  ratio floor/bare        : median $(median "${fb[@]}") of ${fb[*]} (hyper + one group-committed SQLite insert, nothing else)"
 fi
 
 if want forward; then
@@ -257,32 +280,29 @@ pg_stat() { "$BENCH" pgstat "postgres://relay@127.0.0.1:$PG_PORT/postgres"; }
 if want pg; then
   start_pg
   echo "== pg: PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{ print $3 }') from $PG_BIN on 127.0.0.1:$PG_PORT, data in $PG_DIR (fsync=on, synchronous_commit=on, otherwise initdb's defaults)"
-  echo "== pg ingest: wrk -t1 -c$CONNS -d${DUR}s --latency -s bench/postback.lua (2 s warm-up each)"
-  start_server bare
-  run_wrk "$SERVER_ADDR" 2 >/dev/null
-  read -r pb_rps pb_p99 pb_err < <(run_wrk "$SERVER_ADDR" "$DUR")
-  url=$(pg_db ingest)
-  read -r c0 s0 w0 by0 < <(pg_stat)
-  start_relay "$TMP/pg-ingest" "$url"
-  run_wrk "$RELAY_ADDR" 2 >/dev/null
-  t0=$(cpu_ticks "$RELAY_PID"); g0=$(cpu_ticks $(pg_pids))
-  read -r pr_rps pr_p99 pr_err < <(run_wrk "$RELAY_ADDR" "$DUR")
-  t1=$(cpu_ticks "$RELAY_PID"); g1=$(cpu_ticks $(pg_pids))
-  stop_relay
-  sleep 1
-  read -r c1 s1 w1 by1 < <(pg_stat)
-  stored=$("$BENCH" counts "$url")
-  commits=$((c1 - c0)) syncs=$((s1 - s0))
-  row "pg      bare hyper 204          : $pb_rps req/s, p99 $pb_p99 ms, errors $pb_err"
-  row "pg      relay on PostgreSQL     : $pr_rps req/s, p99 $pr_p99 ms, errors $pr_err"
-  row "pg      ratio relay/bare        : $(awk -v a="$pr_rps" -v b="$pb_rps" 'BEGIN { printf "%.3f", a / b }')"
-  # The target's figure: against the SQLite store's ingest measured earlier in this run.
-  if [[ -n "${r_rps:-}" ]]; then
-    row "pg      ratio pg/sqlite ingest  : $(awk -v a="$pr_rps" -v b="$r_rps" 'BEGIN { printf "%.2f", a / b }') (target >= 0.5), p99 $pr_p99 ms (target < 10 ms)"
-  fi
-  row "pg      store after the run     : $stored"
-  row "pg      CPU during the run      : relay $(awk -v t=$((t1 - t0)) -v d="$DUR" 'BEGIN { printf "%.2f", t / 100 / d }') cores, PostgreSQL (all its processes) $(awk -v t=$((g1 - g0)) -v d="$DUR" 'BEGIN { printf "%.2f", t / 100 / d }') cores, of 2; per request: relay $(awk -v t=$((t1 - t0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us, PostgreSQL $(awk -v t=$((g1 - g0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us"
-  row "pg      server over the relay's life (warm-up + run): $commits commits, $syncs WAL syncs ($(awk -v c="$commits" -v s="$syncs" 'BEGIN { printf "%.1f", c / (s ? s : 1) }') commits per sync), $(((by1 - by0) / (commits ? commits : 1))) WAL bytes per commit"
+  echo "== pg ingest: wrk -t1 -c$CONNS -d${DUR}s --latency -s bench/postback.lua (2 s warm-up each), $ROUNDS rounds of the relay on SQLite then on PostgreSQL"
+  ps=() pp=() pr=()
+  for round in $(seq "$ROUNDS"); do
+    measure_sqlite_relay "$TMP/pg-sqlite-store"
+    url=$(pg_db "ingest$round")
+    read -r c0 s0 w0 by0 < <(pg_stat)
+    start_relay "$TMP/pg-ingest" "$url"
+    run_wrk "$RELAY_ADDR" 2 >/dev/null
+    t0=$(cpu_ticks "$RELAY_PID"); g0=$(cpu_ticks $(pg_pids))
+    read -r pr_rps pr_p99 pr_err < <(run_wrk "$RELAY_ADDR" "$DUR")
+    t1=$(cpu_ticks "$RELAY_PID"); g1=$(cpu_ticks $(pg_pids))
+    stop_relay
+    sleep 1
+    read -r c1 s1 w1 by1 < <(pg_stat)
+    stored=$("$BENCH" counts "$url")
+    commits=$((c1 - c0)) syncs=$((s1 - s0))
+    row "pg      round $round: SQLite relay $r_rps req/s (p99 $r_p99 ms), PostgreSQL relay $pr_rps req/s (p99 $pr_p99 ms), errors $((r_err + pr_err)); pg/sqlite $(ratio "$pr_rps" "$r_rps")"
+    row "          stores after: SQLite $r_stored; PostgreSQL $stored"
+    row "          CPU per request on PostgreSQL: relay $(awk -v t=$((t1 - t0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us, PostgreSQL (all its processes) $(awk -v t=$((g1 - g0)) -v n="$pr_rps" -v d="$DUR" 'BEGIN { printf "%.0f", t * 1e4 / (n * d) }') us; $commits commits, $(awk -v c="$commits" -v s="$syncs" 'BEGIN { printf "%.1f", c / (s ? s : 1) }') per WAL sync, $(((by1 - by0) / (commits ? commits : 1))) WAL bytes per commit"
+    ps+=("$(ratio "$pr_rps" "$r_rps")") pp+=("$pr_p99") pr+=("$pr_rps")
+  done
+  row "pg      relay on PostgreSQL     : median $(median "${pr[@]}") req/s, p99 median $(median "${pp[@]}") ms"
+  row "pg      ratio pg/sqlite ingest  : median $(median "${ps[@]}") of ${ps[*]} (target >= 0.5), p99 median $(median "${pp[@]}") ms (target < 10 ms)"
 
   # Twice per concurrency: right after the fill, the planner still has the empty table's
   # statistics (autovacuum analyzes within autovacuum_naptime, 1 min); then after ANALYZE.
