@@ -130,8 +130,8 @@ async fn settle_pauses(store: &Store, sources: &[String], at_start: bool) {
     }
 }
 
-/// Builds the lookup indexes the update-only sources need and drops unused ones. A failure
-/// is logged and costs only speed: a lookup without its index scans.
+/// Builds the lookup indexes the update-only sources need (and on SQLite drops unused
+/// ones). A failure is logged and costs only speed: a lookup without its index scans.
 async fn sync_lookups(store: &Store, wanted: Vec<crate::lifecycle::LookupIndex>) {
     match store.sync_lookup_indexes(wanted).await {
         Ok(done) => {
@@ -197,7 +197,14 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         .with_context(|| store_name(&cfg.store))
         .map_err(StartError::Unavailable)?;
     settle_pauses(&store, &sources_of(&set), true).await;
-    sync_lookups(&store, set.lookup_indexes()).await;
+    if store.is_shared() {
+        // PostgreSQL builds CONCURRENTLY: ingest goes on meanwhile, so start need not wait
+        // minutes for a big table. Until the index is there a refund's lookup scans.
+        let (store, wanted) = (store.clone(), set.lookup_indexes());
+        tokio::spawn(async move { sync_lookups(&store, wanted).await });
+    } else {
+        sync_lookups(&store, set.lookup_indexes()).await;
+    }
     let routes = Routes::new(routes_of(&set));
     let rules = Arc::new(LiveRules::new(set));
     let shutdown = CancellationToken::new();

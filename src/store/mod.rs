@@ -28,6 +28,7 @@
 mod change;
 mod claim;
 mod config;
+mod lookup;
 mod ops;
 #[cfg(feature = "postgres")]
 mod pg;
@@ -58,7 +59,7 @@ pub use types::{
     RawPostback, Requeued, State,
 };
 
-pub use sqlite::lookup::LookupSync;
+pub use lookup::LookupSync;
 use sqlite::{Op, ReadPool, Run, Writer};
 
 /// The longest [`Store::close`] waits for the SQLite writer to commit what it was given and
@@ -466,19 +467,27 @@ impl Store {
         .await
     }
 
-    /// Keeps exactly the lookup indexes `wanted` (the update-only sources' needs, from
-    /// [`crate::rules::RuleSet::lookup_indexes`]): builds the missing ones and drops the rest.
-    /// On SQLite a build reads every conversion of the store while other writes wait, so it
-    /// is not bounded by `store.timeout`; PostgreSQL keeps its two general lookup indexes and
-    /// has nothing to do.
+    /// Builds the lookup indexes `wanted` (the update-only sources' needs, from
+    /// [`crate::rules::RuleSet::lookup_indexes`]) that are missing. Neither is bounded by
+    /// `store.timeout`: on SQLite a build reads every conversion of the store while other
+    /// writes wait, and the indexes no rule wants are dropped; on PostgreSQL a build runs
+    /// `CONCURRENTLY` (writes go on) and may take minutes on a big table, and unwanted
+    /// indexes are kept, since other instances may still use them (see [`Store::is_shared`]).
     pub async fn sync_lookup_indexes(
         &self,
         wanted: Vec<crate::lifecycle::LookupIndex>,
     ) -> Result<LookupSync, StoreError> {
         match self.pg() {
-            Some(_) => Ok(LookupSync::default()),
+            #[cfg(feature = "postgres")]
+            Some(pg) => pg.sync_lookups(&wanted).await,
             None => self.call(wanted, sqlite::lookup::sync).await,
         }
+    }
+
+    /// Whether this store is a PostgreSQL database that several instances may share (its
+    /// index builds do not hold up writes; see [`Store::sync_lookup_indexes`]).
+    pub fn is_shared(&self) -> bool {
+        self.pg().is_some()
     }
 
     /// Persists a pause of `scope` for `reason` (idempotent).

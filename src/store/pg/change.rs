@@ -28,6 +28,7 @@ use super::super::change::{
     Conversion, Later, Memory, NO_KEY, Row, Target, bodies, collapsed, collapsed_reason, folded,
     key_gone, merged_reason, unmatched,
 };
+use super::super::lookup::literal;
 use super::super::ops::{body_text, live_holder};
 use super::super::types::{ChangeRoute, Inserted, NewRecord, Requeued, State};
 use super::DB_NOW_MS;
@@ -137,12 +138,14 @@ async fn find(
     lookup: &Lookup,
     now_ms: i64,
 ) -> Result<Option<Conversion>, StoreError> {
-    // Only the given fields are compared, so the partial indexes on (source, order_id) and
-    // (source, click_id) serve the lookup.
-    let mut sql = String::from(
-        "SELECT key FROM dedupe WHERE source = $1 AND tracked IS NOT NULL AND expires_at > $2",
+    // Only the given fields are compared, and the source is a literal: a prepared statement
+    // soon runs a generic plan, which can use a partial index only when the query itself
+    // states the index's condition. So the source's lookup index serves it.
+    let mut sql = format!(
+        "SELECT key FROM dedupe WHERE source = {} AND tracked IS NOT NULL AND expires_at > $1",
+        literal(&lookup.of)
     );
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lookup.of, &now_ms];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now_ms];
     if let Some(order) = &lookup.order_id {
         params.push(order);
         sql.push_str(&format!(" AND order_id = ${}", params.len()));

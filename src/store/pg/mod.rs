@@ -40,6 +40,7 @@ mod bulk;
 mod change;
 mod claim;
 mod limit;
+mod lookup;
 mod read;
 mod schema;
 mod settles;

@@ -111,6 +111,14 @@ CREATE INDEX records_source_received ON records (source, received_at);
 ALTER TABLE records ADD COLUMN repeats BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX records_rejected_query ON records (source, md5(query)) WHERE state = 'rejected';
 "#,
+    r#"
+-- Update-only sources find conversions through one partial index per (source, field) that
+-- the loaded rules need (`dedupe_lookup:*`, built CONCURRENTLY by the instances), not
+-- through these two, which every insert paid for whether a refund URL pointed at its
+-- source or not.
+DROP INDEX IF EXISTS dedupe_order;
+DROP INDEX IF EXISTS dedupe_click;
+"#,
 ];
 
 /// Brings the schema up to date (idempotent, safe when instances start together).

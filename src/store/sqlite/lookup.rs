@@ -19,41 +19,7 @@ use rusqlite::Connection;
 use crate::lifecycle::{Lookup, LookupIndex};
 
 use super::super::StoreError;
-
-/// The name prefix of every lookup index.
-const PREFIX: &str = "dedupe_lookup:";
-
-/// What [`sync`] changed: the index names it built and dropped.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LookupSync {
-    pub built: Vec<String>,
-    pub dropped: Vec<String>,
-}
-
-/// The dedupe column of a lookup field.
-fn column(field: &str) -> Result<&'static str, StoreError> {
-    match field {
-        "adv_order_id" => Ok("order_id"),
-        "click_id" => Ok("click_id"),
-        other => Err(StoreError::Corrupt(format!(
-            "lookup field {other:?}: expected adv_order_id or click_id"
-        ))),
-    }
-}
-
-/// `text` as an SQL string literal.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// `text` as an SQL identifier.
-fn ident(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', "\"\""))
-}
-
-fn index_name(ix: &LookupIndex) -> Result<String, StoreError> {
-    Ok(format!("{PREFIX}{}:{}", column(ix.field)?, ix.source))
-}
+use super::super::lookup::{LookupSync, PREFIX, create_sql, ident, index_name, literal};
 
 /// Builds the lookup indexes in `wanted` that are missing and drops those no longer wanted.
 /// Runs on the writer, inside its group's transaction: building one reads every dedupe row
@@ -74,13 +40,7 @@ pub(crate) fn sync(
     for ix in wanted {
         let name = index_name(ix)?;
         if !have.contains(&name) {
-            let col = column(ix.field)?;
-            c.execute_batch(&format!(
-                "CREATE INDEX {} ON dedupe ({col}, expires_at)
-                 WHERE source = {} AND tracked IS NOT NULL AND {col} IS NOT NULL",
-                ident(&name),
-                literal(&ix.source),
-            ))?;
+            c.execute_batch(&create_sql("CREATE INDEX", ix)?)?;
             done.built.push(name.clone());
         }
         want.insert(name);

@@ -467,3 +467,126 @@ async fn only_a_source_a_refund_url_points_at_is_indexed_for_lookups_and_reloads
     assert_eq!(refund["original"], lead, "{refund}");
     env.stop().await;
 }
+
+/// The same on a PostgreSQL store, where instances build the index CONCURRENTLY.
+#[cfg(feature = "postgres")]
+mod on_postgres {
+    use super::*;
+
+    /// The lookup indexes of `dedupe` on the PostgreSQL database at `url`: (name, valid), by
+    /// name.
+    async fn pg_lookup_indexes(url: &str) -> Vec<(String, bool)> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query(
+                "SELECT c.relname::text, i.indisvalid FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indexrelid
+                 WHERE i.indrelid = 'dedupe'::regclass AND c.relname::text NOT LIKE '%pkey'
+                   AND c.relname::text <> 'dedupe_expires'
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    async fn pg_exec(url: &str, sql: &str) {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(sql).await.unwrap();
+    }
+
+    /// How often the lookup index of `life` was searched, as PostgreSQL counts it.
+    async fn pg_lookup_scans(url: &str) -> i64 {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query_one(
+                "SELECT COALESCE(sum(idx_scan), 0)::bigint FROM pg_stat_user_indexes
+                 WHERE indexrelname = 'dedupe_lookup:order_id:life'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_a_refund_source_gets_a_lookup_index_its_lookups_search_and_a_broken_one_is_rebuilt()
+     {
+        let url = crate::support::pg::fresh_db().await;
+        // Every session of the relay plans prepared statements generically (as PostgreSQL does
+        // by itself after a few runs) and as if scans cost the earth: a lookup whose query
+        // cannot use the partial index (a parameter where the index names the source) scans
+        // anyway, and the index's scan count below stays 0.
+        let db = url.rsplit('/').next().unwrap().to_string();
+        pg_exec(
+            &url,
+            &format!(
+                "ALTER DATABASE {db} SET enable_seqscan = off;
+                 ALTER DATABASE {db} SET plan_cache_mode = force_generic_plan"
+            ),
+        )
+        .await;
+        let on_pg = |u: String| move |c: &mut postback_relay::config::Config| c.store.url = Some(u);
+        let mut env = Env::start(&[("life", LIFE), ("refunds", REFUNDS)], on_pg(url.clone())).await;
+        let built = vec![("dedupe_lookup:order_id:life".to_string(), true)];
+        // Only the refund source's index: the general ones every insert paid for are gone.
+        wait::expect_value(
+            Duration::from_secs(10),
+            "the lookup index of life, valid, and no other",
+            async || pg_lookup_indexes(&url).await,
+            |have| *have == built,
+        )
+        .await;
+
+        let lead = delivered_lead(&env, "subid=clk21&status=sale&revenue=30&tid=ORD-21").await;
+        let refund = send(&env, "refunds", "order=ORD-21&amount=-30").await;
+        assert_eq!(refund["status"], "update", "{refund}");
+        assert_eq!(refund["original"], lead, "{refund}");
+        // The relay's lookup searched the index (statistics reach the view within a second).
+        wait::expect_value(
+            Duration::from_secs(5),
+            "a search of dedupe_lookup:order_id:life",
+            async || pg_lookup_scans(&url).await,
+            |n| *n > 0,
+        )
+        .await;
+
+        // A build that was interrupted leaves an invalid index behind: the next start rebuilds it.
+        env.relay.take().unwrap().stop().await;
+        pg_exec(
+            &url,
+            "UPDATE pg_index SET indisvalid = false
+             WHERE indexrelid = '\"dedupe_lookup:order_id:life\"'::regclass",
+        )
+        .await;
+        assert_eq!(
+            pg_lookup_indexes(&url).await,
+            vec![("dedupe_lookup:order_id:life".to_string(), false)]
+        );
+        env.restart(on_pg(url.clone())).await;
+        wait::expect_value(
+            Duration::from_secs(10),
+            "the invalid lookup index rebuilt",
+            async || pg_lookup_indexes(&url).await,
+            |have| *have == built,
+        )
+        .await;
+        let lead = delivered_lead(&env, "subid=clk22&status=sale&revenue=40&tid=ORD-22").await;
+        let refund = send(&env, "refunds", "order=ORD-22&amount=-40").await;
+        assert_eq!(refund["status"], "update", "{refund}");
+        assert_eq!(refund["original"], lead, "{refund}");
+        env.stop().await;
+    }
+}
