@@ -473,14 +473,21 @@ async fn only_a_source_a_refund_url_points_at_is_indexed_for_lookups_and_reloads
 mod on_postgres {
     use super::*;
 
-    /// The lookup indexes of `dedupe` on the PostgreSQL database at `url`: (name, valid), by
-    /// name.
-    async fn pg_lookup_indexes(url: &str) -> Vec<(String, bool)> {
+    const INDEX: &str = "dedupe_lookup:order_id:life";
+
+    /// A plain client on the database at `url` (for what the relay does not expose).
+    async fn sql(url: &str) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(conn);
         client
+    }
+
+    /// The lookup indexes of `dedupe` on the database at `url`: (name, valid), by name.
+    async fn lookup_indexes(url: &str) -> Vec<(String, bool)> {
+        sql(url)
+            .await
             .query(
                 "SELECT c.relname::text, i.indisvalid FROM pg_index i
                  JOIN pg_class c ON c.oid = i.indexrelid
@@ -496,97 +503,87 @@ mod on_postgres {
             .collect()
     }
 
-    async fn pg_exec(url: &str, sql: &str) {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client.batch_execute(sql).await.unwrap();
+    /// Waits until [`INDEX`] is the only lookup index, and valid.
+    async fn wait_built(url: &str, what: &str) {
+        let want = vec![(INDEX.to_string(), true)];
+        wait::expect_value(
+            Duration::from_secs(10),
+            what,
+            async || lookup_indexes(url).await,
+            |have| *have == want,
+        )
+        .await;
     }
 
-    /// How often the lookup index of `life` was searched, as PostgreSQL counts it.
-    async fn pg_lookup_scans(url: &str) -> i64 {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    /// How often [`INDEX`] was searched, as PostgreSQL counts it.
+    async fn lookup_scans(url: &str) -> i64 {
+        sql(url)
             .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
             .query_one(
                 "SELECT COALESCE(sum(idx_scan), 0)::bigint FROM pg_stat_user_indexes
-                 WHERE indexrelname = 'dedupe_lookup:order_id:life'",
-                &[],
+                 WHERE indexrelname = $1",
+                &[&INDEX],
             )
             .await
             .unwrap()
             .get(0)
     }
 
+    /// A delivered lead of order `n`, then its refund: the refund finds the lead.
+    async fn refund_finds_its_lead(env: &Env, n: u32) {
+        let lead = delivered_lead(
+            env,
+            &format!("subid=clk{n}&status=sale&revenue=30&tid=ORD-{n}"),
+        )
+        .await;
+        let refund = send(env, "refunds", &format!("order=ORD-{n}&amount=-30")).await;
+        assert_eq!(refund["status"], "update", "{refund}");
+        assert_eq!(refund["original"], lead, "{refund}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_postgres_a_refund_source_gets_a_lookup_index_its_lookups_search_and_a_broken_one_is_rebuilt()
-     {
+    async fn a_refund_source_gets_a_lookup_index_its_lookups_search_and_a_broken_one_is_rebuilt() {
         let url = crate::support::pg::fresh_db().await;
         // Every session of the relay plans prepared statements generically (as PostgreSQL does
         // by itself after a few runs) and as if scans cost the earth: a lookup whose query
         // cannot use the partial index (a parameter where the index names the source) scans
         // anyway, and the index's scan count below stays 0.
         let db = url.rsplit('/').next().unwrap().to_string();
-        pg_exec(
-            &url,
-            &format!(
+        sql(&url)
+            .await
+            .batch_execute(&format!(
                 "ALTER DATABASE {db} SET enable_seqscan = off;
                  ALTER DATABASE {db} SET plan_cache_mode = force_generic_plan"
-            ),
-        )
-        .await;
+            ))
+            .await
+            .unwrap();
         let on_pg = |u: String| move |c: &mut postback_relay::config::Config| c.store.url = Some(u);
         let mut env = Env::start(&[("life", LIFE), ("refunds", REFUNDS)], on_pg(url.clone())).await;
-        let built = vec![("dedupe_lookup:order_id:life".to_string(), true)];
         // Only the refund source's index: the general ones every insert paid for are gone.
-        wait::expect_value(
-            Duration::from_secs(10),
-            "the lookup index of life, valid, and no other",
-            async || pg_lookup_indexes(&url).await,
-            |have| *have == built,
-        )
-        .await;
-
-        let lead = delivered_lead(&env, "subid=clk21&status=sale&revenue=30&tid=ORD-21").await;
-        let refund = send(&env, "refunds", "order=ORD-21&amount=-30").await;
-        assert_eq!(refund["status"], "update", "{refund}");
-        assert_eq!(refund["original"], lead, "{refund}");
+        wait_built(&url, "the lookup index of life, valid, and no other").await;
+        refund_finds_its_lead(&env, 21).await;
         // The relay's lookup searched the index (statistics reach the view within a second).
         wait::expect_value(
             Duration::from_secs(5),
-            "a search of dedupe_lookup:order_id:life",
-            async || pg_lookup_scans(&url).await,
+            "a search of the lookup index",
+            async || lookup_scans(&url).await,
             |n| *n > 0,
         )
         .await;
 
         // A build that was interrupted leaves an invalid index behind: the next start rebuilds it.
         env.relay.take().unwrap().stop().await;
-        pg_exec(
-            &url,
-            "UPDATE pg_index SET indisvalid = false
-             WHERE indexrelid = '\"dedupe_lookup:order_id:life\"'::regclass",
-        )
-        .await;
-        assert_eq!(
-            pg_lookup_indexes(&url).await,
-            vec![("dedupe_lookup:order_id:life".to_string(), false)]
-        );
+        sql(&url)
+            .await
+            .batch_execute(&format!(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = '\"{INDEX}\"'::regclass"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(lookup_indexes(&url).await, vec![(INDEX.to_string(), false)]);
         env.restart(on_pg(url.clone())).await;
-        wait::expect_value(
-            Duration::from_secs(10),
-            "the invalid lookup index rebuilt",
-            async || pg_lookup_indexes(&url).await,
-            |have| *have == built,
-        )
-        .await;
-        let lead = delivered_lead(&env, "subid=clk22&status=sale&revenue=40&tid=ORD-22").await;
-        let refund = send(&env, "refunds", "order=ORD-22&amount=-40").await;
-        assert_eq!(refund["status"], "update", "{refund}");
-        assert_eq!(refund["original"], lead, "{refund}");
+        wait_built(&url, "the invalid lookup index rebuilt").await;
+        refund_finds_its_lead(&env, 22).await;
         env.stop().await;
     }
 }
