@@ -6,7 +6,7 @@
 //! The behaviours both backends share are in `support/store_suite.rs`; here they run on a
 //! fresh database, the suite's "other instance" being a second `Store` connected to it.
 
-use crate::support::pg;
+use crate::support::pg::{self, sql};
 use crate::support::relay_records as records;
 use crate::support::store_suite as suite;
 use crate::support::wait;
@@ -638,15 +638,6 @@ async fn many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_settles_all_land() {
     suite::concurrent_settles_all_land(&Postgres::new().await).await;
-}
-
-/// A plain client on the database at `url` (for what the store does not expose).
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -475,14 +475,7 @@ mod on_postgres {
 
     const INDEX: &str = "dedupe_lookup:order_id:life";
 
-    /// A plain client on the database at `url` (for what the relay does not expose).
-    async fn sql(url: &str) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-    }
+    use crate::support::pg::sql;
 
     /// The lookup indexes of `dedupe` on the database at `url`: (name, valid), by name.
     async fn lookup_indexes(url: &str) -> Vec<(String, bool)> {

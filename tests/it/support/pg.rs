@@ -34,6 +34,15 @@ pub async fn fresh_db() -> String {
     create_db(server.port, None).await
 }
 
+/// A plain client on the database at `url`, for what the relay does not expose.
+pub async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connecting to the test database");
+    tokio::spawn(conn);
+    client
+}
+
 /// Creates a database on the server at `port` and returns its URL.
 async fn create_db(port: u16, password: Option<&str>) -> String {
     let name = format!(
