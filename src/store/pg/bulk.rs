@@ -1,15 +1,17 @@
 //! A group of inserts in one transaction (the [`super::batch`] of `Store::insert`).
 //!
-//! The common case, a postback that creates a record whose dedupe key nobody holds, costs a
-//! few statements for the whole group:
+//! The common case, a postback that creates a record whose dedupe key nobody holds, costs one
+//! statement for the whole group ([`BULK_SQL`]), sent outside `BEGIN`/`COMMIT`: one round trip,
+//! in an implicit transaction of its own. Its parts:
 //! 1. record ids are taken from the table's sequence, one per postback stored in bulk;
-//! 2. the dedupe keys are taken with one `INSERT INTO dedupe ... SELECT FROM unnest(...)
-//!    ON CONFLICT DO NOTHING RETURNING record_id`, in key order (so two instances' groups
-//!    take their keys in the same order); a key twice in the group goes to the first
-//!    postback, the second conflicts;
+//! 2. the dedupe keys are taken with one `INSERT INTO dedupe ... ON CONFLICT DO NOTHING
+//!    RETURNING record_id`, in key order (so two instances' groups take their keys in the
+//!    same order); a key twice in the group goes to the first postback, the second conflicts;
 //! 3. the records of the winners and of the postbacks without a key (rejects, skips,
-//!    postbacks of sources without dedupe) are inserted with one multi-row
-//!    `INSERT ... SELECT FROM unnest(...)`.
+//!    postbacks of sources without dedupe) are inserted with one multi-row `INSERT`.
+//!
+//! (Five round trips before: `BEGIN`, the ids, the keys, the records, `COMMIT`. Measured in
+//! alternating runs of the bench's ingest, see `bench/README.md`.)
 //!
 //! Everything else is not decided in the group: a postback whose key is held (by an earlier
 //! record: a duplicate, a change, a stale one, a takeover of an expired or dead holder; or
@@ -24,13 +26,14 @@
 //! order. A group only ever takes fresh keys, all in one statement in key order, and never
 //! waits for a row lock while holding one; the one-at-a-time path holds one conversion's
 //! locks in the documented order (see [`super::change`]). So no two writers deadlock. If
-//! any statement of a group fails (a row the database refuses), the group is rolled back and
-//! each of its postbacks redone alone.
+//! the statement fails (a row the database refuses), the group is rolled back and each of
+//! its postbacks redone alone; if the connection is lost before its answer, whether it
+//! committed is unknown, and nothing is redone (see [`Failed`]).
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Pool;
 
 use super::super::change::Memory;
-use super::super::ops::Columns;
+use super::super::ops::Columns as OpColumns;
 use super::super::types::{Inserted, NewRecord, NewState, State};
 use super::super::{StoreError, ts_plus};
 use super::batch::{Failed, Group, Outcome};
@@ -60,17 +63,6 @@ impl Group for Inserts {
     }
 }
 
-/// One postback stored in bulk: its columns.
-struct Row {
-    /// Its place in the group.
-    at: usize,
-    state: State,
-    body: Option<String>,
-    click_id: Option<String>,
-    reason: Option<String>,
-    key: Option<String>,
-}
-
 /// Whether `rec` can be stored in bulk: a create (queued, with or without a dedupe key),
 /// a skip, or a reject that is not looked up as a repeat.
 fn in_bulk(rec: &NewRecord) -> bool {
@@ -81,146 +73,60 @@ fn in_bulk(rec: &NewRecord) -> bool {
     }
 }
 
-/// Stores what of `recs` can be stored in bulk, in one transaction: the answer of each
-/// (`None`: to be redone alone once this group has committed).
+/// Stores what of `recs` can be stored in bulk, in one statement (its own transaction):
+/// the answer of each (`None`: to be redone alone once this group has committed).
 async fn run(pool: &Pool, recs: &[NewRecord]) -> Result<Vec<Option<(Inserted, bool)>>, Failed> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let client = pool.get().await?;
     let mut done: Vec<Option<(Inserted, bool)>> = vec![None; recs.len()];
-    for row in bulk(&tx, recs).await? {
-        let wakes = row.state == State::Queued;
-        done[row.at] = Some((Inserted::Stored { id: row.id }, wakes));
+    for (at, id, state) in bulk(&client, recs).await? {
+        done[at] = Some((Inserted::Stored { id }, state == State::Queued));
     }
-    tx.commit().await.map_err(Failed::of_commit)?;
     Ok(done)
 }
 
-/// A record stored in bulk: where it is in the group, its id, its state.
-struct Stored {
-    at: usize,
-    id: i64,
-    state: State,
-}
+/// The whole group in one statement, so one round trip and an implicit transaction:
+/// 1. `input`: the rows, numbered in arrival order, each with an id from the records'
+///    sequence (named once, not looked up per row);
+/// 2. `won`: the dedupe keys taken, in key order then arrival (`ON CONFLICT DO NOTHING`: a
+///    key held by a row, or by an earlier postback of the group, is not taken);
+/// 3. `stored`: the records of the winners and of the postbacks without a key.
+///
+/// It answers (arrival number, id) of each stored record.
+const BULK_SQL: &str = "
+WITH input AS (
+    SELECT u.*, nextval((SELECT pg_get_serial_sequence('records', 'id'))::regclass) AS id
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[], $14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[])
+         WITH ORDINALITY
+         AS u(source, state, received_at, queued_at, method, path, query, client_ip,
+              user_agent, referer, body, click_id, reason, dedupe_key, expires_at,
+              memory_click_id, order_id, tracked, n)
+),
+won AS (
+    INSERT INTO dedupe (key, record_id, expires_at, source, click_id, order_id, tracked)
+    SELECT dedupe_key, id, expires_at, source, memory_click_id, order_id, tracked
+    FROM input WHERE dedupe_key IS NOT NULL
+    ORDER BY dedupe_key, n
+    ON CONFLICT (key) DO NOTHING
+    RETURNING record_id
+),
+stored AS (
+    INSERT INTO records (id, source, state, received_at, queued_at, updated_at, method, path,
+                         query, client_ip, user_agent, referer, body, click_id, reason,
+                         dedupe_key, next_attempt_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, source, state, received_at, queued_at, received_at, method, path, query,
+           client_ip, user_agent, referer, body, click_id, reason, dedupe_key, queued_at
+    FROM input
+    WHERE dedupe_key IS NULL OR id IN (SELECT record_id FROM won)
+    RETURNING id
+)
+SELECT input.n, input.id FROM input JOIN stored USING (id)";
 
-/// Stores the postbacks of `recs` that can be stored in bulk and whose key (if any) was
-/// free; the others are left to the one-at-a-time path.
-async fn bulk(tx: &Transaction<'_>, recs: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
-    let mut rows = Vec::new();
-    for (at, rec) in recs.iter().enumerate().filter(|(_, r)| in_bulk(r)) {
-        let cols = Columns::of(rec)?;
-        rows.push(Row {
-            at,
-            state: cols.state,
-            body: cols.body,
-            click_id: cols.click_id.map(str::to_string),
-            reason: cols.reason.map(str::to_string),
-            key: cols.dedupe.map(|d| d.key.clone()),
-        });
-    }
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-    let stmt = tx
-        .prepare_cached(
-            "SELECT nextval(pg_get_serial_sequence('records', 'id'))
-             FROM generate_series(1, $1::bigint)",
-        )
-        .await?;
-    let mut ids: Vec<i64> = tx
-        .query(&stmt, &[&n])
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    ids.sort_unstable();
-    if ids.len() != rows.len() {
-        return Err(StoreError::Corrupt(format!(
-            "asked the sequence for {} ids, got {}",
-            rows.len(),
-            ids.len()
-        )));
-    }
-    let won = take_keys(tx, recs, &rows, &ids).await?;
-    // The winners of their key and the postbacks without one.
-    let mut stored = Vec::with_capacity(rows.len());
-    let mut cols = RecordColumns::default();
-    for (row, id) in rows.iter().zip(&ids) {
-        if row.key.is_some() && !won.contains(id) {
-            continue;
-        }
-        let rec = &recs[row.at];
-        let raw = &rec.raw;
-        let recv = raw.received_at.as_millisecond();
-        cols.id.push(*id);
-        cols.source.push(&rec.source);
-        cols.state.push(row.state.as_str());
-        cols.received_at.push(recv);
-        cols.queued_at
-            .push((row.state == State::Queued).then_some(recv));
-        cols.method.push(&raw.method);
-        cols.path.push(&raw.path);
-        cols.query.push(&raw.query);
-        cols.client_ip.push(raw.client_ip.as_deref());
-        cols.user_agent.push(raw.user_agent.as_deref());
-        cols.referer.push(raw.referer.as_deref());
-        cols.body.push(row.body.as_deref());
-        cols.click_id.push(row.click_id.as_deref());
-        cols.reason.push(row.reason.as_deref());
-        cols.key.push(row.key.as_deref());
-        stored.push(Stored {
-            at: row.at,
-            id: *id,
-            state: row.state,
-        });
-    }
-    if stored.is_empty() {
-        return Ok(stored);
-    }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO records (id, source, state, received_at, queued_at, updated_at, method,
-                 path, query, client_ip, user_agent, referer, body, click_id, reason,
-                 dedupe_key, next_attempt_at)
-             OVERRIDING SYSTEM VALUE
-             SELECT id, source, state, received_at, queued_at, received_at, method, path,
-                    query, client_ip, user_agent, referer, body, click_id, reason, dedupe_key,
-                    queued_at
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
-                  AS u(id, source, state, received_at, queued_at, method, path, query,
-                       client_ip, user_agent, referer, body, click_id, reason, dedupe_key)",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &cols.id,
-            &cols.source,
-            &cols.state,
-            &cols.received_at,
-            &cols.queued_at,
-            &cols.method,
-            &cols.path,
-            &cols.query,
-            &cols.client_ip,
-            &cols.user_agent,
-            &cols.referer,
-            &cols.body,
-            &cols.click_id,
-            &cols.reason,
-            &cols.key,
-        ],
-    )
-    .await?;
-    Ok(stored)
-}
-
-/// The records columns of a bulk insert, one array each.
+/// The columns of a group's rows, one array each (see [`BULK_SQL`]).
 #[derive(Default)]
-struct RecordColumns<'a> {
-    id: Vec<i64>,
+struct Columns<'a> {
     source: Vec<&'a str>,
     state: Vec<&'a str>,
     received_at: Vec<i64>,
@@ -231,70 +137,115 @@ struct RecordColumns<'a> {
     client_ip: Vec<Option<&'a str>>,
     user_agent: Vec<Option<&'a str>>,
     referer: Vec<Option<&'a str>>,
-    body: Vec<Option<&'a str>>,
+    body: Vec<Option<String>>,
     click_id: Vec<Option<&'a str>>,
     reason: Vec<Option<&'a str>>,
-    key: Vec<Option<&'a str>>,
+    key: Vec<Option<String>>,
+    expires_at: Vec<Option<i64>>,
+    memory_click_id: Vec<Option<&'a str>>,
+    order_id: Vec<Option<&'a str>>,
+    tracked: Vec<Option<String>>,
+    /// Each row's place in the group and its state.
+    rows: Vec<(usize, State)>,
 }
 
-/// Takes the dedupe keys of `rows` (with their ids) that no row holds yet, in key order;
-/// the ids of the records that got theirs.
-async fn take_keys(
-    tx: &Transaction<'_>,
+/// Stores the postbacks of `recs` that can be stored in bulk and whose key (if any) was
+/// free: (place in the group, id, state) of each; the others are left to the one-at-a-time
+/// path. A statement the server refused rolled back ([`Failed::RolledBack`] or
+/// [`Failed::Conflict`]); a connection lost meanwhile leaves the outcome unknown.
+async fn bulk(
+    client: &deadpool_postgres::Client,
     recs: &[NewRecord],
-    rows: &[Row],
-    ids: &[i64],
-) -> Result<std::collections::HashSet<i64>, StoreError> {
-    let mut keys = Vec::new();
-    for (row, id) in rows.iter().zip(ids) {
-        let (
-            Some(key),
-            NewState::Queued {
-                body,
-                dedupe: Some(d),
-                updates,
-                ..
-            },
-        ) = (&row.key, &recs[row.at].state)
-        else {
-            continue;
+) -> Result<Vec<(usize, i64, State)>, Failed> {
+    let mut c = Columns::default();
+    for (at, rec) in recs.iter().enumerate().filter(|(_, r)| in_bulk(r)) {
+        let cols = OpColumns::of(rec)?;
+        let memory = match (&cols.dedupe, &rec.state) {
+            (None, _) => None,
+            (
+                Some(d),
+                NewState::Queued {
+                    body,
+                    dedupe: Some(_),
+                    updates,
+                    ..
+                },
+            ) => Some((
+                Memory::of(&rec.source, body, updates.is_some())?,
+                ts_plus(rec.raw.received_at, d.window).as_millisecond(),
+            )),
+            // A key that is not remembered (not a create): decided alone.
+            (Some(_), _) => continue,
         };
-        let rec = &recs[row.at];
-        let memory = Memory::of(&rec.source, body, updates.is_some())?;
-        let expires = ts_plus(rec.raw.received_at, d.window).as_millisecond();
-        keys.push((key.as_str(), *id, expires, memory));
+        let raw = &rec.raw;
+        let recv = raw.received_at.as_millisecond();
+        c.source.push(&rec.source);
+        c.state.push(cols.state.as_str());
+        c.received_at.push(recv);
+        c.queued_at
+            .push((cols.state == State::Queued).then_some(recv));
+        c.method.push(&raw.method);
+        c.path.push(&raw.path);
+        c.query.push(&raw.query);
+        c.client_ip.push(raw.client_ip.as_deref());
+        c.user_agent.push(raw.user_agent.as_deref());
+        c.referer.push(raw.referer.as_deref());
+        c.body.push(cols.body);
+        c.click_id.push(cols.click_id);
+        c.reason.push(cols.reason);
+        c.key.push(cols.dedupe.map(|d| d.key.clone()));
+        c.expires_at.push(memory.as_ref().map(|m| m.1));
+        c.memory_click_id
+            .push(memory.as_ref().and_then(|m| m.0.click_id));
+        c.order_id.push(memory.as_ref().and_then(|m| m.0.order_id));
+        c.tracked.push(memory.and_then(|m| m.0.tracked));
+        c.rows.push((at, cols.state));
     }
-    if keys.is_empty() {
-        return Ok(Default::default());
+    if c.rows.is_empty() {
+        return Ok(Vec::new());
     }
-    // Key order, then arrival: every group takes its keys in the same order, and the first
-    // postback of a key repeated in the group wins it.
-    keys.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let key: Vec<&str> = keys.iter().map(|k| k.0).collect();
-    let id: Vec<i64> = keys.iter().map(|k| k.1).collect();
-    let expires: Vec<i64> = keys.iter().map(|k| k.2).collect();
-    let source: Vec<&str> = keys.iter().map(|k| k.3.source).collect();
-    let click: Vec<Option<&str>> = keys.iter().map(|k| k.3.click_id).collect();
-    let order: Vec<Option<&str>> = keys.iter().map(|k| k.3.order_id).collect();
-    let tracked: Vec<Option<&str>> = keys.iter().map(|k| k.3.tracked.as_deref()).collect();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO dedupe (key, record_id, expires_at, source, click_id, order_id, tracked)
-             SELECT key, record_id, expires_at, source, click_id, order_id, tracked
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[]) WITH ORDINALITY
-                  AS u(key, record_id, expires_at, source, click_id, order_id, tracked, n)
-             ORDER BY n
-             ON CONFLICT (key) DO NOTHING
-             RETURNING record_id",
+    let stmt = client.prepare_cached(BULK_SQL).await?;
+    let answer = client
+        .query(
+            &stmt,
+            &[
+                &c.source,
+                &c.state,
+                &c.received_at,
+                &c.queued_at,
+                &c.method,
+                &c.path,
+                &c.query,
+                &c.client_ip,
+                &c.user_agent,
+                &c.referer,
+                &c.body,
+                &c.click_id,
+                &c.reason,
+                &c.key,
+                &c.expires_at,
+                &c.memory_click_id,
+                &c.order_id,
+                &c.tracked,
+            ],
         )
-        .await?;
-    tx.query(
-        &stmt,
-        &[&key, &id, &expires, &source, &click, &order, &tracked],
-    )
-    .await?
-    .iter()
-    .map(|r| r.try_get(0).map_err(StoreError::from))
-    .collect()
+        .await
+        .map_err(Failed::of_commit)?;
+    answer
+        .iter()
+        .map(|r| {
+            let n: i64 = r.try_get(0).map_err(Failed::from)?;
+            let id: i64 = r.try_get(1).map_err(Failed::from)?;
+            let (at, state) = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| c.rows.get(i))
+                .ok_or_else(|| {
+                    Failed::Unknown(StoreError::Corrupt(format!(
+                        "a group insert answered row {n} of {}",
+                        c.rows.len()
+                    )))
+                })?;
+            Ok((*at, id, *state))
+        })
+        .collect()
 }
