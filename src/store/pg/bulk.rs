@@ -47,7 +47,12 @@ impl Group for Inserts {
     type Out = (Inserted, bool);
 
     async fn run(pool: &Pool, recs: &[NewRecord]) -> Vec<Outcome<(Inserted, bool)>> {
-        if let [rec] = recs {
+        // A group of one new create is still one statement, cheaper than the
+        // one-at-a-time path's transaction (measured: ~130 against ~28 us of the server's
+        // time per postback, by `pg_stat_statements`).
+        if let [rec] = recs
+            && !in_bulk(rec)
+        {
             return vec![Outcome::Done(insert_alone(pool, rec).await)];
         }
         if !recs.iter().any(in_bulk) {
