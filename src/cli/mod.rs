@@ -10,6 +10,7 @@
 
 mod error;
 pub mod explain;
+pub mod logbuf;
 pub mod ops;
 pub mod rules;
 pub mod serve;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+use super::logbuf::{LogBuffer, LogGuard};
 use super::{CliError, CliResult, Verdict, multi_thread_runtime};
 use crate::config::Config;
 
@@ -43,25 +46,21 @@ pub const SANDBOX_KEY: &str = "sandbox-key";
 /// Sets up `tracing` on stderr: human lines by default (coloured only when stderr is a
 /// terminal and `NO_COLOR` is unset), JSON with `json`; `RUST_LOG` overrides `level`.
 ///
-/// Lines go through a channel to a writer thread that buffers them and flushes whenever no
-/// line is waiting: one `write` for many lines under load instead of one per postback (a
-/// tenth of the ingest workers' time went to those writes). It never drops a line (not
-/// lossy: a full channel makes the logging thread wait). Keep the guard alive while logging,
-/// and longer than the runtime whose tasks log: dropping it writes out what is left and
-/// closes the writer.
-#[must_use = "dropping the guard stops the log writer"]
-pub fn init_logging(json: bool, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    const BUFFER: usize = 64 * 1024;
-    // Lines waiting for the writer thread; the channel's slots are allocated up front
-    // (tracing-appender's default of 128,000 costs ~4 MiB of RSS).
-    const LINES: usize = 16 * 1024;
+/// Lines are gathered in a buffer that a writer thread writes out within 10 ms, many lines
+/// per `write` under load ([`LogBuffer`]); none is dropped. Keep the guard alive while
+/// logging, and longer than the runtime whose tasks log: dropping it writes out what is left
+/// and stops the writer. Without the thread (it could not start), lines go straight to
+/// stderr and there is no guard.
+pub fn init_logging(json: bool, level: &str) -> Option<LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LINES)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(BUFFER, std::io::stderr()));
+    let (writer, guard) = match LogBuffer::start(std::io::stderr()) {
+        Ok((buffer, guard)) => (BoxMakeWriter::new(buffer), Some(guard)),
+        Err(e) => {
+            eprintln!("cannot start the log writer thread ({e}): logging straight to stderr");
+            (BoxMakeWriter::new(std::io::stderr), None)
+        }
+    };
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -117,7 +116,7 @@ pub(super) fn serve(a: ServeArgs) -> CliResult {
             cfg.admin.token.clone().unwrap_or_default(),
         );
         let store_dir = cfg.store.path.clone();
-        log_guard = Some(init_logging(a.log_json || cfg.log.json, &cfg.log.level));
+        log_guard = init_logging(a.log_json || cfg.log.json, &cfg.log.level);
         let signals = crate::serve::Signals::install()
             .map_err(|e| CliError::Internal(format!("cannot install signal handlers: {e}")))?;
         let running = crate::serve::start(cfg).await?;
@@ -161,7 +160,7 @@ pub(super) fn sandbox(a: SandboxArgs) -> CliResult {
     let mut log_guard = None;
     let rt = multi_thread_runtime()?;
     rt.block_on(async {
-        log_guard = Some(init_logging(false, "info"));
+        log_guard = init_logging(false, "info");
         let s = crate::sandbox::Sandbox::start(
             a.listen,
             crate::sandbox::SandboxConfig { api_key: a.api_key },
