@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
-use serde_json::json;
+use serde::Serialize;
 
 use super::PostbackOutcome;
 
@@ -21,6 +21,18 @@ pub const PIXEL_GIF: &[u8] = &[
 pub enum Style {
     Json,
     Pixel,
+}
+
+/// The JSON of an answer, its keys in the order they always had (alphabetical); `original`
+/// only when there is one. Serialized straight from this struct, without building a
+/// `serde_json::Value` map for every answer.
+#[derive(Serialize)]
+struct JsonAnswer<'a> {
+    id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original: Option<i64>,
+    reason: Option<&'a str>,
+    status: &'a str,
 }
 
 /// One answer before it is rendered.
@@ -88,11 +100,13 @@ impl Answer {
         let (ctype, body) = match (style, &self.text) {
             (Style::Json, Some(text)) => ("text/plain; charset=utf-8", Bytes::from(text.clone())),
             (Style::Json, None) => {
-                let mut body = json!({"status": self.status, "id": self.id, "reason": self.reason});
-                if let Some(original) = self.original {
-                    body["original"] = original.into();
-                }
-                let body = body.to_string();
+                let body = JsonAnswer {
+                    id: self.id,
+                    original: self.original,
+                    reason: self.reason.as_deref(),
+                    status: self.status,
+                };
+                let body = serde_json::to_vec(&body).unwrap_or_default();
                 ("application/json", Bytes::from(body))
             }
             (Style::Pixel, _) => ("image/gif", Bytes::from_static(PIXEL_GIF)),
@@ -115,5 +129,65 @@ impl Answer {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(answer: &Answer, head: bool) -> (StatusCode, String, String) {
+        let resp = answer.render(Style::Json, head);
+        let ctype = resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let len = resp.headers()[header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let code = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(
+            head || len == text.len().to_string(),
+            "Content-Length {len} for {text}"
+        );
+        (code, ctype, text)
+    }
+
+    #[tokio::test]
+    async fn the_json_answers_keep_their_exact_text() {
+        let stored = Answer::stored(PostbackOutcome::Accepted, 42, None);
+        assert_eq!(
+            body_of(&stored, false).await,
+            (
+                StatusCode::OK,
+                "application/json".into(),
+                r#"{"id":42,"reason":null,"status":"accepted"}"#.into()
+            )
+        );
+        let update = Answer::of_conversion(PostbackOutcome::Update, 43, 7, None);
+        assert_eq!(
+            body_of(&update, false).await.2,
+            r#"{"id":43,"original":7,"reason":null,"status":"update"}"#
+        );
+        let refused = Answer::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rejected",
+            Some("payout: \"12,5\" is not a decimal".to_string()),
+        );
+        assert_eq!(
+            body_of(&refused, false).await,
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "application/json".into(),
+                r#"{"id":null,"reason":"payout: \"12,5\" is not a decimal","status":"rejected"}"#
+                    .into()
+            )
+        );
+        let (_, _, text) = body_of(&stored, true).await;
+        assert_eq!(text, "", "HEAD keeps the headers, not the body");
     }
 }
