@@ -7,6 +7,8 @@
 # BENCH_DRAIN (records for the drain, 50000), BENCH_DRAIN_CONCURRENCY ("16 256"),
 # BENCH_RSS_RECORDS (1000000), BENCH_TMP (temp parent dir, default /tmp; must be a real disk),
 # BENCH_PG_TWO (1: the pg section also runs two relays on one database; 0 skips it),
+# BENCH_PG_OPTS (server settings of the pg section, "-c backend_flush_after=256kB"; empty:
+# initdb's defaults),
 # BENCH_ROUNDS (3: ingest and pg measure their servers in turn this many times; every ratio
 # is taken within a round and the median is reported),
 # CARGO_TARGET_DIR as usual. Everything listens on 127.0.0.1 only, every process started
@@ -21,6 +23,7 @@ DRAIN_N=${BENCH_DRAIN:-50000}
 DRAIN_CONC=${BENCH_DRAIN_CONCURRENCY:-16 256}
 RSS_N=${BENCH_RSS_RECORDS:-1000000}
 PG_TWO=${BENCH_PG_TWO:-1}
+PG_OPTS=${BENCH_PG_OPTS--c backend_flush_after=256kB}
 ROUNDS=${BENCH_ROUNDS:-3}
 SECTIONS=${*:-all}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -233,7 +236,8 @@ if want rss; then
 fi
 
 # A throwaway PostgreSQL server in its own temp dir (owned by postgres when we are root),
-# durable as shipped (fsync=on, synchronous_commit=on), on 127.0.0.1; sets PG_PORT.
+# durable as shipped (fsync=on, synchronous_commit=on), on 127.0.0.1, with $PG_OPTS (the
+# README's scale-out guide recommends backend_flush_after); sets PG_PORT.
 start_pg() {
   PG_DIR=$(mktemp -d "${BENCH_TMP:-/tmp}/relay-bench-pg.XXXXXX")
   chmod 755 "$PG_DIR"
@@ -243,7 +247,7 @@ start_pg() {
   for _ in 1 2 3; do
     PG_PORT=$((20000 + RANDOM % 20000))
     if as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 -o \
-      "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$PG_DIR -c fsync=on -c synchronous_commit=on -c max_connections=300" \
+      "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$PG_DIR -c fsync=on -c synchronous_commit=on -c max_connections=300 $PG_OPTS" \
       start >/dev/null 2>&1; then
       return
     fi
@@ -279,7 +283,7 @@ pg_stat() { "$BENCH" pgstat "postgres://relay@127.0.0.1:$PG_PORT/postgres"; }
 
 if want pg; then
   start_pg
-  echo "== pg: PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{ print $3 }') from $PG_BIN on 127.0.0.1:$PG_PORT, data in $PG_DIR (fsync=on, synchronous_commit=on, otherwise initdb's defaults)"
+  echo "== pg: PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{ print $3 }') from $PG_BIN on 127.0.0.1:$PG_PORT, data in $PG_DIR (fsync=on, synchronous_commit=on, ${PG_OPTS:-no other setting}, otherwise initdb's defaults)"
   echo "== pg ingest: wrk -t1 -c$CONNS -d${DUR}s --latency -s bench/postback.lua (2 s warm-up each), $ROUNDS rounds of the relay on SQLite then on PostgreSQL"
   ps=() pp=() pr=()
   for round in $(seq "$ROUNDS"); do
