@@ -3,7 +3,8 @@
 //!   PostgreSQL started by the harness, the scripted Scaleo sandbox, kill -9, faults caused
 //!   for real, the console in a headless Chromium;
 //! - `rules`: the rule engine through the public API and the binary, the shipped rules;
-//! - `store_sqlite`, `store_postgres`: the store behaviours on both backends;
+//! - `store_sqlite`, `store_postgres`: the store behaviours on both backends; `pg_network`:
+//!   PostgreSQL behind a proxy that drops its connections silently;
 //! - `forward_scaleo`: the forwarder against a scripted upstream (`tests/forward_redaction.rs`
 //!   is a binary of its own: it captures every log line of its process);
 //! - `config`, `sandbox`: the service config and the local Scaleo stand-in;
@@ -17,6 +18,8 @@ mod config;
 mod e2e;
 mod forward_scaleo;
 mod fuzz_corpus;
+#[cfg(feature = "postgres")]
+mod pg_network;
 mod rules;
 mod sandbox;
 #[cfg(feature = "postgres")]

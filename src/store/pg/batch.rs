@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use super::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
@@ -286,7 +286,11 @@ mod tests {
         let manager =
             deadpool_postgres::Manager::new(tokio_postgres::Config::new(), tokio_postgres::NoTls);
         // Never connected: the scripted group does not use it.
-        let pool = Pool::builder(manager).build().expect("pool");
+        let recycler = super::super::Recycler {
+            manager,
+            fresh: Duration::ZERO,
+        };
+        let pool = Pool::builder(recycler).build().expect("pool");
         let reqs = vec![script.clone(); 3];
         let outcomes = run_group::<Scripted>(&pool, &reqs).await;
         let done = outcomes

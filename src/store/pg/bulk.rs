@@ -30,7 +30,7 @@
 //! its postbacks redone alone; if the connection is lost before its answer, whether it
 //! committed is unknown, and nothing is redone (see [`Failed`]).
 
-use deadpool_postgres::Pool;
+use super::Pool;
 
 use super::super::change::Memory;
 use super::super::ops::Columns;
@@ -160,7 +160,7 @@ struct GroupColumns<'a> {
 /// path. A statement the server refused rolled back ([`Failed::RolledBack`] or
 /// [`Failed::Conflict`]); a connection lost meanwhile leaves the outcome unknown.
 async fn bulk(
-    client: &deadpool_postgres::Client,
+    client: &super::Object,
     recs: &[NewRecord],
 ) -> Result<Vec<(usize, i64, State)>, Failed> {
     let mut c = GroupColumns::default();

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use super::Pool;
 
 use super::super::StoreError;
 use super::PgStore;

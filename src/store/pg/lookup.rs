@@ -37,7 +37,7 @@ async fn sync(store: &PgStore, wanted: &[LookupIndex]) -> Result<LookupSync, Sto
         return Ok(done);
     }
     // Taken out of the pool: closed when this returns, with its settings and its lock.
-    let client = deadpool_postgres::Object::take(store.pool.get().await?);
+    let client = super::Object::take(store.pool.get().await?);
     client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&SYNC_LOCK])

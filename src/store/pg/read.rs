@@ -276,7 +276,7 @@ impl PgStore {
     /// The tracked conversion of dedupe `key`, with its chain (as `read::conversion`).
     async fn conversion(
         &self,
-        client: &deadpool_postgres::Object,
+        client: &super::Object,
         key: &str,
     ) -> Result<Option<ConversionView>, StoreError> {
         let Some(row) = client

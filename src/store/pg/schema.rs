@@ -5,7 +5,7 @@
 //! Several instances may start at once: the migration runs in one transaction holding a
 //! transaction-level advisory lock, so exactly one of them applies each step.
 
-use deadpool_postgres::Object;
+use super::Object;
 
 use super::StoreError;
 

@@ -17,7 +17,9 @@
 
 use std::collections::HashSet;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Transaction;
+
+use super::Pool;
 use jiff::Timestamp;
 
 use super::super::claim::{ANSWER_EXCERPT_BYTES, Settle, SettleRequest};

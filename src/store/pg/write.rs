@@ -12,7 +12,9 @@
 //! `duplicate`, else this record takes the key over. Two instances inserting the same new key
 //! at once serialise on the key's unique index, so exactly one of them stores it.
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Transaction;
+
+use super::Pool;
 use jiff::Timestamp;
 
 use super::super::change::{Memory, Target};
