@@ -11,8 +11,6 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
-
-use super::Pool;
 use jiff::Timestamp;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -20,6 +18,7 @@ use tokio_postgres::types::ToSql;
 use super::super::claim::{ANSWER_EXCERPT_BYTES, ChangeOf, ClaimRow, Settle, SettleRequest};
 use super::super::ops::ClaimRequest;
 use super::super::{State, StoreError, excerpt, redact_api_key};
+use super::Pool;
 use super::batch::Reply;
 use super::{DB_NOW_MS, PgStore, change};
 

@@ -31,9 +31,10 @@
 //! Connections ([`PgStore::connect`]): a pool of up to `store.pool_size` per instance, TLS
 //! as libpq's `sslmode` says (see [`tls`]), each connection opened within
 //! `store.connect_timeout` and given `SET statement_timeout` (`store.statement_timeout`), and
-//! checked with an empty query before each use (`RecyclingMethod::Verified`, bounded by
-//! [`RECYCLE_WAIT`]): a connection broken by a database restart or a network that dropped it
-//! is replaced instead of failing an operation, so the relay recovers by itself.
+//! checked with an empty query before its use (`RecyclingMethod::Verified`, bounded by
+//! [`RECYCLE_WAIT`]) unless it was handed out within [`VERIFY_AFTER`] and is not known closed
+//! ([`Recycler`]): a connection broken by a database restart or a network that dropped it is
+//! replaced, so the relay recovers by itself.
 
 mod batch;
 mod bulk;

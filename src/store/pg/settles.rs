@@ -18,12 +18,11 @@
 use std::collections::HashSet;
 
 use deadpool_postgres::Transaction;
-
-use super::Pool;
 use jiff::Timestamp;
 
 use super::super::claim::{ANSWER_EXCERPT_BYTES, Settle, SettleRequest};
 use super::super::{StoreError, excerpt, redact_api_key};
+use super::Pool;
 use super::batch::{Failed, Group, Outcome};
 use super::change;
 use super::claim::{settle_alone, settle_in};

@@ -13,8 +13,6 @@
 //! at once serialise on the key's unique index, so exactly one of them stores it.
 
 use deadpool_postgres::Transaction;
-
-use super::Pool;
 use jiff::Timestamp;
 
 use super::super::change::{Memory, Target};
@@ -22,6 +20,7 @@ use super::super::ops::{Columns, PURGE_CHUNK, body_text};
 use super::super::types::{Inserted, NewRecord, NewState, PauseReason, PauseScope, Requeued};
 use super::super::{State, StoreError, ts_plus};
 use super::PgStore;
+use super::Pool;
 use super::batch::Reply;
 use super::change::{self, lock_key, remember, take_key};
 
