@@ -137,9 +137,11 @@ async fn connections_the_network_dropped_silently_are_replaced_and_nothing_ackno
     );
 
     let check = pg::sql(&url).await;
-    let ids: Vec<i64> = acknowledged.clone();
     let found: i64 = check
-        .query_one("SELECT count(*) FROM records WHERE id = ANY($1)", &[&ids])
+        .query_one(
+            "SELECT count(*) FROM records WHERE id = ANY($1)",
+            &[&acknowledged],
+        )
         .await
         .unwrap()
         .get(0);
