@@ -44,6 +44,7 @@ pub mod parse;
 
 pub mod reload;
 pub mod replay;
+pub mod request_line;
 pub mod rules;
 pub mod sandbox;
 pub mod scaleo;

@@ -1,6 +1,7 @@
 //! The accept loop shared by the ingest and admin listeners and the sandbox: HTTP/1.1
 //! connections served by a handler, and on shutdown no new connections while open requests
-//! finish within a grace; connections still open after it are closed.
+//! finish within a grace; connections still open after it are closed. Request lines pass
+//! through [`crate::request_line::Lenient`] first (raw spaces in a sender's URL).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::request_line::Lenient;
 
 /// An HTTP/1.1 connection builder with the tokio timer and a head read timeout set.
 pub fn http1(read_timeout: Duration) -> http1::Builder {
@@ -156,7 +159,8 @@ pub async fn serve_fallible<H, F, E>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |req| handler(req, peer));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn =
+            graceful.watch(http.serve_connection(TokioIo::new(Lenient::new(stream)), service));
         let cut = cut.clone();
         tokio::spawn(async move {
             // The slot is free again when the connection ends.

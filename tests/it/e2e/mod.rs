@@ -15,6 +15,7 @@ mod metrics;
 mod ops_cli;
 mod outage;
 mod process;
+mod raw_request;
 mod reload;
 #[cfg(feature = "postgres")]
 mod scale_out;
