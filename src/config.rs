@@ -320,6 +320,10 @@ pub struct ScaleoConfig {
     pub api_key: String,
     pub timezone: TimeZone,
     pub timeout: Duration,
+    /// Set by `serve --sandbox` (never by the file): every source is forwarded to `base_url`
+    /// with `api_key`, and a rule file's `[forward]` `base_url`/`api_key` are ignored, so
+    /// nothing a demo stores can reach a real network.
+    pub sandbox: bool,
 }
 
 impl std::fmt::Debug for ScaleoConfig {
@@ -329,6 +333,7 @@ impl std::fmt::Debug for ScaleoConfig {
             .field("api_key", &"[redacted]")
             .field("timezone", &self.timezone.iana_name().unwrap_or("fixed"))
             .field("timeout", &self.timeout)
+            .field("sandbox", &self.sandbox)
             .finish()
     }
 }
@@ -755,6 +760,7 @@ impl RawConfig {
             api_key,
             timezone,
             timeout,
+            sandbox: false,
         };
 
         let f = self.forward;

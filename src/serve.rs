@@ -63,16 +63,18 @@ impl Running {
     }
 }
 
-/// The per-source forwarding overrides of a rule set.
-pub fn routes_of(set: &RuleSet) -> HashMap<String, SourceForward> {
+/// The per-source forwarding overrides of a rule set. With `sandbox` (`serve --sandbox`) a
+/// source's own network (`base_url`, `api_key`) is left out: everything goes to the sandbox.
+pub fn routes_of(set: &RuleSet, sandbox: bool) -> HashMap<String, SourceForward> {
     set.iter()
         .map(|r| {
             let f = &r.forward;
+            let own = |v: &Option<String>| v.clone().filter(|_| !sandbox);
             let sf = SourceForward {
                 rate_per_second: f.rate_per_second,
                 burst: f.burst,
-                base_url: f.base_url.clone(),
-                api_key: f.api_key.clone(),
+                base_url: own(&f.base_url),
+                api_key: own(&f.api_key),
             };
             (r.source.clone(), sf)
         })
@@ -205,14 +207,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     } else {
         sync_lookups(&store, set.lookup_indexes()).await;
     }
-    let routes = Routes::new(routes_of(&set));
+    let sandbox = cfg.scaleo.sandbox;
+    let routes = Routes::new(routes_of(&set, sandbox));
     let rules = Arc::new(LiveRules::new(set));
     let shutdown = CancellationToken::new();
     let reloader = {
         let routes = routes.clone();
         let store = store.clone();
         Reloader::new(cfg.rules_dir.clone(), rules.clone(), move |set| {
-            routes.replace(routes_of(set));
+            routes.replace(routes_of(set, sandbox));
             let (store, sources) = (store.clone(), sources_of(set));
             let lookups = set.lookup_indexes();
             tokio::spawn(async move {

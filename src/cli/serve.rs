@@ -105,6 +105,7 @@ pub(super) fn serve(a: ServeArgs) -> CliResult {
         };
         let mut cfg = Config::load_with(a.config.as_deref(), &overrides)?;
         if a.sandbox {
+            cfg.scaleo.sandbox = true;
             sandbox_store(&mut cfg);
             if cfg.admin.token.is_none() {
                 // A local demo: the admin API works out of the box (on loopback by default).

@@ -249,3 +249,30 @@ async fn a_huge_retry_after_is_capped_by_forward_max_retry_after() {
     assert_eq!(codes, vec![Some(429), Some(200)]);
     env.stop().await;
 }
+
+/// `serve --sandbox`: a source whose rule file names its own network (`[forward] base_url`,
+/// `api_key`) is forwarded to the sandbox like every other, never to that network.
+#[tokio::test]
+async fn in_sandbox_mode_a_source_with_its_own_network_goes_to_the_sandbox() {
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = format!(
+        "{SHOP}\n[forward]\nbase_url = \"http://{}\"\napi_key = \"other-network-key\"\n",
+        elsewhere.local_addr().unwrap()
+    );
+    let env = Env::start(&[("other", &other)], |c| c.scaleo.sandbox = true).await;
+    let (status, body) = env.get("/postback/other?cid=sb1&amt=100&oid=O-1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        env.sandbox
+            .wait_for_accepted(1, Duration::from_secs(10))
+            .await,
+        "the sandbox got the postback"
+    );
+    wait_state_because(&env, body["id"].as_i64().unwrap(), "delivered", "").await;
+    let reached = tokio::time::timeout(Duration::from_millis(300), elsewhere.accept()).await;
+    assert!(
+        reached.is_err(),
+        "the rule file's own network was contacted"
+    );
+    env.stop().await;
+}

@@ -29,6 +29,7 @@ pub fn scaleo_config(base_url: String, api_key: &str) -> ScaleoConfig {
         api_key: api_key.into(),
         timezone: jiff::tz::TimeZone::UTC,
         timeout: Duration::from_millis(400),
+        sandbox: false,
     }
 }
 
