@@ -112,10 +112,12 @@ pub(super) fn serve(a: ServeArgs) -> CliResult {
                 cfg.admin.token = Some(SANDBOX_ADMIN_TOKEN.into());
             }
         }
-        let (admin_addr, admin_token) = (
-            cfg.admin.listen,
-            cfg.admin.token.clone().unwrap_or_default(),
-        );
+        // Only the demo's own token is printed; a configured one is a secret.
+        let admin_token = match cfg.admin.token.as_deref() {
+            Some(SANDBOX_ADMIN_TOKEN) => SANDBOX_ADMIN_TOKEN,
+            _ => "<admin.token>",
+        };
+        let admin_addr = cfg.admin.listen;
         let store_dir = cfg.store.path.clone();
         log_guard = init_logging(a.log_json || cfg.log.json, &cfg.log.level);
         let signals = crate::serve::Signals::install()

@@ -284,19 +284,46 @@ fn chain(e: &reqwest::Error) -> String {
     text
 }
 
-/// Replaces every occurrence of `key` (and any `api-key=` value) in `text`.
+/// Replaces every occurrence of `key` (and any `api-key=` value) in `text`: as it is, as a
+/// JSON string holds it (PHP's `json_encode` also writes `/` as `\/`) and URL-encoded.
 pub fn redact(text: &str, key: &str) -> String {
-    let text = if key.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(key, "[redacted]")
-    };
+    let mut text = text.to_string();
+    if !key.is_empty() {
+        let quoted = serde_json::to_string(key).unwrap_or_default();
+        let json = quoted
+            .strip_prefix('"')
+            .and_then(|j| j.strip_suffix('"'))
+            .unwrap_or(key)
+            .to_string();
+        let forms = [
+            key.to_string(),
+            json.replace('/', "\\/"),
+            json,
+            form_urlencoded::byte_serialize(key.as_bytes()).collect(),
+            percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        ];
+        for form in forms {
+            text = text.replace(&form, "[redacted]");
+        }
+    }
     crate::store::redact_api_key(&text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_is_redacted_however_an_answer_escapes_it() {
+        let key = "Ab+cQ/dZ=e&fW%gY h\"";
+        let answer = r#"{"message":"Invalid key Ab+cQ\/dZ=e&fW%gY h\"","info":{"errors":{"api_key":["Ab+cQ/dZ=e&fW%gY h\" is not valid"]}},"url":"x?k=Ab%2BcQ%2FdZ%3De%26fW%25gY+h%22 y=Ab%2BcQ%2FdZ%3De%26fW%25gY%20h%22"}"#;
+        let redacted = redact(answer, key);
+        assert_eq!(
+            redacted,
+            r#"{"message":"Invalid key [redacted]","info":{"errors":{"api_key":["[redacted] is not valid"]}},"url":"x?k=[redacted] y=[redacted]"}"#
+        );
+    }
 
     #[test]
     fn endpoint_encodes_the_key_and_trims_the_slash() {
