@@ -96,6 +96,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Pause(a) | Command::Resume(a) => a.store.json,
         _ => false,
     };
+    // `map`'s own contract: 0 forward or skip, 1 reject, 2 for usage *and* config errors.
+    let config_code = match &cli.command {
+        Command::Map(_) => exit::USAGE,
+        _ => exit::CONFIG,
+    };
     let result = match cli.command {
         Command::Serve(a) => serve::serve(a),
         Command::Sandbox(a) => serve::sandbox(a),
@@ -117,7 +122,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 println!("{}", json!({"error": e.kind(), "reason": e.to_string()}));
             }
             eprintln!("{e}");
-            ExitCode::from(e.code())
+            match e {
+                CliError::Config(_) => ExitCode::from(config_code),
+                e => ExitCode::from(e.code()),
+            }
         }
     }
 }
