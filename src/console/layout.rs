@@ -2,7 +2,10 @@
 //! title, the navigation, the sign-out form with its CSRF token, a one-time message, and the
 //! one stylesheet, allowed by its SHA-256 hash in the Content-Security-Policy.
 //!
-//! Also the few formatting helpers the views share (times, ages, counts).
+//! Long advertiser values (a 600-character click id) wrap anywhere in value cells, so no
+//! page is wider than the window; times and counts keep one line.
+//!
+//! Also the few formatting helpers the views share (times, ages, counts, times in texts).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use std::time::Duration;
 use askama::Template;
 use base64::Engine;
 use jiff::Timestamp;
+use regex::Regex;
 
 use super::Ctx;
 
@@ -35,13 +39,15 @@ th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line);
 th { font-weight:600; color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.03em; }
 table.kv th { width:180px; text-transform:none; font-size:13px; letter-spacing:0; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.num, td.when, .nowrap { white-space:nowrap; }
+td.mono, td.wrap, table.kv td, .wrap, .flash, .alert, .note { overflow-wrap:anywhere; }
 code, pre, .mono { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12.5px; }
 pre { background:#f0f2f5; border:1px solid var(--line); border-radius:4px; padding:10px; overflow:auto; white-space:pre-wrap; word-break:break-all; margin:0; }
 .muted { color:var(--muted); }
 .badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; background:#eaeef2; color:var(--fg); white-space:nowrap; }
 .s-delivered, .s-forward, .ok { background:#dafbe1; color:var(--ok); }
 .s-rejected, .s-dead, .s-reject, .bad { background:#ffebe9; color:var(--bad); }
-.s-retrying, .s-paused, .s-stale, .s-skip, .s-skipped, .warn { background:#fff8c5; color:var(--warn); }
+.s-retrying, .s-paused, .s-stale, .s-duplicate, .s-skip, .s-skipped, .warn { background:#fff8c5; color:var(--warn); }
 .err { color:var(--bad); font-weight:600; }
 .s-queued, .s-update { background:#ddf4ff; color:var(--info); }
 .flash { background:#ddf4ff; border:1px solid #54aeff; border-radius:6px; padding:10px 14px; margin-bottom:16px; }
@@ -57,6 +63,7 @@ button.primary { background:#1f6feb; border-color:#1f6feb; color:#fff; }
 button.danger { background:#cf222e; border-color:#cf222e; color:#fff; }
 a { color:var(--info); }
 .grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(360px,1fr)); gap:16px; }
+.grid > * { min-width:0; }
 .signin { max-width:380px; margin:80px auto; }
 .signin input { width:100%; margin:6px 0 12px; }
 .pager { margin-top:10px; display:flex; gap:16px; }
@@ -153,9 +160,62 @@ pub(crate) fn ago(t: Timestamp, now: Timestamp) -> String {
     format!("{} ago", age(d.unsigned_abs()))
 }
 
+/// `1 record`, `2 records`.
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `a`, `a and b`, `a, b and c`.
+pub(crate) fn and_list(parts: &[String]) -> String {
+    match parts {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// `text` with each RFC 3339 time in it (`2026-12-06T10:26:21.677982204Z`, as the health
+/// checks print them) written as [`when`] writes times.
+pub(crate) fn plain_times(text: &str) -> String {
+    static TIME: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})")
+            .expect("a valid pattern")
+    });
+    TIME.replace_all(text, |c: &regex::Captures<'_>| {
+        c[0].parse::<Timestamp>()
+            .map_or_else(|_| c[0].to_string(), when)
+    })
+    .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_in_a_text_read_like_the_other_times() {
+        assert_eq!(
+            plain_times(
+                "the rules in /etc/r do not load since 2026-12-06T10:26:21.677982204Z (the previous 2 stay)"
+            ),
+            "the rules in /etc/r do not load since 2026-12-06 10:26:21 UTC (the previous 2 stay)"
+        );
+        assert_eq!(
+            plain_times("held since 2026-12-06T12:26:21+02:00; and 2026-12-06T10:00:00Z"),
+            "held since 2026-12-06 10:26:21 UTC; and 2026-12-06 10:00:00 UTC"
+        );
+        assert_eq!(plain_times("no time: 2026-12-06"), "no time: 2026-12-06");
+    }
+
+    #[test]
+    fn counts_and_lists_read_as_words() {
+        assert_eq!(plural(1, "record", "records"), "1 record");
+        assert_eq!(plural(0, "record", "records"), "0 records");
+        let l = |v: &[&str]| and_list(&v.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(l(&["a"]), "a");
+        assert_eq!(l(&["a", "b"]), "a and b");
+        assert_eq!(l(&["a", "b", "c"]), "a, b and c");
+    }
 
     #[test]
     fn ages_read_as_words() {

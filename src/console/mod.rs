@@ -6,13 +6,15 @@
 //!   POST must carry (403 without it);
 //! - one view module per page: [`overview`], [`records`] (list and record page, replay,
 //!   "send now" for a retrying record),
-//!   [`sources`] (rules, pause and resume, "try a postback"), [`problems`] (rejected and
-//!   dead records grouped by reason, group replay after a confirm page);
+//!   [`sources`] (rules, pause and resume), [`explain`] ("try a postback", with the outcome
+//!   the stored conversions give it), [`problems`] (rejected and dead records grouped by
+//!   reason, group replay after a confirm page);
 //! - the pages are askama templates (`templates/console/`, checked at compile time) sharing
 //!   one layout ([`layout`]); every value is escaped by the template engine; no script, no
 //!   external asset: one inline stylesheet allowed by its hash in a strict
 //!   Content-Security-Policy.
 
+mod explain;
 mod layout;
 mod overview;
 mod problems;
@@ -191,7 +193,7 @@ async fn get(ctx: &Ctx<'_>, path: &str, query: &str) -> Result<Answer, ConsoleEr
         ["records"] => records::list(ctx, query).await,
         ["records", id] => records::page(ctx, id).await,
         ["sources"] => sources::page(ctx).await,
-        ["sources", source, "try"] => sources::try_page(ctx, source, query).await,
+        ["sources", source, "try"] => explain::try_page(ctx, source, query).await,
         ["problems"] => problems::page(ctx).await,
         ["problems", "replay"] => problems::confirm(ctx, query).await,
         _ => Err(not_found(path)),

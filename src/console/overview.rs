@@ -7,7 +7,7 @@ use askama::Template;
 use hyper::StatusCode;
 use jiff::ToSpan;
 
-use super::layout::{Page, age, ago, when};
+use super::layout::{Page, age, ago, plain_times, plural, when};
 use super::{Answer, ConsoleError, Ctx, html};
 use crate::store::{PauseReason, PauseScope, State};
 
@@ -64,7 +64,10 @@ fn failing(hour: &[(State, u64)]) -> Option<String> {
     let delivered = n(State::Delivered) + n(State::DuplicateUpstream);
     let (dead, retrying) = (n(State::Dead), n(State::Retrying));
     (delivered == 0 && dead + retrying > 0).then(|| {
-        format!("of its postbacks of the last hour {dead} went dead and {retrying} are retrying, none was delivered")
+        format!(
+            "of its postbacks of the last hour {dead} went dead and {} retrying, none was delivered",
+            plural(retrying, "is", "are")
+        )
     })
 }
 
@@ -142,8 +145,8 @@ pub(super) async fn page(ctx: &Ctx<'_>) -> Result<Answer, ConsoleError> {
     let check = |name, c: &crate::admin::health::Check| CheckRow {
         name,
         ok: c.ok,
-        detail: c.detail.clone(),
-        problems: c.problems.clone(),
+        detail: plain_times(&c.detail),
+        problems: c.problems.iter().map(|p| plain_times(p)).collect(),
     };
     let page = Overview {
         page: Page::new(ctx, "Overview", "overview"),
@@ -190,10 +193,9 @@ mod tests {
             "rejects are the rule's"
         );
         let f = failing(&[(State::Retrying, 1), (State::Dead, 2)]).unwrap();
-        assert!(
-            f.contains("2 went dead") && f.contains("1 are retrying"),
-            "{f}"
-        );
+        assert!(f.contains("2 went dead and 1 is retrying"), "{f}");
+        let f = failing(&[(State::Retrying, 3)]).unwrap();
+        assert!(f.contains("0 went dead and 3 are retrying"), "{f}");
         assert_eq!(failing(&[(State::Delivered, 1), (State::Dead, 5)]), None);
     }
 

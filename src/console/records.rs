@@ -6,7 +6,7 @@ use askama::Template;
 use hyper::StatusCode;
 use serde_json::{Map, Value};
 
-use super::layout::{Page, ago, when};
+use super::layout::{Page, ago, and_list, plural, when};
 use super::{Answer, ConsoleError, Ctx, html, redirect};
 use crate::admin::view::{self, ListQuery};
 use crate::replay::{Report, Selection};
@@ -54,6 +54,8 @@ struct List {
     rows: Vec<Row>,
     /// The query string of the next page, when there is one.
     next: Option<String>,
+    /// The first page with the same filters.
+    newest: String,
     first_page: bool,
 }
 
@@ -85,16 +87,21 @@ pub(super) async fn list(ctx: &Ctx<'_>, query: &str) -> Result<Answer, ConsoleEr
         .collect();
     let ListQuery { filter, cursor, .. } = view::list_query(&api_pairs)?;
     let (summaries, next) = ctx.admin.store.list(filter, PAGE, cursor).await?;
+    // The filters as typed, so the form on the next and the newest page shows them again.
+    let kept: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(n, v)| n != "cursor" && n != "limit" && !v.trim().is_empty())
+        .cloned()
+        .collect();
     let next = next.map(|crate::store::Cursor(id)| {
-        // The filters as typed, so the form on the next page shows them again.
-        let mut kept: Vec<(String, String)> = pairs
-            .iter()
-            .filter(|(n, v)| n != "cursor" && n != "limit" && !v.trim().is_empty())
-            .cloned()
-            .collect();
+        let mut kept = kept.clone();
         kept.push(("cursor".into(), id.to_string()));
         serde_urlencoded::to_string(&kept).unwrap_or_default()
     });
+    let newest = match serde_urlencoded::to_string(&kept).unwrap_or_default() {
+        q if q.is_empty() => "/console/records".to_string(),
+        q => format!("/console/records?{q}"),
+    };
     let page = List {
         page: Page::new(ctx, "Records", "records"),
         sources: ctx
@@ -114,6 +121,7 @@ pub(super) async fn list(ctx: &Ctx<'_>, query: &str) -> Result<Answer, ConsoleEr
         until: typed("until"),
         rows: summaries.iter().map(|s| Row::new(s, ctx.now)).collect(),
         next,
+        newest,
         first_page: cursor.is_none(),
     };
     Ok(html(StatusCode::OK, &page, &[]))
@@ -251,22 +259,41 @@ pub(super) async fn page(ctx: &Ctx<'_>, id: &str) -> Result<Answer, ConsoleError
     }
 }
 
-/// One line about a replay's outcome.
+/// One line about a replay's outcome: `Replay of 3 records: 2 queued and 1 still rejected.
+/// Reason: ...` (the counts that are not zero).
 pub(crate) fn report_line(r: &Report) -> String {
+    let total = r.queued + r.duplicate + r.rejected + r.skipped + r.not_replayed;
+    if total == 0 {
+        return "Nothing was replayed.".into();
+    }
+    let parts: Vec<String> = [
+        (r.queued, "queued", "queued"),
+        (r.duplicate, "duplicate", "duplicates"),
+        (r.rejected, "still rejected", "still rejected"),
+        (r.skipped, "skipped", "skipped"),
+        (
+            r.not_replayed,
+            "could not be replayed",
+            "could not be replayed",
+        ),
+    ]
+    .into_iter()
+    .filter(|(n, ..)| *n > 0)
+    .map(|(n, one, many)| plural(n, one, many))
+    .collect();
     let mut line = format!(
-        "Replayed {} record(s): {} queued, {} duplicate, {} still rejected, {} skipped, {} not replayed.",
-        r.queued + r.duplicate + r.rejected + r.skipped + r.not_replayed,
-        r.queued,
-        r.duplicate,
-        r.rejected,
-        r.skipped,
-        r.not_replayed
+        "Replay of {}: {}.",
+        plural(total, "record", "records"),
+        and_list(&parts)
     );
-    if let Some(g) = r.reasons.first() {
-        line.push_str(&format!(
-            " Most common reason: {} ({}x).",
-            g.reason, g.count
-        ));
+    match (r.reasons.as_slice(), r.reasons_omitted) {
+        ([], _) => {}
+        ([only], 0) => line.push_str(&format!(" Reason: {}.", only.reason)),
+        ([first, ..], _) => line.push_str(&format!(
+            " Most common reason: {} ({}).",
+            first.reason,
+            plural(first.count, "record", "records")
+        )),
     }
     line
 }
@@ -291,4 +318,56 @@ pub(super) async fn send_now(ctx: &Ctx<'_>, id: &str) -> Result<Answer, ConsoleE
         "It is not retrying any more: nothing changed.".to_string()
     });
     Ok(redirect(&format!("/console/records/{id}"), &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::ReasonGroup;
+
+    fn group(outcome: &'static str, reason: &str, count: u64) -> ReasonGroup {
+        ReasonGroup {
+            outcome,
+            reason: reason.into(),
+            count,
+            ids: vec![1],
+        }
+    }
+
+    #[test]
+    fn a_replay_reads_as_plain_counts_with_its_reason() {
+        let one_left = Report {
+            not_replayed: 1,
+            reasons: vec![group(
+                "not_replayed",
+                "state delivered: only rejected or dead records can be replayed",
+                1,
+            )],
+            ..Default::default()
+        };
+        assert_eq!(
+            report_line(&one_left),
+            "Replay of 1 record: 1 could not be replayed. Reason: state delivered: only rejected or dead records can be replayed."
+        );
+        let queued = Report {
+            queued: 1,
+            ..Default::default()
+        };
+        assert_eq!(report_line(&queued), "Replay of 1 record: 1 queued.");
+        let mixed = Report {
+            queued: 2,
+            duplicate: 2,
+            rejected: 3,
+            reasons: vec![
+                group("rejected", "click_id: no value", 2),
+                group("rejected", "amt", 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            report_line(&mixed),
+            "Replay of 7 records: 2 queued, 2 duplicates and 3 still rejected. Most common reason: click_id: no value (2 records)."
+        );
+        assert_eq!(report_line(&Report::default()), "Nothing was replayed.");
+    }
 }

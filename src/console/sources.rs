@@ -1,17 +1,17 @@
 //! Sources: each rule file's description, auth summary, dedupe, updates and forwarding
-//! limits, its pause state with pause and resume buttons, and "try a postback": a pasted URL
-//! or query explained field by field with the rules in force (the same answer as
-//! `/admin/explain`), storing and forwarding nothing.
+//! limits, and its pause state with pause and resume buttons (refused for a source that is
+//! not known, as the JSON API does). Its "try a postback" box leads to [`super::explain`].
+
+use std::collections::BTreeSet;
 
 use askama::Template;
 use hyper::StatusCode;
-use jiff::Timestamp;
 
 use super::layout::{Page, when};
 use super::{Answer, ConsoleError, Ctx, field, html, redirect};
 use crate::admin::view;
-use crate::rules::{Origin, Rule};
-use crate::store::{PauseReason, PauseScope, Paused};
+use crate::rules::Rule;
+use crate::store::{Filter, PauseReason, PauseScope, Paused};
 
 struct PauseLine {
     reason: &'static str,
@@ -140,6 +140,9 @@ pub(super) async fn pause(
 ) -> Result<Answer, ConsoleError> {
     let source = field(form, "source").filter(|s| !s.is_empty());
     let scope = view::pause_scope(source)?;
+    if let PauseScope::Source(s) = &scope {
+        known_source(ctx, s).await?;
+    }
     let what = match &scope {
         PauseScope::All => "all forwarding".to_string(),
         PauseScope::Source(s) => format!("forwarding of {s}"),
@@ -161,161 +164,48 @@ pub(super) async fn pause(
     Ok(redirect("/console/sources", &[]))
 }
 
-struct FieldLine {
-    field: &'static str,
-    when: String,
-    value: String,
-    origin: String,
-    ignored: Vec<String>,
-    error: String,
-}
-
-#[derive(Template)]
-#[template(path = "console/try.html")]
-struct TryPage {
-    page: Page,
-    source: String,
-    input: String,
-    /// `None` until something was submitted.
-    result: Option<TryResult>,
-}
-
-struct TryResult {
-    outcome: &'static str,
-    reason: String,
-    body: Option<String>,
-    skip_matched: String,
-    when_matched: String,
-    fields: Vec<FieldLine>,
-    /// What the postback would be to a stored conversion.
-    conversion: Option<(&'static str, String)>,
-}
-
-/// The query part of a pasted URL, query string or `?query`.
-fn query_of(input: &str) -> &str {
-    let input = input.trim();
-    match input.split_once('?') {
-        Some((_, q)) => q,
-        None if input.contains("://") || input.starts_with('/') => "",
-        None => input,
-    }
-}
-
-/// `GET /console/sources/{source}/try?q=...`.
-pub(super) async fn try_page(
-    ctx: &Ctx<'_>,
-    source: &str,
-    query: &str,
-) -> Result<Answer, ConsoleError> {
-    let rules = ctx.admin.replayer.rules.current();
-    let Some(rule) = rules.get(source) else {
-        return Err(ConsoleError::NotFound(format!(
-            "there is no rule file for source {source}"
-        )));
-    };
-    let pairs = crate::rules::decode_form(query.as_bytes());
-    let input = field(&pairs, "q").unwrap_or("").to_string();
-    let result = if input.trim().is_empty() {
-        None
-    } else {
-        let mut ex = view::explain(
-            rule,
-            query_of(&input),
-            &ctx.admin.replayer.zone,
-            Timestamp::now(),
-        );
-        let preview = match ex.state.take() {
-            Some(state) => ctx.admin.store.preview(state).await?,
-            None => None,
-        };
-        Some(TryResult {
-            outcome: ex.outcome,
-            reason: ex.reason.clone().unwrap_or_default(),
-            body: ex
-                .body
-                .as_ref()
-                .map(|b| serde_json::to_string_pretty(b).unwrap_or_default()),
-            skip_matched: ex
-                .skip_matched
-                .map(|i| format!("[[skip]] number {}", i + 1))
-                .unwrap_or_default(),
-            when_matched: ex
-                .when_matched
-                .iter()
-                .map(|i| format!("[[when]] number {}", i + 1))
-                .collect::<Vec<_>>()
-                .join(", "),
-            fields: ex
-                .fields
-                .iter()
-                .map(|f| FieldLine {
-                    field: f.field,
-                    when: f
-                        .when
-                        .map(|i| format!("[[when]] {}", i + 1))
-                        .unwrap_or_default(),
-                    value: f
-                        .value
-                        .as_ref()
-                        .map(|v| match v {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        })
-                        .unwrap_or_default(),
-                    origin: match &f.origin {
-                        Some(Origin::Param { name }) => format!("parameter {name}"),
-                        Some(Origin::Template) => "template".into(),
-                        Some(Origin::Constant) => "constant".into(),
-                        Some(Origin::Default) => "default".into(),
-                        None => "no value".into(),
-                    },
-                    ignored: f
-                        .ignored
-                        .iter()
-                        .map(|i| format!("{}={:?}: {}", i.param, i.value, i.why))
-                        .collect(),
-                    error: f.error.clone().unwrap_or_default(),
-                })
-                .collect(),
-            conversion: preview.map(|p| {
-                let mut text = String::new();
-                if let Some(o) = p.original {
-                    text.push_str(&format!("of the conversion created by record {o}"));
-                }
-                if let Some(c) = &p.change {
-                    text.push_str(&format!(
-                        "; would send {}",
-                        serde_json::to_string(c).unwrap_or_default()
-                    ));
-                }
-                if let Some(r) = &p.reason {
-                    text.push_str(&format!("; {r}"));
-                }
-                (p.outcome, text)
+/// A pause or resume names a source with a rule file, stored records or a pause (as
+/// `POST /admin/pause` asks): a typo must not store a pause that holds nothing.
+async fn known_source(ctx: &Ctx<'_>, source: &str) -> Result<(), ConsoleError> {
+    let store = &ctx.admin.store;
+    let mut known: BTreeSet<String> = ctx
+        .admin
+        .replayer
+        .rules
+        .current()
+        .iter()
+        .map(|r| r.source.clone())
+        .collect();
+    known.extend(store.pending_sources().await?);
+    known.extend(
+        store
+            .paused()
+            .await?
+            .into_iter()
+            .filter_map(|p| match p.scope {
+                PauseScope::Source(s) => Some(s),
+                PauseScope::All => None,
             }),
-        })
+    );
+    let filter = Filter {
+        source: Some(source.to_string()),
+        ..Default::default()
     };
-    let page = TryPage {
-        page: Page::new(ctx, format!("Try a postback: {source}"), "sources"),
-        source: source.to_string(),
-        input,
-        result,
-    };
-    Ok(html(StatusCode::OK, &page, &[]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::query_of;
-
-    #[test]
-    fn a_pasted_url_query_or_bare_query_all_give_the_query() {
-        assert_eq!(
-            query_of(" https://relay.example/postback/shop?cid=1&amt=5 "),
-            "cid=1&amt=5"
-        );
-        assert_eq!(query_of("?cid=1"), "cid=1");
-        assert_eq!(query_of("cid=1&amt=5"), "cid=1&amt=5");
-        assert_eq!(query_of("https://relay.example/postback/shop"), "");
+    if known.contains(source) || !store.list(filter, 1, None).await?.0.is_empty() {
+        return Ok(());
     }
+    let known: Vec<String> = known.into_iter().collect();
+    Err(view::BadParam::new(
+        "source",
+        source,
+        format!(
+            "a known source (a rule file, stored records or a pause): {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    )
+    .into())
 }

@@ -635,6 +635,12 @@ async fn console_pages_records_by_cursor_and_keeps_the_filters() {
         second.contains("<option value=\"shop\" selected>"),
         "the filter is kept"
     );
+    let newest = href_of(&second, "« Newest").expect("a link to the newest records");
+    assert!(
+        newest.contains("source=shop") && !newest.contains("cursor="),
+        "the newest page keeps the filters: {newest}"
+    );
+    assert_eq!(rows(&get(newest).await), 50);
     env.stop().await;
 }
 
@@ -706,6 +712,309 @@ async fn console_sends_a_retrying_record_now_instead_of_after_its_backoff() {
             async move { state(store).await == Some(State::Delivered) }
         })
         .await
+    );
+    env.stop().await;
+}
+
+/// The repository's Keitaro rule and its update-only refunds source.
+const KEITARO: &str = include_str!("../../../rules/keitaro.toml");
+const CHARGEBACKS: &str = include_str!("../../../rules/chargebacks.toml");
+
+/// A signed-in GET over plain HTTP: status and page.
+async fn page_of(env: &Env, session: &str, path: &str) -> (u16, String) {
+    let resp = plain_client()
+        .get(admin_url(env, path))
+        .header("cookie", format!("relay_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// A signed-in form POST over plain HTTP: status and page.
+async fn post_of(env: &Env, session: &str, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let req = with_form(plain_client().post(admin_url(env, path)), form)
+        .header("cookie", format!("relay_session={session}"));
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The `href` of the link whose text is `text` (entities of `&` decoded).
+fn href_of(page: &str, text: &str) -> Option<String> {
+    let at = page.find(&format!(">{text}</a>"))?;
+    let href = page[..at].rfind("href=\"")? + 6;
+    Some(
+        page[href..]
+            .split('"')
+            .next()?
+            .replace("&#38;", "&")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// The try page of `source` for `query`.
+fn try_path(source: &str, query: &str) -> String {
+    format!(
+        "/console/sources/{source}/try?{}",
+        serde_urlencoded::to_string([("q", query)]).unwrap()
+    )
+}
+
+/// Whether an element matches `css` on the page.
+async fn has(b: &Browser, css: &str) -> bool {
+    b.client
+        .execute(
+            "return document.querySelector(arguments[0]) !== null",
+            vec![serde_json::json!(css)],
+        )
+        .await
+        .unwrap()
+        .as_bool()
+        .unwrap()
+}
+
+/// The try page says no body would be sent, without a stray space before punctuation.
+async fn nothing_sent(b: &Browser) {
+    assert!(!has(b, "#body").await, "no body is said to be sent");
+    let text = b.text("main").await;
+    assert!(!text.contains("would be sent to Scaleo"), "{text}");
+    let result = b.text("#result").await;
+    assert!(
+        !result.contains(" ;") && !result.contains(" ."),
+        "no stray space: {result}"
+    );
+}
+
+#[tokio::test]
+async fn console_try_a_postback_headlines_what_the_stored_conversions_make_of_it() {
+    let env = Env::start(
+        &[("keitaro", KEITARO), ("chargebacks", CHARGEBACKS)],
+        with_admin,
+    )
+    .await;
+    let sale = postback(
+        &env,
+        "keitaro",
+        &[
+            ("subid", "clk1"),
+            ("status", "sale"),
+            ("revenue", "25"),
+            ("tid", "T-1"),
+        ],
+    )
+    .await;
+    let b = browser_sign_in(&env).await;
+    // An update-only postback that finds no conversion: rejected, nothing sent.
+    b.open(&try_path("chargebacks", "order=T-NOPE&amount=-5"))
+        .await;
+    assert_eq!(b.text("#outcome").await, "rejected");
+    let reason = b.text("#reason").await;
+    assert!(
+        reason.contains("T-NOPE") && reason.contains("no conversion"),
+        "{reason}"
+    );
+    nothing_sent(&b).await;
+    b.shot("try-rejected").await;
+
+    // A late lead after the sale: stale, nothing sent.
+    b.open(&try_path("keitaro", "subid=clk1&status=lead&tid=T-1"))
+        .await;
+    assert_eq!(b.text("#outcome").await, "stale");
+    assert!(b.text("#reason").await.contains("pending"));
+    assert!(b.text("#result").await.contains(&format!("record {sale}")));
+    nothing_sent(&b).await;
+    b.shot("try-stale").await;
+
+    // The sale again: a duplicate, nothing sent.
+    b.open(&try_path(
+        "keitaro",
+        "subid=clk1&status=sale&revenue=25&tid=T-1",
+    ))
+    .await;
+    assert_eq!(b.text("#outcome").await, "duplicate");
+    nothing_sent(&b).await;
+
+    // A refund of the sale: an update; the change is what would be sent, not a create body.
+    b.open(&try_path("chargebacks", "order=T-1&amount=-25"))
+        .await;
+    assert_eq!(b.text("#outcome").await, "update");
+    assert!(!has(&b, "#body").await, "no create body");
+    let change = b.text("#change").await;
+    assert!(
+        change.contains("\"conv_status\": \"rejected\"") && change.contains("-25"),
+        "{change}"
+    );
+    assert!(b.text("#result").await.contains(&format!("record {sale}")));
+    b.shot("try-update").await;
+
+    // A new conversion: forward, with the body that would be sent.
+    b.open(&try_path("keitaro", "subid=clk2&status=lead&tid=T-2"))
+        .await;
+    assert_eq!(b.text("#outcome").await, "forward");
+    assert!(b.text("#body").await.contains("\"click_id\": \"clk2\""));
+    b.close().await;
+    env.stop().await;
+}
+
+/// Fails when the page is wider than the window (it scrolls sideways).
+async fn fits_the_window(b: &Browser, what: &str) {
+    let w = b
+        .eval("const d = document.documentElement; return [d.scrollWidth, d.clientWidth]")
+        .await;
+    let (scroll, client) = (w[0].as_u64().unwrap(), w[1].as_u64().unwrap());
+    assert!(
+        scroll <= client,
+        "{what}: the page is {scroll} px wide in a {client} px window"
+    );
+}
+
+/// The left and right edges of the first element matching `css` and its height in lines.
+async fn place(b: &Browser, css: &str) -> (f64, f64, f64) {
+    let v = b
+        .client
+        .execute(
+            "const e = document.querySelector(arguments[0]);
+             const box = e.getBoundingClientRect();
+             const r = document.createRange(); r.selectNodeContents(e);
+             const rects = Array.from(r.getClientRects()).filter(x => x.height > 0);
+             const top = Math.min(...rects.map(x => x.top));
+             const bottom = Math.max(...rects.map(x => x.bottom));
+             return [box.left, box.right, (bottom - top) / parseFloat(getComputedStyle(e).lineHeight)];",
+            vec![serde_json::json!(css)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("place of {css}: {e}"));
+    let n = |i: usize| v[i].as_f64().unwrap();
+    (n(0), n(1), n(2))
+}
+
+#[tokio::test]
+async fn console_pages_wrap_long_advertiser_values_within_the_window() {
+    let env = Env::start(&[("keitaro", KEITARO)], with_admin).await;
+    let long_click = "c".repeat(600);
+    let long_status = "s".repeat(600);
+    let clicked = postback(
+        &env,
+        "keitaro",
+        &[("subid", &long_click), ("status", "sale"), ("tid", "T-1")],
+    )
+    .await;
+    let rejected = postback(
+        &env,
+        "keitaro",
+        &[("subid", "c2"), ("status", &long_status), ("tid", "T-2")],
+    )
+    .await;
+    let b = browser_sign_in(&env).await;
+    let width = || async {
+        b.eval("return document.documentElement.clientWidth")
+            .await
+            .as_f64()
+            .unwrap()
+    };
+
+    b.open("/console/records").await;
+    fits_the_window(&b, "records").await;
+    let (_, _, lines) = place(&b, "#records tbody tr td:nth-child(2)").await;
+    assert!(lines < 1.5, "the Received time keeps one line: {lines}");
+    b.shot("long-records").await;
+
+    for (id, row) in [(clicked, "Click id"), (rejected, "Reason")] {
+        b.open(&format!("/console/records/{id}")).await;
+        fits_the_window(&b, &format!("record {id}")).await;
+        let edges = b
+            .client
+            .execute(
+                "const th = Array.from(document.querySelectorAll('table.kv th'))
+                   .find(t => t.textContent.trim() === arguments[0]);
+                 const raw = document.querySelectorAll('.grid > div')[1];
+                 return [th.nextElementSibling.getBoundingClientRect().right,
+                         raw.getBoundingClientRect().left];",
+                vec![serde_json::json!(row)],
+            )
+            .await
+            .unwrap();
+        let (right, raw_left) = (edges[0].as_f64().unwrap(), edges[1].as_f64().unwrap());
+        assert!(
+            right <= raw_left,
+            "record {id}: the {row} ({right}) runs under the raw postback ({raw_left})"
+        );
+        b.shot(&format!(
+            "long-record-{}",
+            row.replace(' ', "-").to_lowercase()
+        ))
+        .await;
+    }
+
+    b.open("/console/problems").await;
+    fits_the_window(&b, "problems").await;
+    let w = width().await;
+    for css in ["#rejected-groups td.num", "#rejected-groups a.replay-group"] {
+        let (_, right, lines) = place(&b, css).await;
+        assert!(
+            right <= w && lines < 1.5,
+            "{css} on screen on one line: right {right} of {w}, {lines} lines"
+        );
+    }
+    b.shot("long-problems").await;
+    b.click("#rejected-groups a.replay-group").await;
+    fits_the_window(&b, "the confirm page").await;
+    b.shot("long-problems-confirm").await;
+
+    b.open(&try_path(
+        "keitaro",
+        &format!("subid={long_click}&status={long_status}"),
+    ))
+    .await;
+    fits_the_window(&b, "try a postback").await;
+    b.shot("long-try").await;
+    b.close().await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn console_refuses_to_pause_an_unknown_source_and_shows_alert_times_as_utc() {
+    let env = Env::start(&[("shop", SHOP)], with_admin).await;
+    let (_, session) = http_sign_in(&env, ADMIN_TOKEN).await;
+    let session = session.unwrap();
+    let (_, sources) = page_of(&env, &session, "/console/sources").await;
+    let csrf = csrf_in(&sources);
+    for action in ["pause", "resume"] {
+        let (status, page) = post_of(
+            &env,
+            &session,
+            &format!("/console/sources/{action}"),
+            &[("source", "nosuch"), ("csrf", &csrf)],
+        )
+        .await;
+        assert_eq!(status, 400, "{action} of an unknown source: {page}");
+        assert!(
+            page.contains("source=&quot;nosuch&quot;") || page.contains("source=&#34;nosuch&#34;"),
+            "the error names the field and value: {page}"
+        );
+        assert!(
+            page.contains("known source") && page.contains("shop"),
+            "{page}"
+        );
+    }
+    assert!(
+        env.relay().store.paused().await.unwrap().is_empty(),
+        "no pause was stored for it"
+    );
+
+    // A rule file that does not load: the overview says since when, as the other times.
+    write_rule(&env.dir.path().join("rules"), "shop", "[fields\n");
+    assert!(env.relay().reload().is_err());
+    let (_, overview) = page_of(&env, &session, "/").await;
+    let at = overview
+        .find("do not load since ")
+        .expect("the reload alert")
+        + 18;
+    let since = overview.get(at..at + 23).unwrap_or("");
+    assert!(
+        jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S UTC", since).is_ok(),
+        "a time like the others: {}",
+        &overview[at..(at + 60).min(overview.len())]
     );
     env.stop().await;
 }
