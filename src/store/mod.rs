@@ -348,8 +348,10 @@ impl Store {
 
     /// Runs `op` within `store.timeout`: a store that stalls (a frozen disk, a hung or
     /// unreachable database) fails the operation with [`StoreError::Timeout`] instead of
-    /// hanging its caller. An operation given up on may still commit later; it was never
-    /// acknowledged, and a sender's retry meets the dedupe key.
+    /// hanging its caller. An insert given up on is dropped if the store had not started it
+    /// (the SQLite writer, the PostgreSQL group collector); one already in the transaction
+    /// that was stalled may still commit later: it was never acknowledged, and a sender's
+    /// retry meets the dedupe key.
     async fn bounded<T>(
         &self,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -388,8 +390,14 @@ impl Store {
                 self.woke(wakes);
                 return Ok(inserted);
             }
-            self.call(rec, |rec, c, _, wakes| sqlite::ops::insert(c, rec, wakes))
-                .await
+            // Cancellable: an insert answered 503 (store.timeout) before the writer reached it
+            // is not stored afterwards.
+            self.call_with(
+                rec,
+                |rec, c, _, wakes| sqlite::ops::insert(c, rec, wakes),
+                true,
+            )
+            .await
         })
         .await
     }
@@ -822,6 +830,17 @@ impl Store {
         req: R,
         run: Run<R, T>,
     ) -> Result<T, StoreError> {
+        self.call_with(req, run, false).await
+    }
+
+    /// [`Store::call`]; a `cancellable` operation is left undone when its caller gave up
+    /// (timed out) before the writer reached it.
+    async fn call_with<R: Send + 'static, T: Send + 'static>(
+        &self,
+        req: R,
+        run: Run<R, T>,
+        cancellable: bool,
+    ) -> Result<T, StoreError> {
         #[cfg_attr(not(feature = "postgres"), allow(irrefutable_let_patterns))]
         let Backend::Sqlite { tx, .. } = &self.inner.backend else {
             return Err(StoreError::Closed);
@@ -834,7 +853,7 @@ impl Store {
             .and_then(|tx| tx.clone())
             .ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(sqlite::op(req, run, reply))
+        tx.send(sqlite::op(req, run, reply, cancellable))
             .await
             .map_err(|_| StoreError::Closed)?;
         drop(tx);

@@ -3,7 +3,8 @@
 //!   PostgreSQL started by the harness, the scripted Scaleo sandbox, kill -9, faults caused
 //!   for real, the console in a headless Chromium;
 //! - `rules`: the rule engine through the public API and the binary, the shipped rules;
-//! - `store_sqlite`, `store_postgres`: the store behaviours on both backends; `pg_network`:
+//! - `store_sqlite`, `store_postgres`: the store behaviours on both backends; `store_timeout`:
+//!   an insert answered timeout is never stored later; `pg_network`:
 //!   PostgreSQL behind a proxy that drops its connections silently;
 //! - `forward_scaleo`: the forwarder against a scripted upstream (`tests/forward_redaction.rs`
 //!   is a binary of its own: it captures every log line of its process);
@@ -25,4 +26,5 @@ mod sandbox;
 #[cfg(feature = "postgres")]
 mod store_postgres;
 mod store_sqlite;
+mod store_timeout;
 mod support;

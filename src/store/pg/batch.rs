@@ -62,6 +62,10 @@ pub(super) enum Reply<R, T> {
 pub(super) trait Group: Send + Sync + 'static {
     type Req: Send + Sync + 'static;
     type Out: Send + 'static;
+    /// Whether a request whose caller gave up (timed out) before its group formed is
+    /// dropped rather than run: true for inserts (answered 503, so never stored behind the
+    /// sender's back), false for settles (an attempt's outcome is recorded even late).
+    const CANCELLABLE: bool;
     /// Runs `reqs` in one transaction on a connection of `pool`; one outcome per request,
     /// in order.
     fn run(pool: &Pool, reqs: &[Self::Req])
@@ -119,6 +123,12 @@ async fn collect<G: Group>(
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
+            }
+        }
+        if G::CANCELLABLE {
+            jobs.retain(|(_, reply)| !reply.is_closed());
+            if jobs.is_empty() {
+                continue;
             }
         }
         let pool = pool.clone();
@@ -260,6 +270,7 @@ mod tests {
     impl Group for Scripted {
         type Req = Arc<Script>;
         type Out = ();
+        const CANCELLABLE: bool = false;
 
         async fn run(_: &Pool, reqs: &[Arc<Script>]) -> Vec<Outcome<()>> {
             let script = &reqs[0];

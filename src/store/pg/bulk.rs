@@ -45,6 +45,7 @@ pub(super) struct Inserts;
 impl Group for Inserts {
     type Req = NewRecord;
     type Out = (Inserted, bool);
+    const CANCELLABLE: bool = true;
 
     async fn run(pool: &Pool, recs: &[NewRecord]) -> Vec<Outcome<(Inserted, bool)>> {
         // Only a lone postback that cannot be stored in bulk goes straight to the

@@ -33,6 +33,7 @@ pub(super) struct Settles;
 impl Group for Settles {
     type Req = SettleRequest;
     type Out = (bool, bool);
+    const CANCELLABLE: bool = false;
 
     async fn run(pool: &Pool, reqs: &[SettleRequest]) -> Vec<Outcome<(bool, bool)>> {
         if let [req] = reqs {

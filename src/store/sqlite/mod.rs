@@ -47,6 +47,9 @@ pub(crate) trait Work: Send {
     fn fail(&mut self, err: StoreError);
     /// Answers the caller: its own result if the commit succeeded, else the commit's error.
     fn finish(self: Box<Self>, commit: &Result<(), StoreError>);
+    /// Whether the operation is to be left undone: its caller gave up waiting (it was
+    /// answered `store.timeout`, a 503 for an insert) and the operation may be dropped.
+    fn abandoned(&self) -> bool;
 }
 
 struct Job<R, T> {
@@ -54,10 +57,15 @@ struct Job<R, T> {
     run: Run<R, T>,
     reply: Reply<T>,
     result: Option<Result<T, StoreError>>,
+    /// Dropped, not run, once its caller gave up (see [`Work::abandoned`]).
+    cancellable: bool,
 }
 
-/// Packs a request and its SQL into an [`Op`] answered through `reply`.
-pub(crate) fn op<R, T>(req: R, run: Run<R, T>, reply: Reply<T>) -> Op
+/// Packs a request and its SQL into an [`Op`] answered through `reply`. A `cancellable`
+/// operation is left undone when its caller gave up before the writer reached it (an
+/// insert answered 503 must not be stored later); the others (a settle, a claim's release)
+/// are still committed, late.
+pub(crate) fn op<R, T>(req: R, run: Run<R, T>, reply: Reply<T>, cancellable: bool) -> Op
 where
     R: Send + 'static,
     T: Send + 'static,
@@ -67,6 +75,7 @@ where
         run,
         reply,
         result: None,
+        cancellable,
     })
 }
 
@@ -90,6 +99,10 @@ impl<R: Send, T: Send> Work for Job<R, T> {
         };
         // The caller may have given up (dropped its future); nothing to do then.
         let _ = self.reply.send(answer);
+    }
+
+    fn abandoned(&self) -> bool {
+        self.cancellable && self.reply.is_closed()
     }
 }
 
@@ -245,6 +258,15 @@ impl Writer {
             if tx.is_autocommit() {
                 return Err(GroupError::Failed(rolled_back()));
             }
+            // Checked once the transaction is ours (a stalled disk or a lock may have held
+            // the writer until now): an insert whose sender was already answered 503 is not
+            // stored behind its back.
+            if op.abandoned() {
+                tracing::warn!(
+                    "an operation given up by its caller (store.timeout) was left undone"
+                );
+                continue;
+            }
             match mode {
                 Mode::Straight => {
                     if !op.run(&tx, now, wakes) {
@@ -385,7 +407,7 @@ mod tests {
         let mut answers = Vec::new();
         for (scope, run) in ops {
             let (reply, answer) = oneshot::channel();
-            tx.try_send(op(scope, run, reply)).ok().unwrap();
+            tx.try_send(op(scope, run, reply, false)).ok().unwrap();
             answers.push(answer);
         }
         drop(tx);
