@@ -259,6 +259,12 @@ impl<'a> Ctx<'a, '_> {
             return reject(reason);
         }
         let click_id = match body.get("click_id") {
+            // A constant or default of "" or spaces is no click id either.
+            Some(Value::String(c)) if c.trim().is_empty() => {
+                return reject(format!(
+                    "click_id: {c:?} is blank (a constant or default of the rule); a click id is required"
+                ));
+            }
             Some(Value::String(c)) => Some(c.clone()),
             _ if rule.updates.only.is_some() => None,
             _ => return reject("click_id: required, but the rule gives it no value".into()),
@@ -643,10 +649,14 @@ impl<'a> Ctx<'a, '_> {
     }
 }
 
-/// [`typed`], except that a JSON number found under `json` is read as the number it is.
+/// [`typed`], except that a JSON number found under `json` is read as the number it is
+/// (`1e1` and `12.0` are the integers 10 and 12, as in a flat JSON body).
 fn typed_found(ty: FieldType, text: &str, json_number: Option<Decimal>) -> Result<Out, String> {
     match (ty, json_number) {
         (FieldType::Number, Some(d)) => Ok(Out::Num(d)),
+        (FieldType::Integer, Some(d)) if d.fract().is_zero() => i64::try_from(d.trunc())
+            .map(Out::Int)
+            .map_err(|_| "not an integer (goal_id is a JSON integer)".to_string()),
         _ => typed(ty, text),
     }
 }

@@ -514,6 +514,36 @@ fn json_numbers_are_json_numbers_never_read_through_decimal() {
     assert_eq!(m.body["adv_param1"], json!("12.50"));
 }
 
+#[test]
+fn a_goal_id_under_a_json_pointer_is_read_as_the_integer_it_is() {
+    let r = rule("[fields]\nclick_id = \"cid\"\ngoal_id = { from = \"ev\", json = \"/g\" }\n");
+    for (g, want) in [("1e1", 10), ("12.0", 12), ("7", 7)] {
+        let q = format!("cid=a&ev={}", urlencode(&format!("{{\"g\":{g}}}")));
+        assert_eq!(mapped(&r, &q).body["goal_id"], json!(want), "{g}");
+    }
+    let q = format!("cid=a&ev={}", urlencode(r#"{"g":1.5}"#));
+    let reason = rejected(&r, &q);
+    assert!(
+        reason.contains("goal_id") && reason.contains("integer"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_blank_click_id_from_a_constant_rejects_naming_the_field() {
+    let r = rule(
+        "[fields]\nclick_id = [\"cid\", { value = \" \" }]\n\n[[when]]\nmatch = { t = \"1\" }\nset = { click_id = { value = \"\" } }\n",
+    );
+    for q in ["x=1", "cid=abc&t=1"] {
+        let reason = rejected(&r, q);
+        assert!(
+            reason.starts_with("click_id:") && reason.contains("blank"),
+            "{q}: {reason}"
+        );
+    }
+    assert_eq!(mapped(&r, "cid=abc").body["click_id"], json!("abc"));
+}
+
 fn urlencode(text: &str) -> String {
     serde_urlencoded::to_string([("x", text)]).unwrap()[2..].to_string()
 }
