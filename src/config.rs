@@ -306,6 +306,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
 }
 
+/// The environment variable that holds the admin token when the config sets none.
+pub const ADMIN_TOKEN_VAR: &str = "RELAY_ADMIN_TOKEN";
+
 /// `[admin]`: the admin listener; without a token every `/admin/` path answers 401.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -686,11 +689,18 @@ impl RawConfig {
             ),
             max_connections: s.max_connections,
         };
+        // The default is `${RELAY_ADMIN_TOKEN}`, when that variable is set (unset: no token,
+        // and every /admin/ path answers 401).
+        let admin_token = self.admin.token.or_else(|| {
+            std::env::var_os(ADMIN_TOKEN_VAR)
+                .filter(|v| !v.is_empty())
+                .map(|_| format!("${{{ADMIN_TOKEN_VAR}}}"))
+        });
         let token = match need {
             // The operator commands never serve the admin API: its token is not read.
             Need::Operator => None,
             _ => p
-                .take(expand("admin.token", self.admin.token), None)
+                .take(expand("admin.token", admin_token), None)
                 .filter(|t| !t.is_empty()),
         };
         let admin = AdminConfig {

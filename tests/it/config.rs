@@ -479,3 +479,46 @@ fn a_syntax_error_names_the_line_but_never_prints_an_inline_secret() {
         assert!(out.contains(line), "the line is not named:\n{out}");
     }
 }
+
+/// `admin.token` defaults to `${RELAY_ADMIN_TOKEN}`: with the variable set and no token in
+/// the file, the admin API takes that token (and refuses others).
+#[test]
+fn the_admin_token_defaults_to_the_relay_admin_token_variable() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = local_config(dir.path(), "http://127.0.0.1:9");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RELAY_ADMIN_TOKEN", "t0k-from-env")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin = loop {
+        let line = lines.next().expect("a started line").unwrap();
+        if let Some(at) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin_addr="))
+        {
+            break at.to_string();
+        }
+    };
+    let status = |token: &str| {
+        let mut conn = std::net::TcpStream::connect(&admin).unwrap();
+        write!(
+            conn,
+            "GET /admin/records HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer[9..12].to_string()
+    };
+    let (good, bad) = (status("t0k-from-env"), status("other"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((good.as_str(), bad.as_str()), ("200", "401"));
+}
