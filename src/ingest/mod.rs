@@ -220,7 +220,7 @@ impl Ingest {
             ),
             client_ip: Some(ip_text.clone()),
             user_agent,
-            referer,
+            referer: record::stored_referer(referer, is_secret),
             received_at,
         };
         let mut answer = self.store_record(rule, raw, state).await?;

@@ -10,6 +10,28 @@ use crate::metrics;
 use crate::rules::{JSON_NUMBERS_PARAM, Rule, decode_form};
 use crate::store::{ChangeRoute, Inserted, NewRecord, NewState, RawPostback};
 
+/// The referer a record keeps: a credential parameter in its query (a pixel page whose own
+/// URL carried the token) shown as `***`, like the postback's.
+pub(crate) fn stored_referer(
+    referer: Option<String>,
+    is_secret: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let r = referer?;
+    let Some((page, query)) = r.split_once('?') else {
+        return Some(r);
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut kept = format!("{page}?{}", request::redact_query(query, is_secret));
+    if let Some(f) = fragment {
+        kept.push('#');
+        kept.push_str(f);
+    }
+    Some(kept)
+}
+
 /// The query a record keeps: the sender's query with credential values as `***`, then the
 /// body's parameters, then the names of credentials that came in the body (as `***`), then
 /// where the JSON numbers were (so that a replay reads them as such).
@@ -161,5 +183,28 @@ impl Ingest {
             Some(original) => Answer::of_conversion(label, id, original, reason),
             None => Answer::stored(label, id, reason),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_the_referer_query_is_kept_redacted() {
+        let secret = |n: &str| n == "token";
+        assert_eq!(
+            stored_referer(
+                Some("https://shop.example/thanks?order=9&token=s3cret#top".into()),
+                secret
+            )
+            .as_deref(),
+            Some("https://shop.example/thanks?order=9&token=***#top")
+        );
+        assert_eq!(
+            stored_referer(Some("https://shop.example/thanks".into()), secret).as_deref(),
+            Some("https://shop.example/thanks")
+        );
+        assert_eq!(stored_referer(None, secret), None);
     }
 }
