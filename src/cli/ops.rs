@@ -38,7 +38,8 @@ pub struct RecordsArgs {
     /// Only records of this source.
     #[arg(long)]
     pub source: Option<String>,
-    /// rejected, skipped, queued, delivered, duplicate, duplicate_upstream, retrying, paused, dead.
+    /// rejected, skipped, queued, delivered, duplicate, duplicate_upstream, retrying, paused, dead,
+    /// stale, merged.
     #[arg(long)]
     pub state: Option<String>,
     /// Only records with this click id.

@@ -62,7 +62,7 @@ pub struct MapArgs {
     #[arg(long, value_name = "URL")]
     pub referer: Option<String>,
     /// When the postback arrived, for @received_at: RFC 3339 with an offset, e.g.
-    /// 2025-03-01T12:00:00Z (default: now).
+    /// 2025-03-01T12:00:00Z (without it, @received_at has no value, as in [[tests]]).
     #[arg(long, value_name = "TIME", value_parser = parse_rfc3339)]
     pub received_at: Option<jiff::Timestamp>,
     /// The source id (the rule file's stem).
