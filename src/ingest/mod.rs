@@ -197,9 +197,14 @@ impl Ingest {
             StatusCode::UNPROCESSABLE_ENTITY
         };
         if method == Method::HEAD {
+            // The head a GET would get: its code, and the `[answer]` text's type and length.
             return Ok(match outcome {
                 Outcome::Reject { reason } => Answer::new(reject_code, "rejected", Some(reason)),
-                _ => Answer::new(StatusCode::OK, "ok", None),
+                _ => {
+                    let mut answer = Answer::new(StatusCode::OK, "ok", None);
+                    answer.text = rule.answer_body(&input);
+                    answer
+                }
             });
         }
         let success_text = rule.answer_body(&input);

@@ -616,6 +616,21 @@ revenue      = { from = "amt", required = true }
         );
         assert_eq!(resp.text().await.unwrap(), want, "accepted, then duplicate");
     }
+    // HEAD answers with the head of the GET: text, and the text's length.
+    let head = env
+        .client
+        .head(env.url("/postback/iron?eventId=H1&userId=u1&amt=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert!(
+        head.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(head.headers()["content-length"], "5", "the length of H1:OK");
     // A reject: 200 with the JSON answer naming the reason, stored as rejected.
     let resp = get("eventId=E2&userId=u1").await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
