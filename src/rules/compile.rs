@@ -485,8 +485,10 @@ impl<'a> Compiler<'_, 'a> {
                 line,
             });
         }
-        if !t.after.is_empty() {
-            self.err(Some(at.clone()), format!("{key}: after = [...] needs expect_outcome = \"update\" | \"stale\" | \"duplicate\""));
+        // `after` with `expect_reject`: a postback rejected once the conversion exists (an
+        // update-only postback whose key finds none).
+        if !t.after.is_empty() && t.expect_reject.is_none() {
+            self.err(Some(at.clone()), format!("{key}: after = [...] needs expect_outcome = \"update\" | \"stale\" | \"duplicate\" (or expect_reject)"));
         }
         let expect = match (t.expect, t.expect_reject, t.expect_skip) {
             (Some(body), None, None) => Expectation::Body(expect_body(self, body)),
@@ -508,7 +510,7 @@ impl<'a> Compiler<'_, 'a> {
             user_agent: t.user_agent,
             referer: t.referer,
             received_at,
-            after: Vec::new(),
+            after: t.after,
             line,
         })
     }

@@ -21,7 +21,9 @@ pub struct TestResult {
 }
 
 /// Runs every test of `rule` with `zone` as the network time zone; `set` holds the source
-/// whose conversions an update-only rule changes (its `after` postbacks go there).
+/// whose conversions an update-only rule changes (its `after` postbacks go there). A test
+/// with `after` plays those postbacks first and expects an outcome (`expect_outcome`) or a
+/// reject (`expect_reject`).
 pub fn run(rule: &Rule, set: &RuleSet, zone: &TimeZone) -> Vec<TestResult> {
     rule.tests
         .iter()
@@ -32,6 +34,9 @@ pub fn run(rule: &Rule, set: &RuleSet, zone: &TimeZone) -> Vec<TestResult> {
             failure: match &t.expect {
                 Expectation::Change { outcome, change } => {
                     check_change(rule, set, t, zone, *outcome, change.as_ref())
+                }
+                Expectation::Reject(want) if !t.after.is_empty() => {
+                    check_reject_after(rule, set, t, zone, want)
                 }
                 _ => check(t, &apply_test(rule, t, zone)),
             },
@@ -44,6 +49,131 @@ pub fn apply_test(rule: &Rule, t: &RuleTest, zone: &TimeZone) -> Outcome {
     apply_query(rule, t, &t.query, t.body.as_ref(), zone)
 }
 
+/// What the store makes of a lifecycle test's `query` once its `after` postbacks are stored,
+/// decided as the live relay decides it.
+enum Played {
+    /// The rule rejects or skips the postback (an update-only postback also when its
+    /// `[updates] key` fields have no value); no conversion is looked at.
+    Mapped(Outcome),
+    /// An update-only postback whose key finds no conversion: rejected with this reason.
+    Unmatched(String),
+    /// A later postback of the conversion of `after`.
+    Decided(Decision),
+}
+
+/// Plays `after` (postbacks of the source that creates the conversion: the rule itself, or
+/// the `of` source of an update-only rule) then `query`. `Err` says why the test cannot be
+/// played.
+///
+/// As live: `after` is decided by the creating source's `[updates]`, `query` by the rule's
+/// own (an update-only source's transitions are its own table, or the default when it sets
+/// none, never its `of` source's); with `[updates] enabled = false` every repeat is a
+/// duplicate.
+fn play(rule: &Rule, set: &RuleSet, t: &RuleTest, zone: &TimeZone) -> Result<Played, String> {
+    let creator = match &rule.updates.only {
+        Some(only) => match set.get(&only.of) {
+            Some(r) => r.as_ref(),
+            None => return Err(format!("[updates] of = {:?} is not loaded", only.of)),
+        },
+        None => rule,
+    };
+    let mut conversion: Option<(Map<String, Value>, Map<String, Value>)> = None;
+    for (i, q) in t.after.iter().enumerate() {
+        let body = match apply_query(creator, t, q, None, zone) {
+            Outcome::Forward(m) => m.body,
+            other => {
+                return Err(format!(
+                    "after[{i}] is not forwarded by source {}: {}",
+                    creator.source,
+                    describe_outcome(&other)
+                ));
+            }
+        };
+        match &mut conversion {
+            None => conversion = Some((body.clone(), lifecycle::tracked(&body))),
+            Some((_, tracked)) if creator.updates.enabled => {
+                if let Decision::Update { change } =
+                    lifecycle::decide(tracked, &body, &creator.updates.transitions)
+                {
+                    *tracked = lifecycle::overlay(tracked, [&change]);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    let Some((created, tracked)) = conversion else {
+        return Err("after = [...] is empty: no conversion to play the postback on".into());
+    };
+    let body = match apply_test(rule, t, zone) {
+        Outcome::Forward(m) => m.body,
+        other => return Ok(Played::Mapped(other)),
+    };
+    if let Some(only) = &rule.updates.only {
+        let lookup = match Lookup::of_body(only, &body) {
+            Ok(lookup) => lookup,
+            Err(reason) => return Ok(Played::Mapped(Outcome::Reject { reason })),
+        };
+        let same = |field: &str, v: &Option<String>| {
+            v.as_ref()
+                .is_none_or(|v| created.get(field).and_then(Value::as_str) == Some(v))
+        };
+        if !(same("click_id", &lookup.click_id) && same("adv_order_id", &lookup.order_id)) {
+            let preview = crate::store::Preview::unmatched(&lookup);
+            return Ok(Played::Unmatched(preview.reason.unwrap_or_default()));
+        }
+    }
+    if !rule.updates.enabled {
+        return Ok(Played::Decided(Decision::Duplicate));
+    }
+    Ok(Played::Decided(lifecycle::decide(
+        &tracked,
+        &body,
+        &rule.updates.transitions,
+    )))
+}
+
+/// One line for what a played postback became, as a failure prints it after "got".
+fn describe_played(rule: &Rule, played: &Played) -> String {
+    match played {
+        Played::Mapped(o) => describe_outcome(o),
+        Played::Unmatched(reason) => format!("reject: {reason}"),
+        Played::Decided(Decision::Stale { reason }) => format!("stale: {reason}"),
+        Played::Decided(Decision::Update { change }) => {
+            format!("update sending {}", Value::Object(change.clone()))
+        }
+        Played::Decided(Decision::Duplicate) if !rule.updates.enabled => {
+            "duplicate ([updates] enabled = false: every repeat is a duplicate)".into()
+        }
+        Played::Decided(Decision::Duplicate) => "duplicate".into(),
+    }
+}
+
+/// A test with `after` and `expect_reject`: the postback is rejected once the conversion of
+/// `after` is stored (by the rule, or as an update-only postback that finds no conversion).
+fn check_reject_after(
+    rule: &Rule,
+    set: &RuleSet,
+    t: &RuleTest,
+    zone: &TimeZone,
+    want: &str,
+) -> Option<String> {
+    let played = match play(rule, set, t, zone) {
+        Ok(p) => p,
+        Err(why) => return Some(why),
+    };
+    match &played {
+        Played::Mapped(Outcome::Reject { reason }) | Played::Unmatched(reason)
+            if reason.contains(want) =>
+        {
+            None
+        }
+        _ => Some(format!(
+            "expected reject with a reason containing {want:?}\n     got {}",
+            describe_played(rule, &played)
+        )),
+    }
+}
+
 /// Plays `after` then `query` as the store would for one conversion and compares what the
 /// last postback is to it (and, for an update, the fields the change sends).
 fn check_change(
@@ -54,89 +184,27 @@ fn check_change(
     want: ChangeOutcome,
     want_change: Option<&Map<String, Value>>,
 ) -> Option<String> {
-    let creator = match &rule.updates.only {
-        Some(only) => match set.get(&only.of) {
-            Some(r) => r.as_ref(),
-            None => return Some(format!("[updates] of = {:?} is not loaded", only.of)),
-        },
-        None => rule,
+    let played = match play(rule, set, t, zone) {
+        Ok(p) => p,
+        Err(why) => return Some(why),
     };
-    let mut conversion: Option<(Map<String, Value>, Map<String, Value>)> = None;
-    for (i, q) in t.after.iter().enumerate() {
-        let body = match apply_query(creator, t, q, None, zone) {
-            Outcome::Forward(m) => m.body,
-            other => {
-                return Some(format!(
-                    "after[{i}] is not forwarded by source {}: {}",
-                    creator.source,
-                    describe_outcome(&other)
-                ));
-            }
-        };
-        match &mut conversion {
-            None => conversion = Some((body.clone(), lifecycle::tracked(&body))),
-            Some((_, tracked)) => {
-                if let Decision::Update { change } =
-                    lifecycle::decide(tracked, &body, &creator.updates.transitions)
-                {
-                    *tracked = lifecycle::overlay(tracked, [&change]);
-                }
-            }
-        }
-    }
-    let (created, tracked) = conversion?;
-    let body = match apply_test(rule, t, zone) {
-        Outcome::Forward(m) => m.body,
-        other => {
+    let (got_outcome, got_change) = match &played {
+        Played::Decided(Decision::Duplicate) => (ChangeOutcome::Duplicate, None),
+        Played::Decided(Decision::Stale { .. }) => (ChangeOutcome::Stale, None),
+        Played::Decided(Decision::Update { change }) => (ChangeOutcome::Update, Some(change)),
+        Played::Mapped(_) | Played::Unmatched(_) => {
             return Some(format!(
-                "expected {}
-     got {}",
+                "expected {}\n     got {}",
                 want.as_str(),
-                describe_outcome(&other)
+                describe_played(rule, &played)
             ));
         }
     };
-    if let Some(only) = &rule.updates.only {
-        let finds = Lookup::of_body(only, &body).map(|l| {
-            let same = |field: &str, v: &Option<String>| {
-                v.as_ref()
-                    .is_none_or(|v| created.get(field).and_then(Value::as_str) == Some(v))
-            };
-            same("click_id", &l.click_id) && same("adv_order_id", &l.order_id)
-        });
-        match finds {
-            Ok(true) => {}
-            Ok(false) => {
-                return Some(
-                    "the postback's [updates] key does not find the conversion of `after`".into(),
-                );
-            }
-            Err(reason) => {
-                return Some(format!(
-                    "expected {}
-     got reject: {reason}",
-                    want.as_str()
-                ));
-            }
-        }
-    }
-    let got = lifecycle::decide(&tracked, &body, &creator.updates.transitions);
-    let (got_outcome, got_change) = match &got {
-        Decision::Duplicate => (ChangeOutcome::Duplicate, None),
-        Decision::Stale { .. } => (ChangeOutcome::Stale, None),
-        Decision::Update { change } => (ChangeOutcome::Update, Some(change)),
-    };
     if got_outcome != want {
-        let detail = match &got {
-            Decision::Stale { reason } => format!(": {reason}"),
-            Decision::Update { change } => format!(" sending {}", Value::Object(change.clone())),
-            Decision::Duplicate => String::new(),
-        };
         return Some(format!(
-            "expected {}
-     got {}{detail}",
+            "expected {}\n     got {}",
             want.as_str(),
-            got_outcome.as_str()
+            describe_played(rule, &played)
         ));
     }
     match (want_change, got_change) {

@@ -167,3 +167,163 @@ fn expect_outcome_without_after_is_a_load_error() {
         "{list:#?}"
     );
 }
+
+/// The failure of each test of source `source` in `set`, in file order.
+fn failures(set: &RuleSet, source: &str) -> Vec<Option<String>> {
+    let rule = set.get(source).unwrap();
+    testing::run(rule, set, &TimeZone::UTC)
+        .into_iter()
+        .map(|r| r.failure)
+        .collect()
+}
+
+/// A source whose table makes `approved` final (its own postbacks cannot reject a sale).
+const SRC_APPROVED_FINAL: &str = "[fields]\nclick_id = \"cid\"\nconv_status = \"st\"\nadv_order_id = \"oid\"\n\n[updates]\ntransitions = { pending = [\"approved\"] }\n
+[[tests]]
+name = \"its own rejection after approval is stale\"
+after = [\"cid=s2&st=pending&oid=Q2\", \"cid=s2&st=approved&oid=Q2\"]
+query = \"cid=s2&st=rejected&oid=Q2\"
+expect_outcome = \"stale\"
+";
+
+/// An update-only source of `src` (chargebacks by order id); `{updates}` adds to its table.
+fn chargebacks(updates: &str, tests: &str) -> String {
+    format!(
+        "[fields]\nadv_order_id = \"order\"\nconv_status = {{ value = \"rejected\" }}\nrevenue = {{ from = \"amount\", number = true }}\n\n[updates]\nonly = true\nof = \"src\"\nkey = [\"adv_order_id\"]\n{updates}\n{tests}"
+    )
+}
+
+const AFTER_APPROVAL: &str =
+    "after = [\"cid=s2&st=pending&oid=Q2\", \"cid=s2&st=approved&oid=Q2\"]";
+
+#[test]
+fn an_update_only_source_changes_by_its_own_table_not_the_one_of_its_of_source() {
+    // src makes approved final; cbx sets no table, so the default (approved -> rejected)
+    // decides its postbacks, as the live relay does.
+    let cbx = chargebacks(
+        "",
+        &format!(
+            "[[tests]]\nname = \"a chargeback after approval is an update\"\n{AFTER_APPROVAL}\nquery = \"order=Q2&amount=-5\"\nexpect_outcome = \"update\"\nexpect = {{ conv_status = \"rejected\", revenue = -5 }}\n
+[[tests]]\nname = \"wrong: src's table does not decide\"\n{AFTER_APPROVAL}\nquery = \"order=Q2&amount=-5\"\nexpect_outcome = \"stale\"\n"
+        ),
+    );
+    let set = set_in(&[("src", SRC_APPROVED_FINAL), ("cbx", &cbx)]).unwrap();
+    assert_eq!(failures(&set, "src"), [None]);
+    let got = failures(&set, "cbx");
+    assert_eq!(got[0], None);
+    let wrong = got[1].as_deref().unwrap();
+    assert!(
+        wrong.contains("expected stale") && wrong.contains("got update"),
+        "{wrong}"
+    );
+}
+
+#[test]
+fn an_update_only_source_with_its_own_table_is_stale_where_that_table_says_so() {
+    // The reverse: src (default table) lets approved -> rejected, cbx makes approved final.
+    let src = "[fields]\nclick_id = \"cid\"\nconv_status = \"st\"\nadv_order_id = \"oid\"\n";
+    let cbx = chargebacks(
+        "transitions = { pending = [\"approved\", \"rejected\"] }",
+        &format!(
+            "[[tests]]\nname = \"a chargeback after approval is stale\"\n{AFTER_APPROVAL}\nquery = \"order=Q2&amount=-5\"\nexpect_outcome = \"stale\"\n
+[[tests]]\nname = \"wrong: an update\"\n{AFTER_APPROVAL}\nquery = \"order=Q2&amount=-5\"\nexpect_outcome = \"update\"\n
+[[tests]]\nname = \"before approval it is an update\"\nafter = [\"cid=s2&st=pending&oid=Q2\"]\nquery = \"order=Q2&amount=-5\"\nexpect_outcome = \"update\"\nexpect = {{ conv_status = \"rejected\", revenue = -5 }}\n"
+        ),
+    );
+    let set = set_in(&[("src", src), ("cbx", &cbx)]).unwrap();
+    let got = failures(&set, "cbx");
+    assert_eq!(got[0], None);
+    let wrong = got[1].as_deref().unwrap();
+    assert!(
+        wrong.contains("expected update") && wrong.contains("got stale"),
+        "{wrong}"
+    );
+    assert!(
+        wrong.contains("conv_status rejected") && wrong.contains("back from approved"),
+        "the reason names both statuses: {wrong}"
+    );
+    assert_eq!(got[2], None);
+}
+
+#[test]
+fn with_updates_disabled_every_repeat_is_a_duplicate() {
+    let text = "[fields]\nclick_id = \"cid\"\nconv_status = \"st\"\nrevenue = \"rev\"\n\n[updates]\nenabled = false\n
+[[tests]]
+name = \"a new status is a duplicate\"
+after = [\"cid=a&st=pending&rev=1\"]
+query = \"cid=a&st=approved&rev=2\"
+expect_outcome = \"duplicate\"
+
+[[tests]]
+name = \"wrong: an update\"
+after = [\"cid=a&st=pending&rev=1\"]
+query = \"cid=a&st=approved&rev=2\"
+expect_outcome = \"update\"
+
+[[tests]]
+name = \"wrong: stale\"
+after = [\"cid=a&st=approved&rev=1\"]
+query = \"cid=a&st=pending&rev=1\"
+expect_outcome = \"stale\"
+";
+    let r = rule(text);
+    let got: Vec<_> = testing::run(&r, &RuleSet::default(), &TimeZone::UTC)
+        .into_iter()
+        .map(|r| r.failure)
+        .collect();
+    assert_eq!(got[0], None);
+    for wrong in [&got[1], &got[2]] {
+        let wrong = wrong.as_deref().unwrap();
+        assert!(
+            wrong.contains("got duplicate") && wrong.contains("enabled = false"),
+            "{wrong}"
+        );
+    }
+}
+
+#[test]
+fn after_with_expect_reject_shows_an_update_only_postback_that_finds_no_conversion() {
+    let cbx = chargebacks(
+        "",
+        &format!(
+            "[[tests]]\nname = \"an unknown order is rejected\"\n{AFTER_APPROVAL}\nquery = \"order=NOPE&amount=-5\"\nexpect_reject = \"no conversion of source src with adv_order_id \\\"NOPE\\\"\"\n
+[[tests]]\nname = \"wrong: the order is known\"\n{AFTER_APPROVAL}\nquery = \"order=Q2&amount=-5\"\nexpect_reject = \"no conversion\"\n
+[[tests]]\nname = \"the rule's own reject still shows\"\n{AFTER_APPROVAL}\nquery = \"order=&amount=-5\"\nexpect_reject = \"adv_order_id\"\n
+[[tests]]\nname = \"wrong reason\"\n{AFTER_APPROVAL}\nquery = \"order=NOPE&amount=-5\"\nexpect_reject = \"click_id\"\n"
+        ),
+    );
+    let set = set_in(&[("src", SRC_APPROVED_FINAL), ("cbx", &cbx)]).unwrap();
+    let got = failures(&set, "cbx");
+    assert_eq!(got[0], None);
+    let known = got[1].as_deref().unwrap();
+    assert!(
+        known.contains("expected reject") && known.contains("got update"),
+        "{known}"
+    );
+    assert_eq!(got[2], None);
+    let reason = got[3].as_deref().unwrap();
+    assert!(
+        reason.contains("\"click_id\"")
+            && reason.contains("got reject: no conversion of source src"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn after_goes_with_expect_outcome_or_expect_reject_only() {
+    for expect in ["expect = { click_id = \"a\" }", "expect_skip = \"test\""] {
+        let list = problems(&format!(
+            "{FIELDS}\n[[tests]]\nname = \"x\"\nafter = [\"cid=a\"]\nquery = \"cid=a\"\n{expect}\n"
+        ));
+        assert!(
+            list.iter()
+                .any(|m| m.contains("after = [...] needs expect_outcome")),
+            "{list:#?}"
+        );
+    }
+    let ok = rule(&format!(
+        "{FIELDS}\n[[tests]]\nname = \"x\"\nafter = [\"cid=a&st=pending\"]\nquery = \"cid=&st=approved\"\nexpect_reject = \"click_id\"\n"
+    ));
+    let results = testing::run(&ok, &RuleSet::default(), &TimeZone::UTC);
+    assert_eq!(results[0].failure, None);
+}
