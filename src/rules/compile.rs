@@ -19,6 +19,7 @@ use crate::scaleo;
 mod condition;
 mod field;
 mod signature;
+mod unknown;
 mod updates;
 
 /// How `${VAR}` in `[auth]` and `[forward]` is treated.
@@ -49,12 +50,10 @@ pub fn compile(
             ),
         );
     }
-    let raw: RawRule = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            diags.at(e.span(), e.message().trim().replace('\n', " "));
-            return Err(diags.list);
-        }
+    // Unknown keys are all reported, and the rest of the file is still checked without them.
+    let Some(raw) = unknown::parse(text, &mut diags) else {
+        diags.list.sort_by_key(|d| (d.line, d.col));
+        return Err(diags.list);
     };
     let rule = Compiler {
         diags: &mut diags,

@@ -731,3 +731,23 @@ fn answer_is_validated_at_load() {
     .unwrap();
     assert!(r.answer.has_body() && !r.answer.reject_ok);
 }
+
+#[test]
+fn every_unknown_key_of_a_file_is_reported_at_once() {
+    let list = problems(
+        "[params]\nrepeatd = \"first\"\n\n[fields]\nclick_id = \"cid\"\ngoal_id = { value = 1 }\ngoal_alias = { value = \"x\" }\nrevenue = { from = \"amt\", scal = \"0.01\" }\n\n[dedupe]\nwindw = \"3d\"\n\n[bogus]\na = 1\n",
+    );
+    let text = list.join("\n");
+    for (at, what) in [
+        ("acme.toml:2:1:", "`repeatd`"),
+        ("acme.toml:8:27:", "`scal`"),
+        ("acme.toml:11:1:", "`windw`"),
+        ("acme.toml:13:2:", "`bogus`"),
+    ] {
+        assert!(
+            list.iter().any(|p| p.starts_with(at) && p.contains(what)),
+            "{at} {what} missing from:\n{text}"
+        );
+    }
+    assert_eq!(list.len(), 4, "{text}");
+}
