@@ -427,6 +427,24 @@ impl std::fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl ConfigErrors {
+    /// The problems TOML found in `file` (its `text`), each at its `file:line:col`.
+    fn at_positions(file: &Path, text: &str, problems: Vec<crate::toml_check::Problem>) -> Self {
+        let problems = problems
+            .into_iter()
+            .map(|p| {
+                let (line, col) = crate::toml_check::line_col(text, p.span.map_or(0, |s| s.start));
+                Located {
+                    at: Some(format!("{}:{line}:{col}", file.display())),
+                    error: ConfigError::Source(redact_secrets(&p.message)),
+                }
+            })
+            .collect();
+        ConfigErrors {
+            file: Some(file.to_path_buf()),
+            problems,
+        }
+    }
+
     fn new(file: Option<&Path>, errors: Vec<ConfigError>) -> ConfigErrors {
         let text = file.and_then(|f| std::fs::read_to_string(f).ok());
         let mut problems: Vec<Located> = errors
@@ -486,6 +504,20 @@ impl Config {
             && !f.is_file()
         {
             return Err(one(ConfigError::NoFile(f.to_path_buf())));
+        }
+        // The file alone first, with TOML's own positions: every unknown key at once, or the
+        // value of the wrong type, each at its file:line:col (the config crate names one
+        // problem at a time, without a position).
+        if let Some(f) = file {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                one(ConfigError::Source(format!(
+                    "cannot read {}: {e}",
+                    f.display()
+                )))
+            })?;
+            if let Err(problems) = crate::toml_check::parse::<RawConfig>(&text) {
+                return Err(ConfigErrors::at_positions(f, &text, problems));
+            }
         }
         let mut builder = config::Config::builder();
         if let Some(file) = file {

@@ -51,3 +51,4 @@ pub mod scaleo;
 pub mod serve;
 pub mod store;
 pub mod sync;
+pub mod toml_check;

@@ -19,7 +19,6 @@ use crate::scaleo;
 mod condition;
 mod field;
 mod signature;
-mod unknown;
 mod updates;
 
 /// How `${VAR}` in `[auth]` and `[forward]` is treated.
@@ -51,9 +50,15 @@ pub fn compile(
         );
     }
     // Unknown keys are all reported, and the rest of the file is still checked without them.
-    let Some(raw) = unknown::parse(text, &mut diags) else {
-        diags.list.sort_by_key(|d| (d.line, d.col));
-        return Err(diags.list);
+    let raw: RawRule = match crate::toml_check::parse(text) {
+        Ok(raw) => raw,
+        Err(problems) => {
+            for p in problems {
+                diags.at(p.span, p.message);
+            }
+            diags.list.sort_by_key(|d| (d.line, d.col));
+            return Err(diags.list);
+        }
     };
     let rule = Compiler {
         diags: &mut diags,

@@ -55,14 +55,7 @@ impl<'a> Diagnostics<'a> {
     }
 }
 
-/// 1-based line and column (in chars) of a byte offset.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
+pub use crate::toml_check::line_col;
 
 /// The closest name among `candidates` when it is close enough to be a likely typo: a
 /// Levenshtein distance (over chars) of at most a third of the name's length, between 1

@@ -459,17 +459,17 @@ fn a_syntax_error_names_the_line_but_never_prints_an_inline_secret() {
         (
             "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[store]\nurl = \"postgres://relay:pw-s3cret@db:5432/relay\n",
             "pw-s3cret",
-            "line 5",
+            "relay.toml:5:",
         ),
         (
             "[scaleo]\nbase_url = \"http://x\"\napi_key = \"key-s3cret\n",
             "key-s3cret",
-            "line 3",
+            "relay.toml:3:",
         ),
         (
             "[scaleo]\nbase_url = \"http://x\"\napi_key = \"k\"\n[admin]\ntoken = \"tok-s3cret\" trailing\n",
             "tok-s3cret",
-            "line 5",
+            "relay.toml:5:",
         ),
     ];
     for (config, secret, line) in cases {
@@ -521,4 +521,32 @@ fn the_admin_token_defaults_to_the_relay_admin_token_variable() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!((good.as_str(), bad.as_str()), ("200", "401"));
+}
+
+/// `check --config` names every unknown key of the file at once and a value of the wrong
+/// type by its key, each at its `file:line:col`.
+#[test]
+fn check_reports_every_unknown_key_and_a_bad_type_at_their_positions() {
+    let (code, out) = check(
+        "[server]\nlissen = \"x\"\n[bogus]\na = 1\n[scaleo]\nbase_url = \"https://track.example.com\"\napi_key = \"k\"\n",
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("relay.toml:2:1: unknown field `lissen`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("relay.toml:3:2: unknown field `bogus`"),
+        "{out}"
+    );
+    let (code, out) = check(
+        "[server]\nmax_url_bytes = \"big\"\n[scaleo]\nbase_url = \"https://track.example.com\"\napi_key = \"k\"\n",
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("relay.toml:2:17: server.max_url_bytes: invalid type: string \"big\""),
+        "{out}"
+    );
 }
