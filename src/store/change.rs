@@ -1,14 +1,50 @@
 //! The conversion lifecycle as the stores keep it, on either backend: the conversion's
-//! memory in its dedupe row (`tracked`, `lead_id`), what a later postback became, and the
-//! texts of the reasons. The decisions are [`crate::lifecycle`]'s; the SQL is each
+//! memory in its dedupe row (`tracked`, `settled`, `lead_id`), what a later postback became,
+//! and the texts of the reasons. The decisions are [`crate::lifecycle`]'s; the SQL is each
 //! backend's (`sqlite::change`, `pg::change`).
+//!
+//! # What the memory says
+//!
+//! `tracked` is what later postbacks are compared with (duplicate, update or stale): the
+//! state Scaleo accepted, with the changes on their way to it set over it, in arrival order.
+//! A change is on its way while it is queued (or retrying, paused, in flight), or folded into
+//! an original that is not sent yet. A change that is `dead` is not: Scaleo never took it, so
+//! the memory must not claim its state (a resend of it must be an `update` again, not a
+//! `duplicate`, and a later change is decided against what Scaleo really holds).
+//!
+//! So the memory keeps a second state, `settled`: `tracked` without the changes on their way
+//! (for an original not delivered yet: its own state as it arrived, before any fold). `NULL`
+//! means nothing is on its way (`tracked` is settled), and also stands for rows written before
+//! this column existed, whose changes cannot be taken back. It moves with each record of the
+//! conversion (see [`memory_after`]):
+//! - a change folded or queued: `settled` keeps the state before it (set if `NULL`);
+//! - a change dead at once (its original's `lead_id` is unknown): neither moves;
+//! - the original delivered: `settled` is what it sent (its own state with the folds), or
+//!   `NULL` when nothing waits;
+//! - a change delivered: it is set over `settled`;
+//! - a change refused (`dead` or `duplicate_upstream`): `tracked` goes back to `settled` with
+//!   the changes still on their way; the changes that were collapsed into it die with it,
+//!   each with a reason naming it (they are replayable, as it is);
+//! - the original refused (`duplicate_upstream` or `dead`, so no `lead_id`): the changes
+//!   folded into it, or waiting for it, are `dead` with a reason naming it (replayable once it
+//!   is fixed) and `tracked` goes back to the original's own state, as if the changes had
+//!   arrived after it failed. (Which of the sends Scaleo took, if any, is not known: its own
+//!   state is what the relay first sent.)
+//!
+//! A replayed change keeps its record id, so it is older than the changes that arrived after
+//! it: the fields those set (and Scaleo took, or will) are left out of it ([`superseded`]), so
+//! a replay never overwrites a newer status or amount. A dead change replayed then sends the
+//! tracked fields left, not only those that differ from the memory ([`resend`]): the memory
+//! of a conversion written before dead changes were taken back out of it may still claim them.
+
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
 use super::StoreError;
 use super::ops::body_text;
 use super::types::{ChangeRoute, Inserted, NewRecord, State};
-use crate::lifecycle::{self, Decision, Lookup, Transitions};
+use crate::lifecycle::{self, Decision, Lookup, Original, Route, Transitions};
 
 /// What a postback would be to a stored conversion (`explain`).
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +159,121 @@ pub(crate) fn collapsed_reason(into: i64) -> String {
     format!("collapsed into the later change {into}")
 }
 
+/// The reason of a change collapsed into the change `into`, which Scaleo refused.
+pub(crate) fn collapsed_dead_reason(into: i64) -> String {
+    format!(
+        "collapsed into the later change {into}, which is dead: this change was not sent; replay it with (or after) change {into}"
+    )
+}
+
+/// The reason of a change folded into (or waiting for) the original `id`, which ended in
+/// `state` (`duplicate_upstream` or `dead`) without a Scaleo `lead_id`.
+pub(crate) fn refused_original_reason(id: i64, state: &str) -> String {
+    let original = Original {
+        id,
+        state: Some(state),
+        in_flight: false,
+        has_lead: false,
+    };
+    match lifecycle::route(original) {
+        Route::Dead(reason) => reason,
+        // Not reached: an original in these states has no lead_id.
+        _ => format!("original record {id} is {state}: the change cannot be sent"),
+    }
+}
+
+/// How a sent record of a conversion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Scaleo took it.
+    Delivered,
+    /// Scaleo did not (`dead`, `duplicate_upstream`).
+    Refused,
+}
+
+/// The conversion's memory `(tracked, settled)` after one of its records ended (see the
+/// module doc), given the ended record (a change or its original) and its body as sent, the
+/// memory before, and the changes still on their way (`pending`, oldest first, without the
+/// ended one). `None`: the memory stays as it is.
+pub(crate) fn memory_after(
+    ended: Ended,
+    is_change: bool,
+    body: Option<&str>,
+    tracked: &str,
+    settled: Option<&str>,
+    pending: &[(i64, String)],
+) -> Result<Option<(String, Option<String>)>, StoreError> {
+    Ok(match (ended, is_change) {
+        // The original was taken with its folds: that is what Scaleo holds now.
+        (Ended::Delivered, false) => {
+            let now = match pending {
+                [] => None,
+                _ => Some(body_text(&lifecycle::tracked(&parse_map(
+                    body.unwrap_or("{}"),
+                    "body",
+                )?))?),
+            };
+            (now.as_deref() != settled).then(|| (tracked.to_string(), now))
+        }
+        (Ended::Delivered, true) => match (settled, pending) {
+            (None, _) => None,
+            (Some(_), []) => Some((tracked.to_string(), None)),
+            (Some(s), _) => {
+                let change = parse_map(body.unwrap_or("{}"), "change body")?;
+                let now = lifecycle::overlay(&parse_map(s, "conversion state")?, [&change]);
+                Some((tracked.to_string(), Some(body_text(&now)?)))
+            }
+        },
+        // Everything on its way dies with the original (the caller marks it dead).
+        (Ended::Refused, false) => settled.map(|s| (s.to_string(), None)),
+        (Ended::Refused, true) => match settled {
+            None => None,
+            Some(s) => {
+                let base = parse_map(s, "conversion state")?;
+                let now = lifecycle::overlay(&base, &bodies(pending)?);
+                let keep = (!pending.is_empty()).then(|| s.to_string());
+                Some((body_text(&now)?, keep))
+            }
+        },
+    })
+}
+
+/// The tracked fields set by the changes of a conversion that arrived after the one being
+/// replayed (their bodies), which Scaleo took or will take.
+pub(crate) fn superseded(later: &[String]) -> Result<BTreeSet<String>, StoreError> {
+    let mut fields = BTreeSet::new();
+    for body in later {
+        fields.extend(parse_map(body, "change body")?.keys().cloned());
+    }
+    Ok(fields)
+}
+
+/// What a replayed dead change sends again: the tracked fields of its re-mapped `body` (already
+/// without those later changes set), unless nothing is left or it would move `conv` back
+/// (`None`: it is decided like a new postback, a duplicate or stale). A replayed reject is
+/// always decided like a new postback.
+pub(crate) fn resend(
+    current: State,
+    conv: &Conversion,
+    body: &Map<String, Value>,
+    transitions: &Transitions,
+) -> Option<Map<String, Value>> {
+    let change = lifecycle::tracked(body);
+    let stale = matches!(
+        lifecycle::decide(&conv.tracked, body, transitions),
+        Decision::Stale { .. }
+    );
+    (current == State::Dead && !change.is_empty() && !stale).then_some(change)
+}
+
+/// `body` without the tracked `fields` a later change set.
+pub(crate) fn without(body: &Map<String, Value>, fields: &BTreeSet<String>) -> Map<String, Value> {
+    body.iter()
+        .filter(|(k, _)| !(lifecycle::TRACKED.contains(&k.as_str()) && fields.contains(*k)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The bodies of waiting changes `(id, body)`, in their order.
 pub(crate) fn bodies(waiting: &[(i64, String)]) -> Result<Vec<Map<String, Value>>, StoreError> {
     waiting
@@ -213,3 +364,154 @@ pub(crate) fn key_gone(key: &str) -> String {
 
 /// Why a replayed change without a dedupe key finds no conversion.
 pub(crate) const NO_KEY: &str = "the record has no dedupe key";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(v: Value) -> String {
+        v.to_string()
+    }
+
+    fn map(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn a_refused_change_leaves_what_scaleo_holds_and_what_is_still_on_its_way() {
+        let settled = text(json!({"conv_status": "approved", "revenue": 10}));
+        let tracked = text(json!({"conv_status": "rejected", "revenue": -5}));
+        // Nothing else waits: back to what Scaleo took, nothing on its way any more.
+        let (t, s) = memory_after(Ended::Refused, true, None, &tracked, Some(&settled), &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(map(&t), json!({"conv_status": "approved", "revenue": 10}));
+        assert_eq!(s, None);
+        // A later change waits: it stays in the memory, over what Scaleo took.
+        let pending = [(9, text(json!({"revenue": -5})))];
+        let (t, s) = memory_after(
+            Ended::Refused,
+            true,
+            None,
+            &tracked,
+            Some(&settled),
+            &pending,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(map(&t), json!({"conv_status": "approved", "revenue": -5}));
+        assert_eq!(s.as_deref(), Some(settled.as_str()));
+        // A row from before `settled` existed: nothing to go back to.
+        assert!(
+            memory_after(Ended::Refused, true, None, &tracked, None, &[])
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_refused_original_goes_back_to_its_own_state() {
+        let settled = text(json!({"conv_status": "pending", "revenue": 1}));
+        let tracked = text(json!({"conv_status": "approved", "revenue": 50}));
+        let (t, s) = memory_after(Ended::Refused, false, None, &tracked, Some(&settled), &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(map(&t), json!({"conv_status": "pending", "revenue": 1}));
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn deliveries_move_what_is_settled() {
+        let tracked = text(json!({"conv_status": "rejected", "revenue": 0}));
+        let settled = text(json!({"conv_status": "pending", "revenue": 1}));
+        let sent = text(json!({"click_id": "c", "conv_status": "approved", "revenue": 50}));
+        let pending = [(7, text(json!({"conv_status": "rejected", "revenue": 0})))];
+        // The original with its folds, a change still waiting: settled is what was sent.
+        let (t, s) = memory_after(
+            Ended::Delivered,
+            false,
+            Some(&sent),
+            &tracked,
+            Some(&settled),
+            &pending,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t, tracked);
+        assert_eq!(
+            map(&s.unwrap()),
+            json!({"conv_status": "approved", "revenue": 50})
+        );
+        // Nothing waits: tracked is all settled.
+        let (_, s) = memory_after(
+            Ended::Delivered,
+            false,
+            Some(&sent),
+            &tracked,
+            Some(&settled),
+            &[],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s, None);
+        // A change taken while another waits: set over what was settled.
+        let change = text(json!({"revenue": 7}));
+        let (_, s) = memory_after(
+            Ended::Delivered,
+            true,
+            Some(&change),
+            &tracked,
+            Some(&settled),
+            &pending,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            map(&s.unwrap()),
+            json!({"conv_status": "pending", "revenue": 7})
+        );
+    }
+
+    #[test]
+    fn a_dead_change_is_sent_again_unless_nothing_is_left_or_it_moves_back() {
+        let conv = |tracked: Value| Conversion {
+            key: "k".into(),
+            record_id: 1,
+            tracked: tracked.as_object().unwrap().clone(),
+            lead_id: Some("1".into()),
+        };
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let t = Transitions::default();
+        let rejected = body(json!({"click_id": "c", "conv_status": "rejected"}));
+        // Even when the memory (written before the fix) still claims it.
+        let claims = conv(json!({"conv_status": "rejected"}));
+        assert_eq!(
+            resend(State::Dead, &claims, &rejected, &t),
+            Some(body(json!({"conv_status": "rejected"})))
+        );
+        // A replayed reject is decided like a new postback.
+        assert_eq!(resend(State::Rejected, &claims, &rejected, &t), None);
+        // Nothing left after the later changes: a duplicate.
+        let empty = body(json!({"click_id": "c"}));
+        assert_eq!(resend(State::Dead, &claims, &empty, &t), None);
+        // It would move the conversion back: stale.
+        let pending = body(json!({"conv_status": "pending"}));
+        let approved = conv(json!({"conv_status": "approved"}));
+        assert_eq!(resend(State::Dead, &approved, &pending, &t), None);
+    }
+
+    #[test]
+    fn a_replay_leaves_out_what_later_changes_set() {
+        let later = [text(json!({"revenue": -5})), text(json!({"payout": 1}))];
+        let fields = superseded(&later).unwrap();
+        let body = json!({"click_id": "c", "conv_status": "rejected", "revenue": 0});
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
+        assert_eq!(
+            Value::Object(without(&body, &fields)),
+            json!({"click_id": "c", "conv_status": "rejected"})
+        );
+    }
+}

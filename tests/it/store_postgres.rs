@@ -610,6 +610,28 @@ async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window() {
         .await;
 }
 
+#[tokio::test]
+async fn an_original_refused_after_a_fold_takes_the_folded_change_back() {
+    suite::an_original_refused_after_a_fold_takes_the_folded_change_back(&Postgres::new().await)
+        .await;
+}
+
+#[tokio::test]
+async fn a_change_scaleo_refused_is_taken_back_out_of_the_memory() {
+    suite::a_change_scaleo_refused_is_taken_back_out_of_the_memory(&Postgres::new().await).await;
+}
+
+#[tokio::test]
+async fn a_repeat_of_an_unmatched_update_only_postback_is_counted_on_it() {
+    suite::a_repeat_of_an_unmatched_update_only_postback_is_counted_on_it(&Postgres::new().await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_ends_keep_each_conversion_memory() {
+    suite::concurrent_ends_keep_each_conversion_memory(&Postgres::new().await).await;
+}
+
 // Group commit: concurrent inserts and settles share transactions.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,6 +209,26 @@ async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window() {
     suite::a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(&Sqlite::new()).await;
 }
 
+#[tokio::test]
+async fn an_original_refused_after_a_fold_takes_the_folded_change_back() {
+    suite::an_original_refused_after_a_fold_takes_the_folded_change_back(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_change_scaleo_refused_is_taken_back_out_of_the_memory() {
+    suite::a_change_scaleo_refused_is_taken_back_out_of_the_memory(&Sqlite::new()).await;
+}
+
+#[tokio::test]
+async fn a_repeat_of_an_unmatched_update_only_postback_is_counted_on_it() {
+    suite::a_repeat_of_an_unmatched_update_only_postback_is_counted_on_it(&Sqlite::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ends_keep_each_conversion_memory() {
+    suite::concurrent_ends_keep_each_conversion_memory(&Sqlite::new()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored() {
     suite::many_concurrent_inserts_dedupe_exactly_and_every_answer_is_stored(&Sqlite::new()).await;

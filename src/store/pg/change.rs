@@ -25,14 +25,15 @@ use tokio_postgres::types::ToSql;
 
 use super::super::StoreError;
 use super::super::change::{
-    Conversion, Later, Memory, NO_KEY, Row, Target, bodies, collapsed, collapsed_reason, folded,
-    key_gone, merged_reason, unmatched,
+    Conversion, Ended, Later, Memory, NO_KEY, Row, Target, bodies, collapsed,
+    collapsed_dead_reason, collapsed_reason, folded, key_gone, memory_after, merged_reason,
+    refused_original_reason, resend, superseded, unmatched, without,
 };
 use super::super::lookup::literal;
 use super::super::ops::{body_text, live_holder};
 use super::super::types::{ChangeRoute, Inserted, NewRecord, Requeued, State};
 use super::DB_NOW_MS;
-use super::write::{REPLAY_RESET, insert_plain};
+use super::write::{REPLAY_RESET, insert_plain, repeat_of_reject};
 use crate::lifecycle::{self, Decision, Lookup, Original, Route, Transitions};
 
 /// How often a key that changed or vanished between finding and locking it is looked up again.
@@ -314,12 +315,6 @@ async fn apply(
         in_flight: row.as_ref().is_some_and(|(_, live)| *live),
         has_lead: conv.lead_id.is_some(),
     };
-    let tracked = lifecycle::overlay(&conv.tracked, [change]);
-    let stmt = tx
-        .prepare_cached("UPDATE dedupe SET tracked = $2 WHERE key = $1")
-        .await?;
-    tx.execute(&stmt, &[&conv.key, &body_text(&tracked)?])
-        .await?;
     let text = body_text(change)?;
     let mut row = Row {
         state: State::Queued,
@@ -329,7 +324,22 @@ async fn apply(
         key: &conv.key,
         original: orig,
     };
-    match lifecycle::route(original) {
+    let route = lifecycle::route(original);
+    if !matches!(route, Route::Dead(_)) {
+        // On its way to Scaleo: the memory takes it, and keeps the state before it.
+        let tracked = lifecycle::overlay(&conv.tracked, [change]);
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE dedupe SET tracked = $2, settled = COALESCE(settled, $3) WHERE key = $1",
+            )
+            .await?;
+        tx.execute(
+            &stmt,
+            &[&conv.key, &body_text(&tracked)?, &body_text(&conv.tracked)?],
+        )
+        .await?;
+    }
+    match route {
         Route::Fold => {
             let reason = merged_reason(orig);
             row.state = State::Merged;
@@ -434,6 +444,126 @@ pub(super) async fn fold_waiting(
     merged(tx, &ids, &merged_reason(original), now_ms).await
 }
 
+/// The changes of `original` on their way to Scaleo (in flight or not), oldest first.
+async fn pending(tx: &Transaction<'_>, original: i64) -> Result<Vec<(i64, String)>, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT id, body FROM records
+             WHERE original_id = $1 AND kind = 'update'
+               AND state IN ('queued', 'retrying', 'paused')
+             ORDER BY id",
+        )
+        .await?;
+    tx.query(&stmt, &[&original])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// After record `id` (a create or a change) was settled as `ended`: the records that depended
+/// on it and its conversion's memory follow (as `sqlite::change::ended`). The caller locked
+/// the conversion's dedupe row before the record, as every writer does.
+pub(super) async fn ended(
+    tx: &Transaction<'_>,
+    id: i64,
+    ended: Ended,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT kind, original_id, dedupe_key, body, state FROM records WHERE id = $1",
+        )
+        .await?;
+    let Some(row) = tx.query_opt(&stmt, &[&id]).await? else {
+        return Ok(());
+    };
+    let kind: Option<String> = row.try_get(0)?;
+    let original_id: Option<i64> = row.try_get(1)?;
+    let key: Option<String> = row.try_get(2)?;
+    let body: Option<String> = row.try_get(3)?;
+    let state: String = row.try_get(4)?;
+    let is_change = kind.as_deref() == Some("update");
+    let orig = match (is_change, original_id) {
+        (false, _) => id,
+        (true, Some(o)) => o,
+        (true, None) => return Ok(()),
+    };
+    if ended == Ended::Refused {
+        let (reason, merged) = if is_change {
+            (collapsed_dead_reason(id), collapsed_reason(id))
+        } else {
+            (refused_original_reason(id, &state), String::new())
+        };
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE records SET state = 'dead', reason = $3, next_attempt_at = NULL,
+                   updated_at = $4
+                 WHERE original_id = $1 AND kind = 'update'
+                   AND (NOT $2 AND state IN ('queued', 'retrying', 'paused', 'merged')
+                        OR $2 AND state = 'merged' AND reason = $5)",
+            )
+            .await?;
+        tx.execute(&stmt, &[&orig, &is_change, &reason, &now_ms, &merged])
+            .await?;
+    }
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let stmt = tx
+        .prepare_cached(
+            "SELECT tracked, settled FROM dedupe
+             WHERE key = $1 AND record_id = $2 AND tracked IS NOT NULL",
+        )
+        .await?;
+    let Some(row) = tx.query_opt(&stmt, &[&key, &orig]).await? else {
+        return Ok(());
+    };
+    let tracked: String = row.try_get(0)?;
+    let settled: Option<String> = row.try_get(1)?;
+    // Nothing was on its way when nothing was folded or queued.
+    if settled.is_none() && ended == Ended::Delivered && !is_change {
+        return Ok(());
+    }
+    let pending = pending(tx, orig).await?;
+    if let Some((tracked, settled)) = memory_after(
+        ended,
+        is_change,
+        body.as_deref(),
+        &tracked,
+        settled.as_deref(),
+        &pending,
+    )? {
+        let stmt = tx
+            .prepare_cached("UPDATE dedupe SET tracked = $2, settled = $3 WHERE key = $1")
+            .await?;
+        tx.execute(&stmt, &[&key, &tracked, &settled]).await?;
+    }
+    Ok(())
+}
+
+/// The bodies of the changes of `original` that arrived after record `id` and that Scaleo
+/// took or will take.
+async fn later_changes(
+    tx: &Transaction<'_>,
+    original: i64,
+    id: i64,
+) -> Result<Vec<String>, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT body FROM records
+             WHERE original_id = $1 AND kind = 'update' AND id > $2 AND body IS NOT NULL
+               AND state IN ('delivered', 'queued', 'retrying', 'paused', 'merged')
+             ORDER BY id",
+        )
+        .await?;
+    tx.query(&stmt, &[&original, &id])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0).map_err(StoreError::from))
+        .collect()
+}
+
 /// Stores a postback of an update-only source: a change of the conversion it finds, or
 /// `rejected` when it finds none.
 pub(super) async fn insert_change(
@@ -447,6 +577,12 @@ pub(super) async fn insert_change(
 ) -> Result<Inserted, StoreError> {
     let now_ms = rec.raw.received_at.as_millisecond();
     let Some(conv) = find(tx, lookup, now_ms).await? else {
+        // A sender retrying a postback of an order nobody knows: counted on the stored one.
+        if let Some(window) = rec.repeat_window
+            && let Some(repeat) = repeat_of_reject(tx, rec, window).await?
+        {
+            return Ok(repeat);
+        }
         let reason = unmatched(lookup);
         let id = insert_plain(
             tx,
@@ -497,9 +633,10 @@ pub(super) async fn insert_change(
     }
 }
 
-/// Replays record `id` as a change of `conv` (its dedupe row locked): a rejected
-/// update-only postback is decided like a new one; a dead change is sent again with the
-/// tracked fields of its re-mapped body.
+/// Replays record `id` (a rejected update-only postback or a dead change) as a change of
+/// `conv` (its dedupe row locked), as `sqlite::change::requeue`: without the fields that the
+/// changes which arrived after it set, a rejected postback is decided like a new one and a
+/// dead change is sent again with the tracked fields left.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn requeue(
     tx: &Transaction<'_>,
@@ -515,44 +652,47 @@ pub(super) async fn requeue(
     let now_ms = now.as_millisecond();
     let target = Target::Existing(id);
     let original = conv.record_id;
-    if current == State::Dead {
-        let change = lifecycle::tracked(body);
-        let (_, route) = apply(tx, &conv, &change, click_id, target, now_ms, wakes).await?;
-        return Ok(Requeued::Update { original, route });
-    }
-    Ok(
-        match later(
-            tx,
-            &conv,
-            body,
-            click_id,
-            transitions,
-            target,
-            now_ms,
-            wakes,
-        )
-        .await?
-        {
-            Later::Duplicate => {
-                let stmt = tx
-                    .prepare_cached(&format!(
-                        "UPDATE records SET state = 'duplicate', body = $2, reason = NULL,
+    let newer = later_changes(tx, original, id).await?;
+    let body = &without(body, &superseded(&newer)?);
+    let decided = match resend(current, &conv, body, transitions) {
+        Some(change) => {
+            let (id, route) = apply(tx, &conv, &change, click_id, target, now_ms, wakes).await?;
+            Later::Update { id, route }
+        }
+        None => {
+            later(
+                tx,
+                &conv,
+                body,
+                click_id,
+                transitions,
+                target,
+                now_ms,
+                wakes,
+            )
+            .await?
+        }
+    };
+    Ok(match decided {
+        Later::Duplicate => {
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "UPDATE records SET state = 'duplicate', body = $2, reason = NULL,
                            dedupe_key = $3, original_id = $4, next_attempt_at = NULL,
                            {REPLAY_RESET}
                          WHERE id = $5"
-                    ))
-                    .await?;
-                tx.execute(
-                    &stmt,
-                    &[&now_ms, &body_text(body)?, &conv.key, &original, &id],
-                )
+                ))
                 .await?;
-                Requeued::Duplicate { original }
-            }
-            Later::Stale { reason, .. } => Requeued::Stale { original, reason },
-            Later::Update { route, .. } => Requeued::Update { original, route },
-        },
-    )
+            tx.execute(
+                &stmt,
+                &[&now_ms, &body_text(body)?, &conv.key, &original, &id],
+            )
+            .await?;
+            Requeued::Duplicate { original }
+        }
+        Later::Stale { reason, .. } => Requeued::Stale { original, reason },
+        Later::Update { route, .. } => Requeued::Update { original, route },
+    })
 }
 
 /// The conversion a replayed change belongs to, its dedupe row locked: found by `lookup`
@@ -632,7 +772,8 @@ pub(super) async fn remember(
     let stmt = tx
         .prepare_cached(
             "UPDATE dedupe SET record_id = $2, expires_at = $3, source = $4, click_id = $5,
-               order_id = $6, tracked = $7, lead_id = NULL, transaction_id = NULL
+               order_id = $6, tracked = $7, settled = NULL, lead_id = NULL,
+               transaction_id = NULL
              WHERE key = $1",
         )
         .await?;

@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::super::change::Ended;
 use super::super::claim::{ANSWER_EXCERPT_BYTES, ChangeOf, ClaimRow, Settle, SettleRequest};
 use super::super::ops::ClaimRequest;
 use super::super::{State, StoreError, excerpt, redact_api_key};
@@ -148,14 +149,14 @@ pub(super) async fn settle_in(
     req: &SettleRequest,
     now: i64,
 ) -> Result<(bool, bool), StoreError> {
-    if let Settle::Delivered { .. } = req.settle {
-        // A create's delivery writes its conversion's dedupe row after the record: that
-        // row is locked first, the order every writer takes (see `change`), so a postback
-        // of the conversion deciding meanwhile never waits on this settle in a cycle.
+    if ends(&req.settle).is_some() {
+        // A record's end writes its conversion's dedupe row (Scaleo's ids, the memory)
+        // after the record: that row is locked first, the order every writer takes (see
+        // `change`), so a postback of the conversion deciding meanwhile never waits on this
+        // settle in a cycle.
         let stmt = tx
             .prepare_cached(
-                "SELECT 1 FROM dedupe WHERE key = (SELECT dedupe_key FROM records
-                                                      WHERE id = $1 AND kind IS NULL)
+                "SELECT 1 FROM dedupe WHERE key = (SELECT dedupe_key FROM records WHERE id = $1)
                      FOR UPDATE",
             )
             .await?;
@@ -233,12 +234,19 @@ pub(super) async fn settle_in(
     }
     let stmt = tx
         .prepare_cached(&format!(
-            "UPDATE records SET {set} WHERE id = $2 AND claim_owner = $3"
+            "UPDATE records SET {set} WHERE id = $2 AND claim_owner = $3
+             RETURNING kind IS NOT DISTINCT FROM 'update'"
         ))
         .await?;
-    let n = tx.execute(&stmt, &params).await?;
+    // `Some(whether it is a change of a conversion)` when the claim still owned it.
+    let moved: Option<bool> = tx
+        .query_opt(&stmt, &params)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    let n = u64::from(moved.is_some());
     let mut wakes = n > 0 && matches!(req.settle, Settle::Release | Settle::Paused { .. });
-    if n > 0 {
+    if let Some(is_change) = moved {
         match &req.settle {
             // The conversion learns Scaleo's ids from its create; its waiting changes
             // may go now.
@@ -251,21 +259,41 @@ pub(super) async fn settle_in(
                         "UPDATE dedupe SET lead_id = $2, transaction_id = $3
                              WHERE record_id = $1 AND tracked IS NOT NULL
                                AND key = (SELECT dedupe_key FROM records
-                                          WHERE id = $1 AND kind IS NULL)",
+                                          WHERE id = $1 AND kind IS NULL)
+                             RETURNING settled IS NOT NULL",
                     )
                     .await?;
-                let n = tx
-                    .execute(&stmt, &[&req.id, lead_id, transaction_id])
+                let learned = tx
+                    .query_opt(&stmt, &[&req.id, lead_id, transaction_id])
                     .await?;
-                wakes |= n > 0;
+                wakes |= learned.is_some();
+                // A create with changes on its way, or a change: the memory follows (see
+                // `change::ended`); a create of a conversion with none costs nothing more.
+                let unsettled = learned.map(|r| r.try_get(0)).transpose()?;
+                if is_change || unsettled == Some(true) {
+                    change::ended(tx, req.id, Ended::Delivered, now).await?;
+                }
             }
             Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => {
                 change::fold_waiting(tx, req.id, now).await?;
             }
-            Settle::DuplicateUpstream | Settle::Dead { .. } => wakes = true,
+            // What was on its way with it is taken back (see `store::change`).
+            Settle::DuplicateUpstream | Settle::Dead { .. } => {
+                wakes = true;
+                change::ended(tx, req.id, Ended::Refused, now).await?;
+            }
         }
     }
     Ok((n > 0, wakes))
+}
+
+/// How a settle ends its record, for the conversion (`None`: it does not end it).
+pub(super) fn ends(settle: &Settle) -> Option<Ended> {
+    match settle {
+        Settle::Delivered { .. } => Some(Ended::Delivered),
+        Settle::DuplicateUpstream | Settle::Dead { .. } => Some(Ended::Refused),
+        Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => None,
+    }
 }
 
 /// A claimed row as the claim's `RETURNING` gives it. A row the relay did not write as it

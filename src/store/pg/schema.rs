@@ -119,6 +119,12 @@ CREATE INDEX records_rejected_query ON records (source, md5(query)) WHERE state 
 DROP INDEX IF EXISTS dedupe_order;
 DROP INDEX IF EXISTS dedupe_click;
 "#,
+    r#"
+-- A conversion's memory without the changes still on their way to Scaleo (JSON as tracked;
+-- NULL: none is), so that a change Scaleo refuses is taken back out of `tracked`
+-- (see `store::change`; as SQLite's migration 6).
+ALTER TABLE dedupe ADD COLUMN settled TEXT;
+"#,
 ];
 
 /// Brings the schema up to date (idempotent, safe when instances start together).

@@ -2,15 +2,17 @@
 //!
 //! The settles that end or reschedule a record, the forwarder's common cases, cost a few
 //! statements for the whole group:
-//! 1. the dedupe rows of the creates being delivered are locked, in key order, before their
-//!    records (the order every writer takes, see [`super::change`]);
+//! 1. the dedupe rows of the records being ended (delivered, refused) are locked, in key
+//!    order, before their records (the order every writer takes, see [`super::change`]);
 //! 2. the attempts are inserted with one multi-row `INSERT ... SELECT FROM unnest(...)`,
 //!    whether or not the lease still holds (as a settle alone keeps them);
 //! 3. one `UPDATE records ... FROM unnest(...)` moves the delivered, duplicate-upstream and
 //!    dead records, one more the retries, each only where the claim still owns the record
 //!    (`claim_owner`): a settle after a lost lease is refused;
 //! 4. the conversions of the delivered creates learn Scaleo's ids (one `UPDATE dedupe`),
-//!    and the retried creates with changes waiting get those folded in.
+//!    the conversions whose memory follows an ended record are visited one at a time
+//!    (refused records, delivered changes, creates delivered with changes on their way: see
+//!    `store::change`), and the retried creates with changes waiting get those folded in.
 //!
 //! Pauses and releases go through the one-at-a-time path inside the same transaction. If
 //! any statement fails, the group is rolled back and each settle redone alone.
@@ -20,12 +22,13 @@ use std::collections::HashSet;
 use deadpool_postgres::Transaction;
 use jiff::Timestamp;
 
+use super::super::change::Ended;
 use super::super::claim::{ANSWER_EXCERPT_BYTES, Settle, SettleRequest};
 use super::super::{StoreError, excerpt, redact_api_key};
 use super::Pool;
 use super::batch::{Failed, Group, Outcome};
 use super::change;
-use super::claim::{settle_alone, settle_in};
+use super::claim::{ends, settle_alone, settle_in};
 
 /// The settles of claimed records, grouped.
 pub(super) struct Settles;
@@ -64,8 +67,9 @@ async fn run(pool: &Pool, reqs: &[SettleRequest]) -> Result<Vec<(bool, bool)>, F
     if !bulk.is_empty() {
         lock_conversions(&tx, &bulk).await?;
         attempts(&tx, &bulk).await?;
-        let applied = finish(&tx, &bulk, now).await?;
-        let learned = learn(&tx, &bulk, &applied).await?;
+        let (applied, changes) = finish(&tx, &bulk, now).await?;
+        let (learned, unsettled) = learn(&tx, &bulk, &applied).await?;
+        conversions(&tx, &bulk, &applied, &changes, &unsettled, now).await?;
         let retried = retry(&tx, &bulk, now).await?;
         fold_waiting(&tx, &retried, now).await?;
         for (at, req) in &bulk {
@@ -101,14 +105,14 @@ fn claim_of(req: &SettleRequest) -> Claim {
     (req.id, req.owner.clone())
 }
 
-/// Locks the dedupe rows of the creates being delivered, in key order.
+/// Locks the dedupe rows of the records being ended (delivered, refused), in key order.
 async fn lock_conversions(
     tx: &Transaction<'_>,
     bulk: &[(usize, &SettleRequest)],
 ) -> Result<(), StoreError> {
     let ids: Vec<i64> = bulk
         .iter()
-        .filter(|(_, r)| matches!(r.settle, Settle::Delivered { .. }))
+        .filter(|(_, r)| ends(&r.settle).is_some())
         .map(|(_, r)| r.id)
         .collect();
     if ids.is_empty() {
@@ -117,7 +121,7 @@ async fn lock_conversions(
     let stmt = tx
         .prepare_cached(
             "SELECT 1 FROM dedupe WHERE key IN (SELECT dedupe_key FROM records
-                                                WHERE id = ANY($1) AND kind IS NULL)
+                                                WHERE id = ANY($1))
              ORDER BY key FOR UPDATE",
         )
         .await?;
@@ -159,12 +163,12 @@ async fn attempts(
 }
 
 /// Ends the delivered, duplicate-upstream and dead records still owned by their claim; the
-/// ids it moved.
+/// claims it moved, and the ids of those that are changes of a conversion.
 async fn finish(
     tx: &Transaction<'_>,
     bulk: &[(usize, &SettleRequest)],
     now: i64,
-) -> Result<HashSet<Claim>, StoreError> {
+) -> Result<(HashSet<Claim>, HashSet<i64>), StoreError> {
     let (mut id, mut owner, mut state, mut text, mut transaction, mut lead) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for (_, req) in bulk {
@@ -190,7 +194,7 @@ async fn finish(
         lead.push(l);
     }
     if id.is_empty() {
-        return Ok(HashSet::new());
+        return Ok((HashSet::new(), HashSet::new()));
     }
     // As a settle alone: a delivery keeps Scaleo's ids, a dead record its reason (also as
     // last error); a duplicate upstream or a delivery clears the last error.
@@ -207,25 +211,32 @@ async fn finish(
              FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::text[]) AS u(id, owner, state, text, transaction_id, lead_id)
              WHERE r.id = u.id AND r.claim_owner = u.owner
-             RETURNING u.id, u.owner",
+             RETURNING u.id, u.owner, r.kind IS NOT DISTINCT FROM 'update'",
         )
         .await?;
-    claims(
-        tx.query(
+    let rows = tx
+        .query(
             &stmt,
             &[&now, &id, &owner, &state, &text, &transaction, &lead],
         )
-        .await?,
-    )
+        .await?;
+    let mut changes = HashSet::new();
+    for r in &rows {
+        if r.try_get(2)? {
+            changes.insert(r.try_get(0)?);
+        }
+    }
+    Ok((claims(rows)?, changes))
 }
 
 /// The conversions created by the delivered records of `applied` learn Scaleo's ids; the
-/// ids of the records whose conversion did (its waiting changes may go now).
+/// ids of the records whose conversion did (its waiting changes may go now), and of those
+/// whose conversion had changes on their way (its memory follows, see [`conversions`]).
 async fn learn(
     tx: &Transaction<'_>,
     bulk: &[(usize, &SettleRequest)],
     applied: &HashSet<Claim>,
-) -> Result<HashSet<i64>, StoreError> {
+) -> Result<(HashSet<i64>, HashSet<i64>), StoreError> {
     let (mut id, mut lead, mut transaction) = (vec![], vec![], vec![]);
     for (_, req) in bulk {
         if let Settle::Delivered {
@@ -240,7 +251,7 @@ async fn learn(
         }
     }
     if id.is_empty() {
-        return Ok(HashSet::new());
+        return Ok((HashSet::new(), HashSet::new()));
     }
     let stmt = tx
         .prepare_cached(
@@ -249,14 +260,46 @@ async fn learn(
                   records r
              WHERE r.id = u.id AND r.kind IS NULL AND d.key = r.dedupe_key
                AND d.record_id = u.id AND d.tracked IS NOT NULL
-             RETURNING d.record_id",
+             RETURNING d.record_id, d.settled IS NOT NULL",
         )
         .await?;
-    tx.query(&stmt, &[&id, &lead, &transaction])
-        .await?
-        .iter()
-        .map(|r| r.try_get(0).map_err(StoreError::from))
-        .collect()
+    let (mut learned, mut unsettled) = (HashSet::new(), HashSet::new());
+    for r in tx.query(&stmt, &[&id, &lead, &transaction]).await? {
+        let id: i64 = r.try_get(0)?;
+        learned.insert(id);
+        if r.try_get(1)? {
+            unsettled.insert(id);
+        }
+    }
+    Ok((learned, unsettled))
+}
+
+/// The conversions of the ended records of `applied` follow them, as a settle alone does
+/// (`change::ended`): every refused record, every delivered change, and the delivered creates
+/// whose conversion had changes on their way (`unsettled`). A delivered create of a
+/// conversion with none, the common case, costs nothing here.
+async fn conversions(
+    tx: &Transaction<'_>,
+    bulk: &[(usize, &SettleRequest)],
+    applied: &HashSet<Claim>,
+    changes: &HashSet<i64>,
+    unsettled: &HashSet<i64>,
+    now: i64,
+) -> Result<(), StoreError> {
+    for (_, req) in bulk {
+        if !applied.contains(&claim_of(req)) {
+            continue;
+        }
+        let visit = match ends(&req.settle) {
+            Some(Ended::Refused) => true,
+            Some(Ended::Delivered) => changes.contains(&req.id) || unsettled.contains(&req.id),
+            None => false,
+        };
+        if let (true, Some(ended)) = (visit, ends(&req.settle)) {
+            change::ended(tx, req.id, ended, now).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Reschedules the retried records still owned by their claim; the ids it moved.

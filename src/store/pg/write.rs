@@ -389,29 +389,10 @@ async fn insert_create(
     wakes: &mut bool,
 ) -> Result<Inserted, StoreError> {
     let recv = rec.raw.received_at.as_millisecond();
-    if let (NewState::Rejected { .. }, Some(window)) = (&rec.state, rec.repeat_window) {
-        // As `ops::insert`: a repeat of a stored reject is counted on it, not stored again.
-        let since = recv.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE records SET repeats = repeats + 1
-                 WHERE id = (SELECT id FROM records
-                             WHERE source = $1 AND md5(query) = md5($2) AND query = $2
-                               AND state = 'rejected' AND received_at >= $3
-                             ORDER BY id DESC LIMIT 1)
-                 RETURNING id, COALESCE(reason, ''), repeats",
-            )
-            .await?;
-        if let Some(row) = tx
-            .query_opt(&stmt, &[&rec.source, &rec.raw.query, &since])
-            .await?
-        {
-            return Ok(Inserted::Repeat {
-                id: row.try_get(0)?,
-                reason: row.try_get(1)?,
-                repeats: row.try_get(2)?,
-            });
-        }
+    if let (NewState::Rejected { .. }, Some(window)) = (&rec.state, rec.repeat_window)
+        && let Some(repeat) = repeat_of_reject(tx, rec, window).await?
+    {
+        return Ok(repeat);
     }
     let cols = Columns::of(rec)?;
     let key = cols.dedupe.map(|d| d.key.as_str());
@@ -506,6 +487,39 @@ async fn insert_create(
             Inserted::Stored { id }
         }
     })
+}
+
+/// The newest rejected record of the same source with the same raw query received within
+/// `window` before `rec`: its `repeats` counted up, instead of a new record (as
+/// `sqlite::ops::repeat_of_reject`).
+pub(super) async fn repeat_of_reject(
+    tx: &Transaction<'_>,
+    rec: &NewRecord,
+    window: std::time::Duration,
+) -> Result<Option<Inserted>, StoreError> {
+    let recv = rec.raw.received_at.as_millisecond();
+    let since = recv.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE records SET repeats = repeats + 1
+             WHERE id = (SELECT id FROM records
+                         WHERE source = $1 AND md5(query) = md5($2) AND query = $2
+                           AND state = 'rejected' AND received_at >= $3
+                         ORDER BY id DESC LIMIT 1)
+             RETURNING id, COALESCE(reason, ''), repeats",
+        )
+        .await?;
+    let Some(row) = tx
+        .query_opt(&stmt, &[&rec.source, &rec.raw.query, &since])
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Inserted::Repeat {
+        id: row.try_get(0)?,
+        reason: row.try_get(1)?,
+        repeats: row.try_get(2)?,
+    }))
 }
 
 /// Inserts a record of kind create (or a duplicate or reject) as it arrived.

@@ -180,9 +180,6 @@ fn apply(
             .is_some_and(|until| until > now_ms),
         has_lead: conv.lead_id.is_some(),
     };
-    let tracked = lifecycle::overlay(&conv.tracked, [change]);
-    c.prepare_cached("UPDATE dedupe SET tracked = ?2 WHERE key = ?1")?
-        .execute(params![conv.key, body_text(&tracked)?])?;
     let text = body_text(change)?;
     let mut row = Row {
         state: State::Queued,
@@ -192,7 +189,20 @@ fn apply(
         key: &conv.key,
         original: orig,
     };
-    match lifecycle::route(original) {
+    let route = lifecycle::route(original);
+    if !matches!(route, Route::Dead(_)) {
+        // On its way to Scaleo: the memory takes it, and keeps the state before it.
+        let tracked = lifecycle::overlay(&conv.tracked, [change]);
+        c.prepare_cached(
+            "UPDATE dedupe SET tracked = ?2, settled = COALESCE(settled, ?3) WHERE key = ?1",
+        )?
+        .execute(params![
+            conv.key,
+            body_text(&tracked)?,
+            body_text(&conv.tracked)?
+        ])?;
+    }
+    match route {
         Route::Fold => {
             let reason = merged_reason(orig);
             row.state = State::Merged;
@@ -275,6 +285,104 @@ pub(crate) fn fold_waiting(c: &Connection, original: i64, now_ms: i64) -> Result
     merged(c, &ids, &merged_reason(original), now_ms)
 }
 
+/// The changes of `original` on their way to Scaleo (in flight or not), oldest first.
+fn pending(c: &Connection, original: i64) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, body FROM records
+         WHERE original_id = ?1 AND kind = 'update' AND state IN ('queued', 'retrying', 'paused')
+         ORDER BY id",
+    )?;
+    let rows = stmt.query_map([original], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// After record `id` (a create or a change) was settled as `ended`: the records that depended
+/// on it and its conversion's memory follow (see `store::change`).
+pub(crate) fn ended(c: &Connection, id: i64, ended: Ended, now_ms: i64) -> Result<(), StoreError> {
+    type Row = (
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let row: Option<Row> = c
+        .prepare_cached(
+            "SELECT kind, original_id, dedupe_key, body, state FROM records WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((kind, original_id, key, body, state)) = row else {
+        return Ok(());
+    };
+    let is_change = kind.as_deref() == Some("update");
+    let orig = match (is_change, original_id) {
+        (false, _) => id,
+        (true, Some(o)) => o,
+        (true, None) => return Ok(()),
+    };
+    if ended == Ended::Refused {
+        let mut stmt = c.prepare_cached(
+            "UPDATE records SET state = 'dead', reason = ?3, next_attempt_at = NULL,
+               updated_at = ?4
+             WHERE original_id = ?1 AND kind = 'update'
+               AND (?2 = 0 AND state IN ('queued', 'retrying', 'paused', 'merged')
+                    OR ?2 = 1 AND state = 'merged' AND reason = ?5)",
+        )?;
+        let (reason, merged) = if is_change {
+            (collapsed_dead_reason(id), collapsed_reason(id))
+        } else {
+            (refused_original_reason(id, &state), String::new())
+        };
+        stmt.execute(params![orig, is_change, reason, now_ms, merged])?;
+    }
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let memory: Option<(String, Option<String>)> = c
+        .prepare_cached(
+            "SELECT tracked, settled FROM dedupe
+             WHERE key = ?1 AND record_id = ?2 AND tracked IS NOT NULL",
+        )?
+        .query_row(params![key, orig], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((tracked, settled)) = memory else {
+        return Ok(());
+    };
+    // Nothing was on its way when nothing was folded or queued.
+    if settled.is_none() && ended == Ended::Delivered && !is_change {
+        return Ok(());
+    }
+    let pending = pending(c, orig)?;
+    if let Some((tracked, settled)) = memory_after(
+        ended,
+        is_change,
+        body.as_deref(),
+        &tracked,
+        settled.as_deref(),
+        &pending,
+    )? {
+        c.prepare_cached("UPDATE dedupe SET tracked = ?2, settled = ?3 WHERE key = ?1")?
+            .execute(params![key, tracked, settled])?;
+    }
+    Ok(())
+}
+
+/// The bodies of the changes of `original` that arrived after record `id` and that Scaleo
+/// took or will take.
+fn later_changes(c: &Connection, original: i64, id: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT body FROM records
+         WHERE original_id = ?1 AND kind = 'update' AND id > ?2 AND body IS NOT NULL
+           AND state IN ('delivered', 'queued', 'retrying', 'paused', 'merged')
+         ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![original, id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Stores a postback of an update-only source: a change of the conversion it finds, or
 /// `rejected` when it finds none.
 pub(crate) fn insert_change(
@@ -288,6 +396,12 @@ pub(crate) fn insert_change(
 ) -> Result<Inserted, StoreError> {
     let now_ms = rec.raw.received_at.as_millisecond();
     let Some(conv) = find(c, lookup, now_ms)? else {
+        // A sender retrying a postback of an order nobody knows: counted on the stored one.
+        if let Some(window) = rec.repeat_window
+            && let Some(repeat) = super::ops::repeat_of_reject(c, rec, window)?
+        {
+            return Ok(repeat);
+        }
         let reason = unmatched(lookup);
         let id = super::ops::insert_plain(
             c,
@@ -326,8 +440,12 @@ pub(crate) fn insert_change(
     }
 }
 
-/// Replays record `id` as a change: a rejected update-only postback is decided like a new
-/// one; a dead change is sent again with the tracked fields of its re-mapped body.
+/// Replays record `id` (a rejected update-only postback or a dead change) as a change. The
+/// fields that the changes which arrived after it set are left out of its re-mapped body
+/// (arrival order). A rejected postback is then decided like a new one; a dead change is sent
+/// again with the tracked fields left (Scaleo never took them; a memory written before dead
+/// changes were taken back out of it may still claim them), unless it would move the
+/// conversion back (`stale`) or nothing is left (`duplicate`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn requeue(
     c: &Connection,
@@ -343,28 +461,29 @@ pub(crate) fn requeue(
     let now_ms = now.as_millisecond();
     let target = Target::Existing(id);
     let original = conv.record_id;
-    if current == State::Dead {
-        let change = lifecycle::tracked(body);
-        let (_, route) = apply(c, &conv, &change, click_id, target, now_ms, wakes)?;
-        return Ok(Requeued::Update { original, route });
-    }
-    Ok(
-        match later(c, &conv, body, click_id, transitions, target, now_ms, wakes)? {
-            Later::Duplicate => {
-                c.execute(
-                    &format!(
-                        "UPDATE records SET state = 'duplicate', body = ?2, reason = NULL,
+    let body = &without(body, &superseded(&later_changes(c, original, id)?)?);
+    let decided = match resend(current, &conv, body, transitions) {
+        Some(change) => {
+            let (id, route) = apply(c, &conv, &change, click_id, target, now_ms, wakes)?;
+            Later::Update { id, route }
+        }
+        None => later(c, &conv, body, click_id, transitions, target, now_ms, wakes)?,
+    };
+    Ok(match decided {
+        Later::Duplicate => {
+            c.execute(
+                &format!(
+                    "UPDATE records SET state = 'duplicate', body = ?2, reason = NULL,
                        dedupe_key = ?3, original_id = ?4, next_attempt_at = NULL, {REPLAY_RESET}
                      WHERE id = ?5"
-                    ),
-                    params![now_ms, body_text(body)?, conv.key, original, id],
-                )?;
-                Requeued::Duplicate { original }
-            }
-            Later::Stale { reason, .. } => Requeued::Stale { original, reason },
-            Later::Update { route, .. } => Requeued::Update { original, route },
-        },
-    )
+                ),
+                params![now_ms, body_text(body)?, conv.key, original, id],
+            )?;
+            Requeued::Duplicate { original }
+        }
+        Later::Stale { reason, .. } => Requeued::Stale { original, reason },
+        Later::Update { route, .. } => Requeued::Update { original, route },
+    })
 }
 
 /// The conversion a replayed change belongs to: found by `lookup` (update-only source) or

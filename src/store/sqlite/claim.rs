@@ -1,8 +1,9 @@
 //! Claims and settles on SQLite: a claimed row read back, and a settle's SQL.
 
 use jiff::Timestamp;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
+use super::super::change::Ended;
 use super::super::claim::{
     ANSWER_EXCERPT_BYTES, ChangeOf, ClaimRow, Settle, SettleRequest, excerpt, redact_api_key,
 };
@@ -125,13 +126,17 @@ impl SettleRequest {
         let mut all: Vec<rusqlite::types::Value> =
             vec![now.into(), self.id.into(), self.owner.clone().into()];
         all.extend(args);
-        let n = c
+        // `Some(whether it is a change of a conversion)` when the claim still owned it.
+        let moved: Option<bool> = c
             .prepare_cached(&format!(
-                "UPDATE records SET {sql} WHERE id = ?2 AND claim_owner = ?3"
+                "UPDATE records SET {sql} WHERE id = ?2 AND claim_owner = ?3
+                 RETURNING kind IS 'update'"
             ))?
-            .execute(rusqlite::params_from_iter(all))?;
+            .query_row(rusqlite::params_from_iter(all), |r| r.get(0))
+            .optional()?;
+        let n = usize::from(moved.is_some());
         *wakes |= n > 0 && matches!(self.settle, Settle::Release | Settle::Paused { .. });
-        if n > 0 {
+        if let Some(is_change) = moved {
             match &self.settle {
                 // The conversion learns Scaleo's ids from its create; its waiting changes
                 // may go now.
@@ -139,20 +144,31 @@ impl SettleRequest {
                     transaction_id,
                     lead_id,
                 } => {
-                    let n = c
+                    let unsettled: Option<bool> = c
                         .prepare_cached(
                             "UPDATE dedupe SET lead_id = ?2, transaction_id = ?3
                              WHERE record_id = ?1 AND tracked IS NOT NULL
                                AND key = (SELECT dedupe_key FROM records
-                                          WHERE id = ?1 AND kind IS NULL)",
+                                          WHERE id = ?1 AND kind IS NULL)
+                             RETURNING settled IS NOT NULL",
                         )?
-                        .execute(params![self.id, lead_id, transaction_id])?;
-                    *wakes |= n > 0;
+                        .query_row(params![self.id, lead_id, transaction_id], |r| r.get(0))
+                        .optional()?;
+                    *wakes |= unsettled.is_some();
+                    // A create with changes on its way, or a change: the memory follows (see
+                    // `change::ended`); a create of a conversion with none costs nothing more.
+                    if is_change || unsettled == Some(true) {
+                        super::change::ended(c, self.id, Ended::Delivered, now)?;
+                    }
                 }
                 Settle::Retry { .. } | Settle::Paused { .. } | Settle::Release => {
                     super::change::fold_waiting(c, self.id, now)?;
                 }
-                Settle::DuplicateUpstream | Settle::Dead { .. } => *wakes = true,
+                // What was on its way with it is taken back (see `store::change`).
+                Settle::DuplicateUpstream | Settle::Dead { .. } => {
+                    *wakes = true;
+                    super::change::ended(c, self.id, Ended::Refused, now)?;
+                }
             }
         }
         Ok(n > 0)

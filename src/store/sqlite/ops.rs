@@ -113,7 +113,7 @@ pub(crate) fn insert(
 
 /// The newest rejected record of the same source with the same raw query received within
 /// `window` before `rec`: its `repeats` counted up, instead of a new record.
-fn repeat_of_reject(
+pub(crate) fn repeat_of_reject(
     c: &Connection,
     rec: &NewRecord,
     window: std::time::Duration,
@@ -223,7 +223,8 @@ fn remember(
          ON CONFLICT (key) DO UPDATE SET record_id = excluded.record_id,
              expires_at = excluded.expires_at, source = excluded.source,
              click_id = excluded.click_id, order_id = excluded.order_id,
-             tracked = excluded.tracked, lead_id = NULL, transaction_id = NULL",
+             tracked = excluded.tracked, settled = NULL, lead_id = NULL,
+             transaction_id = NULL",
     )?
     .execute(params![
         key,

@@ -156,6 +156,12 @@ CREATE INDEX records_rejected_query ON records (source, query) WHERE state = 're
 DROP INDEX IF EXISTS dedupe_order;
 DROP INDEX IF EXISTS dedupe_click;
 "#,
+    r#"
+-- A conversion's memory without the changes still on their way to Scaleo (JSON as tracked;
+-- NULL: none is), so that a change Scaleo refuses is taken back out of `tracked`
+-- (see `store::change`).
+ALTER TABLE dedupe ADD COLUMN settled TEXT;
+"#,
 ];
 
 /// Settings every connection gets.

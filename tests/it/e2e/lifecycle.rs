@@ -358,6 +358,56 @@ async fn a_change_of_a_conversion_scaleo_called_a_duplicate_is_dead_naming_it() 
     env.stop().await;
 }
 
+/// The create lands but answers after the relay's timeout; the sale arrives while it waits
+/// to be retried and is folded into the retry, which meets "Multiple Conversions are not
+/// Allowed". Scaleo still holds the lead: the sale is not lost without a trace but `dead`
+/// naming the original, and a resend of it is an `update` again, not a `duplicate`.
+#[tokio::test]
+async fn a_change_folded_into_a_create_scaleo_already_had_is_dead_not_lost() {
+    let env = Env::start(&[("life", LIFE)], |c| {
+        c.forward
+            .retry
+            .set_schedule(vec![Duration::from_millis(800)])
+            .unwrap();
+    })
+    .await;
+    env.sandbox.script([Step::Hang(Duration::from_secs(2))]);
+    let lead = send(&env, "life", "subid=clk13&status=lead&revenue=1&tid=T-13").await;
+    let lead = lead["id"].as_i64().unwrap();
+    wait_state(&env, lead, "retrying").await;
+    let sale = send(&env, "life", "subid=clk13&status=sale&revenue=50&tid=T-13").await;
+    assert_eq!(sale["status"], "update", "{sale}");
+    let sale = sale["id"].as_i64().unwrap();
+    assert_eq!(state_of(&env, sale).await, "merged");
+    wait_state(&env, lead, "duplicate_upstream").await;
+    wait_state(&env, sale, "dead").await;
+    let rec = env.relay().store.get(sale).await.unwrap().unwrap();
+    let reason = rec.reason.unwrap();
+    assert!(reason.contains(&format!("record {lead}")), "{reason}");
+    let again = send(&env, "life", "subid=clk13&status=sale&revenue=50&tid=T-13").await;
+    assert_eq!(again["status"], "update", "{again}");
+    assert_eq!(again["original"], lead, "{again}");
+    assert_eq!(state_of(&env, again["id"].as_i64().unwrap()).await, "dead");
+    no_more_calls(&env, UPDATE_PATH, 0).await;
+    env.stop().await;
+}
+
+/// A refund URL retried for an order nobody knows is counted on the stored reject, as a
+/// reject of the mapping is.
+#[tokio::test]
+async fn a_repeated_refund_of_an_unknown_order_is_counted_on_the_stored_reject() {
+    let env = start().await;
+    let (status, first) = env.get("/postback/refunds?order=T-9&amount=-10").await;
+    assert_eq!(status, 422, "{first}");
+    let (status, second) = env.get("/postback/refunds?order=T-9&amount=-10").await;
+    assert_eq!(status, 422, "{second}");
+    assert_eq!(second["status"], "rejected", "{second}");
+    assert_eq!(second["id"], first["id"], "{second}");
+    let id = first["id"].as_i64().unwrap();
+    assert_eq!(env.relay().store.get(id).await.unwrap().unwrap().repeats, 1);
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn two_quick_changes_collapse_into_one_update_with_the_latest_state() {
     let env = start().await;

@@ -1112,6 +1112,458 @@ pub async fn a_repeat_of_a_stored_reject_is_counted_on_it_within_the_window(b: &
     );
 }
 
+/// The id of a change that went `dead` at once, checking its reason names `record`.
+fn dead_change_id(i: Inserted, original: i64, record: i64) -> i64 {
+    match i {
+        Inserted::Update {
+            id,
+            original: o,
+            route: ChangeRoute::Dead(reason),
+        } if o == original => {
+            assert!(reason.contains(&format!("record {record}")), "{reason}");
+            id
+        }
+        other => panic!("not a dead change of {original}: {other:?}"),
+    }
+}
+
+/// Puts the unsent original `id` back to `retrying` (an attempt that timed out), due now.
+async fn timed_out(store: &Store, id: i64) {
+    let past = Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    claim_only(store, id)
+        .await
+        .retry(attempt(None, "timed out"), past, "timeout".into())
+        .await
+        .unwrap();
+}
+
+/// A create that timed out (Scaleo took it), a change folded into its retry, and the retry
+/// answered "Multiple Conversions are not Allowed" (or refused for good): the folded change
+/// is not lost but `dead` naming the original (replayable), and the memory goes back to what
+/// the original itself said, so a resend of the change is not a `duplicate`.
+pub async fn an_original_refused_after_a_fold_takes_the_folded_change_back(b: &impl Backend) {
+    let store = b.open().await;
+    let pending = json!({"conv_status": "pending", "revenue": 1});
+    let approved = json!({"conv_status": "approved", "revenue": 50});
+    for (click, refused) in [("t1", State::DuplicateUpstream), ("t2", State::Dead)] {
+        let id = stored_id(
+            store
+                .insert(conversion(click, pending.clone()))
+                .await
+                .unwrap(),
+        );
+        timed_out(&store, id).await;
+        let inserted = store
+            .insert(conversion(click, approved.clone()))
+            .await
+            .unwrap();
+        let merged = change_id(inserted, id, ChangeRoute::Merged);
+        let c = claim_only(&store, id).await;
+        assert_eq!(body(&c)["revenue"], 50, "the retry sends the folded body");
+        let answer = attempt(Some(400), "Multiple Conversions are not Allowed");
+        match refused {
+            State::DuplicateUpstream => c.duplicate_upstream(answer).await.unwrap(),
+            _ => c.dead(answer, "HTTP 400".into()).await.unwrap(),
+        }
+        let view = store.get(merged).await.unwrap().unwrap();
+        assert_eq!(view.summary.state, State::Dead, "{click}: {view:?}");
+        let reason = view.reason.unwrap();
+        assert!(
+            reason.contains(&format!("record {id}")) && reason.contains(refused.as_str()),
+            "{reason}"
+        );
+        // Scaleo never took the approval: a resend of it is a change again (dead at once,
+        // as the original has no lead_id), not a duplicate.
+        let other = b.other(&store).await;
+        let again = other
+            .insert(conversion(click, approved.clone()))
+            .await
+            .unwrap();
+        dead_change_id(again, id, id);
+        // The folded change can be replayed (it is dead again while the original is).
+        let replayed = store
+            .requeue(merged, conversion(click, approved.clone()).state)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&replayed, Requeued::Update { original, route: ChangeRoute::Dead(r) }
+                if *original == id && r.contains(&format!("record {id}"))),
+            "{replayed:?}"
+        );
+    }
+    // A change that waited for the original's attempt dies with it instead of being sent.
+    let id = stored_id(
+        store
+            .insert(conversion("t3", pending.clone()))
+            .await
+            .unwrap(),
+    );
+    let in_flight = claim_only(&store, id).await;
+    let inserted = store
+        .insert(conversion("t3", approved.clone()))
+        .await
+        .unwrap();
+    let waiting = change_id(inserted, id, ChangeRoute::Queued);
+    in_flight
+        .duplicate_upstream(attempt(Some(400), "Multiple Conversions are not Allowed"))
+        .await
+        .unwrap();
+    let view = store.get(waiting).await.unwrap().unwrap();
+    assert_eq!(view.summary.state, State::Dead);
+    assert!(
+        view.reason
+            .as_deref()
+            .is_some_and(|r| r.contains(&format!("record {id}"))),
+        "{:?}",
+        view.reason
+    );
+    assert!(claim_all(&store).await.is_empty());
+    let again = store.insert(conversion("t3", approved)).await.unwrap();
+    dead_change_id(again, id, id);
+}
+
+/// A `leads/update` Scaleo refuses (422) leaves the memory at what Scaleo holds: the next
+/// change is decided against that (so it carries the status again), and a replay of the dead
+/// change, older than the changes after it, never overwrites what those set.
+pub async fn a_change_scaleo_refused_is_taken_back_out_of_the_memory(b: &impl Backend) {
+    let store = b.open().await;
+    let invoiced = attempt(Some(422), "Conversion is already in an invoice");
+    let chargeback = json!({"conv_status": "rejected", "revenue": 0});
+    // The next postback repeats the status: it is sent again, with the new amount.
+    let id = stored_id(
+        store
+            .insert(conversion(
+                "c1",
+                json!({"conv_status": "approved", "revenue": 10}),
+            ))
+            .await
+            .unwrap(),
+    );
+    deliver(&store, id, Some("\"L-1\"")).await;
+    let dead = store
+        .insert(conversion("c1", chargeback.clone()))
+        .await
+        .unwrap();
+    let dead = change_id(dead, id, ChangeRoute::Queued);
+    claim_only(&store, dead)
+        .await
+        .dead(invoiced.clone(), "HTTP 422".into())
+        .await
+        .unwrap();
+    let other = b.other(&store).await;
+    let next = json!({"conv_status": "rejected", "revenue": -5});
+    let next_id = change_id(
+        other.insert(conversion("c1", next.clone())).await.unwrap(),
+        id,
+        ChangeRoute::Queued,
+    );
+    let c = claim_only(&store, next_id).await;
+    assert_eq!(body(&c), json!({"conv_status": "rejected", "revenue": -5}));
+    c.delivered(attempt(Some(200), "{}"), None, None)
+        .await
+        .unwrap();
+    // The dead one replayed: everything it says, a newer change said since.
+    assert_eq!(
+        store
+            .requeue(dead, conversion("c1", chargeback.clone()).state)
+            .await
+            .unwrap(),
+        Requeued::Duplicate { original: id }
+    );
+    assert!(claim_all(&store).await.is_empty());
+    let again = store.insert(conversion("c1", next)).await.unwrap();
+    assert!(matches!(again, Inserted::Duplicate { .. }), "{again:?}");
+
+    // The next postback changes only the amount: Scaleo is left approved at -5, and the
+    // replay sends only the status, not its older amount.
+    let id = stored_id(
+        store
+            .insert(conversion(
+                "c2",
+                json!({"conv_status": "approved", "revenue": 10}),
+            ))
+            .await
+            .unwrap(),
+    );
+    deliver(&store, id, Some("\"L-2\"")).await;
+    let dead = store
+        .insert(conversion("c2", chargeback.clone()))
+        .await
+        .unwrap();
+    let dead = change_id(dead, id, ChangeRoute::Queued);
+    claim_only(&store, dead)
+        .await
+        .dead(invoiced.clone(), "HTTP 422".into())
+        .await
+        .unwrap();
+    let money = store
+        .insert(conversion("c2", json!({"revenue": -5})))
+        .await
+        .unwrap();
+    let money = change_id(money, id, ChangeRoute::Queued);
+    let c = claim_only(&store, money).await;
+    assert_eq!(body(&c), json!({"revenue": -5}));
+    c.delivered(attempt(Some(200), "{}"), None, None)
+        .await
+        .unwrap();
+    // A resend of the refused chargeback is an update again, not a duplicate.
+    let preview = store
+        .preview(conversion("c2", chargeback.clone()).state)
+        .await
+        .unwrap()
+        .expect("a change of the conversion");
+    assert_eq!(preview.outcome, "update", "{preview:?}");
+    assert_eq!(
+        other
+            .requeue(dead, conversion("c2", chargeback).state)
+            .await
+            .unwrap(),
+        Requeued::Update {
+            original: id,
+            route: ChangeRoute::Queued
+        }
+    );
+    let c = claim_only(&store, dead).await;
+    assert_eq!(body(&c), json!({"conv_status": "rejected"}));
+    c.delivered(attempt(Some(200), "{}"), None, None)
+        .await
+        .unwrap();
+    let now = json!({"conv_status": "rejected", "revenue": -5});
+    let again = store.insert(conversion("c2", now)).await.unwrap();
+    assert!(matches!(again, Inserted::Duplicate { .. }), "{again:?}");
+
+    // Two changes collapsed into one that Scaleo refuses: both are dead, the earlier one
+    // naming the later, and the memory holds neither.
+    let id = stored_id(
+        store
+            .insert(conversion(
+                "c3",
+                json!({"conv_status": "pending", "revenue": 0}),
+            ))
+            .await
+            .unwrap(),
+    );
+    deliver(&store, id, Some("\"L-3\"")).await;
+    let hold = json!({"conv_status": "hold", "revenue": 5});
+    let first = store.insert(conversion("c3", hold.clone())).await.unwrap();
+    let first = change_id(first, id, ChangeRoute::Queued);
+    let second = store
+        .insert(conversion("c3", json!({"conv_status": "approved"})))
+        .await
+        .unwrap();
+    let second = change_id(second, id, ChangeRoute::Queued);
+    assert_eq!(state_of(&store, first).await, State::Merged);
+    claim_only(&store, second)
+        .await
+        .dead(invoiced, "HTTP 422".into())
+        .await
+        .unwrap();
+    let view = store.get(first).await.unwrap().unwrap();
+    assert_eq!(view.summary.state, State::Dead);
+    assert!(
+        view.reason
+            .as_deref()
+            .is_some_and(|r| r.contains(&format!("change {second}"))),
+        "{:?}",
+        view.reason
+    );
+    let again = store.insert(conversion("c3", hold)).await.unwrap();
+    let again = change_id(again, id, ChangeRoute::Queued);
+    let c = claim_only(&store, again).await;
+    assert_eq!(body(&c), json!({"conv_status": "hold", "revenue": 5}));
+    c.release().await.unwrap();
+}
+
+/// A refund URL retried for an order nobody knows: counted on the stored reject (as a
+/// mapping reject is), and a change once the conversion exists.
+pub async fn a_repeat_of_an_unmatched_update_only_postback_is_counted_on_it(b: &impl Backend) {
+    let store = b.open().await;
+    let other = b.other(&store).await;
+    let refunded = || NewRecord {
+        repeat_window: Some(DAY),
+        ..refund("T-9", json!({"conv_status": "rejected", "revenue": -10}))
+    };
+    let first = store.insert(refunded()).await.unwrap();
+    let Inserted::Unmatched { id, reason } = first else {
+        panic!("not unmatched: {first:?}")
+    };
+    for (n, s) in [(1, &store), (2, &other)] {
+        assert_eq!(
+            s.insert(refunded()).await.unwrap(),
+            Inserted::Repeat {
+                id,
+                reason: reason.clone(),
+                repeats: n
+            }
+        );
+    }
+    assert_eq!(store.get(id).await.unwrap().unwrap().repeats, 2);
+    // Another order is a reject of its own.
+    let another = NewRecord {
+        repeat_window: Some(DAY),
+        ..refund("T-10", json!({"conv_status": "rejected"}))
+    };
+    let another = store.insert(another).await.unwrap();
+    assert!(
+        matches!(another, Inserted::Unmatched { id: a, .. } if a != id),
+        "{another:?}"
+    );
+    // Once the conversion exists, the same refund is a change of it.
+    let sale = json!({"conv_status": "approved", "revenue": 40, "adv_order_id": "T-9"});
+    let original = stored_id(store.insert(conversion("c9", sale)).await.unwrap());
+    deliver(&store, original, Some("9")).await;
+    let change = store.insert(refunded()).await.unwrap();
+    change_id(change, original, ChangeRoute::Queued);
+}
+
+/// Many records of tracked conversions ended at once (the PostgreSQL store settles them in
+/// one group): each conversion's memory follows its own, as settled one at a time.
+pub async fn concurrent_ends_keep_each_conversion_memory(b: &impl Backend) {
+    let store = b.open().await;
+    let approved = json!({"conv_status": "approved", "revenue": 10});
+    let chargeback = json!({"conv_status": "rejected", "revenue": 0});
+    let folded = json!({"conv_status": "approved", "revenue": 50});
+    const N: usize = 8;
+    // k*: a queued chargeback Scaleo refuses; d*: one it takes; f*: an original whose retry
+    // carries a folded change and is refused.
+    let mut delivered = Vec::new();
+    for i in 0..N {
+        for click in [format!("k{i}"), format!("d{i}")] {
+            let id = stored_id(
+                store
+                    .insert(conversion(&click, approved.clone()))
+                    .await
+                    .unwrap(),
+            );
+            deliver(&store, id, Some(&format!("\"L-{click}\""))).await;
+            delivered.push((click, id));
+        }
+    }
+    let pending = json!({"conv_status": "pending", "revenue": 1});
+    for i in 0..N {
+        let click = format!("f{i}");
+        store
+            .insert(conversion(&click, pending.clone()))
+            .await
+            .unwrap();
+    }
+    let past = Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    for c in claim_all(&store).await {
+        c.retry(attempt(None, "timed out"), past, "timeout".into())
+            .await
+            .unwrap();
+    }
+    for i in 0..N {
+        let change = store
+            .insert(conversion(&format!("f{i}"), folded.clone()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                change,
+                Inserted::Update {
+                    route: ChangeRoute::Merged,
+                    ..
+                }
+            ),
+            "{change:?}"
+        );
+    }
+    for (click, id) in &delivered {
+        let change = store
+            .insert(conversion(click, chargeback.clone()))
+            .await
+            .unwrap();
+        change_id(change, *id, ChangeRoute::Queued);
+    }
+    let claimed = claim_all(&store).await;
+    assert_eq!(claimed.len(), 3 * N);
+    let mut set = tokio::task::JoinSet::new();
+    for c in claimed {
+        set.spawn(async move {
+            let a = attempt(Some(422), "refused");
+            match c.change() {
+                None => c.duplicate_upstream(a).await.unwrap(),
+                Some(_) => {
+                    // The chargeback bodies carry no click id: tell them apart by the lead.
+                    let lead = c.change().unwrap().lead_id.clone().unwrap();
+                    if lead.contains("\"L-d") {
+                        c.delivered(attempt(Some(200), "{}"), None, None)
+                            .await
+                            .unwrap();
+                    } else {
+                        c.dead(a, "HTTP 422".into()).await.unwrap();
+                    }
+                }
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    for i in 0..N {
+        // Taken, then a later change refused: the memory goes back to what Scaleo took.
+        let d = format!("d{i}");
+        let later = store
+            .insert(conversion(&d, json!({"revenue": -3})))
+            .await
+            .unwrap();
+        let Inserted::Update { id: later, .. } = later else {
+            panic!("{d}: {later:?}")
+        };
+        claim_only(&store, later)
+            .await
+            .dead(attempt(Some(422), "refused"), "HTTP 422".into())
+            .await
+            .unwrap();
+        let again = store
+            .insert(conversion(&d, chargeback.clone()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, Inserted::Duplicate { .. }),
+            "{d}: {again:?}"
+        );
+    }
+    for i in 0..N {
+        // Refused: a resend is a change again.
+        let k = store
+            .insert(conversion(&format!("k{i}"), chargeback.clone()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                k,
+                Inserted::Update {
+                    route: ChangeRoute::Queued,
+                    ..
+                }
+            ),
+            "k{i}: {k:?}"
+        );
+        let f = store
+            .insert(conversion(&format!("f{i}"), folded.clone()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                f,
+                Inserted::Update {
+                    route: ChangeRoute::Dead(_),
+                    ..
+                }
+            ),
+            "f{i}: {f:?}"
+        );
+    }
+    let counts = store.counts_by_state().await.unwrap();
+    let merged = counts.iter().find(|(s, _)| *s == State::Merged);
+    assert_eq!(merged, None, "no folded change is left merged: {counts:?}");
+    for c in claim_all(&store).await {
+        c.release().await.unwrap();
+    }
+}
+
 // Many callers at once (the PostgreSQL store groups concurrent inserts and settles into
 // shared transactions; the SQLite writer groups everything): every answer is what the
 // callers one at a time would have got, and every answered write is stored.
