@@ -3,10 +3,11 @@
 //! Scaleo's API docs: a 429 means "retry after `Retry-After`, slow down". The record that got it is
 //! retried at that time by the retry schedule; [`Holds`] makes the other sends to the same
 //! network (its base URL) wait too, instead of running into the same 429 one after the
-//! other. A hold lasts the answer's `Retry-After` ([`DEFAULT`] when it has none), at most
-//! [`MAX`] so a long `Retry-After` cannot keep claimed records past their lease; a later
-//! 429 can only extend a hold, never shorten it. A wait on a hold comes before the rate
-//! limit, so the sends after a hold still go out at the configured rate.
+//! other: while a hold is in force the forwarder gives that network's claimed records back
+//! unsent and uncounted and its claims skip the network's sources ([`Holds::held`]), so the
+//! wait holds no concurrency slot and other networks go on. A hold lasts the answer's
+//! `Retry-After` ([`DEFAULT`] when it has none), at most [`MAX`]; a later 429 can only extend
+//! a hold, never shorten it. The sends after a hold go through the rate limit as any other.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,12 +54,12 @@ impl Holds {
         }
     }
 
-    /// Waits until no hold is in force for `network` (a hold extended meanwhile is waited
-    /// out too); returns at once when there is none.
-    pub async fn wait(&self, network: &str) {
-        while let Some(d) = self.remaining(network) {
-            tokio::time::sleep(d).await;
-        }
+    /// The networks under a hold now.
+    pub fn held(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut until = crate::sync::lock(&self.until);
+        until.retain(|_, at| *at > now);
+        until.keys().cloned().collect()
     }
 }
 
@@ -77,10 +78,12 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(holds.remaining("https://other.example"), None);
-        let start = Instant::now();
-        holds.wait(NET).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(holds.held(), [NET.to_string()]);
+        tokio::time::advance(Duration::from_millis(2_999)).await;
+        assert_eq!(holds.remaining(NET), Some(Duration::from_millis(1)));
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(holds.remaining(NET), None);
+        assert!(holds.held().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -104,8 +107,6 @@ mod tests {
             holds.hold(NET, Some(Duration::from_secs(8))),
             Duration::from_secs(8)
         );
-        let start = Instant::now();
-        holds.wait(NET).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(8));
+        assert_eq!(holds.remaining(NET), Some(Duration::from_secs(8)));
     }
 }

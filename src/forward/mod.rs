@@ -2,21 +2,26 @@
 //!
 //! [`Forwarder::spawn`] starts one worker loop (see `worker.rs`): it waits for the store's
 //! notify (or a short tick), claims as many due records as it has free concurrency slots,
-//! and runs each in its own task: wait for the source's and the global rate limit
-//! ([`ratelimit`]), POST ([`client`]), classify ([`retry`]) and settle the record, which
-//! commits the outcome before the slot is freed. Settles from concurrent tasks share group
+//! gives each the slot once its source's rate limit has a cell ([`ratelimit`]), and runs it
+//! in its own task: wait for the global rate limit, POST ([`client`]), classify ([`retry`])
+//! and settle the record, which commits the outcome before the slot is freed. Settles from concurrent tasks share group
 //! commits in the store's writer, so each outcome is durable as soon as it is known without
 //! one fsync per record.
 //!
-//! A 401/403 (or a redirect) persists a pause `upstream_auth` (of all forwarding, or of the
-//! source when it has its own `base_url`/`api_key`), gives the record back uncounted, and
-//! stops sending; while paused one queued record is tried every `forward.pause_probe`, and
-//! an answer that shows the key works (delivered, duplicate, or another 4xx) resumes.
-//! Outage mode: after `forward.outage_after` attempts in a row without an answer from
-//! Scaleo itself (no answer, a 5xx, or a 2xx that is not its JSON envelope), a pause
-//! `outage` of all forwarding is persisted; records that get no answer meanwhile are given
-//! back uncounted, one record is probed every `forward.pause_probe`, and the first answer
-//! that is Scaleo's lifts the pause and adds the outage's length back to every waiting
+//! Each Scaleo network (a base URL and API key: the global `[scaleo]` one, or a source's own
+//! `[forward]` pair, see `network.rs`) is on its own: a record waiting for its source's rate
+//! limit or its network's 429 hold is given back to the queue instead of holding a slot, and
+//! pauses and outages are kept per network (`pauses.rs`).
+//! A 401/403 (or a redirect) persists a pause `upstream_auth` of that network (of all
+//! forwarding while every source uses the global one, else of each of its sources), gives
+//! the record back uncounted, and stops that network's sending; while paused one of its
+//! queued records is tried every `forward.pause_probe`, and an answer that shows the key
+//! works (delivered, duplicate, or another 4xx) resumes that network.
+//! Outage mode: after `forward.outage_after` attempts in a row to one network without an
+//! answer from Scaleo itself (no answer, a 5xx, or a 2xx that is not its JSON envelope), a
+//! pause `outage` of that network is persisted; its records that get no answer meanwhile are
+//! given back uncounted, one of them is probed every `forward.pause_probe`, and the first
+//! answer that is Scaleo's lifts the pause and adds the outage's length back to every waiting
 //! record's age bound: an outage of any length turns nothing dead.
 //! A 429 holds every send to that network for its `Retry-After` (at most 10 s; see `hold.rs`).
 //! On shutdown nothing new is claimed, waits on the rate limit end with the record released,
@@ -24,7 +29,9 @@
 
 pub mod client;
 mod hold;
+mod network;
 mod outcome;
+mod pauses;
 pub mod ratelimit;
 pub mod retry;
 mod routes;

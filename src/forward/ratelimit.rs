@@ -1,9 +1,12 @@
 //! The forward rate limits: one global GCRA limiter plus optional per-source ones (governor).
 //!
 //! Generic over governor's clock so tests can drive it with `FakeRelativeClock` through the
-//! non-blocking [`Limiter::check`]; the forwarder uses [`Limiter::acquire`], which sleeps on
-//! the tokio timer. A rate of 0 turns a limit off. Waiting is not a retry and drops nothing.
-//! A source's limit is taken first (its wait never holds a global cell), then the global one.
+//! non-blocking [`Limiter::check`]. A rate of 0 turns a limit off. Waiting is not a retry and
+//! drops nothing. A source's cell is taken first and never waited for while holding anything:
+//! the forwarder asks [`Limiter::check_source`] before a record takes a concurrency slot, and
+//! a record over its source's limit goes back to the queue unchanged, its source skipped by
+//! claims until a cell frees ([`Limiter::busy_sources`]). Only then does it wait for a global
+//! cell ([`Limiter::acquire_global`]), which every record needs alike.
 //!
 //! With the PostgreSQL store the global limit is shared by every instance: its cells come
 //! from a GCRA row in the database ([`SharedLimit`]) instead of the in-process governor,
@@ -12,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -41,7 +44,7 @@ impl Rate {
 
 struct SourceLimit<C: Clock> {
     rate: Rate,
-    limiter: Arc<Direct<C>>,
+    limiter: Direct<C>,
     /// When the last refused check said a cell frees up (for [`Limiter::busy_sources`]).
     ready_at: Option<C::Instant>,
 }
@@ -102,7 +105,7 @@ impl<C: Clock + Clone> Limiter<C> {
                 let Some(q) = rate.quota() else {
                     return Ok(());
                 };
-                let limiter = Arc::new(RateLimiter::direct_with_clock(q, self.clock.clone()));
+                let limiter = RateLimiter::direct_with_clock(q, self.clock.clone());
                 map.insert(
                     source.to_string(),
                     SourceLimit {
@@ -141,26 +144,16 @@ impl<C: Clock + Clone> Limiter<C> {
             .map(|(k, _)| k.clone())
             .collect()
     }
-
-    fn source_limiter(&self, source: &str) -> Option<Arc<Direct<C>>> {
-        let map = crate::sync::lock(&self.sources);
-        map.get(source).map(|s| s.limiter.clone())
-    }
 }
 
 impl Limiter<DefaultClock> {
-    /// Waits until both limits grant a cell; returns the time spent waiting.
+    /// Waits until the global limit grants a cell; returns the time spent waiting.
     ///
     /// The wait is governor's `until_ready` (futures-timer, sub-millisecond), not the tokio
     /// timer: with `burst = 1` GCRA never makes up a late wake-up, and the tokio timer's
     /// millisecond rounding measured 47-48 sends a second at 50/s.
-    pub async fn acquire(&self, source: &str, rate: Option<Rate>) -> Duration {
+    pub async fn acquire_global(&self) -> Duration {
         let start = std::time::Instant::now();
-        if self.check_source(source, rate).is_err()
-            && let Some(limiter) = self.source_limiter(source)
-        {
-            limiter.until_ready().await;
-        }
         if let Some(shared) = &self.shared {
             match shared.acquire().await {
                 Ok(_) => return start.elapsed(),
@@ -270,7 +263,7 @@ mod tests {
         let l = Limiter::new(rate(50, 1));
         let start = std::time::Instant::now();
         for _ in 0..3 {
-            l.acquire("s", None).await;
+            l.acquire_global().await;
         }
         // Two waits of 20 ms: a lower bound only, a slow machine cannot make it fail.
         assert!(start.elapsed() >= Duration::from_millis(38));

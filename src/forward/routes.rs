@@ -29,11 +29,6 @@ impl SourceForward {
             burst: self.burst.unwrap_or(per_second),
         })
     }
-
-    /// Whether the source talks to Scaleo with its own credentials (so a 401 pauses only it).
-    pub fn own_credentials(&self) -> bool {
-        self.base_url.is_some() || self.api_key.is_some()
-    }
 }
 
 impl std::fmt::Debug for Routes {
@@ -73,5 +68,10 @@ impl Routes {
     /// The overrides of `source` (all `None` when it has none).
     pub fn get(&self, source: &str) -> SourceForward {
         self.current.load().get(source).cloned().unwrap_or_default()
+    }
+
+    /// Every source's overrides, as installed now.
+    pub(crate) fn all(&self) -> Arc<HashMap<String, SourceForward>> {
+        self.current.load_full()
     }
 }

@@ -1,8 +1,13 @@
 //! The forward loop and the life of one forwarded record.
+//!
+//! A claimed record takes a concurrency slot only once it may go now: its network is not
+//! paused nor held by a 429 and its source's rate limit has a cell; otherwise it goes back to
+//! the queue unchanged and uncounted, and claims skip its source until that changes. So one
+//! source's rate or one network's trouble never holds the slots the others need.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -13,15 +18,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{Answer, Call, Client, Target};
 use super::hold::Holds;
+use super::network::{Network, Networks};
 use super::outcome::Outcome;
+use super::pauses::Pauses;
 use super::ratelimit::{Limiter, Rate};
 use super::retry::{self, Next, classify};
 use super::routes::{Routes, SourceForward};
 use super::{ForwardError, ForwardStatus};
 use crate::config::{ForwardConfig, ScaleoConfig};
 use crate::lifecycle;
-use crate::store::{Attempt, ChangeOf, Claimed, PauseReason, PauseScope, Store, StoreError};
-use crate::sync::{read, write};
+use crate::store::{Attempt, ChangeOf, Claimed, PauseScope, Store, StoreError};
 
 /// The name of the global Scaleo limit where the store shares it between instances.
 const GLOBAL_LIMIT: &str = "scaleo.global";
@@ -40,19 +46,15 @@ pub(crate) struct Worker {
     client: Client,
     limiter: Limiter,
     routes: Routes,
+    networks: Networks,
     scaleo: ScaleoConfig,
     fwd: ForwardConfig,
     status: Arc<ForwardStatus>,
-    /// Scopes paused by 401/403, as last read or just set by a task.
-    upstream_paused: RwLock<HashSet<PauseScope>>,
-    /// Scopes paused for any other reason (an operator, a missing rule file), as last read:
-    /// a prefetched record of such a scope is given back instead of sent.
-    other_paused: RwLock<HashSet<PauseScope>>,
+    /// Every network's refused-key and outage pauses, and the other pauses as last read: a
+    /// claimed record of a paused scope or network is given back instead of sent.
+    pauses: Pauses,
     /// Networks that answered 429: their sends wait out the `Retry-After`.
     holds: Holds,
-    /// Attempts in a row that got no answer from Scaleo itself (outage mode at
-    /// `forward.outage_after`).
-    silent_in_row: AtomicU32,
 }
 
 impl Worker {
@@ -70,18 +72,24 @@ impl Worker {
         };
         let shared = store.shared_limit(GLOBAL_LIMIT, global.per_second, global.burst);
         let limiter = Limiter::with_shared(global, shared);
+        let networks = Networks::new(&scaleo.base_url, &scaleo.api_key, routes.clone());
+        let pauses = Pauses::new(
+            store.clone(),
+            networks.clone(),
+            fwd.outage_after,
+            status.clone(),
+        );
         Ok(Arc::new(Worker {
             store,
             client,
             limiter,
             routes,
+            networks,
             scaleo,
             fwd,
             status,
-            upstream_paused: RwLock::new(HashSet::new()),
-            other_paused: RwLock::new(HashSet::new()),
+            pauses,
             holds: Holds::default(),
-            silent_in_row: AtomicU32::new(0),
         }))
     }
 
@@ -94,7 +102,7 @@ impl Worker {
         };
         let notify = self.store.subscribe();
         let mut tasks = JoinSet::new();
-        let mut next_probe: HashMap<PauseScope, Instant> = HashMap::new();
+        let mut next_probe: HashMap<Network, Instant> = HashMap::new();
         let mut pauses_read = Instant::now() - IDLE_TICK;
         let mut buffer: VecDeque<(Claimed, Instant)> = VecDeque::new();
         tracing::info!(
@@ -108,8 +116,7 @@ impl Worker {
             }
             if pauses_read.elapsed() >= IDLE_TICK {
                 pauses_read = Instant::now();
-                for (c, asked, scope, permit) in self.due_probes(&mut next_probe, &slots).await {
-                    let job = self.job(c, asked, permit, Some(scope));
+                for job in self.due_probes(&mut next_probe, &slots).await {
                     tasks.spawn(self.clone().forward(job, stops.clone()));
                 }
             }
@@ -127,7 +134,7 @@ impl Worker {
             // it to its lease, never sends it twice.
             if buffer.len() < permits.len() {
                 let want = permits.len() + self.fwd.concurrency.max(1) - buffer.len();
-                let exclude = self.limiter.busy_sources();
+                let exclude = self.waiting_sources();
                 // The lease is counted from before the claim was asked for: it starts when the
                 // store runs the claim, which may be well before the answer gets back here
                 // under load, and a request must never outlive it.
@@ -149,12 +156,25 @@ impl Worker {
                 idle(&notify, &shutdown, IDLE_TICK).await;
                 continue;
             }
-            for permit in permits {
-                let Some((c, claimed_at)) = buffer.pop_front() else {
-                    break;
-                };
-                let job = self.job(c, claimed_at, permit, None);
-                tasks.spawn(self.clone().forward(job, stops.clone()));
+            'slots: for permit in permits {
+                // A record that may not go now goes back, and the slot to the next one.
+                while let Some((c, claimed_at)) = buffer.pop_front() {
+                    let job = self.job(c, claimed_at, None);
+                    match self.admit(&job).await {
+                        Ok(()) => {
+                            let job = Job {
+                                _slot: Some(permit),
+                                ..job
+                            };
+                            tasks.spawn(self.clone().forward(job, stops.clone()));
+                            continue 'slots;
+                        }
+                        Err(why) => {
+                            tasks.spawn(give_back(job.claimed, why));
+                        }
+                    }
+                }
+                break;
             }
         }
         for (c, _) in buffer.drain(..) {
@@ -182,42 +202,19 @@ impl Worker {
         tracing::info!("forwarder stopped");
     }
 
-    /// Re-reads the persisted pauses and claims a probe for each upstream-auth scope due one.
+    /// Re-reads the persisted pauses and claims a probe for each network due one: a record
+    /// of that network, sent although it is paused, whose answer may end its pause.
     async fn due_probes(
         &self,
-        next_probe: &mut HashMap<PauseScope, Instant>,
+        next_probe: &mut HashMap<Network, Instant>,
         slots: &Arc<Semaphore>,
-    ) -> Vec<(Claimed, Instant, PauseScope, OwnedSemaphorePermit)> {
-        let paused = match self.store.paused().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "reading pauses failed");
-                return Vec::new();
-            }
-        };
-        // Pauses a probe may end: Scaleo refused the key, or stopped answering (outage).
-        let upstream: HashSet<PauseScope> = paused
-            .iter()
-            .filter(|p| p.reason.is_probed())
-            .map(|p| p.scope.clone())
-            .collect();
-        self.status.outage.store(
-            paused.iter().any(|p| p.reason == PauseReason::Outage),
-            Ordering::Relaxed,
-        );
-        self.status.paused_all.store(
-            paused.iter().any(|p| p.scope == PauseScope::All),
-            Ordering::Relaxed,
-        );
-        self.status.upstream_auth.store(
-            paused.iter().any(|p| p.reason == PauseReason::UpstreamAuth),
-            Ordering::Relaxed,
-        );
-        next_probe.retain(|s, _| upstream.contains(s));
+    ) -> Vec<Job> {
+        let probed = self.pauses.refresh().await;
+        next_probe.retain(|n, _| probed.contains_key(n));
         let mut probes = Vec::new();
-        for scope in &upstream {
+        for (network, scopes) in probed {
             let due = next_probe
-                .entry(scope.clone())
+                .entry(network.clone())
                 .or_insert_with(|| Instant::now() + self.fwd.pause_probe);
             if *due > Instant::now() {
                 continue;
@@ -226,35 +223,81 @@ impl Worker {
                 break;
             };
             *due = Instant::now() + self.fwd.pause_probe;
-            let asked = Instant::now();
-            match self.store.claim_probe(scope.clone(), self.fwd.lease).await {
-                Ok(Some(c)) => {
-                    tracing::info!(scope = %scope, record = c.id(), "probing the paused upstream");
-                    probes.push((c, asked, scope.clone(), permit));
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "claiming a probe failed"),
+            if let Some(job) = self.claim_probe(&network, &scopes).await {
+                probes.push(Job {
+                    _slot: Some(permit),
+                    ..job
+                });
             }
         }
-        *write(&self.upstream_paused) = upstream;
-        *write(&self.other_paused) = paused
-            .iter()
-            .filter(|p| !p.reason.is_probed())
-            .map(|p| p.scope.clone())
-            .collect();
         probes
     }
 
-    fn is_paused(&self, source: &str) -> bool {
-        let covers = |set: &HashSet<PauseScope>| {
-            set.contains(&PauseScope::All) || set.contains(&PauseScope::Source(source.into()))
-        };
-        covers(&read(&self.upstream_paused)) || covers(&read(&self.other_paused))
+    /// Claims one record of `network` through the first of its paused `scopes` that has one.
+    async fn claim_probe(&self, network: &Network, scopes: &[PauseScope]) -> Option<Job> {
+        for scope in scopes {
+            let asked = Instant::now();
+            match self.store.claim_probe(scope.clone(), self.fwd.lease).await {
+                Ok(Some(c)) => {
+                    let mut job = self.job(c, asked, None);
+                    // A record of another network (its route changed) proves nothing here:
+                    // it goes as any other would, if it may.
+                    if job.network == *network {
+                        tracing::info!(network = %network, scope = %scope, record = job.claimed.id(), "probing the paused upstream");
+                        job.probe = Some(network.clone());
+                    }
+                    return Some(job);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming a probe failed");
+                    return None;
+                }
+            }
+        }
+        None
     }
 
-    /// The Scaleo network (base URL) a source's records go to.
-    fn network<'a>(&'a self, route: &'a SourceForward) -> &'a str {
-        route.base_url.as_deref().unwrap_or(&self.scaleo.base_url)
+    /// Sources whose records cannot go now (their rate limit has no cell, their network is
+    /// held by a 429): claims skip them instead of taking records only to give them back.
+    fn waiting_sources(&self) -> Vec<String> {
+        let mut sources = self.limiter.busy_sources();
+        let held = self.holds.held();
+        if !held.is_empty() {
+            let on_hold = |n: &Network| held.iter().any(|b| b == n.base_url());
+            sources.extend(self.networks.sources_where(on_hold));
+        }
+        sources
+    }
+
+    /// Whether a record may take a slot and go now; `Err(why)` sends it back to the queue
+    /// unchanged, not counted as an attempt.
+    async fn admit(&self, job: &Job) -> Result<(), &'static str> {
+        self.still_may_go(job).await?;
+        if self
+            .limiter
+            .check_source(job.claimed.source(), job.route.rate())
+            .is_err()
+        {
+            crate::metrics::rate_limit_wait();
+            return Err("its source's rate limit");
+        }
+        Ok(())
+    }
+
+    /// Whether neither a pause nor a 429 hold keeps the record's network from sending.
+    async fn still_may_go(&self, job: &Job) -> Result<(), &'static str> {
+        if !self
+            .pauses
+            .may_send(job.claimed.source(), &job.network)
+            .await
+        {
+            return Err("paused");
+        }
+        if self.holds.remaining(job.network.base_url()).is_some() {
+            return Err("its network answered 429");
+        }
+        Ok(())
     }
 
     /// A job for a claimed record: its route is looked up now.
@@ -262,15 +305,16 @@ impl Worker {
         &self,
         claimed: Claimed,
         claimed_at: Instant,
-        slot: OwnedSemaphorePermit,
-        probe: Option<PauseScope>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Job {
         let route = self.routes.get(claimed.source());
+        let network = self.networks.of(&route);
         Job {
             claimed,
             route,
+            network,
             claimed_at,
-            probe,
+            probe: None,
             _slot: slot,
         }
     }
@@ -281,24 +325,22 @@ impl Worker {
             shutdown,
             hard_stop,
         } = stops;
-        let rate = job.route.rate();
-        // A 429 from this network holds its sends first; the rate limit then spaces them.
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return give_back(job.claimed, "shutdown").await,
-            _ = self.holds.wait(self.network(&job.route)) => {}
-        }
+        // The source's cell was taken when the record was admitted; the global one is waited
+        // for here, as every record does.
         let started = Instant::now();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return give_back(job.claimed, "shutdown").await,
-            _ = self.limiter.acquire(job.claimed.source(), rate) => {}
+            _ = self.limiter.acquire_global() => {}
         }
         if started.elapsed() >= RATE_WAIT_COUNTED {
             crate::metrics::rate_limit_wait();
         }
-        if job.probe.is_none() && self.is_paused(job.claimed.source()) {
-            return give_back(job.claimed, "paused").await;
+        // Paused or held meanwhile (a probe is sent although its network is paused).
+        if job.probe.is_none()
+            && let Err(why) = self.still_may_go(&job).await
+        {
+            return give_back(job.claimed, why).await;
         }
         // A request that could outlive the lease might run twice: give the record back instead.
         // The margin leaves time to settle before the lease runs out; it is at most half the
@@ -310,8 +352,8 @@ impl Worker {
             return give_back(job.claimed, "rate-limit wait outlasted the lease").await;
         }
         let target = Target {
-            base_url: self.network(&job.route),
-            api_key: job.route.api_key.as_deref().unwrap_or(&self.scaleo.api_key),
+            base_url: job.network.base_url(),
+            api_key: job.network.api_key(),
         };
         let (call, body) = match job.claimed.change() {
             None => (Call::Create, job.claimed.body().to_string()),
@@ -350,17 +392,20 @@ impl Worker {
         // The slot stays taken until the outcome is stored and a probe's pause lifted.
         let Job {
             claimed: c,
-            route,
+            network,
             probe,
             _slot,
             ..
         } = job;
-        let route = &route;
+        let network = &network;
         let (id, source) = (c.id(), c.source().to_string());
         let click_id = c.click_id().unwrap_or_default().to_string();
         let status = answer.reply.status();
         let silent = !retry::answered_as_scaleo(&answer.reply);
-        let outage = self.note_answer(silent, id, status).await;
+        let outage = self
+            .pauses
+            .answered(network, &source, silent, id, status)
+            .await;
         // While Scaleo is not answering, an attempt that got no answer gives its record back
         // uncounted: an outage of any length turns nothing dead.
         let outcome = match outcome {
@@ -384,14 +429,11 @@ impl Worker {
         }
         let key_works = outcome.key_works();
         if let Outcome::Paused { reason } = &outcome {
-            let scope = if route.own_credentials() {
-                PauseScope::Source(source.clone())
-            } else {
-                PauseScope::All
-            };
-            self.pause_upstream(&scope, reason, id, status).await;
+            self.pauses
+                .refused(network, &source, reason, id, status)
+                .await;
         }
-        let (outcome, result) = self.store_outcome(c, route, attempt, outcome).await;
+        let (outcome, result) = self.store_outcome(c, network, attempt, outcome).await;
         // Counted as written: a retry past the policy's bounds is a dead record, not a retry.
         crate::metrics::forward_attempt(outcome.metric_label());
         let outcome = outcome.as_str();
@@ -412,18 +454,9 @@ impl Worker {
                 "storing the outcome failed; the record will be retried after its lease"
             ),
         }
-        if let (Some(scope), true) = (probe, key_works) {
-            match self
-                .store
-                .resume_reason(scope.clone(), PauseReason::UpstreamAuth)
-                .await
-            {
-                Ok(_) => {
-                    write(&self.upstream_paused).remove(&scope);
-                    tracing::info!(scope = %scope, "probe accepted: forwarding resumed");
-                }
-                Err(e) => tracing::error!(error = %e, "resuming after the probe failed"),
-            }
+        // Only an answer of the probed network itself shows that its key works.
+        if key_works && probe.as_ref() == Some(network) {
+            self.pauses.key_works(network).await;
         }
     }
 
@@ -433,7 +466,7 @@ impl Worker {
     async fn store_outcome(
         &self,
         c: Claimed,
-        route: &SourceForward,
+        network: &Network,
         attempt: Attempt,
         outcome: Outcome,
     ) -> (Outcome, Result<(), StoreError>) {
@@ -474,7 +507,7 @@ impl Worker {
                 // A Retry-After longer than forward.max_retry_after is capped.
                 let after = after.map(|a| a.min(self.fwd.max_retry_after));
                 if status == Some(429) {
-                    let held = self.holds.hold(self.network(route), after);
+                    let held = self.holds.hold(network.base_url(), after);
                     tracing::info!(
                         source,
                         record = id,
@@ -521,102 +554,21 @@ impl Worker {
             }
         }
     }
-
-    /// Counts attempts in a row without an answer from Scaleo; starts outage mode at
-    /// `forward.outage_after` of them and ends it at the first answer that is Scaleo's.
-    /// Returns whether an outage is on after this answer.
-    async fn note_answer(&self, silent: bool, id: i64, status: Option<u16>) -> bool {
-        let on = self.status.outage.load(Ordering::Relaxed);
-        if !silent {
-            self.silent_in_row.store(0, Ordering::Relaxed);
-            if on {
-                self.end_outage().await;
-            }
-            return false;
-        }
-        let n = self.silent_in_row.fetch_add(1, Ordering::Relaxed) + 1;
-        if on || n < self.fwd.outage_after {
-            return on;
-        }
-        self.status.outage.store(true, Ordering::Relaxed);
-        tracing::error!(
-            record = id,
-            status,
-            attempts_in_row = n,
-            "Scaleo is not answering (no answer, 5xx, or a 2xx that is not its JSON): outage mode, all sending held; one record is tried every forward.pause_probe"
-        );
-        if let Err(e) = self.store.pause(PauseScope::All, PauseReason::Outage).await {
-            tracing::error!(error = %e, "persisting the outage pause failed");
-        }
-        write(&self.upstream_paused).insert(PauseScope::All);
-        true
-    }
-
-    /// Scaleo answers again: lifts the outage pause, and gives every waiting record the
-    /// time the outage lasted back on its age bound (`forward.max_age`).
-    async fn end_outage(&self) {
-        let since = match self.store.paused().await {
-            Ok(p) => p
-                .into_iter()
-                .find(|p| p.reason == PauseReason::Outage)
-                .map(|p| p.since),
-            Err(e) => return tracing::error!(error = %e, "reading pauses failed"),
-        };
-        self.status.outage.store(false, Ordering::Relaxed);
-        let Some(since) = since else {
-            return;
-        };
-        let lasted = Timestamp::now().duration_since(since).unsigned_abs();
-        if let Err(e) = self.store.extend_age(lasted).await {
-            tracing::error!(error = %e, "giving the outage back to the age bound failed");
-        }
-        match self
-            .store
-            .resume_reason(PauseScope::All, PauseReason::Outage)
-            .await
-        {
-            Ok(_) => tracing::info!(
-                lasted_s = lasted.as_secs(),
-                "Scaleo answers again: outage over, forwarding resumed"
-            ),
-            Err(e) => tracing::error!(error = %e, "lifting the outage pause failed"),
-        }
-        write(&self.upstream_paused).remove(&PauseScope::All);
-    }
-
-    async fn pause_upstream(&self, scope: &PauseScope, reason: &str, id: i64, status: Option<u16>) {
-        let first = write(&self.upstream_paused).insert(scope.clone());
-        self.status.upstream_auth.store(true, Ordering::Relaxed);
-        if *scope == PauseScope::All {
-            self.status.paused_all.store(true, Ordering::Relaxed);
-        }
-        if first {
-            tracing::error!(
-                scope = %scope, record = id, status, reason,
-                "Scaleo refused the API key: forwarding paused, everything stays queued"
-            );
-        }
-        if let Err(e) = self
-            .store
-            .pause(scope.clone(), PauseReason::UpstreamAuth)
-            .await
-        {
-            tracing::error!(error = %e, "persisting the pause failed");
-        }
-    }
 }
 
 /// One claimed record on its way to Scaleo, with what its steps need to know about it.
 struct Job {
     claimed: Claimed,
-    /// Where its source forwards to (network, key, rate), as looked up when it was started.
+    /// Where its source forwards to (network, key, rate), as looked up when it was claimed.
     route: SourceForward,
+    /// The network of `route`.
+    network: Network,
     /// When it was claimed: the request must end within the lease.
     claimed_at: Instant,
-    /// The paused scope this record probes, when it is a probe.
-    probe: Option<PauseScope>,
-    /// Its concurrency slot, held until the job ends.
-    _slot: OwnedSemaphorePermit,
+    /// The paused network this record probes, when it is a probe.
+    probe: Option<Network>,
+    /// Its concurrency slot, held until the job ends (`None` only until it is admitted).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// The two stops a forward obeys: `shutdown` (nothing new is sent) and `hard_stop` (the

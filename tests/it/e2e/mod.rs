@@ -12,6 +12,7 @@ mod forwarding;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod networks;
 mod ops_cli;
 mod outage;
 mod process;
