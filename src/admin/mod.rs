@@ -244,7 +244,7 @@ impl Admin {
         };
         let scope = view::pause_scope(parsed.source.as_deref())?;
         if let crate::store::PauseScope::Source(s) = &scope {
-            self.known_source(s).await?;
+            self.known_source(s).await??;
         }
         let scope_text = view::scope_name(&scope);
         let answer = if pause {
@@ -272,8 +272,12 @@ impl Admin {
         Ok(json_answer(StatusCode::OK, &answer))
     }
 
-    /// A pause or resume names a source with a rule file, stored records or a pause.
-    async fn known_source(&self, source: &str) -> Result<(), AdminError> {
+    /// A pause or resume names a source with a rule file, stored records or a pause (a typo
+    /// must not store a pause that holds nothing): the outer error is the store's.
+    pub(crate) async fn known_source(
+        &self,
+        source: &str,
+    ) -> Result<Result<(), BadParam>, crate::store::StoreError> {
         let mut known: std::collections::BTreeSet<String> = self
             .replayer
             .rules
@@ -292,10 +296,10 @@ impl Admin {
             ..Default::default()
         };
         if known.contains(source) || !self.store.list(filter, 1, None).await?.0.is_empty() {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let known: Vec<String> = known.into_iter().collect();
-        Err(AdminError::BadParam(BadParam::new(
+        Ok(Err(BadParam::new(
             "source",
             source,
             format!(

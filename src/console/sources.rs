@@ -2,8 +2,6 @@
 //! limits, and its pause state with pause and resume buttons (refused for a source that is
 //! not known, as the JSON API does). Its "try a postback" box leads to [`super::explain`].
 
-use std::collections::BTreeSet;
-
 use askama::Template;
 use hyper::StatusCode;
 
@@ -11,7 +9,7 @@ use super::layout::{Page, when};
 use super::{Answer, ConsoleError, Ctx, field, html, redirect};
 use crate::admin::view;
 use crate::rules::Rule;
-use crate::store::{Filter, PauseReason, PauseScope, Paused};
+use crate::store::{PauseReason, PauseScope, Paused};
 
 struct PauseLine {
     reason: &'static str,
@@ -141,7 +139,7 @@ pub(super) async fn pause(
     let source = field(form, "source").filter(|s| !s.is_empty());
     let scope = view::pause_scope(source)?;
     if let PauseScope::Source(s) = &scope {
-        known_source(ctx, s).await?;
+        ctx.admin.known_source(s).await??;
     }
     let what = match &scope {
         PauseScope::All => "all forwarding".to_string(),
@@ -162,50 +160,4 @@ pub(super) async fn pause(
         ctx.flash(format!("Resumed {what} ({removed} pause(s) lifted)."));
     }
     Ok(redirect("/console/sources", &[]))
-}
-
-/// A pause or resume names a source with a rule file, stored records or a pause (as
-/// `POST /admin/pause` asks): a typo must not store a pause that holds nothing.
-async fn known_source(ctx: &Ctx<'_>, source: &str) -> Result<(), ConsoleError> {
-    let store = &ctx.admin.store;
-    let mut known: BTreeSet<String> = ctx
-        .admin
-        .replayer
-        .rules
-        .current()
-        .iter()
-        .map(|r| r.source.clone())
-        .collect();
-    known.extend(store.pending_sources().await?);
-    known.extend(
-        store
-            .paused()
-            .await?
-            .into_iter()
-            .filter_map(|p| match p.scope {
-                PauseScope::Source(s) => Some(s),
-                PauseScope::All => None,
-            }),
-    );
-    let filter = Filter {
-        source: Some(source.to_string()),
-        ..Default::default()
-    };
-    if known.contains(source) || !store.list(filter, 1, None).await?.0.is_empty() {
-        return Ok(());
-    }
-    let known: Vec<String> = known.into_iter().collect();
-    Err(view::BadParam::new(
-        "source",
-        source,
-        format!(
-            "a known source (a rule file, stored records or a pause): {}",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ),
-    )
-    .into())
 }
