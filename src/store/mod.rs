@@ -525,6 +525,9 @@ impl Store {
     }
 
     /// Removes every pause of `scope` (an operator's resume). Returns how many were removed.
+    /// Resuming all forwarding also lifts the pauses the relay itself set on single sources
+    /// for their network (a refused key, an outage: with several networks they are stored per
+    /// source); an operator's pause of one source and a missing rule file's stay.
     pub async fn resume(&self, scope: PauseScope) -> Result<u64, StoreError> {
         self.resume_inner(scope, None).await
     }

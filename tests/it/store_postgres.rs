@@ -125,6 +125,11 @@ async fn concurrent_claims_never_share_a_record() {
 }
 
 #[tokio::test]
+async fn resuming_all_lifts_the_network_pauses_of_sources() {
+    suite::resuming_all_lifts_the_network_pauses_of_sources(&Postgres::new().await).await;
+}
+
+#[tokio::test]
 async fn pauses_persist_and_stop_claims() {
     suite::pauses_persist_and_stop_claims(&Postgres::new().await).await;
 }

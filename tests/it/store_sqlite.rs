@@ -129,6 +129,11 @@ async fn concurrent_claims_never_share_a_record() {
 }
 
 #[tokio::test]
+async fn resuming_all_lifts_the_network_pauses_of_sources() {
+    suite::resuming_all_lifts_the_network_pauses_of_sources(&Sqlite::new()).await;
+}
+
+#[tokio::test]
 async fn pauses_persist_and_stop_claims() {
     suite::pauses_persist_and_stop_claims(&Sqlite::new()).await;
 }

@@ -259,9 +259,15 @@ impl PgStore {
                     )
                     .await?
             }
+            // An operator's resume of all forwarding also lifts the pauses the relay set on a
+            // network's sources (a refused key, an outage): see `Store::resume`.
             None => {
                 client
-                    .execute("DELETE FROM paused WHERE scope = $1", &[&scope.key()])
+                    .execute(
+                        "DELETE FROM paused
+                         WHERE scope = $1 OR ($1 = '*' AND reason IN ('upstream_auth', 'outage'))",
+                        &[&scope.key()],
+                    )
                     .await?
             }
         };

@@ -278,8 +278,13 @@ pub(crate) fn resume(
         Some(r) => c
             .prepare_cached("DELETE FROM paused WHERE scope = ?1 AND reason = ?2")?
             .execute(params![scope.key(), r.as_str()])?,
+        // An operator's resume of all forwarding also lifts the pauses the relay set on a
+        // network's sources (a refused key, an outage): see `Store::resume`.
         None => c
-            .prepare_cached("DELETE FROM paused WHERE scope = ?1")?
+            .prepare_cached(
+                "DELETE FROM paused
+                 WHERE scope = ?1 OR (?1 = '*' AND reason IN ('upstream_auth', 'outage'))",
+            )?
             .execute([scope.key()])?,
     };
     *wakes |= n > 0;

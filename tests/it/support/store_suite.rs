@@ -371,6 +371,51 @@ pub async fn concurrent_claims_never_share_a_record(b: &impl Backend) {
     );
 }
 
+/// An operator's resume of all forwarding lifts the pauses of a network's sources (a refused
+/// key, an outage) with the global one, and leaves an operator's pause of one source and a
+/// missing rule file's.
+pub async fn resuming_all_lifts_the_network_pauses_of_sources(b: &impl Backend) {
+    let store = b.open().await;
+    for (scope, reason) in [
+        (PauseScope::All, PauseReason::Operator),
+        (PauseScope::Source("acme".into()), PauseReason::Operator),
+        (PauseScope::Source("beta".into()), PauseReason::UpstreamAuth),
+        (PauseScope::Source("gamma".into()), PauseReason::Outage),
+        (PauseScope::Source("delta".into()), PauseReason::MissingRule),
+    ] {
+        store.pause(scope, reason).await.unwrap();
+    }
+    assert_eq!(store.resume(PauseScope::All).await.unwrap(), 3);
+    let mut left: Vec<(PauseScope, PauseReason)> = store
+        .paused()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.scope, p.reason))
+        .collect();
+    left.sort_by_key(|(s, _)| format!("{s:?}"));
+    assert_eq!(
+        left,
+        vec![
+            (PauseScope::Source("acme".into()), PauseReason::Operator),
+            (PauseScope::Source("delta".into()), PauseReason::MissingRule),
+        ]
+    );
+    // Resuming one source lifts only its own pauses.
+    store
+        .pause(PauseScope::Source("beta".into()), PauseReason::Outage)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .resume(PauseScope::Source("acme".into()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.paused().await.unwrap().len(), 2);
+}
+
 pub async fn pauses_persist_and_stop_claims(b: &impl Backend) {
     let lease = Duration::from_secs(30);
     {
