@@ -59,6 +59,17 @@ pub struct Preview {
 }
 
 impl Preview {
+    /// A postback whose dedupe key the live record `original` holds, on a source that does
+    /// not track changes: a `duplicate`.
+    pub(crate) fn duplicate_of(original: i64) -> Preview {
+        Preview {
+            original: Some(original),
+            outcome: "duplicate",
+            change: None,
+            reason: None,
+        }
+    }
+
     /// An update-only postback that finds no conversion.
     pub(crate) fn unmatched(lookup: &Lookup) -> Preview {
         Preview {

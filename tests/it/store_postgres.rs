@@ -130,6 +130,12 @@ async fn resuming_all_lifts_the_network_pauses_of_sources() {
 }
 
 #[tokio::test]
+async fn a_repeat_on_a_source_without_updates_previews_as_a_duplicate() {
+    suite::a_repeat_on_a_source_without_updates_previews_as_a_duplicate(&Postgres::new().await)
+        .await;
+}
+
+#[tokio::test]
 async fn pauses_persist_and_stop_claims() {
     suite::pauses_persist_and_stop_claims(&Postgres::new().await).await;
 }

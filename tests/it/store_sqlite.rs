@@ -134,6 +134,11 @@ async fn resuming_all_lifts_the_network_pauses_of_sources() {
 }
 
 #[tokio::test]
+async fn a_repeat_on_a_source_without_updates_previews_as_a_duplicate() {
+    suite::a_repeat_on_a_source_without_updates_previews_as_a_duplicate(&Sqlite::new()).await;
+}
+
+#[tokio::test]
 async fn pauses_persist_and_stop_claims() {
     suite::pauses_persist_and_stop_claims(&Sqlite::new()).await;
 }

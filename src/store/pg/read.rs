@@ -7,6 +7,7 @@ use tokio_postgres::types::ToSql;
 
 use super::super::StoreError;
 use super::super::change::{Conversion, Preview, parse_map};
+use super::super::ops::live_holder;
 use super::super::read::{
     AttemptView, CHAIN_MAX, ConversionView, Cursor, Filter, RecordView, Summary,
 };
@@ -232,6 +233,33 @@ impl PgStore {
         let cols = "SELECT key, record_id, tracked, lead_id FROM dedupe
                     WHERE tracked IS NOT NULL AND expires_at > $1";
         let (row, body, transitions) = match state {
+            NewState::Queued {
+                dedupe: Some(d),
+                updates: None,
+                ..
+            } => {
+                let held = client
+                    .query_opt(
+                        "SELECT d.record_id, d.expires_at, r.state FROM dedupe d
+                         LEFT JOIN records r ON r.id = d.record_id WHERE d.key = $1",
+                        &[&d.key],
+                    )
+                    .await?;
+                let original = match held {
+                    Some(row) => {
+                        let state: Option<String> = row.try_get(2)?;
+                        live_holder(
+                            row.try_get(0)?,
+                            row.try_get(1)?,
+                            state.as_deref(),
+                            now,
+                            None,
+                        )
+                    }
+                    None => None,
+                };
+                return Ok(original.map(Preview::duplicate_of));
+            }
             NewState::Queued {
                 body,
                 dedupe: Some(d),

@@ -509,6 +509,14 @@ pub(crate) fn preview(c: &Connection, state: &NewState) -> Result<Option<Preview
     let now_ms = Timestamp::now().as_millisecond();
     let (conv, body, transitions) = match state {
         NewState::Queued {
+            dedupe: Some(d),
+            updates: None,
+            ..
+        } => {
+            let (original, _) = super::ops::live_original(c, &d.key, now_ms, None)?;
+            return Ok(original.map(Preview::duplicate_of));
+        }
+        NewState::Queued {
             body,
             dedupe: Some(d),
             updates: Some(transitions),

@@ -184,7 +184,7 @@ pub(crate) fn insert_plain(
 /// The live record holding dedupe `key` at `at_ms`: the key has not expired and its record
 /// is neither rejected nor dead (a purged original still counts while the key lives); and
 /// whether the key has a row at all.
-fn live_original(
+pub(crate) fn live_original(
     c: &Connection,
     key: &str,
     at_ms: i64,

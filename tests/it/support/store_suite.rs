@@ -416,6 +416,33 @@ pub async fn resuming_all_lifts_the_network_pauses_of_sources(b: &impl Backend) 
     assert_eq!(store.paused().await.unwrap().len(), 2);
 }
 
+/// On a source that dedupes without tracking changes, `explain`'s preview of a repeat is a
+/// `duplicate` of the live record holding the key, as ingest then answers.
+pub async fn a_repeat_on_a_source_without_updates_previews_as_a_duplicate(b: &impl Backend) {
+    let store = b.open().await;
+    let window = Duration::from_secs(3600);
+    let rec = queued("acme", "pv1", Some(("pv1", window)));
+    assert_eq!(
+        store.preview(rec.state.clone()).await.unwrap(),
+        None,
+        "a new key"
+    );
+    let Inserted::Stored { id } = store.insert(rec.clone()).await.unwrap() else {
+        panic!("not stored")
+    };
+    let preview = store
+        .preview(rec.state.clone())
+        .await
+        .unwrap()
+        .expect("a preview");
+    assert_eq!((preview.outcome, preview.original), ("duplicate", Some(id)));
+    let then = store.insert(rec).await.unwrap();
+    assert!(
+        matches!(then, Inserted::Duplicate { original, .. } if original == id),
+        "what ingest then does: {then:?}"
+    );
+}
+
 pub async fn pauses_persist_and_stop_claims(b: &impl Backend) {
     let lease = Duration::from_secs(30);
     {
