@@ -189,6 +189,13 @@ fn plain(v: &Value) -> String {
     }
 }
 
+/// Scaleo's `lead_id` as people read it: a JSON string without its quotes, a number exactly
+/// as Scaleo wrote it (it is kept as the JSON text Scaleo gave).
+fn lead_id_text(json: Option<&str>) -> String {
+    json.map(|j| serde_json::from_str::<String>(j).unwrap_or_else(|_| j.to_string()))
+        .unwrap_or_default()
+}
+
 fn record_page(ctx: &Ctx<'_>, r: RecordView) -> RecordPage {
     let s = &r.summary;
     RecordPage {
@@ -214,7 +221,7 @@ fn record_page(ctx: &Ctx<'_>, r: RecordView) -> RecordPage {
         body: r.body.as_ref().map(pretty),
         reason: r.reason.clone(),
         transaction_id: r.transaction_id.clone().unwrap_or_default(),
-        lead_id: r.lead_id.clone().unwrap_or_default(),
+        lead_id: lead_id_text(r.lead_id.as_deref()),
         original_id: r.original_id,
         attempt_count: r.attempt_count,
         next_attempt: r.next_attempt_at.map(when).unwrap_or_default(),
@@ -240,7 +247,7 @@ fn record_page(ctx: &Ctx<'_>, r: RecordView) -> RecordPage {
                 .iter()
                 .map(|(k, v)| (k.clone(), plain(v)))
                 .collect(),
-            lead_id: c.lead_id.clone().unwrap_or_default(),
+            lead_id: lead_id_text(c.lead_id.as_deref()),
             transaction_id: c.transaction_id.clone().unwrap_or_default(),
             expires: when(c.expires_at),
             chain: c.chain.iter().map(|s| Row::new(s, ctx.now)).collect(),
@@ -324,6 +331,16 @@ pub(super) async fn send_now(ctx: &Ctx<'_>, id: &str) -> Result<Answer, ConsoleE
 mod tests {
     use super::*;
     use crate::replay::ReasonGroup;
+
+    #[test]
+    fn a_lead_id_shows_without_json_quotes_and_a_number_exactly() {
+        assert_eq!(lead_id_text(Some("\"652910797\"")), "652910797");
+        assert_eq!(
+            lead_id_text(Some("12345678901234567890123")),
+            "12345678901234567890123"
+        );
+        assert_eq!(lead_id_text(None), "");
+    }
 
     fn group(outcome: &'static str, reason: &str, count: u64) -> ReasonGroup {
         ReasonGroup {
