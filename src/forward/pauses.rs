@@ -285,10 +285,17 @@ impl Pauses {
         let Some(since) = ours.iter().map(|p| p.since).min() else {
             return self.unset_network(network, PauseReason::Outage);
         };
-        // The store moves every waiting record's bound, other networks' too: it can only
-        // make a record live longer, never turn one dead sooner.
+        // The waiting records of this network's scopes get the time back (all of them when
+        // the network's pause is the `All` one).
         let lasted = Timestamp::now().duration_since(since).unsigned_abs();
-        if let Err(e) = self.store.extend_age(lasted).await {
+        let sources: Option<Vec<String>> = ours
+            .iter()
+            .map(|p| match &p.scope {
+                PauseScope::Source(s) => Some(s.clone()),
+                PauseScope::All => None,
+            })
+            .collect();
+        if let Err(e) = self.store.extend_age(lasted, sources).await {
             tracing::error!(error = %e, "giving the outage back to the age bound failed");
         }
         for p in ours {

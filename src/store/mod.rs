@@ -578,17 +578,24 @@ impl Store {
     }
 
     /// Moves the start of the age bound of every waiting record (`queued`, `retrying`,
-    /// `paused`) `by` later: the time an outage lasted does not count toward
-    /// `forward.max_age`. Returns how many records moved.
-    pub async fn extend_age(&self, by: Duration) -> Result<u64, StoreError> {
+    /// `paused`) `by` later, of the `sources` given (`None`: of every source): the time an
+    /// outage of their network lasted does not count toward `forward.max_age`. Returns how
+    /// many records moved.
+    pub async fn extend_age(
+        &self,
+        by: Duration,
+        sources: Option<Vec<String>>,
+    ) -> Result<u64, StoreError> {
         self.bounded(async {
             let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
             match self.pg() {
                 #[cfg(feature = "postgres")]
-                Some(pg) => pg.extend_age(ms).await,
+                Some(pg) => pg.extend_age(ms, sources.as_deref()).await,
                 None => {
-                    self.call(ms, |ms, c, _, _| sqlite::ops::extend_age(c, *ms))
-                        .await
+                    self.call((ms, sources), |(ms, sources), c, _, _| {
+                        sqlite::ops::extend_age(c, *ms, sources.as_deref())
+                    })
+                    .await
                 }
             }
         })

@@ -139,6 +139,11 @@ async fn a_repeat_on_a_source_without_updates_previews_as_a_duplicate() {
 }
 
 #[tokio::test]
+async fn an_outage_extends_the_age_of_its_own_sources() {
+    suite::an_outage_extends_the_age_of_its_own_sources(&Sqlite::new()).await;
+}
+
+#[tokio::test]
 async fn pauses_persist_and_stop_claims() {
     suite::pauses_persist_and_stop_claims(&Sqlite::new()).await;
 }

@@ -288,13 +288,18 @@ impl PgStore {
     }
 
     /// See `Store::extend_age`.
-    pub(crate) async fn extend_age(&self, ms: i64) -> Result<u64, StoreError> {
+    pub(crate) async fn extend_age(
+        &self,
+        ms: i64,
+        sources: Option<&[String]>,
+    ) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         Ok(client
             .execute(
                 "UPDATE records SET queued_at = queued_at + $1
-                 WHERE state IN ('queued', 'retrying', 'paused') AND queued_at IS NOT NULL",
-                &[&ms],
+                 WHERE state IN ('queued', 'retrying', 'paused') AND queued_at IS NOT NULL
+                   AND ($2::text[] IS NULL OR source = ANY($2))",
+                &[&ms, &sources],
             )
             .await?)
     }

@@ -396,13 +396,20 @@ pub(crate) fn probe_write(c: &Connection, now_ms: i64) -> Result<(), StoreError>
 }
 
 /// See `Store::extend_age`.
-pub(crate) fn extend_age(c: &Connection, ms: i64) -> Result<u64, StoreError> {
+pub(crate) fn extend_age(
+    c: &Connection,
+    ms: i64,
+    sources: Option<&[String]>,
+) -> Result<u64, StoreError> {
+    // The sources as a JSON array (NULL: every source), read with json_each.
+    let sources = sources.map(|s| serde_json::Value::from(s.to_vec()).to_string());
     let n = c
         .prepare_cached(
             "UPDATE records SET queued_at = queued_at + ?1
-             WHERE state IN ('queued', 'retrying', 'paused') AND queued_at IS NOT NULL",
+             WHERE state IN ('queued', 'retrying', 'paused') AND queued_at IS NOT NULL
+               AND (?2 IS NULL OR source IN (SELECT value FROM json_each(?2)))",
         )?
-        .execute([ms])?;
+        .execute(params![ms, sources])?;
     Ok(n as u64)
 }
 

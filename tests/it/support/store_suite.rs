@@ -443,6 +443,30 @@ pub async fn a_repeat_on_a_source_without_updates_previews_as_a_duplicate(b: &im
     );
 }
 
+/// An outage's time goes back on the age bound of the waiting records of the sources given
+/// (one network's), or of every source.
+pub async fn an_outage_extends_the_age_of_its_own_sources(b: &impl Backend) {
+    let store = b.open().await;
+    fill(&store, "acme", 2).await;
+    fill(&store, "beta", 3).await;
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        store
+            .extend_age(hour, Some(vec!["acme".into()]))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .extend_age(hour, Some(vec!["beta".into(), "gamma".into()]))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.extend_age(hour, None).await.unwrap(), 5);
+}
+
 pub async fn pauses_persist_and_stop_claims(b: &impl Backend) {
     let lease = Duration::from_secs(30);
     {
