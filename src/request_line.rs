@@ -195,11 +195,23 @@ fn fix_request_line(line: &[u8], out: &mut Vec<u8>) {
 pub struct Lenient<S> {
     inner: S,
     fixer: Fixer,
-    /// Read from the socket, not yet fixed.
-    raw: Box<[u8]>,
     /// Fixed, not yet handed to hyper; `served` bytes of it already were.
     ready: Vec<u8>,
     served: usize,
+}
+
+/// Most bytes one read takes from the socket.
+const READ_SIZE: usize = 8 * 1024;
+
+/// A `ready` buffer larger than this after a big body is given back when it empties, so an
+/// idle keep-alive connection holds no more than a request's worth.
+const KEEP_CAPACITY: usize = 4 * 1024;
+
+thread_local! {
+    /// Where a read lands before it is fixed: one per thread, not one per connection (a
+    /// read and its fixing happen within one `poll_read`, with no await between them).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
 }
 
 impl<S> Lenient<S> {
@@ -207,7 +219,6 @@ impl<S> Lenient<S> {
         Self {
             inner,
             fixer: Fixer::new(),
-            raw: vec![0; 8 * 1024].into_boxed_slice(),
             ready: Vec::new(),
             served: 0,
         }
@@ -228,21 +239,31 @@ impl<S: AsyncRead + Unpin> AsyncRead for Lenient<S> {
                 this.served += n;
                 if this.served == this.ready.len() {
                     this.ready.clear();
+                    this.ready.shrink_to(KEEP_CAPACITY);
                     this.served = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut raw = ReadBuf::new(&mut this.raw);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut raw) {
-                Poll::Ready(Ok(())) if raw.filled().is_empty() => {
-                    // End of stream: an unfinished line is passed on for hyper to judge.
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                let mut raw = ReadBuf::new(scratch);
+                let polled = Pin::new(&mut this.inner).poll_read(cx, &mut raw);
+                if let Poll::Ready(Ok(())) = polled {
+                    this.fixer.feed(raw.filled(), &mut this.ready);
+                    return Poll::Ready(Ok(raw.filled().is_empty()));
+                }
+                polled.map_ok(|()| false)
+            });
+            match read {
+                // End of stream: an unfinished line is passed on for hyper to judge.
+                Poll::Ready(Ok(true)) => {
                     this.ready.append(&mut this.fixer.line);
                     if this.ready.is_empty() {
                         return Poll::Ready(Ok(()));
                     }
                 }
-                Poll::Ready(Ok(())) => this.fixer.feed(raw.filled(), &mut this.ready),
-                other => return other,
+                Poll::Ready(Ok(false)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
