@@ -1318,34 +1318,48 @@ pub async fn an_original_refused_after_a_fold_takes_the_folded_change_back(b: &i
     dead_change_id(again, id, id);
 }
 
-/// A `leads/update` Scaleo refuses (422) leaves the memory at what Scaleo holds: the next
-/// change is decided against that (so it carries the status again), and a replay of the dead
-/// change, older than the changes after it, never overwrites what those set.
-pub async fn a_change_scaleo_refused_is_taken_back_out_of_the_memory(b: &impl Backend) {
-    let store = b.open().await;
-    let invoiced = attempt(Some(422), "Conversion is already in an invoice");
-    let chargeback = json!({"conv_status": "rejected", "revenue": 0});
-    // The next postback repeats the status: it is sent again, with the new amount.
+/// A conversion `click` created approved at 10 and delivered (Scaleo's lead `lead`), then a
+/// change `change` of it that Scaleo refused (422, dead): (the original's id, the change's).
+async fn delivered_then_refused(
+    store: &Store,
+    click: &str,
+    lead: &str,
+    change: &Value,
+) -> (i64, i64) {
     let id = stored_id(
         store
             .insert(conversion(
-                "c1",
+                click,
                 json!({"conv_status": "approved", "revenue": 10}),
             ))
             .await
             .unwrap(),
     );
-    deliver(&store, id, Some("\"L-1\"")).await;
+    deliver(store, id, Some(&format!("{lead:?}"))).await;
     let dead = store
-        .insert(conversion("c1", chargeback.clone()))
+        .insert(conversion(click, change.clone()))
         .await
         .unwrap();
     let dead = change_id(dead, id, ChangeRoute::Queued);
-    claim_only(&store, dead)
+    claim_only(store, dead)
         .await
-        .dead(invoiced.clone(), "HTTP 422".into())
+        .dead(
+            attempt(Some(422), "Conversion is already in an invoice"),
+            "HTTP 422".into(),
+        )
         .await
         .unwrap();
+    (id, dead)
+}
+
+/// A `leads/update` Scaleo refuses (422) leaves the memory at what Scaleo holds: the next
+/// change is decided against that (so it carries the status again), and a replay of the dead
+/// change, older than the changes after it, never overwrites what those set.
+pub async fn a_change_scaleo_refused_is_taken_back_out_of_the_memory(b: &impl Backend) {
+    let store = b.open().await;
+    let chargeback = json!({"conv_status": "rejected", "revenue": 0});
+    // The next postback repeats the status: it is sent again, with the new amount.
+    let (id, dead) = delivered_then_refused(&store, "c1", "L-1", &chargeback).await;
     let other = b.other(&store).await;
     let next = json!({"conv_status": "rejected", "revenue": -5});
     let next_id = change_id(
@@ -1372,26 +1386,7 @@ pub async fn a_change_scaleo_refused_is_taken_back_out_of_the_memory(b: &impl Ba
 
     // The next postback changes only the amount: Scaleo is left approved at -5, and the
     // replay sends only the status, not its older amount.
-    let id = stored_id(
-        store
-            .insert(conversion(
-                "c2",
-                json!({"conv_status": "approved", "revenue": 10}),
-            ))
-            .await
-            .unwrap(),
-    );
-    deliver(&store, id, Some("\"L-2\"")).await;
-    let dead = store
-        .insert(conversion("c2", chargeback.clone()))
-        .await
-        .unwrap();
-    let dead = change_id(dead, id, ChangeRoute::Queued);
-    claim_only(&store, dead)
-        .await
-        .dead(invoiced.clone(), "HTTP 422".into())
-        .await
-        .unwrap();
+    let (id, dead) = delivered_then_refused(&store, "c2", "L-2", &chargeback).await;
     let money = store
         .insert(conversion("c2", json!({"revenue": -5})))
         .await
@@ -1451,7 +1446,10 @@ pub async fn a_change_scaleo_refused_is_taken_back_out_of_the_memory(b: &impl Ba
     assert_eq!(state_of(&store, first).await, State::Merged);
     claim_only(&store, second)
         .await
-        .dead(invoiced, "HTTP 422".into())
+        .dead(
+            attempt(Some(422), "Conversion is already in an invoice"),
+            "HTTP 422".into(),
+        )
         .await
         .unwrap();
     let view = store.get(first).await.unwrap().unwrap();
