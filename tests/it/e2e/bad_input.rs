@@ -119,13 +119,7 @@ async fn invalid_percent_encoding_and_non_utf8_are_kept_not_fatal() {
     // A malformed % sequence stays literal; invalid UTF-8 becomes U+FFFD.
     let (status, body) = env.get("/postback/shop?cid=ab%zz%E9&oid=%FF%FE").await;
     assert_eq!(status, 200, "{body}");
-    let rec = env
-        .relay()
-        .store
-        .get(body["id"].as_i64().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = env.record_of(&body).await;
     let sent = rec.body.unwrap();
     assert_eq!(sent["click_id"], "ab%zz\u{FFFD}");
     assert_eq!(sent["adv_order_id"], "\u{FFFD}\u{FFFD}");

@@ -92,13 +92,7 @@ async fn raw_spaces_macros_hash_and_latin1_are_stored_like_their_encoded_form() 
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let rec = env
-        .relay()
-        .store
-        .get(body["id"].as_i64().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = env.record_of(&body).await;
     assert_eq!(rec.raw.query, "cid=h1&oid=%231001&amt=5");
     let mapped = rec.body.expect("a mapped body");
     assert_eq!(mapped["adv_order_id"], "#1001");
@@ -108,13 +102,7 @@ async fn raw_spaces_macros_hash_and_latin1_are_stored_like_their_encoded_form() 
     let (status, body) =
         exchange(&mut conn, b"GET /postback/shop?cid=caf\xe9&amt=5 HTTP/1.1").await;
     assert_eq!(status, 200, "{body}");
-    let rec = env
-        .relay()
-        .store
-        .get(body["id"].as_i64().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = env.record_of(&body).await;
     assert_eq!(rec.summary.click_id.as_deref(), Some("caf\u{FFFD}"));
     env.stop().await;
 }

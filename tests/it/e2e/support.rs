@@ -92,6 +92,17 @@ impl Env {
         )
     }
 
+    /// The stored record of an ingest answer (its `id`).
+    pub async fn record_of(&self, answer: &serde_json::Value) -> postback_relay::store::RecordView {
+        let id = answer["id"].as_i64().expect("an answer with an id");
+        self.relay()
+            .store
+            .get(id)
+            .await
+            .expect("the store answers")
+            .expect("the record is stored")
+    }
+
     /// Stops the relay (graceful) and starts a new one on the same data and rules.
     pub async fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
         if let Some(r) = self.relay.take() {
