@@ -61,6 +61,12 @@ async fn all_delivered(env: &Env, ids: &[i64], within: Duration, what: &str) -> 
 
 /// Regression (A): records of a source held by its own rate limit held every concurrency
 /// slot while they waited for it, so another source's postback waited behind them all.
+/// The stored pauses, as (scope, reason).
+async fn pauses(env: &Env) -> Vec<(PauseScope, PauseReason)> {
+    let paused = env.relay().store.paused().await.unwrap();
+    paused.into_iter().map(|p| (p.scope, p.reason)).collect()
+}
+
 #[tokio::test]
 async fn a_slow_sources_rate_limit_does_not_hold_up_other_sources() {
     let slow = format!("{SHOP}\n[forward]\nrate_per_second = 1\nburst = 1\n");
@@ -194,8 +200,7 @@ async fn an_outage_of_a_sources_own_network_holds_only_that_network() {
         "the global network's record during the other network's outage",
     )
     .await;
-    let paused = env.relay().store.paused().await.unwrap();
-    let scopes: Vec<_> = paused.iter().map(|p| (p.scope.clone(), p.reason)).collect();
+    let scopes = pauses(&env).await;
     assert_eq!(
         scopes,
         [(PauseScope::Source("other".into()), PauseReason::Outage)]
@@ -324,8 +329,7 @@ async fn a_refused_own_key_pauses_only_its_network() {
         "the global network's record",
     )
     .await;
-    let paused = env.relay().store.paused().await.unwrap();
-    let scopes: Vec<_> = paused.iter().map(|p| (p.scope.clone(), p.reason)).collect();
+    let scopes = pauses(&env).await;
     assert_eq!(
         scopes,
         [(
